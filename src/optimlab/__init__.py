@@ -1,0 +1,20 @@
+"""optimlab: the classic first-order optimizers as drop-in torch.optim replacements,
+written once as readable rules and run by a fused kernel, plus a lab that compares them.
+
+>>> import optimlab
+>>> opt = optimlab.Adam(model.parameters(), lr=1e-3)      # was: torch.optim.Adam
+"""
+
+from . import rules, schedules
+from .groups import param_groups
+from .lr_scheduler import LRScheduler
+from .optimizers import NAG, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Momentum, NAdam, RMSprop
+from .registry import REGISTRY, create, lookup, names
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SGD", "Momentum", "NAG", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax",
+    "NAdam", "LRScheduler", "param_groups", "create", "lookup", "names", "REGISTRY",
+    "rules", "schedules", "__version__",
+]

@@ -1,0 +1,159 @@
+"""The engine: everything an optimizer does besides its update rule.
+
+:class:`RuleOptimizer` is a ``torch.optim.Optimizer`` whose subclasses name a
+:class:`~optimlab.rules.Rule`. The engine owns param groups, lazy state with torch's
+keys, the learning rate, ``maximize``, coupled/decoupled weight decay, dtypes, complex
+parameters, and the choice between the fused kernel and the reference path.
+
+The whole per-parameter step is :func:`update`, written once. The reference path runs it
+on tensors; the fused path (:mod:`optimlab.fused`) traces it symbolically and compiles it.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import ClassVar
+
+import torch
+from torch.optim import Optimizer
+
+from .rules import Rule
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+# Group keys that older torch versions (or other optimizers) may not have written.
+_LEGACY_DEFAULTS = {
+    "maximize": False,
+    "foreach": None,
+    "fused": None,
+    "capturable": False,
+    "differentiable": False,
+    "decoupled_weight_decay": False,
+    "bias_correction": True,
+}
+
+
+def update(rule_fn, p, g, s, h):
+    """One step for one parameter; returns the new parameter value.
+
+        g <- -g                          if maximize
+        p <- p * (1 - lr * wd)           decoupled weight decay (AdamW, Loshchilov & Hutter 2019)
+        g <- g + wd * p                  coupled (L2) weight decay otherwise
+        p <- p - lr * rule(g, s, h)
+    """
+    if h.maximize:
+        g = -g
+    if h.weight_decay != 0:
+        if h.decoupled_weight_decay:
+            p = p * (1 - h.lr * h.weight_decay)
+        else:
+            g = g + h.weight_decay * p
+    return p - h.lr * rule_fn(g, s, h)
+
+
+def hyperparameters(group: dict) -> SimpleNamespace:
+    """The group's hyperparameters as attributes, with a float ``lr``."""
+    h = {**_LEGACY_DEFAULTS, **{k: v for k, v in group.items() if k != "params"}}
+    for key in ("lr", "weight_decay"):
+        if isinstance(h[key], torch.Tensor):
+            h[key] = h[key].item()
+    h["betas"] = tuple(b.item() if isinstance(b, torch.Tensor) else b for b in h.get("betas", ()))
+    return SimpleNamespace(**h)
+
+
+def scalar_dtype() -> torch.dtype:
+    """dtype of 0-dim state such as ``step``: torch.optim's ``_get_scalar_dtype()``."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def as_real(t: torch.Tensor) -> torch.Tensor:
+    """Complex tensors are updated as real views (re, im) pairs, like torch.optim."""
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+class RuleOptimizer(Optimizer):
+    """Base class: a subclass sets ``rule`` and validates its constructor arguments."""
+
+    rule: ClassVar[Rule]
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in {**_LEGACY_DEFAULTS, **self.defaults}.items():
+                group.setdefault(key, value)
+        for param_state in self.state.values():
+            for key, value in list(param_state.items()):
+                if key in self.rule.scalars and not torch.is_tensor(value):
+                    param_state[key] = torch.tensor(float(value), dtype=scalar_dtype())
+
+    def init_state(self, p: torch.Tensor, h: SimpleNamespace) -> dict:
+        """Create ``self.state[p]`` with torch.optim's keys, in torch.optim's order."""
+        state = self.state[p]
+        if not state:
+            for key, value in self.rule.scalars.items():
+                state[key] = torch.tensor(value, dtype=scalar_dtype())
+            for key, fill in self.rule.tensors(h).items():
+                if fill is not None:
+                    state[key] = torch.full_like(p, fill, memory_format=torch.preserve_format)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one optimization step; returns the closure's loss, if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            h = hyperparameters(group)
+            self._check_grads(params)
+            if group.get("fused") is not False and not group.get("differentiable"):
+                from . import fused
+
+                if fused.try_step(self, group, params, h):
+                    continue
+            for p in params:
+                self.reference_step(p, h)
+        return loss
+
+    def _check_grads(self, params):
+        for p in params:
+            if p.grad.is_sparse and not self.rule.sparse_ok:
+                raise RuntimeError(
+                    f"{type(self).__name__} does not support sparse gradients; "
+                    "use torch.optim.SparseAdam or dense gradients"
+                )
+
+    def reference_step(self, p: torch.Tensor, h: SimpleNamespace) -> None:
+        """The readable path: run :func:`update` on tensors for one parameter."""
+        state = self.init_state(p, h)
+        grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
+        compute = torch.float32 if p.dtype in _LOW_PRECISION else None
+
+        def load(t):
+            t = as_real(t)
+            return t.to(compute) if compute is not None else t
+
+        lazy = [k for k, fill in self.rule.tensors(h).items() if fill is None]
+        s = SimpleNamespace()
+        for key in self.rule.scalars:
+            setattr(s, key, state[key].item())
+        for key in self.rule.tensors(h):
+            setattr(s, key, load(state[key]) if key in state else None)
+        old = dict(vars(s))
+
+        new_p = update(self.rule.fn, load(p), load(grad), s, h)
+        as_real(p).copy_(new_p)
+
+        for key in self.rule.scalars:
+            state[key].fill_(getattr(s, key))
+        for key in self.rule.tensors(h):
+            value = getattr(s, key)
+            if value is old[key]:
+                continue
+            if key in lazy and key not in state:
+                state[key] = torch.empty_like(p, memory_format=torch.preserve_format)
+            as_real(state[key]).copy_(value)

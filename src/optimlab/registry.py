@@ -1,0 +1,120 @@
+"""The registry: one table of every named optimizer, read by the factory, the tests,
+the docs and the lab. Register a new entry here and it is tested everywhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from . import optimizers as _o
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A named optimizer: its class, preset arguments, torch.optim twin and variants.
+
+    ``variants`` are flag combinations the parity tests sweep (on top of ``preset``);
+    ``test_lr`` is a learning rate at which the parity problem is well-behaved.
+    """
+
+    name: str
+    cls: type
+    summary: str
+    paper: str
+    preset: dict = field(default_factory=dict)
+    torch_cls: type | None = None
+    variants: tuple = ({},)
+    test_lr: float = 1e-2
+    aliases: tuple = ()
+
+    def build(self, params, **hyperparameters):
+        return self.cls(params, **{**self.preset, **hyperparameters})
+
+    def build_torch(self, params, **hyperparameters):
+        """The torch.optim equivalent (without optimlab-only arguments)."""
+        kwargs = {**self.preset, **hyperparameters}
+        kwargs.pop("bias_correction", None)
+        if self.cls is _o.Momentum or self.cls is _o.NAG:
+            kwargs.setdefault("momentum", 0.9)
+            kwargs.setdefault("nesterov", self.cls is _o.NAG)
+        return self.torch_cls(params, **kwargs)
+
+
+_WD = {"weight_decay": 0.1}
+_MAX = {"maximize": True}
+
+ENTRIES = (
+    Entry("sgd", _o.SGD, "Plain (mini-batch) stochastic gradient descent",
+          "Robbins & Monro 1951", torch_cls=torch.optim.SGD, test_lr=0.05,
+          variants=({}, _WD, _MAX, {"momentum": 0.9}, {"momentum": 0.9, "dampening": 0.5},
+                    {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01})),
+    Entry("momentum", _o.Momentum, "SGD with heavy-ball momentum 0.9", "Polyak 1964",
+          torch_cls=torch.optim.SGD, test_lr=0.02,
+          variants=({}, {"dampening": 0.1}, {"weight_decay": 0.01, "maximize": True})),
+    Entry("nesterov", _o.NAG, "SGD with Nesterov momentum 0.9 (NAG)", "Sutskever et al. 2013",
+          torch_cls=torch.optim.SGD, test_lr=0.02, aliases=("nag",),
+          variants=({}, {"weight_decay": 0.01, "maximize": True}, {"momentum": 0.5})),
+    Entry("adagrad", _o.Adagrad, "Per-coordinate steps from the sum of squared gradients",
+          "Duchi, Hazan & Singer 2011", torch_cls=torch.optim.Adagrad, test_lr=0.1,
+          variants=({}, {"lr_decay": 0.01}, {"initial_accumulator_value": 0.1}, _WD, _MAX)),
+    Entry("rmsprop", _o.RMSprop, "Divide by a running RMS of recent gradients",
+          "Tieleman & Hinton 2012", torch_cls=torch.optim.RMSprop, test_lr=1e-3,
+          variants=({}, {"centered": True}, {"momentum": 0.9}, {"alpha": 0.9},
+                    {"centered": True, "momentum": 0.9, "weight_decay": 0.01}, _MAX)),
+    Entry("adadelta", _o.Adadelta, "Ratio of running RMS of updates and of gradients",
+          "Zeiler 2012", torch_cls=torch.optim.Adadelta, test_lr=1.0,
+          variants=({}, {"rho": 0.95, "weight_decay": 0.01}, _MAX, {"eps": 1e-4})),
+    Entry("adam", _o.Adam, "Momentum plus RMS scaling, with bias correction",
+          "Kingma & Ba 2015", torch_cls=torch.optim.Adam, test_lr=1e-2,
+          variants=({}, _WD, {"decoupled_weight_decay": True, "weight_decay": 0.1}, _MAX,
+                    {"betas": (0.8, 0.99), "eps": 1e-6})),
+    Entry("amsgrad", _o.Adam, "Adam with a non-decreasing second moment (AMSGrad)",
+          "Reddi, Kale & Kumar 2018", preset={"amsgrad": True}, torch_cls=torch.optim.Adam,
+          test_lr=1e-2, variants=({}, _WD, _MAX)),
+    Entry("adamw", _o.AdamW, "Adam with decoupled weight decay", "Loshchilov & Hutter 2019",
+          torch_cls=torch.optim.AdamW, test_lr=1e-2,
+          variants=({}, {"amsgrad": True}, {"weight_decay": 0.0}, _MAX)),
+    Entry("adamax", _o.Adamax, "Adam with the infinity norm", "Kingma & Ba 2015, Sec. 7.1",
+          torch_cls=torch.optim.Adamax, test_lr=1e-2, variants=({}, _WD, _MAX)),
+    Entry("nadam", _o.NAdam, "Adam with Nesterov momentum", "Dozat 2016",
+          torch_cls=torch.optim.NAdam, test_lr=1e-2,
+          variants=({}, {"momentum_decay": 0.01}, _WD,
+                    {"decoupled_weight_decay": True, "weight_decay": 0.1}, _MAX)),
+)
+
+REGISTRY = {entry.name: entry for entry in ENTRIES}
+_ALIASES = {alias: entry.name for entry in ENTRIES for alias in entry.aliases}
+
+
+def names() -> list[str]:
+    """Registered optimizer names, in registry order."""
+    return list(REGISTRY)
+
+
+def lookup(name: str) -> Entry:
+    """The entry for ``name`` (case-insensitive, aliases allowed); ValueError lists valid names."""
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in REGISTRY:
+        valid = ", ".join(names() + sorted(_ALIASES))
+        raise ValueError(f"Unknown optimizer {name!r}; valid names: {valid}")
+    return REGISTRY[key]
+
+
+def create(name: str, params_or_model, **hyperparameters) -> torch.optim.Optimizer:
+    """Build an optimizer by name, Keras-style.
+
+    ``params_or_model`` is anything torch.optim accepts, or an ``nn.Module``: then its
+    trainable parameters are grouped by :func:`optimlab.param_groups` (no weight decay on
+    biases and normalisation weights). Unknown hyperparameters raise ``TypeError``.
+
+    >>> opt = optimlab.create("adamw", model, lr=3e-4, weight_decay=0.05)
+    """
+    entry = lookup(name)
+    params = params_or_model
+    if isinstance(params_or_model, torch.nn.Module):
+        from .groups import param_groups
+
+        params = param_groups(params_or_model, weight_decay=hyperparameters.get("weight_decay"))
+    return entry.build(params, **hyperparameters)
