@@ -76,6 +76,14 @@ class RuleOptimizer(Optimizer):
 
     rule: ClassVar[Rule]
 
+    def __init__(self, params, defaults: dict):
+        if defaults.get("differentiable"):
+            raise NotImplementedError(
+                f"{type(self).__name__}: differentiable=True (autograd through the step) is not "
+                "supported by optimlab; use torch.optim for that"
+            )
+        super().__init__(params, defaults)
+
     def __setstate__(self, state):
         super().__setstate__(state)
         for group in self.param_groups:
