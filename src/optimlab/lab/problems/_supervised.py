@@ -1,0 +1,75 @@
+"""One builder for every data-set problem: fixed splits, seeded mini-batches, evaluation.
+
+``objective(model, X, y, *extra)`` is the mean loss over the rows given; training uses
+it on a mini-batch (plus per-step ``extra`` tensors such as dropout masks or VAE noise,
+drawn from the batch seed), evaluation on a whole split (plus fixed ``eval_extra``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ._common import EpochSampler, check_split, generator, salt, seeded_module
+from .base import Problem
+
+Splits = dict  # {"train" | "val" | "test": (X, y)}
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction correct; binary if ``logits`` is 1-D (threshold 0), else argmax."""
+    pred = (logits > 0).to(y.dtype) if logits.dim() == 1 else logits.argmax(dim=1)
+    return float((pred == y).float().mean())
+
+
+def supervised_problem(
+    name: str, kind: str, description: str, data: Splits,
+    build: Callable[[], torch.nn.Module],
+    objective: Callable[..., torch.Tensor],
+    *, batch_size: int | None, default_steps: int,
+    metric: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], float] | None = None,
+    metric_name: str | None = None,
+    batch_extra: Callable[[torch.Generator, int], tuple] | None = None,
+    eval_extra: Callable[[str, int], tuple] | None = None,
+    optimum: float | None = None, target: float | None = None,
+) -> Problem:
+    """A Problem over fixed splits.
+
+    batch_size None means full-batch (deterministic) training. ``batch_extra(gen, n)``
+    returns extra tensors for a batch of ``n`` rows from a generator seeded by
+    (problem, seed, step); ``eval_extra(split, n)`` the fixed extras for evaluation.
+    """
+    key = salt(name)
+    x_train, y_train = data["train"]
+    n_train = x_train.shape[0]
+    sampler = EpochSampler(n_train, batch_size, key) if batch_size else None
+
+    def model(seed: int) -> torch.nn.Module:
+        return seeded_module(build, key, seed)
+
+    def batch(step: int, seed: int) -> tuple:
+        if sampler is None:
+            xb, yb = x_train, y_train
+        else:
+            idx = sampler(step, seed)
+            xb, yb = x_train[idx], y_train[idx]
+        extra = batch_extra(generator(key, seed, step, 1), xb.shape[0]) if batch_extra else ()
+        return (xb, yb, *extra)
+
+    def loss(m: torch.nn.Module, b: tuple) -> torch.Tensor:
+        return objective(m, *b)
+
+    def evaluate(m: torch.nn.Module, split: str) -> dict:
+        check_split(split)
+        x, y = data[split]
+        extra = eval_extra(split, x.shape[0]) if eval_extra else ()
+        with torch.no_grad():
+            value = float(objective(m, x, y, *extra))
+            score = None if metric is None else float(metric(m, x, y))
+        return {"loss": value, "metric": score}
+
+    return Problem(name=name, kind=kind, description=description,
+                   default_steps=default_steps, model=model, batch=batch, loss=loss,
+                   evaluate=evaluate, metric_name=metric_name, optimum=optimum,
+                   target=target)
