@@ -1,0 +1,145 @@
+"""Everything the report shows, computed once from the records (pure, no I/O)."""
+
+from __future__ import annotations
+
+import math
+
+from .. import analysis as A
+
+TAUS = [1.0 + 0.05 * i for i in range(21)] + [1.0 * 2 ** (0.1 * i) for i in range(11, 51)]
+
+
+def _lookup(name, sources):
+    """The Problem called ``name``: a custom "pkg.module:factory" source from the store
+    meta, else the registry; None when it cannot be built (the report goes on)."""
+    try:
+        from .. import problems as registry
+        src = (sources or {}).get(name, name)
+        if isinstance(src, str) and ":" in src:
+            return registry.load_custom(src)
+        return registry.get(name)
+    except Exception:
+        return None
+
+
+class _Described:
+    """A problem known only by its stored description (no surface)."""
+
+    def __init__(self, d):
+        self.__dict__.update(d)
+
+
+def problem_info(names, problems=None, sources=None, stored=None) -> dict:
+    """{name: dict(kind, description, optimum, target, metric_name, surface, bounds,
+    minima)} from ``problems`` ({name: Problem}), else the store meta's
+    ``problem_info`` ({name: {kind, description, ...}}, used for non-2-D problems so
+    the report need not rebuild data sets), else the problems package (custom sources
+    from ``sources``); unknown problems get kind "unknown" and no surface."""
+    out = {}
+    stored = stored if isinstance(stored, dict) else {}
+    for n in names:
+        if problems is not None:
+            p = problems.get(n)
+        elif isinstance(stored.get(n), dict) and stored[n].get("kind") not in (None, "2d"):
+            p = _Described(stored[n])
+        else:
+            p = _lookup(n, sources)
+        out[n] = {k: getattr(p, k, None) for k in
+                  ("kind", "description", "optimum", "target", "metric_name", "surface",
+                   "bounds")}
+        out[n]["minima"] = tuple(getattr(p, "minima", ()) or ())
+        out[n]["kind"] = out[n]["kind"] or "unknown"
+    return out
+
+
+def schedule_fn(meta):
+    """(name, fn or None, steps): the schedule of the run via optimlab.schedules."""
+    name = str(meta.get("schedule") or "constant")
+    steps = int(meta.get("steps") or 0)
+    try:
+        from optimlab.schedules import by_name
+        return name, by_name(name, max(steps, 1)), max(steps, 1)
+    except Exception:
+        return name, None, steps
+
+
+def build(records, meta, problems=None) -> dict:
+    """The report context: analysis results keyed by what the templates need."""
+    from .plots import palette
+
+    meta = dict(meta or {})
+    opts, probs = A.optimizers(records), A.problems(records)
+    info = problem_info(probs, problems, meta.get("sources"), meta.get("problem_info"))
+    opt_from_runs = A.optima(records)
+    optima = {p: (opt_from_runs.get(p) if opt_from_runs.get(p) is not None
+                  else info[p]["optimum"]) for p in probs}
+    sel = A.select_best(records)
+    rank_table = A.ranks(sel)
+    scores = A.score_costs(records, sel)
+    steps = A.steps_costs(records, sel)
+    per_problem = {}
+    for p in probs:
+        row = sorted(((s.score, o) for (pp, o), s in sel.items() if pp == p))
+        if row:
+            best_s, best_o = row[0]
+            second = row[1] if len(row) > 1 else None
+            per_problem[p] = {"optimizer": best_o, "lr": sel[(p, best_o)].lr,
+                              "score": best_s, "failed": not math.isfinite(best_s),
+                              "runner_up": second[1] if second else None,
+                              "runner_score": second[0] if second else None}
+    name, fn, n_steps = schedule_fn(meta)
+    if not n_steps:
+        n_steps = max((r.spec.steps for r in records), default=1)
+    failures = [r for r in records if r.status != "ok"]
+    return {
+        "meta": meta, "records": records, "optimizers": opts, "problems": probs,
+        "info": info, "optima": optima, "colors": palette(opts),
+        "selections": sel, "sweeps": A.sweep_curves(records),
+        "sensitivity": A.sensitivity(records), "aggregate": A.aggregate(records, sel),
+        "time": A.time_per_step(records), "curves": A.seed_curves(records, sel),
+        "ranks": rank_table, "mean_ranks": A.mean_ranks(rank_table),
+        "per_kind": A.best_per_kind(sel, {p: info[p]["kind"] for p in probs}),
+        "per_problem": per_problem, "taus": TAUS,
+        "profiles": {"val loss (excess over optimum)": A.performance_profile(scores, TAUS)
+                     if scores else {},
+                     "steps to target": A.performance_profile(steps, TAUS) if steps else {}},
+        "profile_n": {"val loss (excess over optimum)": len(scores),
+                      "steps to target": len(steps)},
+        "bias": A.bias_correction_curves(records),
+        "schedule": {"name": name, "fn": fn, "steps": n_steps},
+        "failures": failures,
+        "paths": {k: rs[0].trajectory for k, rs in A.best_runs(records, sel).items()
+                  if rs and rs[0].trajectory},
+    }
+
+
+def images(ctx) -> dict:
+    """{name: PNG bytes} for every figure that has data."""
+    from . import plots as P
+
+    c = ctx["colors"]
+    panels = []
+    for p in ctx["problems"]:
+        i = ctx["info"][p]
+        paths = {o: path for (pp, o), path in ctx["paths"].items() if pp == p}
+        if i["surface"] is not None and i["bounds"] and paths:
+            panels.append({"name": p, "surface": i["surface"], "bounds": i["bounds"],
+                           "minima": i["minima"], "paths": paths})
+    time_table = {}
+    for (p, o), v in ctx["time"].items():
+        time_table.setdefault(p, {})[o] = v
+    out = {
+        "contours": P.contours(panels, c),
+        "loss_curves": P.loss_curves(ctx["curves"], ctx["optima"], c, ctx["problems"]),
+        "sensitivity": P.sensitivity(ctx["sweeps"], ctx["selections"], c, ctx["problems"]),
+        "profiles": P.profiles(ctx["profiles"], ctx["taus"], c),
+        "ranks": P.heatmap(ctx["ranks"], ctx["optimizers"], ctx["problems"],
+                           "rank by best val loss (1 = best)") if ctx["ranks"] else None,
+        "time": P.heatmap(time_table, ctx["optimizers"], ctx["problems"],
+                          "time per step ÷ SGD's", fmt="{:.2f}×", log=True)
+        if any(v is not None for v in ctx["time"].values()) else None,
+        "bias": P.bias_correction(ctx["bias"]),
+        "schedule": P.schedule(ctx["schedule"]["fn"], ctx["schedule"]["steps"],
+                               ctx["schedule"]["name"]) if ctx["schedule"]["fn"] else None,
+    }
+    return {k: v for k, v in out.items() if v}

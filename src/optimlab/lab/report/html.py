@@ -1,0 +1,261 @@
+"""The self-contained HTML page: inline CSS, PNGs as base64 data URIs, no scripts.
+
+Every string that comes from the store (problem/optimizer names, descriptions,
+commands, error messages, versions) goes through ``esc`` before it reaches the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html as _html
+
+from . import text as T
+
+esc = _html.escape
+
+CSS = """
+:root{--ink:#1e293b;--mute:#64748b;--line:#e2e8f0;--bg:#f8fafc;--accent:#2563eb}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--ink);
+ font:15px/1.55 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
+header{background:linear-gradient(120deg,#1e3a8a,#2563eb);color:#fff;padding:28px 40px}
+header h1{margin:0;font-size:26px;letter-spacing:.3px}
+header p{margin:6px 0 0;opacity:.85}
+nav{position:sticky;top:0;background:#fff;border-bottom:1px solid var(--line);
+ padding:8px 40px;font-size:13px;z-index:2}
+nav a{color:var(--mute);text-decoration:none;margin-right:16px}
+nav a:hover{color:var(--accent)}
+main{max-width:1240px;margin:0 auto;padding:12px 40px 60px}
+section{background:#fff;border:1px solid var(--line);border-radius:10px;
+ padding:18px 24px;margin:20px 0;box-shadow:0 1px 2px rgba(0,0,0,.03)}
+h2{margin:0 0 6px;font-size:19px}
+h3{font-size:15px;margin:16px 0 6px}
+p.cap{color:var(--mute);margin:4px 0 12px;font-size:13.5px}
+img{max-width:100%;height:auto;display:block;margin:8px auto}
+table{border-collapse:collapse;width:100%;font-size:13px;margin:8px 0}
+th,td{padding:5px 8px;border-bottom:1px solid var(--line);text-align:right}
+td:first-child{white-space:nowrap}
+.nw{white-space:nowrap}
+.sd{color:var(--mute);font-size:11.5px;white-space:nowrap}
+th{background:#f1f5f9;font-weight:600}
+td:first-child,th:first-child,td.l,th.l{text-align:left}
+tr.grp td{background:#f8fafc;font-weight:600;text-align:left;border-top:2px solid var(--line);
+ white-space:normal}
+tbody tr:hover td{background:#f1f5f9}
+.sw{display:inline-block;width:11px;height:11px;border-radius:3px;margin-right:6px;
+ vertical-align:-1px}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:12px}
+.card{border:1px solid var(--line);border-radius:8px;padding:12px 14px;background:#fcfdff}
+.card .k{font-size:12px;text-transform:uppercase;letter-spacing:.6px;color:var(--mute)}
+.card .o{font-size:20px;font-weight:700;margin:2px 0}
+.card .d{font-size:12.5px;color:var(--mute)}
+.edge{color:#b45309;font-weight:700}
+.bad{color:#b91c1c}
+.note{background:#fffbeb;border:1px solid #fde68a;border-radius:8px;padding:10px 14px;
+ font-size:13.5px}
+pre{background:#0f172a;color:#e2e8f0;padding:12px 14px;border-radius:8px;
+ overflow-x:auto;font-size:12.5px}
+ul.proto li{margin:3px 0}
+footer{color:var(--mute);font-size:12px;text-align:center;padding:20px}
+"""
+
+
+def img(images, name, alt) -> str:
+    """An <img> with the PNG inlined, or '' when the figure has no data."""
+    data = images.get(name)
+    if not data:
+        return ""
+    b64 = base64.b64encode(data).decode("ascii")
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def swatch(ctx, o) -> str:
+    return f'<span class="sw" style="background:{ctx["colors"].get(o, "#999")}"></span>{esc(o)}'
+
+
+def section(sid, title, cap, body) -> str:
+    return (f'<section id="{sid}"><h2>{esc(title)}</h2>'
+            + (f'<p class="cap">{cap}</p>' if cap else "") + body + "</section>")
+
+
+def answer(ctx) -> str:
+    cards = []
+    for kind, w in ctx["per_kind"].items():
+        lrs = ", ".join(f"{esc(p)}: {T.num(lr)}" for p, lr in w["lrs"].items())
+        status = '<span class="bad">every lr failed</span>' if w["failed"] else ""
+        cards.append(f'<div class="card"><div class="k">{esc(kind)}</div>'
+                     f'<div class="o">{swatch(ctx, w["optimizer"])}</div>'
+                     f'<div class="d">mean rank {w["mean_rank"]:.2f} over '
+                     f'{len(w["problems"])} problem(s) {status}<br>lr {lrs}</div></div>')
+    rows = []
+    for p, w in ctx["per_problem"].items():
+        i = ctx["info"][p]
+        margin = ""
+        if w["runner_up"] is not None:
+            margin = f'{swatch(ctx, w["runner_up"])} ({T.num(w["runner_score"])})'
+        rows.append(f'<tr><td>{esc(p)}</td><td class="l">{esc(i["kind"])}</td>'
+                    f'<td class="l">{swatch(ctx, w["optimizer"])}</td>'
+                    f'<td>{T.num(w["lr"])}</td><td>{T.num(w["score"])}</td>'
+                    f'<td class="l">{margin}</td></tr>')
+    table = ('<table><thead><tr><th>problem</th><th class="l">kind</th>'
+             '<th class="l">best optimizer</th><th>lr</th><th>val loss</th>'
+             '<th class="l">runner-up (val loss)</th></tr></thead><tbody>'
+             + "".join(rows) + "</tbody></table>")
+    return section("answer", "The answer", "Winner per problem kind = lowest mean rank of "
+                   "the best validation loss over that kind's problems; lr is its selected "
+                   "learning rate on each problem.", f'<div class="cards">{"".join(cards)}'
+                   f"</div><h3>Per problem</h3>{table}")
+
+
+def stat(s, fmt="{:.4g}") -> str:
+    """A <td> with the mean and, smaller, '± std' (wraps under the mean when narrow)."""
+    if not s:
+        return "<td>—</td>"
+    sd = f' <span class="sd">± {s["std"]:.2g}</span>' if s["n"] > 1 else ""
+    return f'<td><span class="nw">{fmt.format(s["mean"])}</span>{sd}</td>'
+
+
+def results_table(ctx) -> str:
+    rows = []
+    for p in ctx["problems"]:
+        i = ctx["info"][p]
+        desc = f' — <span style="font-weight:400">{esc(i["description"])}</span>' \
+            if i["description"] else ""
+        rows.append(f'<tr class="grp"><td colspan="10">{esc(p)} '
+                    f'<span style="color:var(--mute)">[{esc(i["kind"])}]</span>{desc}</td></tr>')
+        for o in ctx["optimizers"]:
+            s = ctx["selections"].get((p, o))
+            if s is None:
+                continue
+            a = ctx["aggregate"].get((p, o), {})
+            sens = ctx["sensitivity"].get((p, o))
+            edge = ' <span class="edge" title="best lr on the grid edge">⚠ edge</span>' \
+                if s.on_edge else ""
+            fail = a.get("diverged", 0)
+            seeds = f'{a.get("seeds", 0)}' + (f' <span class="bad">({fail} failed)</span>'
+                                              if fail else "")
+            t = ctx["time"].get((p, o))
+            rows.append(
+                f'<tr><td>{swatch(ctx, o)}</td><td class="nw">{T.num(s.lr)}{edge}</td>'
+                f'{stat(a.get("val_loss"))}{stat(a.get("test_loss"))}'
+                f'{stat(a.get("test_metric"))}{stat(a.get("gap"))}'
+                f'{stat(a.get("steps_to_target"), "{:.0f}")}<td>{seeds}</td>'
+                f'<td>{"—" if sens is None else f"{sens.width:.2f}"}</td>'
+                f'<td>{"—" if t is None else f"{t:.2f}×"}</td></tr>')
+    head = ("<tr><th>optimizer</th><th>best lr</th><th>val loss</th><th>test loss</th>"
+            "<th>test metric</th><th>gap to optimum</th><th>steps to target</th>"
+            "<th>seeds</th><th>lr width (dec.)</th><th>time/step vs SGD</th></tr>")
+    return section("table", "Best learning rates and final metrics",
+                   "Mean ± std over seeds at the selected lr (failed seeds counted, not "
+                   "averaged). <span class='edge'>⚠ edge</span>: the best lr is at the end of "
+                   "the grid, widen it. lr width: decades of lr whose val loss is within "
+                   f"{int(T.TOL * 100)}% of the best (gap above the optimum when known).",
+                   f"<div style='overflow-x:auto'><table><thead>{head}</thead><tbody>"
+                   + "".join(rows) + "</tbody></table></div>")
+
+
+def figures(ctx, images) -> str:
+    out = []
+    if "contours" in images:
+        out.append(section("paths", "Trajectories on the 2-D problems",
+                           "Each optimizer's path at its selected lr over log-spaced loss "
+                           "contours; ■ start, ★ minima, dot = where it ended. Look for "
+                           "zig-zag across valleys and overshoot.",
+                           img(images, "contours", "trajectories")))
+    out.append(section("curves", "Loss curves",
+                       "Train loss at the selected lr: line = mean over seeds, band = "
+                       "min–max. Gap to the optimum where it is known; log y when the range "
+                       "spans decades.", img(images, "loss_curves", "loss curves")
+                       or "<p>No curves stored.</p>"))
+    out.append(section("sensitivity", "Learning-rate sensitivity",
+                       "Final val loss of the seed-0 sweep vs lr; × = diverged/failed, ring "
+                       "= selected lr. A wide flat basin means the optimizer is easy to tune.",
+                       img(images, "sensitivity", "lr sensitivity")))
+    ns = ctx["profile_n"]
+    mr = sorted(ctx["mean_ranks"].items(), key=lambda t: t[1])
+    mr_html = ("<table style='width:auto'><thead><tr><th>optimizer</th><th>mean rank</th>"
+               "</tr></thead><tbody>" + "".join(
+                   f"<tr><td>{swatch(ctx, o)}</td><td>{r:.2f}</td></tr>" for o, r in mr)
+               + "</tbody></table>")
+    out.append(section("profile", "Performance profile and ranks",
+                       "Dolan &amp; Moré profile: fraction of problems on which an optimizer "
+                       "is within a factor τ of the best one (higher and further left is "
+                       f"better). Val-loss profile over {ns[T.PROF_VAL]} problem(s), steps to "
+                       f"target over {ns[T.PROF_STEPS]}.",
+                       img(images, "profiles", "performance profile")
+                       + img(images, "ranks", "rank heatmap") + mr_html))
+    out.append(section("time", "Time per step relative to SGD",
+                       "Median wall time of one step (forward, backward, update) divided by "
+                       "SGD's on the same problem; &lt; 1 is faster.",
+                       img(images, "time", "time per step")
+                       or "<p>No SGD runs to compare against.</p>"))
+    bias = img(images, "bias", "bias correction") or (
+        '<div class="note">No bias-correction runs in this store. Produce them with '
+        '<code>optimlab.lab.analysis.bias_correction_specs(problem, lrs, betas2, steps)'
+        '</code> (Adam, β1 = 0.9, β2 × bias_correction ∈ {False, True} × lr, phase '
+        '"bias-correction") on a "vae" kind problem and run them into this store.</div>')
+    out.append(section("bias", "Adam bias correction (Kingma & Ba, Fig. 4 analogue)",
+                       "Final val loss vs lr for each β2 with (solid) and without (dashed) "
+                       "bias correction. Without it, large β2 makes early steps too big and "
+                       "training unstable at high lr.", bias))
+    sch = ctx["schedule"]
+    out.append(section("schedule", "Learning-rate schedule",
+                       f"All runs use base lr × this multiplier: <b>{esc(sch['name'])}</b>.",
+                       img(images, "schedule", "schedule")
+                       or f"<p>Schedule: {esc(sch['name'])} (constant multiplier 1).</p>"))
+    return "".join(out)
+
+
+def protocol(ctx) -> str:
+    items = "".join(f"<li>{esc(s)}</li>" for s in T.protocol(ctx))
+    return section("protocol", "Protocol", "", f'<ul class="proto">{items}</ul>')
+
+
+def reproduce(ctx) -> str:
+    m = ctx["meta"]
+    vers = m.get("versions") or next((r.versions for r in ctx["records"] if r.versions), {})
+    vrows = "".join(f"<tr><td>{esc(str(k))}</td><td class='l'>{esc(str(v))}</td></tr>"
+                    for k, v in sorted(vers.items()))
+    other = "".join(f"<tr><td>{esc(str(k))}</td><td class='l'>{esc(T.short(v))}</td></tr>"
+                    for k, v in sorted(m.items()) if k not in ("versions", "command"))
+    fails = ""
+    if ctx["failures"]:
+        fr = "".join(f"<tr><td>{esc(r.spec.problem)}</td><td class='l'>{esc(r.spec.optimizer)}"
+                     f"</td><td>{T.num(r.spec.lr)}</td><td>{r.spec.seed}</td>"
+                     f"<td class='l'>{esc(r.spec.phase)}</td>"
+                     f"<td class='l'>{esc(r.status)}</td><td class='l'>"
+                     f"{esc(T.short((r.final or {}).get('error') or ''))}</td></tr>"
+                     for r in ctx["failures"][:200])
+        fails = ("<h3>Failed runs</h3><table><thead><tr><th>problem</th><th class='l'>"
+                 "optimizer</th><th>lr</th><th>seed</th><th class='l'>phase</th>"
+                 "<th class='l'>status</th>"
+                 "<th class='l'>error</th></tr></thead><tbody>" + fr + "</tbody></table>")
+    return section("reproduce", "Reproduce", "The exact command and the versions used.",
+                   f"<pre>{esc(T.command(m))}</pre><h3>Versions</h3><table style='width:auto'>"
+                   f"{vrows}</table><h3>Run settings</h3><table style='width:auto'>{other}"
+                   f"</table>{fails}")
+
+
+def page(ctx, images) -> str:
+    """The whole report as one HTML string."""
+    m = ctx["meta"]
+    sub = (f"{len(ctx['records'])} runs · {len(ctx['problems'])} problems · "
+           f"{len(ctx['optimizers'])} optimizers")
+    if m.get("created"):
+        sub += f" · {esc(str(m['created']))}"
+    nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (
+        ("answer", "Answer"), ("table", "Best lrs"), ("paths", "Trajectories"),
+        ("curves", "Curves"), ("sensitivity", "Sensitivity"), ("profile", "Profile"),
+        ("time", "Time"), ("bias", "Bias correction"), ("schedule", "Schedule"),
+        ("protocol", "Protocol"), ("reproduce", "Reproduce")))
+    body = (answer(ctx) + results_table(ctx) + figures(ctx, images) + protocol(ctx)
+            + reproduce(ctx))
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+            f"<title>optimlab report</title><style>{CSS}</style></head><body>"
+            f"<header><h1>optimlab — which optimizer, at which learning rate</h1>"
+            f"<p>{sub}</p></header><nav>{nav}</nav><main>{body}</main>"
+            "<footer>Generated by optimlab from results.sqlite; "
+            "the report never trains.</footer></body></html>")
+
+

@@ -1,0 +1,73 @@
+"""Formatting shared by the HTML and Markdown renderers (plain text, not escaped)."""
+
+from __future__ import annotations
+
+import math
+import shlex
+
+from ..analysis import TOLERANCE as TOL
+
+PROF_VAL = "val loss (excess over optimum)"
+PROF_STEPS = "steps to target"
+
+
+def num(x) -> str:
+    """Short number; None -> '—', inf/nan -> 'diverged'."""
+    if x is None:
+        return "—"
+    x = float(x)
+    if not math.isfinite(x):
+        return "diverged"
+    return f"{x:.4g}"
+
+
+def stat(s, fmt="{:.4g}", sd_fmt="{:.2g}") -> str:
+    """'mean ± std' of an analysis stats dict, '—' when absent."""
+    if not s:
+        return "—"
+    if s["n"] > 1:
+        return f"{fmt.format(s['mean'])} ± {sd_fmt.format(s['std'])}"
+    return fmt.format(s["mean"])
+
+
+def short(v, n=160) -> str:
+    """A value as one line of at most n characters."""
+    s = " ".join(str(v).split())
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def command(meta) -> str:
+    """The command line that produced the store."""
+    if meta.get("command"):
+        return str(meta["command"])
+    argv = meta.get("argv")
+    if isinstance(argv, (list, tuple)):
+        return shlex.join(str(a) for a in argv)
+    return "optimlab compare  # (command not recorded)"
+
+
+def protocol(ctx) -> list:
+    """The protocol as sentences."""
+    m = ctx["meta"]
+    grid = m.get("grid")
+    grid_s = ", ".join(num(g) for g in grid) if isinstance(grid, (list, tuple)) else "?"
+    seeds = m.get("seeds", "?")
+    return [
+        f"Every optimizer ran the same learning-rate grid ({grid_s}) on every problem, "
+        "with the same initial weights and the same batch order (both fixed by the seed).",
+        f"The best lr of each (problem, optimizer) is selected on the final validation "
+        f"loss of the seed-0 sweep; the test split is never used for any choice.",
+        f"The selected lr was rerun with {seeds} seed(s) in total; metrics are mean ± std "
+        "over those seeds.",
+        "Diverged or failed runs are kept and counted: they score +inf and are never "
+        "selected.",
+        f"Step budget: {m.get('steps') or m.get('steps_per_problem') or 'problem default'}; "
+        "schedule: "
+        f"{ctx['schedule']['name']}; all other hyperparameters at their defaults (only "
+        "the learning rate is tuned).",
+        f"lr width = decades of lr around the best whose val loss is within "
+        f"{int(TOL * 100)}% of the best loss's gap above the optimum (above 0 if the "
+        "optimum is unknown); it is quantised by the grid spacing.",
+        "Performance profile (Dolan & Moré, 2002): rho(tau) = fraction of problems on "
+        "which an optimizer's cost is within tau times the best optimizer's cost.",
+    ]
