@@ -87,7 +87,7 @@ class RuleOptimizer(Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         for group in self.param_groups:
-            for key, value in {**_LEGACY_DEFAULTS, **self.defaults}.items():
+            for key, value in self.defaults.items():
                 group.setdefault(key, value)
         for param_state in self.state.values():
             for key, value in list(param_state.items()):
@@ -95,7 +95,12 @@ class RuleOptimizer(Optimizer):
                     param_state[key] = torch.tensor(float(value), dtype=scalar_dtype())
 
     def init_state(self, p: torch.Tensor, h: SimpleNamespace) -> dict:
-        """Create ``self.state[p]`` with torch.optim's keys, in torch.optim's order."""
+        """Create ``self.state[p]`` with torch.optim's keys, in torch.optim's order.
+
+        A rule without state (plain SGD) leaves ``self.state`` untouched, as torch does.
+        """
+        if p not in self.state and not self.rule.scalars and not self.rule.tensors(h):
+            return {}
         state = self.state[p]
         if not state:
             for key, value in self.rule.scalars.items():

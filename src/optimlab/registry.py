@@ -71,7 +71,7 @@ ENTRIES = (
                     {"betas": (0.8, 0.99), "eps": 1e-6})),
     Entry("amsgrad", _o.Adam, "Adam with a non-decreasing second moment (AMSGrad)",
           "Reddi, Kale & Kumar 2018", preset={"amsgrad": True}, torch_cls=torch.optim.Adam,
-          test_lr=1e-2, variants=({}, _WD, _MAX)),
+          test_lr=1e-2, variants=({}, _WD, _MAX, {"betas": (0.9, 0.9)})),
     Entry("adamw", _o.AdamW, "Adam with decoupled weight decay", "Loshchilov & Hutter 2019",
           torch_cls=torch.optim.AdamW, test_lr=1e-2,
           variants=({}, {"amsgrad": True}, {"weight_decay": 0.0}, _MAX)),
