@@ -1,0 +1,298 @@
+"""The ``optimlab`` command line: compare, problems, report.
+
+Bad input never shows a traceback: it ends with one line ``optimlab: error: ...`` on
+stderr and exit status 2. An interrupted compare exits 130; the store keeps every run
+that had finished, and re-running the same command completes the rest. With ``--json``
+stdout carries only the JSON summary; progress and notes go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import optimlab
+
+from . import runner, sweep
+from .store import Store, StoreError
+
+STORE_NAME = "results.sqlite"
+PROG = "optimlab"
+
+
+class _UsageError(Exception):
+    """A command-line error, reported as one line with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print the usage block and exit
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# --------------------------------------------------------------------- arguments
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _names(text: str) -> list:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no names in {text!r}")
+    return names
+
+
+def _lrs(text: str) -> list:
+    out = []
+    for item in _names(text):
+        try:
+            lr = float(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {item!r}") from None
+        if not (math.isfinite(lr) and lr > 0):
+            raise argparse.ArgumentTypeError(f"learning rates must be positive, got {item!r}")
+        out.append(lr)
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Compare first-order optimizers fairly.")
+    parser.add_argument("--version", action="version", version=f"optimlab {optimlab.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("compare", help="sweep lrs, pick the best on validation, rerun seeds",
+                       description="Every optimizer gets the same lr grid, initial weights "
+                                   "and batch order; the best lr per problem is chosen on "
+                                   "validation loss and rerun with more seeds.")
+    c.add_argument("--problems", type=_names, help="comma-separated problem names")
+    c.add_argument("--problem", action="append", default=[], metavar="PKG.MODULE:FACTORY",
+                   help="a custom problem factory (repeatable)")
+    c.add_argument("--suite", choices=("default", "full"),
+                   help="problem suite when no problem is named (default: default)")
+    c.add_argument("--optimizers", type=_names,
+                   help="comma-separated optimizer names (default: all registered)")
+    c.add_argument("--lrs", type=_lrs, help="comma-separated learning rates "
+                   "(default: 1e-4 .. 1, half-decade spacing)")
+    c.add_argument("--seeds", type=_int_at_least(1), default=3,
+                   help="seeds in total for the selected lr (default: 3)")
+    c.add_argument("--steps", type=_int_at_least(1),
+                   help="steps per run (default: each problem's budget)")
+    c.add_argument("--schedule", default="constant", help="lr schedule (default: constant)")
+    c.add_argument("--workers", type=_int_at_least(1), default=sweep.default_workers(),
+                   help=f"parallel worker processes (default: {sweep.default_workers()})")
+    c.add_argument("--out", default="optimlab-results", help="output directory "
+                   "(default: ./optimlab-results)")
+    c.add_argument("--json", action="store_true",
+                   help="print a JSON summary of every run on stdout")
+    c.add_argument("--no-report", dest="report", action="store_false",
+                   help="skip building the report (build it later with 'optimlab report DIR')")
+
+    sub.add_parser("problems", help="list the available problems")
+
+    r = sub.add_parser("report", help="rebuild the report from a results directory")
+    r.add_argument("dir", help="a directory written by 'optimlab compare'")
+    return parser
+
+
+# ---------------------------------------------------------------------- commands
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _unique(items) -> list:
+    return list(dict.fromkeys(items))
+
+
+def _problem_sources(args) -> tuple:
+    from . import problems
+
+    if args.problem and os.getcwd() not in sys.path and "" not in sys.path:
+        # "mymodule:factory" next to the user, as with `python -m`; spawned workers
+        # inherit sys.path, so they find it too.
+        sys.path.append(os.getcwd())
+    sources = list(args.problems or []) + list(args.problem)
+    suite = args.suite or ("default" if not sources else None)
+    if suite:
+        sources = list(problems.FULL_SUITE if suite == "full" else problems.DEFAULT_SUITE) + sources
+    return _unique(sources), suite
+
+
+def _check_schedule(name: str) -> None:
+    if name == "constant":
+        return
+    by_name = getattr(optimlab.schedules, "by_name", None)
+    if by_name is None:
+        raise ValueError("lr schedules are not available in this optimlab build")
+    by_name(name, 10)   # ValueError lists the valid names
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def summary(records, selections=None) -> dict:
+    """The --json summary: every run's identity, status and final metrics (non-finite
+    numbers, e.g. a diverged run's inf losses, become null)."""
+    runs = [{"run_id": r.run_id, "problem": r.spec.problem, "optimizer": r.spec.optimizer,
+             "lr": r.spec.lr, "seed": r.spec.seed, "phase": r.spec.phase,
+             "schedule": r.spec.schedule, "status": r.status, "steps": r.spec.steps,
+             "seconds": r.seconds, "seconds_per_step": r.seconds_per_step,
+             "final": r.final} for r in records]
+    best = [{"problem": p, "optimizer": o, "lr": s.lr, "score": s.score,
+             "on_edge": s.on_edge} for (p, o), s in sorted((selections or {}).items())]
+    return _finite_or_none({"runs": runs, "selections": best})
+
+
+def _build_report(out: Path) -> Path | None:
+    try:
+        from .report import build_report
+    except ImportError as exc:
+        _say(f"note: the report module is not available ({exc}); results are in "
+             f"{out / STORE_NAME}")
+        return None
+    path = build_report(out)
+    _say(f"report: {path}")
+    return path
+
+
+def cmd_compare(args, argv) -> int:
+    sources, suite = _problem_sources(args)
+    optimizers = _unique(optimlab.lookup(n).name for n in (args.optimizers or optimlab.names()))
+    _check_schedule(args.schedule)
+    plan = sweep.Plan.build(sources, optimizers, lrs=args.lrs, seeds=args.seeds,
+                            steps=args.steps, schedule=args.schedule)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = Store(out / STORE_NAME)
+    try:
+        old = store.meta()
+        described = plan.describe()
+        if old.get("grid") and any(old.get(k) != v for k, v in described.items()):
+            _say(f"note: {out} holds results of a different comparison; they are kept, "
+                 f"and this one's run ids are listed in the store's meta 'runs'")
+        for key, value in described.items():
+            store.set_meta(key, value)
+        store.set_meta("command", shlex.join([PROG, *argv]))
+        store.set_meta("argv", list(argv))
+        store.set_meta("suite", suite)
+        store.set_meta("versions", runner.versions())
+        store.set_meta("workers", args.workers)
+        if "created" not in old:
+            store.set_meta("created", _now())
+        progress = sys.stderr.isatty()
+        # With --json, stdout is reserved for the summary: anything else goes to stderr.
+        quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+        with quiet:
+            selections = sweep.compare(plan, store, workers=args.workers, progress=progress,
+                                       log=_say)
+            ids = {s.run_id for s in plan.sweep_specs() + plan.seed_specs(selections)}
+            store.set_meta("runs", sorted(ids))
+            store.set_meta("finished", _now())
+            edge = sorted(f"{p}/{o}" for (p, o), s in selections.items() if s.on_edge)
+            if edge:
+                _say(f"note: best lr on the grid's edge for {len(edge)} pair(s): "
+                     f"{', '.join(edge[:8])}{' ...' if len(edge) > 8 else ''}")
+            status = 0
+            try:
+                if args.report:
+                    _build_report(out)
+            except Exception as exc:  # the results are safe in the store either way
+                _say(f"{PROG}: error: building the report failed ({type(exc).__name__}: "
+                     f"{exc}); rebuild with '{PROG} report {out}'")
+                status = 1
+        if args.json:
+            records = [r for r in store.records() if r.run_id in ids]
+            json.dump(summary(records, selections), sys.stdout, allow_nan=False)
+            sys.stdout.write("\n")
+        return status
+    finally:
+        store.close()
+
+
+def cmd_problems(args) -> int:
+    from . import problems
+
+    rows = []
+    for name in problems.names():
+        p = problems.get(name)
+        rows.append((p.name, p.kind, str(p.default_steps), p.description))
+    head = ("name", "kind", "steps", "description")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(3)]
+    for row in [head] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[3])
+    return 0
+
+
+def cmd_report(args) -> int:
+    out = Path(args.dir)
+    path = out / STORE_NAME
+    if not path.is_file():
+        raise ValueError(f"no results store at {path} (run '{PROG} compare --out {out}')")
+    Store(path).close()   # schema check: a one-line StoreError if incompatible
+    return 0 if _build_report(out) is not None else 1
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``optimlab`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(argv)
+        if args.command == "compare":
+            return cmd_compare(args, argv)
+        if args.command == "problems":
+            return cmd_problems(args)
+        return cmd_report(args)
+    except _UsageError as exc:
+        _say(f"{PROG}: error: {exc}")
+        return 2
+    except (StoreError, ValueError, OSError) as exc:
+        _say(f"{PROG}: error: {_one_line(exc)}")
+        return 2
+    except sweep.SweepError as exc:
+        _say(f"{PROG}: error: {_one_line(exc)}")
+        return 1
+    except KeyboardInterrupt:
+        _say(f"{PROG}: interrupted; the store keeps every finished run "
+             f"(re-run the same command to continue)")
+        return 130
+    except Exception as exc:
+        if os.environ.get("OPTIMLAB_DEBUG"):
+            raise
+        _say(f"{PROG}: error: internal error ({type(exc).__name__}: {_one_line(exc)}); "
+             f"set OPTIMLAB_DEBUG=1 for a traceback")
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The runner: train one RunSpec on one Problem and return its RunRecord.
+
+A run is deterministic given its spec (timings aside): the problem seeds the initial
+weights and the batch order, the global RNG is seeded from the spec for anything else
+(e.g. a VAE's sampling noise), and torch runs single-threaded so that results do not
+depend on how many runs share the machine. A run never raises: divergence and errors
+are outcomes recorded in the returned record.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import optimlab
+
+from .problems.base import Problem
+from .spec import RunRecord, RunSpec
+
+#: Evaluation points per run when ``spec.eval_every`` is 0 (plus the initial point).
+EVAL_POINTS = 50
+
+INF = float("inf")
+
+
+def versions() -> dict:
+    """Versions that a result depends on."""
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "optimlab": optimlab.__version__}
+
+
+def eval_every(spec: RunSpec) -> int:
+    """Steps between evaluations: the spec's, or about EVAL_POINTS points per run."""
+    return spec.eval_every if spec.eval_every > 0 else max(1, spec.steps // EVAL_POINTS)
+
+
+class _Diverged(Exception):
+    """A non-finite loss or parameter at ``step`` (the number of steps completed)."""
+
+    def __init__(self, step: int):
+        super().__init__(step)
+        self.step = step
+
+
+def _finite(x) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _params_finite(params) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in params)
+
+
+def _evaluate(problem: Problem, model: torch.nn.Module, split: str) -> dict:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = problem.evaluate(model, split)
+    finally:
+        model.train(was_training)
+    metric = out.get("metric")
+    return {"loss": float(out["loss"]), "metric": None if metric is None else float(metric)}
+
+
+def _position(params) -> list:
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    return [float(v) for v in flat.tolist()]
+
+
+def run(spec: RunSpec, problem: Problem) -> RunRecord:
+    """Train ``spec`` on ``problem``; status "ok", "diverged" or "error" (never raises
+    for failures inside training)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            return _run(spec, problem)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(spec: RunSpec, problem: Problem) -> RunRecord:
+    start = time.perf_counter()
+    every = eval_every(spec)
+    curves = {"step": [], "train_loss": [], "val_loss": [], "val_metric": [], "lr": []}
+    trajectory = [] if problem.is_2d else None
+    step_times: list[float] = []
+    status, diverged_at, error = "ok", None, None
+    model = opt = None
+    last: dict = {}   # the latest evaluation, reused for the final metrics
+
+    def record_point(step: int) -> None:
+        if not _params_finite(params):
+            raise _Diverged(step)
+        train = _evaluate(problem, model, "train")
+        val = _evaluate(problem, model, "val")
+        if not (_finite(train["loss"]) and _finite(val["loss"])):
+            raise _Diverged(step)
+        last.update(step=step, train=train, val=val)
+        curves["step"].append(step)
+        curves["train_loss"].append(train["loss"])
+        curves["val_loss"].append(val["loss"])
+        curves["val_metric"].append(val["metric"])
+        curves["lr"].append(float(opt.param_groups[0]["lr"]))
+
+    try:
+        model = problem.model(spec.seed)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = optimlab.create(spec.optimizer, params, lr=spec.lr,
+                              **dict(spec.hyperparameters))
+        scheduler = None
+        if spec.schedule != "constant":
+            schedule = optimlab.schedules.by_name(spec.schedule, spec.steps)
+            scheduler = optimlab.LRScheduler(opt, schedule)
+        if trajectory is not None:
+            trajectory.append(_position(params))
+        record_point(0)
+        for step in range(spec.steps):
+            batch = problem.batch(step, spec.seed)
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss = problem.loss(model, batch)
+            if not torch.isfinite(loss.detach()).all():
+                raise _Diverged(step)
+            loss.backward()
+            opt.step()
+            step_times.append(time.perf_counter() - t0)
+            if scheduler is not None:
+                scheduler.step()
+            done = step + 1
+            # Parameters are checked at evaluation points only (it costs ~10% of a small
+            # model's step); a non-finite parameter shows up in the next step's loss anyway.
+            if trajectory is not None:
+                xy = _position(params)
+                if not all(map(math.isfinite, xy)):
+                    raise _Diverged(done)
+                trajectory.append(xy)
+            if done % every == 0 or done == spec.steps:
+                record_point(done)
+    except _Diverged as exc:
+        status, diverged_at = "diverged", exc.step
+    except Exception as exc:  # any failure inside training is an outcome, not a crash
+        status, error = "error", f"{type(exc).__name__}: {exc}"
+
+    final = {"train_loss": INF, "val_loss": INF, "test_loss": INF, "train_metric": None,
+             "val_metric": None, "test_metric": None, "gap": None,
+             "steps_to_target": None, "diverged_at": diverged_at, "error": error}
+    if status == "ok":
+        try:
+            if last.get("step") == spec.steps:
+                train, val = last["train"], last["val"]
+            else:
+                train, val = _evaluate(problem, model, "train"), _evaluate(problem, model, "val")
+            test = _evaluate(problem, model, "test")
+        except Exception as exc:
+            status, error = "error", f"{type(exc).__name__}: {exc}"
+            final["error"] = error
+        else:
+            if not all(_finite(s["loss"]) for s in (train, val, test)):
+                status, final["diverged_at"] = "diverged", spec.steps
+            else:
+                final.update(train_loss=train["loss"], val_loss=val["loss"],
+                             test_loss=test["loss"], train_metric=train["metric"],
+                             val_metric=val["metric"], test_metric=test["metric"])
+                if problem.optimum is not None:
+                    final["gap"] = train["loss"] - problem.optimum
+    if problem.target is not None:
+        final["steps_to_target"] = next(
+            (s for s, l in zip(curves["step"], curves["train_loss"]) if l <= problem.target),
+            None)
+
+    return RunRecord(
+        spec=spec, status=status, final=final, curves=curves,
+        seconds=time.perf_counter() - start,
+        seconds_per_step=statistics.median(step_times) if step_times else 0.0,
+        trajectory=trajectory, versions=versions(),
+    )
