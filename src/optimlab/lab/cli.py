@@ -211,7 +211,7 @@ def cmd_compare(args, argv) -> int:
         with quiet:
             selections = sweep.compare(plan, store, workers=args.workers, progress=progress,
                                        log=_say)
-            ids = {s.run_id for s in plan.sweep_specs() + plan.seed_specs(selections)}
+            ids = {s.run_id for s in plan.all_specs(selections)}
             store.set_meta("runs", sorted(ids))
             store.set_meta("finished", _now())
             edge = sorted(f"{p}/{o}" for (p, o), s in selections.items() if s.on_edge)

@@ -34,6 +34,9 @@ from .store import Store
 #: spacing (9) does not fit the 3-minute default budget on 2 cores.
 GRID_LO, GRID_HI, PER_DECADE = 1e-4, 1.0, 1
 
+#: beta2 values of the bias-correction experiment (Kingma & Ba 2015, Fig. 4).
+BIAS_BETA2 = (0.99, 0.999, 0.9999)
+
 
 class SweepError(RuntimeError):
     """The sweep could not go on (e.g. a worker process died); finished runs are kept."""
@@ -136,10 +139,29 @@ class Plan:
                         for s in range(1, self.seeds)]
         return out
 
+    def bias_specs(self) -> list:
+        """Phase "bias-correction" (Adam paper Fig. 4 analogue): Adam with and without bias
+        correction for each beta2 in BIAS_BETA2, across the grid, on every VAE problem."""
+        from .analysis import bias_correction_specs
+
+        if "adam" not in self.optimizers:
+            return []
+        return [spec for p, problem in self.problems.items() if problem.kind == "vae"
+                for spec in bias_correction_specs(p, self.lrs, BIAS_BETA2, self.steps[p],
+                                                  schedule=self.schedule)]
+
+    def all_specs(self, selections: dict) -> list:
+        """Every spec of this comparison, all phases."""
+        return self.sweep_specs() + self.seed_specs(selections) + self.bias_specs()
+
     def describe(self) -> dict:
         """The plan as JSON-ready metadata."""
         budgets = set(self.steps.values())
+        info = {n: {"kind": p.kind, "description": p.description, "optimum": p.optimum,
+                    "target": p.target, "metric_name": p.metric_name}
+                for n, p in self.problems.items()}
         return {"problems": list(self.sources), "sources": dict(self.sources),
+                "problem_info": info, "bias_correction_beta2": list(BIAS_BETA2),
                 "optimizers": list(self.optimizers),
                 "grid": list(self.lrs), "grid_spacing": self.grid_note, "seeds": self.seeds,
                 # One number when every problem has the same budget, else None (see
@@ -288,6 +310,8 @@ def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     sweep = plan.sweep_specs()
+    # The report shows this comparison's runs only (an --out directory may hold older ones).
+    store.set_meta("runs", sorted(s.run_id for s in sweep + plan.bias_specs()))
     with Executor(store, plan.sources, workers, progress, plan.problems) as ex:
         n = len(ex.pending(sweep))
         log(f"phase sweep: {len(sweep)} runs ({len(sweep) - n} already stored), "
@@ -296,9 +320,16 @@ def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
         ex.run(sweep, "sweep")
         selections = select(store, sweep)
         seeds = plan.seed_specs(selections)
+        store.set_meta("runs", sorted(s.run_id for s in plan.all_specs(selections)))
         if seeds:
             n = len(ex.pending(seeds))
             log(f"phase seeds: {len(seeds)} runs ({len(seeds) - n} already stored), "
                 f"seeds 1..{plan.seeds - 1} at the selected lr")
             ex.run(seeds, "seeds")
+        bias = plan.bias_specs()
+        if bias:
+            n = len(ex.pending(bias))
+            log(f"phase bias-correction: {len(bias)} runs ({len(bias) - n} already stored), "
+                f"Adam with/without bias correction, beta2 in {list(BIAS_BETA2)}")
+            ex.run(bias, "bias-correction")
     return selections

@@ -35,6 +35,9 @@ def build_report(out_dir, problems=None) -> Path:
         raise FileNotFoundError(f"no results store at {db}; run `optimlab compare` first")
     with Store(db) as store:
         records, meta = store.records(), store.meta()
+    if meta.get("runs"):  # this comparison's runs, not older ones sharing the directory
+        wanted = set(meta["runs"])
+        records = [r for r in records if r.run_id in wanted]
     page, summary, _ = render(records, meta, problems)
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")

@@ -55,7 +55,8 @@ def problem_info(names, problems=None, sources=None, stored=None) -> dict:
 def schedule_fn(meta):
     """(name, fn or None, steps): the schedule of the run via optimlab.schedules."""
     name = str(meta.get("schedule") or "constant")
-    steps = int(meta.get("steps") or 0)
+    per_problem = meta.get("steps_per_problem") or {}
+    steps = int(meta.get("steps") or max(per_problem.values(), default=0))
     try:
         from optimlab.schedules import by_name
         return name, by_name(name, max(steps, 1)), max(steps, 1)
