@@ -122,12 +122,12 @@ class RuleOptimizer(Optimizer):
             if not params:
                 continue
             h = hyperparameters(group)
-            self._check_grads(params)
             if group.get("fused") is not False and not group.get("differentiable"):
                 from . import fused
 
-                if fused.try_step(self, group, params, h):
+                if fused.try_step(self, group, params, h):  # runs _check_grads when needed
                     continue
+            self._check_grads(params)
             for p in params:
                 self.reference_step(p, h)
         return loss

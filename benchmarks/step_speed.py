@@ -1,0 +1,298 @@
+"""Optimizer step speed: optimlab's fused step vs torch.optim, against the memory roofline.
+
+For each tensor mix and each registry entry (and its variants), one process times,
+interleaved and on the same param/grad tensors:
+
+* optimlab's ``step()`` (default ``fused=None``: the generated kernel);
+* torch.optim's for-loop (``foreach=False``), ``foreach=True`` and ``fused=True``
+  implementations, where torch has them;
+* an in-place probe ``a.add_(b)`` on flat tensors as large as the mix (12 bytes per
+  element), which measures the bandwidth the machine gives torch right now.
+
+Each result is reported as a fraction of the roofline (bytes the rule must touch, from
+the traced kernel, divided by the probe bandwidth) and as a speedup over torch's best.
+Times are medians over repetitions; the two ratios are medians of per-repetition ratios
+(methods timed back to back), which a busy machine disturbs less. Every variant runs on
+mixes A and C; B and D run each registry entry's defaults. Mixes: (A) 28M params in 32 transformer-shaped tensors,
+(B) 200 x 100k, (C) 1,000 x 1k, (D) GPT-2 small's exact shapes (124M).
+
+    python benchmarks/step_speed.py            # full run, writes BENCHMARKS.md (~15 min)
+    python benchmarks/step_speed.py --quick    # smoke run: small mixes, prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import inspect
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+import optimlab
+from optimlab import fused
+from optimlab.fused.plan import roofline_bytes
+from optimlab.registry import ENTRIES
+
+
+def transformer_28m():
+    """4 blocks of a d=768 transformer (qkv, proj, fc1, fc2 weights and biases): 32 tensors."""
+    d = 768
+    block = [(3 * d, d), (3 * d,), (d, d), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,)]
+    return block * 4
+
+
+def gpt2_small():
+    """GPT-2 small (124M), tied embeddings: 148 tensors."""
+    d, shapes = 768, [(50257, 768), (1024, 768)]
+    for _ in range(12):
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,),
+                   (d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+    return shapes + [(d,), (d,)]
+
+
+MIXES = {
+    "A": ("28M params, 32 transformer tensors", transformer_28m),
+    "B": ("200 x 100k", lambda: [(100_000,)] * 200),
+    "C": ("1,000 x 1k", lambda: [(1_000,)] * 1000),
+    "D": ("GPT-2 small, 124M, 148 tensors", gpt2_small),
+}
+
+
+def configs(all_variants: bool):
+    for entry in ENTRIES:
+        variants = list(entry.variants) if all_variants else [{}]
+        if all_variants and "bias_correction" in inspect.signature(entry.cls).parameters:
+            variants.append({"bias_correction": False})
+        for variant in variants:
+            yield entry, variant
+
+
+def label(entry, variant) -> str:
+    flags = ",".join(f"{k}={v}" for k, v in variant.items())
+    return entry.name + (f" [{flags}]" if flags else "")
+
+
+def torch_variants(entry, params, variant):
+    """torch.optim's implementations of the same optimizer (those that construct and step)."""
+    kwargs = {k: v for k, v in variant.items() if k != "bias_correction"}
+    out = {}
+    params_of = inspect.signature(entry.torch_cls).parameters
+    for name, extra in (("for-loop", {"foreach": False}), ("foreach", {"foreach": True}),
+                        ("fused", {"fused": True})):
+        if next(iter(extra)) not in params_of:
+            continue
+        try:
+            opt = entry.build_torch(params, **kwargs, **extra)
+            opt.step()  # warm-up; raises where torch lacks this implementation
+            out[name] = opt
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return out
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def bench_config(entry, variant, params, probe, reps, fused_adam_ref):
+    """Interleaved timings {method: [seconds per repetition]}, roofline bytes, elements."""
+    ours = entry.build(params, **variant)
+    ours.step()
+    methods = {"optimlab": ours.step, "probe": probe}
+    for name, opt in torch_variants(entry, params, variant).items():
+        methods[f"torch {name}"] = opt.step
+    if fused_adam_ref:  # mix C's target is relative to torch's fused Adam
+        ref = torch.optim.Adam(params, fused=True)
+        ref.step()
+        methods["torch fused Adam"] = ref.step
+    names = list(methods)
+    times = {n: [] for n in names}
+    for rep in range(reps):
+        for i in range(len(names)):
+            n = names[(i + rep) % len(names)]  # rotate the order: no method always goes first
+            if n == "torch for-loop" and rep >= 3:
+                continue  # the slowest by far: three samples are enough
+            times[n].append(timed(methods[n]))
+    nbytes = roofline_bytes(ours, ours.param_groups[0])
+    nelem = sum(p.numel() for p in params)
+    del ours, methods
+    gc.collect()
+    return times, nbytes, nelem
+
+
+def summarize(times, nbytes, nelem) -> dict:
+    """Medians, plus per-repetition ratios (optimlab vs the probe / torch's best measured
+    back to back in the same repetition), which a busy machine disturbs far less."""
+    med = {n: statistics.median(v) for n, v in times.items()}
+    ours, probe = times["optimlab"], times["probe"]
+    frac = statistics.median(nbytes * tp / (12 * nelem * to) for tp, to in zip(probe, ours))
+    torch_names = [n for n in med if n.startswith("torch ") and n != "torch fused Adam"]
+    best = min(torch_names, key=med.get, default=None)
+    row = {"ours": med["optimlab"], "frac": frac, "bw": 12 * nelem / med["probe"] / 1e9,
+           "bytes": nbytes / nelem, "best": best,
+           **{n: v for n, v in med.items() if n.startswith("torch ")}}
+    row["vs_best"] = statistics.median(tb / to for tb, to in zip(times[best], ours)) if best else None
+    if "torch fused Adam" in times:
+        row["vs_fused_adam"] = statistics.median(ta / to for ta, to in zip(times["torch fused Adam"], ours))
+    return row
+
+
+def python_overhead(n_tensors=1000, size=1000, reps=50):
+    """Per-step time of optimlab Adam on n small tensors, and of its kernel call alone."""
+    params = [torch.randn(size).requires_grad_() for _ in range(n_tensors)]
+    for p in params:
+        p.grad = torch.randn(size)
+    opt = optimlab.Adam(params)
+    opt.step()
+    plan = next(iter(fused._plans[opt].values()))
+    bucket = plan.buckets[0]
+    nthreads = torch.get_num_threads()
+    step, kern = [], []
+    for _ in range(reps):
+        step.append(timed(opt.step))
+        kern.append(timed(lambda: bucket.call(nthreads)))
+    return statistics.median(step), statistics.median(kern)
+
+
+_FIRST_STEP = """
+import time, torch, optimlab
+p = torch.randn(1000, requires_grad=True); p.grad = torch.randn(1000)
+opt = optimlab.Adam([p])
+t = time.perf_counter(); opt.step(); print(time.perf_counter() - t)
+"""
+
+
+def first_step_times():
+    """Seconds for the first Adam step in a fresh process: cold kernel cache, then warm."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "OPTIMLAB_CACHE": cache}
+        run = [sys.executable, "-c", _FIRST_STEP]
+        cold = float(subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout)
+        warm = float(subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout)
+    return cold, warm
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads); Python {platform.python_version()}; "
+            f"optimlab {optimlab.__version__}")
+
+
+def run(mixes, all_variants, reps, scale, out_rows):
+    for mix in mixes:
+        title, shapes_fn = MIXES[mix]
+        shapes = shapes_fn()
+        if scale != 1:
+            shapes = [tuple(max(1, s // scale) for s in shape) for shape in shapes]
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        n = sum(p.numel() for p in params)
+        a, b = torch.randn(n), torch.randn(n)
+        probe = lambda: a.add_(b)  # noqa: E731
+        r = reps[mix]
+        print(f"\n== mix {mix}: {title}: {len(params)} tensors, {n / 1e6:.1f}M params, {r} reps", flush=True)
+        for entry, variant in configs(all_variants and mix in "AC"):
+            row = {"mix": mix, "config": label(entry, variant),
+                   **summarize(*bench_config(entry, variant, params, probe, r, mix == "C"))}
+            out_rows.append(row)
+            print(fmt_row(row), flush=True)
+        del params, a, b
+        gc.collect()
+
+
+def fmt_ms(x) -> str:
+    return "-" if x is None else f"{x * 1e3:.2f}"
+
+
+def fmt_row(r) -> str:
+    vs = "-" if r["vs_best"] is None else f"{r['vs_best']:.2f}x"
+    extra = f" | {r['vs_fused_adam']:.1f}x" if "vs_fused_adam" in r else ""
+    return (f"| {r['mix']} | {r['config']} | {r['bytes']:.0f} | {fmt_ms(r['ours'])} | {r['frac']:.2f} | "
+            f"{fmt_ms(r.get('torch for-loop'))} | {fmt_ms(r.get('torch foreach'))} | "
+            f"{fmt_ms(r.get('torch fused'))} | {vs} | {r['bw']:.1f}{extra} |")
+
+
+HEADER = ("| mix | optimizer [variant] | B/elem | optimlab ms | roofline frac | torch for-loop ms | "
+          "torch foreach ms | torch fused ms | vs torch best | probe GB/s |")
+
+
+def write_markdown(path, rows, overhead, first, started, load_before, load_after, wall):
+    lines = ["# Step speed: optimlab's fused step vs torch.optim", "",
+             f"Machine: {machine()}.", f"Run: {started}, {wall / 60:.1f} min, load average "
+             f"{load_before[0]:.1f} before / {load_after[0]:.1f} after (shared machine: other "
+             "processes were running; medians over interleaved repetitions).", "",
+             "Generated by `python benchmarks/step_speed.py`. fp32 params; `roofline frac` = (bytes the "
+             "rule touches per step / probe bandwidth) / optimlab time, where the probe is `a.add_(b)` "
+             "on flat tensors as large as the mix (12 B/element). `vs torch best` = fastest torch.optim "
+             "implementation / optimlab (>1: optimlab faster). Variants torch lacks "
+             "(`bias_correction=False`) are compared with torch's default flags.", ""]
+    for mix in MIXES:
+        mrows = [r for r in rows if r["mix"] == mix]
+        if not mrows:
+            continue
+        lines += [f"## Mix {mix}: {MIXES[mix][0]}", ""]
+        head = HEADER + (" vs torch fused Adam |" if mix == "C" else "")
+        lines += [head, "|" + "---|" * (head.count("|") - 1)]
+        lines += [fmt_row(r) for r in mrows]
+        fr = [r["frac"] for r in mrows]
+        vs = [r["vs_best"] for r in mrows if r["vs_best"]]
+        lines += ["", f"Roofline fraction: min {min(fr):.2f}, median {statistics.median(fr):.2f}. "
+                      f"vs torch best: min {min(vs):.2f}x, median {statistics.median(vs):.2f}x."]
+        if mix == "C":
+            c = [r["vs_fused_adam"] for r in mrows]
+            lines[-1] += f" vs torch fused Adam: min {min(c):.1f}x."
+        lines.append("")
+    step, kern = overhead
+    lines += ["## Overheads", "",
+              f"- Adam on 1,000 x 1k tensors: whole `step()` {step * 1e6:.0f} us, of which the kernel call "
+              f"{kern * 1e6:.0f} us; Python (engine + fused runner) {max(step - kern, 0) * 1e6:.0f} us.",
+              f"- First `step()` in a fresh process (Adam, one tensor): {first[0]:.2f} s with an empty kernel "
+              f"cache (trace + C compile), {first[1] * 1e3:.1f} ms with the cache warm.", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: mixes scaled down 100x, 2 reps")
+    ap.add_argument("--mixes", default="ABCD")
+    ap.add_argument("--out", default=None, help="markdown output (default BENCHMARKS.md; none with --quick)")
+    args = ap.parse_args(argv)
+    started = time.strftime("%Y-%m-%d %H:%M")
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    rows: list = []
+    if args.quick:
+        run(args.mixes, False, {m: 2 for m in MIXES}, 100, rows)
+    else:
+        run(args.mixes, True, {"A": 5, "B": 5, "C": 7, "D": 3}, 1, rows)
+    overhead = python_overhead()
+    first = first_step_times()
+    print(f"\noverhead: step {overhead[0] * 1e6:.0f} us, kernel {overhead[1] * 1e6:.0f} us; "
+          f"first step: cold {first[0]:.2f} s, warm {first[1] * 1e3:.1f} ms")
+    out = args.out or (None if args.quick else os.path.join(os.path.dirname(__file__), "..", "BENCHMARKS.md"))
+    if out:
+        write_markdown(out, rows, overhead, first, started, load_before, os.getloadavg(),
+                       time.perf_counter() - t0)
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

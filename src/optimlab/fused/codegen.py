@@ -1,0 +1,260 @@
+"""C code generation from a :class:`~optimlab.fused.trace.Trace`.
+
+One C function per (rule, flags, zero pattern, lazy-state pattern, parameter dtype,
+0-dim state dtypes). It takes, for ``nt`` tensors, a table of buffer pointers
+(``bufs[b * nt + t]``: param, grad, state...), the 0-dim state pointers, the
+hyperparameter values and the prefix sums of the tensors' element counts, and
+
+1. runs the *scalar pass* serially: for each tensor, the scalar nodes in double (the
+   Python floats of the reference path), memoised on the 0-dim state inputs since most
+   tensors share one ``step``; it writes the new 0-dim state (``step += 1``) itself;
+2. runs the *element pass* through the thread pool of ``pool.c``: the concatenation of
+   all tensors is cut into equal chunks, so one big tensor and a thousand small ones
+   balance alike.
+
+Per-element nodes are evaluated in the DAG's order, with no contraction into FMAs and
+no reassociation (``-ffp-contract=off``, no ``-ffast-math``): torch's per-op rounding.
+The one op that differs is ``sqrt``: IEEE-exact here, within an ulp in torch (MKL/Sleef).
+"""
+
+from __future__ import annotations
+
+from .trace import Node, Trace
+
+# storage type, compute type, load expression, store expression ('{}' = value)
+DTYPES = {
+    "float32": ("float", "float", "{}", "{}"),
+    "float64": ("double", "double", "{}", "{}"),
+    "bfloat16": ("uint16_t", "float", "bf16_load({})", "bf16_store({})"),
+    "float16": ("uint16_t", "float", "f16_load({})", "f16_store({})"),
+}
+SCALAR_STATE_TYPES = {"float32": "float", "float64": "double"}
+
+_PRELUDE = r"""
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+static inline float bf16_load(uint16_t x) {
+    uint32_t u = (uint32_t)x << 16; float f; memcpy(&f, &u, 4); return f;
+}
+/* Round to nearest even, NaN -> 0x7fc0: c10::BFloat16's round_to_nearest_even. */
+static inline uint16_t bf16_store(float f) {
+    uint32_t u; memcpy(&u, &f, 4);
+    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return f != f ? (uint16_t)0x7fc0 : (uint16_t)r;
+}
+/* IEEE half <-> float with integer ops only, so the loops vectorise on any x86/ARM
+   (GCC 12 does not vectorise _Float16 conversions). Exact (load) and round to nearest
+   even (store), as c10::Half; checked against torch on all halves. */
+static inline float f16_load(uint16_t h) {
+    const uint32_t em = (uint32_t)h & 0x7fffu;
+    const float sub = (float)(int32_t)em * 0x1p-24f;
+    uint32_t subb; memcpy(&subb, &sub, 4);
+    const uint32_t normal = (em << 13) + ((uint32_t)(127 - 15) << 23);
+    const uint32_t infnan = (em << 13) | 0x7f800000u;
+    const uint32_t r = (em >= 0x7c00u ? infnan : (em >= 0x0400u ? normal : subb))
+                       | (((uint32_t)h & 0x8000u) << 16);
+    float f; memcpy(&f, &r, 4); return f;
+}
+static inline uint16_t f16_store(float x) {
+    uint32_t f; memcpy(&f, &x, 4);
+    const uint32_t sign = (f >> 16) & 0x8000u;
+    f &= 0x7fffffffu;
+    float a; memcpy(&a, &f, 4);
+    const float t = a + 0.5f;  /* subnormal halves: the float add rounds at the right bit */
+    uint32_t tb; memcpy(&tb, &t, 4);
+    const uint32_t sub = tb - 0x3f000000u;
+    const uint32_t normal = (f + ((uint32_t)(15 - 127) << 23) + 0xfffu + ((f >> 13) & 1u)) >> 13;
+    const uint32_t infnan = f > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    return (uint16_t)((f >= 0x47800000u ? infnan : (f < 0x38800000u ? sub : normal)) | sign);
+}
+"""
+
+_BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+
+
+def _scalar_expr(n: Node, ref) -> str:
+    a = [ref(x) for x in n.args]
+    if n.op in _BINARY:
+        return f"{a[0]} {_BINARY[n.op]} {a[1]}"
+    return {
+        "neg": lambda: f"-{a[0]}",
+        "sqrt": lambda: f"sqrt({a[0]})",
+        "abs": lambda: f"fabs({a[0]})",
+        "pow": lambda: f"pow({a[0]}, {a[1]})",
+        # NaN-propagating like torch.maximum; ties return the second operand (as vmaxps)
+        "max": lambda: f"(({a[0]} != {a[0]} || {a[0]} > {a[1]}) ? {a[0]} : {a[1]})",
+    }[n.op]()
+
+
+def _elem_expr(n: Node, ref, compute: str) -> str:
+    a = [ref(x) for x in n.args]
+    f = "f" if compute == "float" else ""
+    if n.op in _BINARY:
+        return f"{a[0]} {_BINARY[n.op]} {a[1]}"
+    if n.op == "pow":
+        return f"pow{f}({a[0]}, {a[1]})"
+    return {
+        "neg": lambda: f"-{a[0]}",
+        "sqrt": lambda: f"__builtin_sqrt{f}({a[0]})",
+        "abs": lambda: f"__builtin_fabs{f}({a[0]})",
+        "max": lambda: f"(({a[0]} != {a[0]} || {a[0]} > {a[1]}) ? {a[0]} : {a[1]})",
+    }[n.op]()
+
+
+def _const(v: float) -> str:
+    if v != v:
+        return "NAN"
+    if v in (float("inf"), float("-inf")):
+        return "INFINITY" if v > 0 else "-INFINITY"
+    return f"({v.hex()})"
+
+
+def generate(tr: Trace, dtype: str, scalar_state_dtypes: dict,
+             symbol: str = "optimlab_step") -> tuple[str, int]:
+    """C source for ``tr`` on parameters of ``dtype`` ('float32', ...), and the number
+    of per-tensor scalars (doubles) the caller's ``scratch`` must hold per tensor.
+
+    ``scalar_state_dtypes`` maps each 0-dim state key to 'float32' or 'float64'.
+    """
+    storage, compute, load, store = DTYPES[dtype]
+    nodes = tr.graph.nodes
+    roots = list(tr.elem_outputs.values()) + list(tr.scalar_outputs.values())
+    live = _live(roots)
+
+    # scalar nodes feeding element nodes (or stored to element buffers directly)
+    boundary: list[Node] = []
+    for n in nodes:
+        if n.index in live and not n.scalar:
+            boundary.extend(a for a in n.args if a.scalar and a not in boundary)
+    boundary.extend(n for n in tr.elem_outputs.values() if n.scalar and n not in boundary)
+    nsc = len(boundary)
+    sin = tr.scalar_inputs
+    souts = list(tr.scalar_outputs.items())
+    hp_index = {name: i for i, (name, _, _) in enumerate(tr.hps)}
+
+    # ---- scalar pass
+    def sref(x: Node) -> str:
+        if x.op == "const":
+            return _const(x.value)
+        if x.op == "hp":
+            return f"hp[{hp_index[x.name]}]"
+        if x.op == "sin":
+            return f"si[{sin.index(x.name)}]"
+        return f"s{x.index}"
+
+    lines = ["static void scalars(const double* restrict hp, const double* restrict si, double* restrict so) {",
+             "    (void)hp; (void)si; (void)so;"]
+    for n in nodes:
+        if n.index in live and n.scalar and n.op not in ("const", "hp", "sin"):
+            lines.append(f"    const double s{n.index} = {_scalar_expr(n, sref)};")
+    for j, b in enumerate(boundary):
+        lines.append(f"    so[{j}] = {sref(b)};")
+    for j, (_, n) in enumerate(souts):
+        lines.append(f"    so[{nsc + j}] = {sref(n)};")
+    lines.append("}")
+    scalar_fn = "\n".join(lines)
+
+    # ---- element pass
+    bidx = {name: i for i, name in enumerate(tr.buffers)}
+    written = set(tr.elem_outputs)
+
+    def eref(x: Node) -> str:
+        if x.scalar:
+            return f"c{boundary.index(x)}"
+        return f"e{x.index}"
+
+    params = ", ".join(
+        f"{'' if name in written else 'const '}{storage}* restrict b{i}" for i, name in enumerate(tr.buffers)
+    )
+    lines = ["__attribute__((noinline))",
+             f"static void elements(int64_t n, const double* restrict sc, {params}) {{",
+             "    (void)sc;"]
+    for j in range(nsc):
+        lines.append(f"    const {compute} c{j} = ({compute})sc[{j}];")
+    lines.append("    for (int64_t i = 0; i < n; ++i) {")
+    for n in nodes:
+        if n.index not in live or n.scalar:
+            continue
+        if n.op == "ein":
+            expr = load.format(f"b{bidx[n.name]}[i]")
+        else:
+            expr = _elem_expr(n, eref, compute)
+        lines.append(f"        const {compute} e{n.index} = {expr};")
+    for name, n in tr.elem_outputs.items():
+        lines.append(f"        b{bidx[name]}[i] = {store.format(eref(n))};")
+    lines += ["    }", "}"]
+    elem_fn = "\n".join(lines)
+
+    # ---- driver
+    nb = len(tr.buffers)
+    nsi = len(sin)
+    nout = nsc + len(souts)
+    sst_t = {k: SCALAR_STATE_TYPES[scalar_state_dtypes[k]] for k in sin}
+    read_in = "\n".join(
+        f"        in[{j}] = (double)*(const {sst_t[k]}*)sst[{j} * nt + t];" for j, k in enumerate(sin)
+    )
+    write_out = "\n".join(
+        f"        *({sst_t[k]}*)sst[{sin.index(k)} * nt + t] = ({sst_t[k]})out[{nsc + j}];"
+        for j, (k, _) in enumerate(souts)
+    )
+    call_args = ", ".join(f"({storage}*)j->bufs[{i} * nt + t] + off" for i in range(nb))
+    driver = f"""
+typedef void (*chunk_fn)(void*, int64_t);
+typedef void (*run_fn)(chunk_fn, void*, int64_t, int);
+struct job {{ int64_t nt, total, chunk; void* const* bufs; const double* scratch; const int64_t* offs; }};
+
+static void chunk(void* ctx, int64_t c) {{
+    const struct job* j = (const struct job*)ctx;
+    const int64_t nt = j->nt;
+    const int64_t* offs = j->offs;
+    int64_t lo = c * j->chunk;
+    const int64_t hi = lo + j->chunk < j->total ? lo + j->chunk : j->total;
+    int64_t a = 0, b = nt;  /* binary search: the last t with offs[t] <= lo */
+    while (b - a > 1) {{ const int64_t m = (a + b) / 2; if (offs[m] <= lo) a = m; else b = m; }}
+    for (int64_t t = a; lo < hi; ++t) {{
+        const int64_t end = offs[t + 1] < hi ? offs[t + 1] : hi;
+        if (end > lo) {{
+            const int64_t off = lo - offs[t];
+            elements(end - lo, j->scratch + t * {max(nsc, 1)}, {call_args});
+            lo = end;
+        }}
+    }}
+}}
+
+void {symbol}(int64_t nt, void* const* bufs, void* const* sst, const double* hp,
+              double* scratch, const int64_t* offs, int nthreads, void* run) {{
+    double in[{max(nsi, 1)}] = {{0}}, prev[{max(nsi, 1)}] = {{0}}, out[{max(nout, 1)}] = {{0}};
+    int have = 0;
+    for (int64_t t = 0; t < nt; ++t) {{
+{read_in}
+        if (!have || memcmp(in, prev, sizeof in) != 0) {{
+            scalars(hp, in, out);
+            memcpy(prev, in, sizeof in);
+            have = 1;
+        }}
+        memcpy(scratch + t * {max(nsc, 1)}, out, sizeof(double) * {max(nsc, 1)});
+{write_out}
+    }}
+    const int64_t total = offs[nt];
+    if (total == 0) return;
+    /* one chunk when small; else 16-32K elements: enough chunks for late helpers to share */
+    int64_t size = total <= 32768 ? total : total / ((int64_t)(nthreads > 0 ? nthreads : 1) * 8);
+    if (total > 32768) size = size < 16384 ? 16384 : (size > 32768 ? 32768 : size);
+    struct job j = {{nt, total, size, bufs, scratch, offs}};
+    ((run_fn)run)(chunk, &j, (total + size - 1) / size, nthreads);
+}}
+"""
+    return "\n".join([_PRELUDE, scalar_fn, elem_fn, driver]), max(nsc, 1)
+
+
+def _live(roots) -> set:
+    seen: set = set()
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n.index not in seen:
+            seen.add(n.index)
+            stack.extend(n.args)
+    return seen

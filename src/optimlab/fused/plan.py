@@ -1,0 +1,258 @@
+"""Kernels per pattern, and per-group plans: the pointer tables the kernel reads.
+
+A :class:`Plan` is built once per param group and reused while the group's params (with
+grads), their storage, the optimizer's state object and the hyperparameters' flag/zero
+pattern stay the same; a step then only refreshes the grad-pointer row and the
+hyperparameter values. Params are split into *buckets* that share one kernel
+(same dtype, same 0-dim state dtypes, same lazily created state present).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .build import BuildError, load, pool
+from .codegen import generate
+from .trace import TraceError, hp_value, trace
+
+# storage dtype -> (kernel dtype name, real-view element count factor)
+SUPPORTED = {
+    torch.float32: ("float32", 1), torch.float64: ("float64", 1),
+    torch.bfloat16: ("bfloat16", 1), torch.float16: ("float16", 1),
+    torch.complex64: ("float32", 2), torch.complex128: ("float64", 2),
+    torch.complex32: ("float16", 2),
+}
+_SCALAR_STATE = {torch.float32: "float32", torch.float64: "float64"}
+
+
+class Unfusable(Exception):
+    """A reason why this group/param cannot take the fused path."""
+
+
+class Kernel:
+    """A compiled kernel plus what the runner needs to call it."""
+
+    def __init__(self, tr, fn, nsc):
+        self.trace = tr
+        self.fn = fn
+        self.nsc = nsc
+        self.buffers = tr.buffers
+        self.scalar_inputs = tr.scalar_inputs
+        self.hps = tr.hps
+
+    @property
+    def bytes_per_element(self) -> int:
+        """Buffers read plus buffers written, in elements (28 bytes/4 = 7 for Adam)."""
+        return len(self.trace.reads) + len(self.trace.elem_outputs)
+
+
+_kernels: dict = {}
+
+
+def hkey(h) -> tuple:
+    """The flag/zero pattern of the hyperparameters: what a trace may branch on."""
+    out = []
+    for k, v in vars(h).items():
+        if v is True or v is False:
+            out.append((k, v))
+        elif isinstance(v, (int, float)):
+            out.append((k, _sign(v)))
+        elif isinstance(v, tuple):
+            out.append((k, tuple(_sign(x) if isinstance(x, (int, float)) else type(x) for x in v)))
+        elif isinstance(v, torch.Tensor):
+            out.append((k, _sign(v.item()) if v.numel() == 1 else "tensor"))
+    return tuple(out)
+
+
+def _sign(x) -> object:
+    if x != x:
+        return "nan"
+    return (x > 0) - (x < 0)
+
+
+def kernel(rule, h, key, dtype: str, sstate: tuple, lazy: frozenset) -> Kernel:
+    """The compiled kernel for one pattern (memoised; failures are memoised too)."""
+    k = (rule.fn, rule.tensors, tuple(rule.scalars.items()), key, dtype, sstate, lazy)
+    found = _kernels.get(k)
+    if found is None:
+        try:
+            tr = trace(rule, h, lazy)
+            src, nsc = generate(tr, dtype, dict(sstate))
+            found = Kernel(tr, load(src), nsc)
+            pool()
+        except (TraceError, BuildError) as e:
+            found = e
+        _kernels[k] = found
+    if isinstance(found, Exception):
+        raise Unfusable(str(found)) from found
+    return found
+
+
+def dense_layout(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense: the elements fill ``numel`` consecutive slots from data_ptr."""
+    if t.is_contiguous():
+        return True
+    dims = sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1)
+    expected = 1
+    for st, sz in dims:
+        if st != expected:
+            return False
+        expected *= sz
+    return True
+
+
+def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a.layout == torch.strided and a.dtype == b.dtype and a.device == b.device
+            and a.shape == b.shape and (a.stride() == b.stride() or (a.is_contiguous() and b.is_contiguous())))
+
+
+class Bucket:
+    """Params sharing one kernel, with their pointer tables."""
+
+    def __init__(self, kern: Kernel, params: list, states: list, real: int):
+        self.kernel = kern
+        nt = len(params)
+        self.nt = nt
+        self.bufs = np.zeros((len(kern.buffers), nt), dtype=np.uint64)
+        self.sst = np.zeros((max(len(kern.scalar_inputs), 1), nt), dtype=np.uint64)
+        self.offs = np.zeros(nt + 1, dtype=np.int64)
+        self.offs[1:] = np.cumsum([p.numel() * real for p in params])
+        self.scratch = np.zeros(max(nt * kern.nsc, 1), dtype=np.float64)
+        self.hp = np.zeros(max(len(kern.hps), 1), dtype=np.float64)
+        self.keep = []  # state tensors the pointers refer to: never freed under the kernel
+        for j, (p, st) in enumerate(zip(params, states)):
+            for b, name in enumerate(kern.buffers):
+                if name == "param":
+                    self.bufs[b, j] = p.data_ptr()
+                elif name != "grad":
+                    self.bufs[b, j] = st[name].data_ptr()
+                    self.keep.append(st[name])
+            for b, name in enumerate(kern.scalar_inputs):
+                self.sst[b, j] = st[name].data_ptr()
+                self.keep.append(st[name])
+        self.grad_row = self.bufs[1]
+        self.args = (nt, self.bufs.ctypes.data, self.sst.ctypes.data, self.hp.ctypes.data,
+                     self.scratch.ctypes.data, self.offs.ctypes.data)
+        self.pool = pool()
+
+    def call(self, nthreads: int) -> None:
+        """Run the kernel on the current tables."""
+        self.kernel.fn(*self.args, nthreads, self.pool)
+
+    def run(self, h, grad_ptrs: list, nthreads: int) -> None:
+        self.grad_row[:] = grad_ptrs
+        self.hp[: len(self.kernel.hps)] = [hp_value(h, key, i) for _, key, i in self.kernel.hps]
+        self.call(nthreads)
+
+
+class Plan:
+    """Everything to run one group's step; see the module docstring for its validity."""
+
+    def __init__(self, optimizer, group, params, h, key):
+        self.group = group
+        self.ids = list(map(id, params))
+        self.state = optimizer.state
+        self.key = key
+        self.params = params
+        self.reference = []  # params whose layout or dtype the kernel cannot take
+        self.reasons = []  # why some params take the reference path
+        self.kernel_errors = []  # tracing or compiling failures (warned about)
+        self.lazy_created = False
+        rule = optimizer.rule
+        fills = rule.tensors(h)
+        groups: dict = {}
+        states = []
+        for i, p in enumerate(params):
+            st = optimizer.init_state(p, h)  # stateless rules leave optimizer.state alone
+            states.append(st)
+            try:
+                bucket_key = self._check(p, st, fills, rule)
+            except Unfusable as e:
+                self.reference.append(p)
+                self.reasons.append(str(e))
+                continue
+            groups.setdefault(bucket_key, []).append(i)
+        self.nstate = len(optimizer.state)
+        self.buckets = []
+        self.slices = []  # each bucket's range in fused_params
+        self.fused_params = []
+        for (dtype, sstate, lazy), positions in groups.items():
+            try:
+                kern = kernel(rule, h, key, SUPPORTED[dtype][0], sstate, lazy)
+            except Unfusable as e:
+                self.reference.extend(params[i] for i in positions)
+                self.kernel_errors.append(str(e))
+                continue
+            ps = [params[i] for i in positions]
+            sts = [states[i] for i in positions]
+            for p, st in zip(ps, sts):
+                for name in kern.buffers:
+                    if name not in ("param", "grad") and name not in st:
+                        st[name] = torch.empty_like(p, memory_format=torch.preserve_format)
+                        self.lazy_created = True
+            self.buckets.append(Bucket(kern, ps, sts, SUPPORTED[dtype][1]))
+            self.slices.append((len(self.fused_params), len(self.fused_params) + len(ps)))
+            self.fused_params.extend(ps)
+        self.pptrs = list(map(torch.Tensor.data_ptr, params))
+        self.contiguous = all(p.is_contiguous() for p in self.fused_params)
+
+    @staticmethod
+    def _check(p, st, fills, rule):
+        if p.device.type != "cpu" or p.layout != torch.strided:
+            raise Unfusable(f"param on {p.device} with layout {p.layout}")
+        if p.dtype not in SUPPORTED:
+            raise Unfusable(f"param dtype {p.dtype}")
+        if not dense_layout(p):
+            raise Unfusable("param is not dense (overlapping or with gaps)")
+        lazy = []
+        for k, fill in fills.items():
+            t = st.get(k)
+            if t is None:
+                if fill is None:
+                    continue
+                raise Unfusable(f"state {k!r} is missing")
+            if not isinstance(t, torch.Tensor) or not _same_layout(t, p):
+                raise Unfusable(f"state {k!r} differs from its param in dtype, device or layout")
+            if fill is None:
+                lazy.append(k)
+        sstate = []
+        for k in rule.scalars:
+            t = st.get(k)
+            if not isinstance(t, torch.Tensor) or t.numel() != 1 or t.dtype not in _SCALAR_STATE \
+                    or t.device.type != "cpu":
+                raise Unfusable(f"0-dim state {k!r} is not a float32/float64 CPU tensor")
+            sstate.append((k, _SCALAR_STATE[t.dtype]))
+        return p.dtype, tuple(sstate), frozenset(lazy)
+
+    def grad_pointers(self, grads, keep: list) -> list:
+        """Grad data pointers; a grad laid out unlike its param is copied to its layout
+        (sparse ones densified, as the reference path does)."""
+        ptrs = []
+        for p, g in zip(self.fused_params, grads):
+            if not (g.layout == torch.strided and g.dtype == p.dtype and
+                    (g.stride() == p.stride() or (g.is_contiguous() and p.is_contiguous()))):
+                dense = g.to_dense() if g.layout != torch.strided else g
+                g = torch.empty_like(p, memory_format=torch.preserve_format).copy_(dense)
+                keep.append(g)
+            ptrs.append(g.data_ptr())
+        return ptrs
+
+
+def roofline_bytes(optimizer, group) -> int:
+    """Bytes the rule must touch per step for this group (for benchmarks)."""
+    from ..engine import hyperparameters
+
+    h = hyperparameters(group)
+    total = 0
+    for p in group["params"]:
+        st = optimizer.state.get(p, {})
+        lazy = frozenset(k for k, f in optimizer.rule.tensors(h).items() if f is None and k in st)
+        sstate = tuple((k, _SCALAR_STATE.get(getattr(st.get(k), "dtype", None), "float32"))
+                       for k in optimizer.rule.scalars)
+        kern = kernel(optimizer.rule, h, hkey(h), SUPPORTED[p.dtype][0], sstate, lazy)
+        total += kern.bytes_per_element * p.numel() * p.element_size()
+    return total
+
+
+__all__ = ["Plan", "Kernel", "Unfusable", "kernel", "hkey", "roofline_bytes"]

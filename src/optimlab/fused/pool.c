@@ -1,0 +1,197 @@
+/* Threads for the fused kernels (static code, not generated).
+ *
+ * optimlab_pool_run(fn, ctx, n, threads) runs fn(ctx, c) for the n chunks c of a step.
+ *
+ * First choice, when built with OpenMP against torch's libgomp: a parallel region, i.e.
+ * torch's own thread team, which is usually still spinning from the last torch op, so
+ * nothing competes for the cores. But a region ends in a barrier: on a busy machine the
+ * caller then waits a whole scheduler slice for a preempted thread. When that is seen
+ * (a wait over OMP_LATE_NS), the next OMP_PENALTY steps use the pthread helpers below.
+ *
+ * The helpers: the caller starts on the chunks at once, helpers join when they get a
+ * CPU, and the caller only ever waits for chunks a helper has actually claimed; a helper
+ * that wakes up late finds nothing to do. One 64-bit word holds (generation 16 bits |
+ * chunk count 24 | next chunk 24); a chunk is claimed by compare-and-swap on it, so a
+ * claim can only succeed for the job still running, and the job (fn, ctx) is only read
+ * after a successful claim, when the caller cannot yet have moved on to the next job.
+ */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
+
+typedef void (*chunk_fn)(void *ctx, int64_t chunk);
+
+#define NCH_BITS 24
+#define IDX_MASK ((UINT64_C(1) << NCH_BITS) - 1)
+#define GEN(w) ((w) >> (2 * NCH_BITS))
+#define NCH(w) (((w) >> NCH_BITS) & IDX_MASK)
+#define IDX(w) ((w) & IDX_MASK)
+#define MAX_THREADS 256
+#define SPINS 4000
+#define OMP_LATE_NS 300000    /* a barrier wait this long means: threads are being preempted */
+#define OMP_PENALTY 50        /* then this many calls go to the pthread helpers */
+
+static struct {
+    _Atomic uint64_t word;
+    _Atomic int64_t done;
+    _Atomic int joined;
+    int limit;
+    chunk_fn fn;
+    void *ctx;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int sleepers;
+    int nworkers;
+} P = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static pthread_mutex_t grow_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t run_mu = PTHREAD_MUTEX_INITIALIZER; /* one job at a time */
+
+static inline void relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Claim and run chunks of job `gen` until none is left; returns how many were run. */
+static int64_t work(uint64_t gen) {
+    int64_t ran = 0;
+    uint64_t w = atomic_load_explicit(&P.word, memory_order_acquire);
+    for (;;) {
+        if (GEN(w) != gen || IDX(w) >= NCH(w)) return ran;
+        if (!atomic_compare_exchange_weak_explicit(&P.word, &w, w + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        P.fn(P.ctx, (int64_t)IDX(w));
+        ++ran;
+        atomic_fetch_add_explicit(&P.done, 1, memory_order_release);
+        w = atomic_load_explicit(&P.word, memory_order_acquire);
+    }
+}
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Spin until a job newer than `seen` is posted, at most `ns` nanoseconds. */
+static uint64_t spin_for_job(uint64_t seen, int64_t ns) {
+    uint64_t w = atomic_load_explicit(&P.word, memory_order_acquire);
+    const int64_t end = now_ns() + ns;
+    for (int i = 0; GEN(w) == seen; ++i) {
+        relax();
+        if ((i & 63) == 63 && now_ns() > end) break;
+        w = atomic_load_explicit(&P.word, memory_order_acquire);
+    }
+    return w;
+}
+
+static void *worker(void *arg) {
+    uint64_t seen = (uint64_t)(uintptr_t)arg;
+    for (;;) {
+        uint64_t w = spin_for_job(seen, 50000);
+        if (GEN(w) == seen) {
+            pthread_mutex_lock(&P.mu);
+            P.sleepers++;
+            while (GEN(atomic_load(&P.word)) == seen) pthread_cond_wait(&P.cv, &P.mu);
+            P.sleepers--;
+            pthread_mutex_unlock(&P.mu);
+            w = atomic_load_explicit(&P.word, memory_order_acquire);
+        }
+        seen = GEN(w);
+        if (atomic_fetch_add_explicit(&P.joined, 1, memory_order_relaxed) < P.limit) work(seen);
+    }
+    return NULL;
+}
+
+static void after_fork_child(void) {
+    /* the helpers do not exist in the child: start over (the caller alone does all chunks) */
+    pthread_mutex_init(&P.mu, NULL);
+    pthread_cond_init(&P.cv, NULL);
+    pthread_mutex_init(&grow_mu, NULL);
+    pthread_mutex_init(&run_mu, NULL);
+    P.sleepers = 0;
+    P.nworkers = 0;
+}
+
+static void grow(int helpers) {
+    static int registered = 0;
+    pthread_mutex_lock(&grow_mu);
+    if (!registered) {
+        pthread_atfork(NULL, NULL, after_fork_child);
+        registered = 1;
+    }
+    while (P.nworkers < helpers && P.nworkers < MAX_THREADS) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        uint64_t gen = GEN(atomic_load(&P.word));
+        if (pthread_create(&t, &attr, worker, (void *)(uintptr_t)gen) != 0) break;
+        pthread_attr_destroy(&attr);
+        P.nworkers++;
+    }
+    pthread_mutex_unlock(&grow_mu);
+}
+
+#ifdef _OPENMP
+#include <omp.h>
+/* Steps left during which the pthread helpers are used instead of OpenMP. */
+static int omp_penalty = 0;
+
+/* The same chunks in an OpenMP region: when it is called from torch's main thread this is
+   torch's own (usually still spinning) team, so nothing competes for the cores. Returns
+   how long the caller waited at the region's closing barrier for late threads. */
+static int64_t run_omp(chunk_fn fn, void *ctx, int64_t nchunks, int nthreads) {
+    _Atomic int64_t next = 0;
+    int64_t caller_done = 0;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        for (;;) {
+            const int64_t c = atomic_fetch_add_explicit(&next, 1, memory_order_relaxed);
+            if (c >= nchunks) break;
+            fn(ctx, c);
+        }
+        if (omp_get_thread_num() == 0) caller_done = now_ns();
+    }
+    return now_ns() - caller_done;
+}
+#endif
+
+/* Run fn(ctx, c) for c in [0, nchunks) on the caller and up to nthreads - 1 helpers. */
+void optimlab_pool_run(chunk_fn fn, void *ctx, int64_t nchunks, int nthreads) {
+#ifdef _OPENMP
+    /* OpenMP first (torch's warm team); if its closing barrier made us wait for a
+       descheduled thread (a busy machine), use the pthread helpers for a while. */
+    if (nthreads > 1 && nchunks > 1 && omp_penalty == 0 && !omp_in_parallel()) {
+        if (run_omp(fn, ctx, nchunks, nthreads) > OMP_LATE_NS) omp_penalty = OMP_PENALTY;
+        return;
+    }
+    if (omp_penalty > 0) --omp_penalty;
+#endif
+    /* serial when asked to, or while another thread of the process runs a job */
+    if (nthreads <= 1 || nchunks <= 1 || nchunks > (int64_t)IDX_MASK || pthread_mutex_trylock(&run_mu)) {
+        for (int64_t c = 0; c < nchunks; ++c) fn(ctx, c);
+        return;
+    }
+    if (P.nworkers < nthreads - 1) grow(nthreads - 1);
+    P.fn = fn;
+    P.ctx = ctx;
+    P.limit = nthreads - 1;
+    atomic_store_explicit(&P.joined, 0, memory_order_relaxed);
+    atomic_store_explicit(&P.done, 0, memory_order_relaxed);
+    uint64_t gen = (GEN(atomic_load(&P.word)) + 1) & 0xffff;
+    atomic_store_explicit(&P.word, (gen << (2 * NCH_BITS)) | ((uint64_t)nchunks << NCH_BITS),
+                          memory_order_seq_cst);
+    pthread_mutex_lock(&P.mu);
+    if (P.sleepers) pthread_cond_broadcast(&P.cv);
+    pthread_mutex_unlock(&P.mu);
+    work(gen);
+    for (int i = 0; atomic_load_explicit(&P.done, memory_order_acquire) < nchunks; ++i) {
+        if (i < SPINS) relax(); else sched_yield();
+    }
+    pthread_mutex_unlock(&run_mu);
+}
