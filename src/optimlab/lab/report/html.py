@@ -217,7 +217,7 @@ def reproduce(ctx) -> str:
     vrows = "".join(f"<tr><td>{esc(str(k))}</td><td class='l'>{esc(str(v))}</td></tr>"
                     for k, v in sorted(vers.items()))
     other = "".join(f"<tr><td>{esc(str(k))}</td><td class='l'>{esc(T.short(v))}</td></tr>"
-                    for k, v in sorted(m.items()) if k not in ("versions", "command"))
+                    for k, v in sorted(m.items()) if k not in _NOT_SETTINGS)
     fails = ""
     if ctx["failures"]:
         fr = "".join(f"<tr><td>{esc(r.spec.problem)}</td><td class='l'>{esc(r.spec.optimizer)}"
@@ -234,6 +234,10 @@ def reproduce(ctx) -> str:
                    f"<pre>{esc(T.command(m))}</pre><h3>Versions</h3><table style='width:auto'>"
                    f"{vrows}</table><h3>Run settings</h3><table style='width:auto'>{other}"
                    f"</table>{fails}")
+
+
+#: Meta keys shown elsewhere, or bookkeeping rather than settings a reader needs.
+_NOT_SETTINGS = ("versions", "command", "runs", "problem_info", "sources", "argv")
 
 
 def page(ctx, images) -> str:
