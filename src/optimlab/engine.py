@@ -11,6 +11,8 @@ on tensors; the fused path (:mod:`optimlab.fused`) traces it symbolically and co
 
 from __future__ import annotations
 
+import functools
+import operator
 from types import SimpleNamespace
 from typing import ClassVar
 
@@ -20,6 +22,8 @@ from torch.optim import Optimizer
 from .rules import Rule
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_grad = operator.attrgetter("grad")
+_is_none = functools.partial(operator.is_, None)
 
 # Group keys that older torch versions (or other optimizers) may not have written.
 _LEGACY_DEFAULTS = {
@@ -118,14 +122,18 @@ class RuleOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params = group["params"]
+            grads = list(map(_grad, params))
+            if any(map(_is_none, grads)):  # not `None in grads`: that calls Tensor.__eq__
+                params = [p for p, g in zip(params, grads) if g is not None]
+                grads = [g for g in grads if g is not None]
             if not params:
                 continue
             h = hyperparameters(group)
             if group.get("fused") is not False and not group.get("differentiable"):
                 from . import fused
 
-                if fused.try_step(self, group, params, h):  # runs _check_grads when needed
+                if fused.try_step(self, group, params, grads, h):  # checks grads when needed
                     continue
             self._check_grads(params)
             for p in params:

@@ -73,8 +73,9 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
-def try_step(optimizer, group, params, h) -> bool:
-    """Run one fused step for ``params`` of ``group``; False means: use the reference path.
+def try_step(optimizer, group, params, grads, h) -> bool:
+    """Run one fused step for ``params`` (with ``grads``, their ``.grad``) of ``group``;
+    False means: use the reference path.
 
     Raises like ``optimizer._check_grads`` (sparse grads for a rule without sparse
     support) before touching anything; the engine calls that check only on False.
@@ -86,7 +87,7 @@ def try_step(optimizer, group, params, h) -> bool:
             raise RuntimeError(f"{name}: fused=True, but OPTIMLAB_DISABLE_FUSED is set")
         return False
     try:
-        _step(optimizer, group, params, h, required)
+        _step(optimizer, group, params, grads, h, required)
     except Unfusable as e:
         raise RuntimeError(f"{name}: fused=True is not possible here: {e}") from None
     return True
@@ -104,7 +105,7 @@ def _plan(optimizer, group, params, h, key) -> Plan:
     return plan
 
 
-def _step(optimizer, group, params, h, required: bool) -> None:
+def _step(optimizer, group, params, grads, h, required: bool) -> None:
     key = hkey(h)
     plan = _plan(optimizer, group, params, h, key)
     if plan.reference and required:
@@ -114,7 +115,8 @@ def _step(optimizer, group, params, h, required: bool) -> None:
                    "using the reference path")
     nthreads = torch.get_num_threads()
     keep: list = []  # grad copies that must outlive the kernel call
-    grads = list(map(_grad, plan.fused_params))
+    if not plan.fused_in_order:
+        grads = list(map(_grad, plan.fused_params))
     try:
         fast = plan.contiguous and all(map(_contiguous, grads))
     except RuntimeError:  # layouts without strides

@@ -195,6 +195,8 @@ class Plan:
             self.slices.append((len(self.fused_params), len(self.fused_params) + len(ps)))
             self.fused_params.extend(ps)
         self.pptrs = list(map(torch.Tensor.data_ptr, params))
+        # the engine's grads list can be used as is when every param is fused, in order
+        self.fused_in_order = list(map(id, self.fused_params)) == self.ids
         self.contiguous = all(p.is_contiguous() for p in self.fused_params)
 
     @staticmethod
