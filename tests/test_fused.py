@@ -366,3 +366,16 @@ def test_half_conversions_on_every_bit_pattern(dtype):
     nan = expected.isnan()
     assert torch.equal(p.detach().isnan(), nan)
     assert torch.equal(p.detach()[~nan].float(), expected[~nan])
+
+
+def test_params_appended_in_place_to_a_group_are_stepped():
+    """The plan caches a copy of the param list: in-place edits of group['params'] count."""
+    a, b = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(3))
+    opt = optimlab.SGD([a], lr=0.5)
+    a.grad = torch.ones(4)
+    opt.step()
+    opt.param_groups[0]["params"].append(b)
+    a.grad, b.grad = torch.ones(4), torch.ones(3)
+    opt.step()
+    torch.testing.assert_close(b.detach(), torch.full((3,), 0.5))
+    torch.testing.assert_close(a.detach(), torch.zeros(4))

@@ -100,7 +100,7 @@ def _plan(optimizer, group, params, h, key) -> Plan:
     plan = plans.get(id(group))
     if (plan is None or plan.group is not group or plan.key != key
             or plan.state is not optimizer.state or plan.nstate != len(optimizer.state)
-            or plan.ids != list(map(id, params)) or plan.pptrs != list(map(_ptr, params))):
+            or len(plan.params) != len(params) or not all(map(operator.is_, plan.params, params)) or plan.pptrs != list(map(_ptr, params))):
         plan = plans[id(group)] = Plan(optimizer, group, params, h, key)
     return plan
 

@@ -154,7 +154,7 @@ class Plan:
         self.ids = list(map(id, params))
         self.state = optimizer.state
         self.key = key
-        self.params = params
+        self.params = list(params)  # a copy: the group's own list may change in place
         self.reference = []  # params whose layout or dtype the kernel cannot take
         self.reasons = []  # why some params take the reference path
         self.kernel_errors = []  # tracing or compiling failures (warned about)
