@@ -74,21 +74,9 @@ static inline uint16_t f16_store(float x) {
 _BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 
 
-def _scalar_expr(n: Node, ref) -> str:
-    a = [ref(x) for x in n.args]
-    if n.op in _BINARY:
-        return f"{a[0]} {_BINARY[n.op]} {a[1]}"
-    return {
-        "neg": lambda: f"-{a[0]}",
-        "sqrt": lambda: f"sqrt({a[0]})",
-        "abs": lambda: f"fabs({a[0]})",
-        "pow": lambda: f"pow({a[0]}, {a[1]})",
-        # NaN-propagating like torch.maximum; ties return the second operand (as vmaxps)
-        "max": lambda: f"(({a[0]} != {a[0]} || {a[0]} > {a[1]}) ? {a[0]} : {a[1]})",
-    }[n.op]()
-
-
-def _elem_expr(n: Node, ref, compute: str) -> str:
+def _expr(n: Node, ref, compute: str) -> str:
+    """C for one node in ``compute`` ("double" for scalar nodes, the kernel's compute type
+    for per-element ones). ``__builtin_sqrt`` is the correctly rounded sqrt (-fno-math-errno)."""
     a = [ref(x) for x in n.args]
     f = "f" if compute == "float" else ""
     if n.op in _BINARY:
@@ -99,6 +87,7 @@ def _elem_expr(n: Node, ref, compute: str) -> str:
         "neg": lambda: f"-{a[0]}",
         "sqrt": lambda: f"__builtin_sqrt{f}({a[0]})",
         "abs": lambda: f"__builtin_fabs{f}({a[0]})",
+        # NaN-propagating like torch.maximum; ties return the second operand (as vmaxps)
         "max": lambda: f"(({a[0]} != {a[0]} || {a[0]} > {a[1]}) ? {a[0]} : {a[1]})",
     }[n.op]()
 
@@ -148,7 +137,7 @@ def generate(tr: Trace, dtype: str, scalar_state_dtypes: dict,
              "    (void)hp; (void)si; (void)so;"]
     for n in nodes:
         if n.index in live and n.scalar and n.op not in ("const", "hp", "sin"):
-            lines.append(f"    const double s{n.index} = {_scalar_expr(n, sref)};")
+            lines.append(f"    const double s{n.index} = {_expr(n, sref, 'double')};")
     for j, b in enumerate(boundary):
         lines.append(f"    so[{j}] = {sref(b)};")
     for j, (_, n) in enumerate(souts):
@@ -180,7 +169,7 @@ def generate(tr: Trace, dtype: str, scalar_state_dtypes: dict,
         if n.op == "ein":
             expr = load.format(f"b{bidx[n.name]}[i]")
         else:
-            expr = _elem_expr(n, eref, compute)
+            expr = _expr(n, eref, compute)
         lines.append(f"        const {compute} e{n.index} = {expr};")
     for name, n in tr.elem_outputs.items():
         lines.append(f"        b{bidx[name]}[i] = {store.format(eref(n))};")
