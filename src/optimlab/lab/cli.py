@@ -188,7 +188,14 @@ def cmd_compare(args, argv) -> int:
     plan = sweep.Plan.build(sources, optimizers, lrs=args.lrs, seeds=args.seeds,
                             steps=args.steps, schedule=args.schedule)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".optimlab-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(f"cannot write to the output directory {out} "
+                      f"({exc.strerror or exc}); choose another with --out") from None
     store = Store(out / STORE_NAME)
     try:
         old = store.meta()
