@@ -28,6 +28,14 @@ def _grad(p, g, weight_decay, maximize):
     return g
 
 
+def _decay(p, g, lr, weight_decay, decoupled, maximize):
+    """(p, g) after weight decay: decoupled p <- p (1 - lr wd) (Loshchilov & Hutter 2019),
+    else L2 added to the (sign-adjusted) gradient."""
+    if decoupled:
+        return p * (1.0 - lr * weight_decay), _grad(p, g, 0.0, maximize)
+    return p, _grad(p, g, weight_decay, maximize)
+
+
 def _step(state):
     state["step"] = state.get("step", 0.0) + 1.0
     return state["step"]
@@ -105,11 +113,7 @@ def adam(p, g, state, *, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, ams
     current step. bias_correction=False drops both 1-b^t factors."""
     b1, b2 = betas
     t = _step(state)
-    if decoupled_weight_decay:
-        g = _grad(p, g, 0.0, maximize)
-        p = p * (1.0 - lr * weight_decay)
-    else:
-        g = _grad(p, g, weight_decay, maximize)
+    p, g = _decay(p, g, lr, weight_decay, decoupled_weight_decay, maximize)
     m = b1 * state.get("exp_avg", np.zeros_like(p)) + (1.0 - b1) * g
     v = b2 * state.get("exp_avg_sq", np.zeros_like(p)) + (1.0 - b2) * g * g
     state["exp_avg"], state["exp_avg_sq"] = m, v
@@ -149,11 +153,7 @@ def nadam(p, g, state, *, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.
     ``mu_product`` is kept in float64 here (torch keeps it in float32)."""
     b1, b2 = betas
     t = _step(state)
-    if decoupled_weight_decay:
-        g = _grad(p, g, 0.0, maximize)
-        p = p * (1.0 - lr * weight_decay)
-    else:
-        g = _grad(p, g, weight_decay, maximize)
+    p, g = _decay(p, g, lr, weight_decay, decoupled_weight_decay, maximize)
     mu = b1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
     mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1.0) * momentum_decay))
     prod = state.get("mu_product", 1.0) * mu
