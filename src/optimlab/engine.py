@@ -158,11 +158,11 @@ class RuleOptimizer(Optimizer):
             t = as_real(t)
             return t.to(compute) if compute is not None else t
 
-        lazy = [k for k, fill in self.rule.tensors(h).items() if fill is None]
+        keys = self.rule.tensors(h)
         s = SimpleNamespace()
         for key in self.rule.scalars:
             setattr(s, key, state[key].item())
-        for key in self.rule.tensors(h):
+        for key in keys:  # lazily created state (SGD's momentum buffer) is None at first
             setattr(s, key, load(state[key]) if key in state else None)
         old = dict(vars(s))
 
@@ -171,10 +171,10 @@ class RuleOptimizer(Optimizer):
 
         for key in self.rule.scalars:
             state[key].fill_(getattr(s, key))
-        for key in self.rule.tensors(h):
+        for key in keys:
             value = getattr(s, key)
             if value is old[key]:
                 continue
-            if key in lazy and key not in state:
+            if key not in state:
                 state[key] = torch.empty_like(p, memory_format=torch.preserve_format)
             as_real(state[key]).copy_(value)
