@@ -93,6 +93,23 @@ def try_step(optimizer, group, params, grads, h) -> bool:
     return True
 
 
+def try_steady_step(optimizer, group, h) -> bool:
+    """The steady state: the group's cached plan still holds and the C++ helper
+    (``gather.cpp``) finds every grad readable in place; then one C call does the per-param
+    bookkeeping and the kernels run. False: nothing was done, take :func:`try_step`."""
+    plans = _plans.get(optimizer)
+    plan = plans.get(id(group)) if plans else None
+    if (plan is None or plan.gather is None or plan.group is not group
+            or plan.state is not optimizer.state or plan.nstate != len(optimizer.state)
+            or plan.key != hkey(h) or os.environ.get("OPTIMLAB_DISABLE_FUSED", "") not in ("", "0")
+            or not plan.gather_grads(group["params"])):
+        return False
+    nthreads = torch.get_num_threads()
+    for bucket in plan.buckets:
+        bucket.run(h, nthreads)
+    return True
+
+
 def _plan(optimizer, group, params, h, key) -> Plan:
     plans = _plans.get(optimizer)
     if plans is None:
@@ -124,11 +141,9 @@ def _step(optimizer, group, params, grads, h, required: bool) -> None:
     if plan.reference or not fast:
         optimizer._check_grads(params)  # contiguous grads are never sparse: checked only here
     ptrs = list(map(_ptr, grads)) if fast else plan.grad_pointers(grads, keep)
-    if len(plan.buckets) == 1:
-        plan.buckets[0].run(h, ptrs, nthreads)
-    else:
-        for bucket, (lo, hi) in zip(plan.buckets, plan.slices):
-            bucket.run(h, ptrs[lo:hi], nthreads)
+    for bucket, (lo, hi) in zip(plan.buckets, plan.slices):
+        bucket.grad_row[:] = ptrs[lo:hi]
+        bucket.run(h, nthreads)
     torch._C._increment_version(plan.fused_params)
     for p in plan.reference:
         optimizer.reference_step(p, h)

@@ -12,6 +12,9 @@ fallback on a busy machine (and when torch has no libgomp).
 
 Compiler: ``$OPTIMLAB_CC``, else ``$CC``, else ``cc``. Any failure raises
 :class:`BuildError`; the caller warns once and uses the reference path.
+
+The optional per-step helper ``gather.cpp`` is C++ against torch's headers, compiled with
+``$OPTIMLAB_CXX``, else ``$CXX``, else ``c++``; see :func:`gatherer`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ import subprocess
 import tempfile
 import threading
 
+import sysconfig
+
+import numpy as np
 import torch
 
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fno-trapping-math",
@@ -38,8 +44,15 @@ class BuildError(RuntimeError):
     """The kernel could not be compiled or loaded."""
 
 
+CXX_FLAGS = ["-O2", "-std=c++20", "-fPIC", "-shared", "-w"]
+
+
 def compiler() -> list[str]:
     return shlex.split(os.environ.get("OPTIMLAB_CC") or os.environ.get("CC") or "cc")
+
+
+def cxx_compiler() -> list[str]:
+    return shlex.split(os.environ.get("OPTIMLAB_CXX") or os.environ.get("CXX") or "c++")
 
 
 def cache_dir() -> str:
@@ -58,7 +71,9 @@ def _cpu() -> str:
     return platform.processor()
 
 
-def _command(src: str, out: str, extra=()) -> list[str]:
+def _command(src: str, out: str, extra=(), cxx=False) -> list[str]:
+    if cxx:
+        return cxx_compiler() + CXX_FLAGS + [src, "-o", out, *extra]
     return compiler() + FLAGS + [src, "-o", out, "-lm", *extra]
 
 
@@ -70,16 +85,22 @@ def _torch_openmp() -> list[str]:
     return ["-fopenmp", lib, f"-Wl,-rpath,{os.path.dirname(lib)}"]
 
 
-def _library(source: str, extra=()):
-    tag = "\0".join([source, " ".join(_command("x.c", "x.so", extra)), torch.__version__, _cpu()])
-    name = "k" + hashlib.sha256(tag.encode()).hexdigest()[:24]
-    directory = cache_dir()
-    path = os.path.join(directory, name + ".so")
+def _library_path(source: str, extra=(), cxx=False) -> str:
+    tag = "\0".join([source, " ".join(_command("x.c", "x.so", extra, cxx)), torch.__version__, _cpu()])
+    return os.path.join(cache_dir(), "k" + hashlib.sha256(tag.encode()).hexdigest()[:24] + ".so")
+
+
+def _library(source: str, extra=(), cxx=False, compile=True, loader=ctypes.CDLL):
+    """The loaded library of ``source``, compiled first if needed (or, with
+    ``compile=False``, None when it is not in the cache yet)."""
+    path = _library_path(source, extra, cxx)
     with _lock:
         if not os.path.exists(path):
-            _compile(source, directory, name, extra)
+            if not compile:
+                return None
+            _compile(source, os.path.dirname(path), os.path.basename(path)[:-3], extra, cxx)
         try:
-            return ctypes.CDLL(path)
+            return loader(path)
         except OSError as e:
             raise BuildError(f"could not load {path}: {e}") from e
 
@@ -111,26 +132,76 @@ def pool() -> int:
     return _pool[0][1]
 
 
+_gather: dict = {}
 
-def _compile(source: str, directory: str, name: str, extra=()) -> None:
+
+def _gather_flags() -> list[str]:
+    torch_dir = os.path.dirname(torch.__file__)
+    lib = os.path.join(torch_dir, "lib")
+    return ["-I" + os.path.join(torch_dir, "include"), "-I" + sysconfig.get_paths()["include"],
+            "-L" + lib, "-lc10", "-Wl,-rpath," + lib]
+
+
+def gatherer(compile: bool):
+    """``optimlab_gather`` of ``gather.cpp`` (the steady-state step bookkeeping in one
+    call), or None: not in the cache and ``compile`` is False, no working C++ compiler or
+    torch headers, or torch's object layout is not the one it was written for."""
+    if "fn" in _gather:
+        return _gather["fn"]
+    with open(os.path.join(os.path.dirname(__file__), "gather.cpp")) as f:
+        source = f.read()
+    try:
+        lib = _library(source, _gather_flags(), cxx=True, compile=compile, loader=ctypes.PyDLL)
+    except BuildError:
+        lib = False
+    if lib is None:
+        return None  # not built yet: a later, larger group may build it
+    _gather["fn"] = lib and _verified(lib)
+    return _gather["fn"]
+
+
+def _verified(lib):
+    """The gather function, if it reads torch's objects right (layout and a round trip)."""
+    impl_of = lib.optimlab_impl_of
+    impl_of.argtypes, impl_of.restype = [ctypes.py_object], ctypes.c_uint64
+    fn = lib.optimlab_gather
+    fn.argtypes = [ctypes.py_object, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    fn.restype = ctypes.c_int64
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.ones(3)
+    if any(impl_of(t) != t._cdata for t in (p, p.grad, torch.zeros(2))):
+        return None
+    objs = np.array([id(p)], dtype=np.uint64)
+    pptrs = np.array([p.data_ptr()], dtype=np.uint64)
+    out = np.zeros(1, dtype=np.uint64)
+    dest = np.array([out.ctypes.data], dtype=np.uint64)
+    version = p._version
+    ok = (fn([p], objs.ctypes.data, pptrs.ctypes.data, dest.ctypes.data, 1) == 0
+          and int(out[0]) == p.grad.data_ptr() and p._version == version + 1
+          and fn([p], objs.ctypes.data, pptrs.ctypes.data, dest.ctypes.data, 2) == 3)
+    return fn if ok else None
+
+
+def _compile(source: str, directory: str, name: str, extra=(), cxx=False) -> None:
+    suffix = ".cpp" if cxx else ".c"
     try:
         os.makedirs(directory, exist_ok=True)
-        fd, tmp_c = tempfile.mkstemp(prefix=name, suffix=".c", dir=directory)
+        fd, tmp_c = tempfile.mkstemp(prefix=name, suffix=suffix, dir=directory)
         with os.fdopen(fd, "w") as f:
             f.write(source)
-        tmp_so = tmp_c[:-2] + ".so"
+        tmp_so = tmp_c[: -len(suffix)] + ".so"
     except OSError as e:
         raise BuildError(f"cannot write to the kernel cache {directory!r}: {e}") from e
+    command = _command(tmp_c, tmp_so, extra, cxx)
     try:
         try:
-            r = subprocess.run(_command(tmp_c, tmp_so, extra), capture_output=True, text=True,
-                               timeout=120)
+            r = subprocess.run(command, capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.SubprocessError) as e:
-            raise BuildError(f"C compiler {compiler()[0]!r} could not run: {e}") from e
+            raise BuildError(f"compiler {command[0]!r} could not run: {e}") from e
         if r.returncode != 0:
-            raise BuildError("C compiler failed:\n" + r.stderr.strip()[-2000:])
+            raise BuildError("compiler failed:\n" + r.stderr.strip()[-2000:])
         os.replace(tmp_so, os.path.join(directory, name + ".so"))
-        os.replace(tmp_c, os.path.join(directory, name + ".c"))
+        os.replace(tmp_c, os.path.join(directory, name + suffix))
     finally:
         for leftover in (tmp_c, tmp_so):
             if os.path.exists(leftover):

@@ -228,9 +228,11 @@ void {symbol}(int64_t nt, void* const* bufs, void* const* sst, const double* hp,
     }}
     const int64_t total = offs[nt];
     if (total == 0) return;
-    /* one chunk when small; else 16-32K elements: enough chunks for late helpers to share */
+    /* one chunk when small; else 8 chunks per thread (late helpers can share the work),
+       of 16K-256K elements: long runs amortise the prefetchers' ramp-up at each chunk
+       start (256K-element chunks measured 4-8% faster than 32K on large mixes) */
     int64_t size = total <= 32768 ? total : total / ((int64_t)(nthreads > 0 ? nthreads : 1) * 8);
-    if (total > 32768) size = size < 16384 ? 16384 : (size > 32768 ? 32768 : size);
+    if (total > 32768) size = size < 16384 ? 16384 : (size > 262144 ? 262144 : size);
     struct job j = {{nt, total, size, bufs, scratch, offs}};
     ((run_fn)run)(chunk, &j, (total + size - 1) / size, nthreads);
 }}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .build import BuildError, load, pool
+from .build import BuildError, gatherer, load, pool
 from .codegen import generate
 from .trace import TraceError, hp_value, trace
 
@@ -24,6 +24,8 @@ SUPPORTED = {
     torch.complex32: ("float16", 2),
 }
 _SCALAR_STATE = {torch.float32: "float32", torch.float64: "float64"}
+#: a group this large compiles the C++ step helper (gather.cpp) when it is not cached yet
+GATHER_MIN_TENSORS = 128
 
 
 class Unfusable(Exception):
@@ -131,7 +133,7 @@ class Bucket:
             for b, name in enumerate(kern.scalar_inputs):
                 self.sst[b, j] = st[name].data_ptr()
                 self.keep.append(st[name])
-        self.grad_row = self.bufs[1]
+        self.grad_row = self.bufs[kern.buffers.index("grad")]
         self.args = (nt, self.bufs.ctypes.data, self.sst.ctypes.data, self.hp.ctypes.data,
                      self.scratch.ctypes.data, self.offs.ctypes.data)
         self.pool = pool()
@@ -140,8 +142,8 @@ class Bucket:
         """Run the kernel on the current tables."""
         self.kernel.fn(*self.args, nthreads, self.pool)
 
-    def run(self, h, grad_ptrs: list, nthreads: int) -> None:
-        self.grad_row[:] = grad_ptrs
+    def run(self, h, nthreads: int) -> None:
+        """Run the kernel with ``h``'s values (the grad row already filled)."""
         self.hp[: len(self.kernel.hps)] = [hp_value(h, key, i) for _, key, i in self.kernel.hps]
         self.call(nthreads)
 
@@ -198,6 +200,27 @@ class Plan:
         # the engine's grads list can be used as is when every param is fused, in order
         self.fused_in_order = list(map(id, self.fused_params)) == self.ids
         self.contiguous = all(p.is_contiguous() for p in self.fused_params)
+        self.gather = None
+        if (not self.reference and not self.lazy_created and self.fused_in_order and self.contiguous
+                and len(params) == len(group["params"])
+                and all(type(p) in (torch.Tensor, torch.nn.Parameter) for p in params)):
+            self._init_gather(gatherer(compile=len(params) >= GATHER_MIN_TENSORS))
+
+    def _init_gather(self, fn) -> None:
+        """Arguments of the C++ helper: expected param objects and data, grad-row slots."""
+        if fn is None:
+            return
+        slots = [b.grad_row.ctypes.data + 8 * j for b in self.buckets for j in range(b.nt)]
+        self._gather_arrays = (np.array(self.ids, dtype=np.uint64),
+                               np.array(self.pptrs, dtype=np.uint64),
+                               np.array(slots, dtype=np.uint64))
+        self._gather_args = tuple(a.ctypes.data for a in self._gather_arrays) + (len(self.ids),)
+        self.gather = fn
+
+    def gather_grads(self, params: list) -> bool:
+        """Steady state in one C call: ``params`` (the group's list) is unchanged, grads are
+        readable in place; fills the grad rows and bumps versions. False: nothing done."""
+        return self.gather(params, *self._gather_args) == 0
 
     @staticmethod
     def _check(p, st, fills, rule):

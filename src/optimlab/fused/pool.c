@@ -146,16 +146,29 @@ static int omp_penalty = 0;
    torch's own (usually still spinning) team, so nothing competes for the cores. Returns
    how long the caller waited at the region's closing barrier for late threads. */
 static int64_t run_omp(chunk_fn fn, void *ctx, int64_t nchunks, int nthreads) {
-    _Atomic int64_t next = 0;
+    /* Thread k owns the k-th contiguous run of chunks, so each core streams through one
+       region of memory as a static split would (the prefetchers never restart); a thread
+       that is done takes chunks from the runs of the others, so a slow one delays no one. */
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    _Atomic int64_t next[MAX_THREADS];
+    int64_t end[MAX_THREADS];
+    for (int k = 0; k < nthreads; ++k) {
+        atomic_init(&next[k], nchunks * k / nthreads);
+        end[k] = nchunks * (k + 1) / nthreads;
+    }
     int64_t caller_done = 0;
     #pragma omp parallel num_threads(nthreads)
     {
-        for (;;) {
-            const int64_t c = atomic_fetch_add_explicit(&next, 1, memory_order_relaxed);
-            if (c >= nchunks) break;
-            fn(ctx, c);
+        const int me = omp_get_thread_num();  /* a smaller team than asked: runs are still all done */
+        for (int i = 0; i < nthreads; ++i) {
+            const int k = (me + i) % nthreads;
+            for (;;) {
+                const int64_t c = atomic_fetch_add_explicit(&next[k], 1, memory_order_relaxed);
+                if (c >= end[k]) break;
+                fn(ctx, c);
+            }
         }
-        if (omp_get_thread_num() == 0) caller_done = now_ns();
+        if (me == 0) caller_done = now_ns();
     }
     return now_ns() - caller_done;
 }

@@ -1,0 +1,78 @@
+/* The per-step bookkeeping of the fused path for one param group, in one call (static code,
+ * not generated; optional: without it the runner does the same in Python).
+ *
+ * In the steady state a step must, for every param: check it is the param the plan was built
+ * for, still on the same memory; fetch its .grad; check the kernel can read that grad in place;
+ * note the grad's address in the kernel's pointer table; and bump the param's version counter
+ * as any in-place update does. From Python that is ~0.4 us per param (1,000 small tensors:
+ * more time than the kernel); here it is a few ns.
+ *
+ * Only torch's C headers for TensorImpl/TensorBase are used (a 2 s compile, not the 20 s of
+ * torch/extension.h). The Python object layout below is torch's THPVariable
+ * (torch/csrc/autograd/python_variable.h: PyObject_HEAD, then the at::Tensor); the loader
+ * verifies it against Tensor._cdata and a round trip before the helper is ever used.
+ */
+#include <Python.h>
+#include <ATen/core/TensorBase.h>
+
+#include <cstdint>
+
+namespace {
+
+struct Variable {  // the head of torch's THPVariable
+    PyObject_HEAD
+    at::TensorBase cdata;
+};
+
+inline c10::TensorImpl *impl_of(PyObject *obj) {
+    return reinterpret_cast<Variable *>(obj)->cdata.unsafeGetTensorImpl();
+}
+
+/* The grad can be read in place: a defined, strided CPU tensor with the param's dtype and
+   element count, contiguous (the runner uses this helper only for contiguous params). */
+inline bool readable_grad(c10::TensorImpl *p, const at::TensorBase &g) {
+    if (!g.defined()) return false;
+    c10::TensorImpl *gi = g.unsafeGetTensorImpl();
+    return gi->layout() == c10::kStrided && gi->device_type() == c10::DeviceType::CPU &&
+           gi->dtype() == p->dtype() && gi->numel() == p->numel() && gi->is_contiguous();
+}
+
+}  // namespace
+
+extern "C" {
+
+/* The TensorImpl address the layout above finds in `obj` (compared with Tensor._cdata). */
+uint64_t optimlab_impl_of(PyObject *obj) {
+    return reinterpret_cast<uint64_t>(impl_of(obj));
+}
+
+/* For i < n: params[i] must be the object objs[i] whose data is still at pptrs[i], with a grad
+ * the kernel can read in place; *dest[i] receives the grad's address. If all n pass, the
+ * params' versions are bumped and 0 is returned; else nothing is bumped and the result is
+ * i + 1 for the first param that failed (the caller takes the Python path, which explains or
+ * rebuilds), or -1 if torch raised. The GIL is held (ctypes.PyDLL). */
+int64_t optimlab_gather(PyObject *params, const uint64_t *objs, const uint64_t *pptrs,
+                        uint64_t *const *dest, int64_t n) {
+    if (!PyList_Check(params) || PyList_GET_SIZE(params) != n) return n + 1;
+    try {
+        for (int64_t i = 0; i < n; ++i) {
+            PyObject *obj = PyList_GET_ITEM(params, i);
+            if (reinterpret_cast<uint64_t>(obj) != objs[i]) return i + 1;
+            c10::TensorImpl *p = impl_of(obj);
+            if (reinterpret_cast<uint64_t>(p->mutable_data()) != pptrs[i]) return i + 1;
+            // TensorImpl::grad() returns at::Tensor, a TensorBase with no members of its own
+            const auto &g = reinterpret_cast<const at::TensorBase &>(p->grad());
+            if (!readable_grad(p, g)) return i + 1;
+            *dest[i] = reinterpret_cast<uint64_t>(g.unsafeGetTensorImpl()->mutable_data());
+        }
+        for (int64_t i = 0; i < n; ++i) {
+            c10::TensorImpl *p = impl_of(PyList_GET_ITEM(params, i));
+            if (!p->is_inference()) p->bump_version();  // as torch._C._increment_version
+        }
+    } catch (...) {
+        return -1;
+    }
+    return 0;
+}
+
+}  // extern "C"
