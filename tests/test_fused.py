@@ -8,7 +8,9 @@ kernels; later runs only load them.
 from __future__ import annotations
 
 import copy
+import ctypes
 import inspect
+import os
 import warnings
 
 import pytest
@@ -379,3 +381,29 @@ def test_params_appended_in_place_to_a_group_are_stepped():
     opt.step()
     torch.testing.assert_close(b.detach(), torch.full((3,), 0.5))
     torch.testing.assert_close(a.detach(), torch.zeros(4))
+
+
+def test_pthread_pool_equals_the_openmp_pool():
+    """``pool.c`` built without OpenMP (torch without libgomp) runs the same chunks."""
+    from optimlab.fused import build
+
+    with open(os.path.join(os.path.dirname(build.__file__), "pool.c")) as f:
+        lib = build._library(f.read())  # no OpenMP flags: the pthread helpers
+    pthread_pool = ctypes.cast(lib.optimlab_pool_run, ctypes.c_void_p).value
+    assert pthread_pool != build.pool()
+    a = [torch.randn(300_000, dtype=torch.float32).requires_grad_() for _ in range(3)]
+    b = _clone(a)
+    oa, ob = optimlab.Adam(a, weight_decay=0.1), optimlab.Adam(b, weight_decay=0.1)
+    for step in range(5):
+        for p, q in zip(a, b):
+            p.grad = torch.randn(p.shape)
+            q.grad = p.grad.clone()
+        oa.step()
+        ob.step()
+        if step == 0:
+            for plan in fused._plans[ob].values():
+                for bucket in plan.buckets:
+                    bucket.pool = pthread_pool
+    assert torch.get_num_threads() > 1 or pytest.skip("one thread: both pools run serially")
+    for p, q in zip(a, b):
+        assert torch.equal(p, q) and torch.equal(oa.state[p]["exp_avg_sq"], ob.state[q]["exp_avg_sq"])

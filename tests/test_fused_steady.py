@@ -10,6 +10,7 @@ flag pattern.
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -199,3 +200,36 @@ def test_step_hooks_and_profiler_still_see_every_step():
         p.grad = torch.ones(3)
         opt.step()
     assert "Optimizer.step#Adam.step" in {e.name for e in prof.events()}
+
+
+def test_the_helper_is_compiled_for_large_groups_only(monkeypatch):
+    asked = []
+    monkeypatch.setattr(plan_mod, "gatherer", lambda compile: asked.append(compile) or None)
+    for n in (3, plan_mod.GATHER_MIN_TENSORS):
+        ps = [torch.nn.Parameter(torch.ones(2)) for _ in range(n)]
+        for p in ps:
+            p.grad = torch.ones(2)
+        opt = optimlab.SGD(ps, lr=0.5)
+        opt.step()
+        assert _plan(opt).gather is None  # the Python bookkeeping, with the same result
+        assert all(torch.equal(p, torch.full((2,), 0.5)) for p in ps)
+    assert asked == [False, True]
+
+
+def test_no_cxx_compiler_means_the_python_bookkeeping_without_a_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("OPTIMLAB_CXX", str(tmp_path / "no-such-c++"))
+    monkeypatch.setenv("OPTIMLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(build, "_gather", {})
+    monkeypatch.setattr(plan_mod, "_kernels", {})
+    ps = _params(plan_mod.GATHER_MIN_TENSORS)
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    opt, ref_opt = optimlab.Adam(ps), optimlab.Adam(ref, fused=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            for p, q in zip(ps, ref):
+                p.grad, q.grad = torch.ones_like(p), torch.ones_like(q)
+            opt.step()
+            ref_opt.step()
+    assert _plan(opt).gather is None and build._gather == {"fn": None}
+    assert all(torch.allclose(p, q, rtol=1e-12, atol=0) for p, q in zip(ps, ref))

@@ -21,9 +21,9 @@ fp32 element). The kernel reads and writes each buffer exactly once, for all ten
 a group in one call whose work is the concatenation of the tensors cut into equal
 chunks, so 1,000 small tensors cost what one big one does. It allocates nothing per
 step. Chunks are shared by ``torch.get_num_threads()`` threads (``pool.c``): an OpenMP
-region on torch's own, still-warm thread team, or, once a region's closing barrier has
-had to wait for a preempted thread (a busy machine), for a while pthread helpers for
-which the caller never waits unless they have claimed work. bfloat16/float16 are computed in float32 (as
+region on torch's own, still-warm thread team, in which each thread streams through its
+own contiguous run of chunks and then helps the others (pthread helpers where torch has
+no libgomp). bfloat16/float16 are computed in float32 (as
 the reference path does) and rounded to nearest even on store; complex params are
 updated as real views.
 
@@ -42,6 +42,18 @@ A plan (pointer tables) is cached per param group and rebuilt when the params wi
 grads, their storage, ``optimizer.state`` (``load_state_dict``) or the flag/zero
 pattern of the hyperparameters change. Replacing a single state tensor by hand is not
 detected: call :func:`invalidate` afterwards.
+
+The steady state
+----------------
+While a group's plan holds, a step only has to check, per param, that nothing above
+changed, read ``.grad``, check the kernel can read it in place, note its address and
+bump the param's version counter. From Python that is ~0.4 us per param, more than the
+kernel itself on 1,000 small tensors; ``gather.cpp`` (C++ against torch's headers, built
+and cached like the kernels, ~3 s once) does it in one call, ~0.06 us per param. Any
+check that fails sends the step down the Python path above, which explains or rebuilds.
+It is compiled on first use by a group of :data:`~.plan.GATHER_MIN_TENSORS` or more
+params, and used for every group once it is in the cache; without a C++ compiler the
+Python path does the same work.
 """
 
 from __future__ import annotations

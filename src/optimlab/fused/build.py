@@ -7,8 +7,8 @@ so processes compiling the same kernel at once never see a partial file.
 
 Threads: the kernels call back into ``pool.c`` (compiled and cached the same way), whose
 address the runner passes with every call. It is built against the libgomp torch
-loaded, so its OpenMP regions use torch's own thread team, with pthread helpers as the
-fallback on a busy machine (and when torch has no libgomp).
+loaded, so its OpenMP regions use torch's own thread team (pthread helpers when torch
+has no libgomp).
 
 Compiler: ``$OPTIMLAB_CC``, else ``$CC``, else ``cc``. Any failure raises
 :class:`BuildError`; the caller warns once and uses the reference path.
@@ -20,6 +20,7 @@ The optional per-step helper ``gather.cpp`` is C++ against torch's headers, comp
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -60,6 +61,7 @@ def cache_dir() -> str:
         os.path.expanduser("~"), ".cache", "optimlab", "kernels")
 
 
+@functools.lru_cache(maxsize=None)
 def _cpu() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -142,21 +144,25 @@ def _gather_flags() -> list[str]:
             "-L" + lib, "-lc10", "-Wl,-rpath," + lib]
 
 
+@functools.lru_cache(maxsize=None)
+def _gather_source() -> str:
+    with open(os.path.join(os.path.dirname(__file__), "gather.cpp")) as f:
+        return f.read()
+
+
 def gatherer(compile: bool):
     """``optimlab_gather`` of ``gather.cpp`` (the steady-state step bookkeeping in one
     call), or None: not in the cache and ``compile`` is False, no working C++ compiler or
     torch headers, or torch's object layout is not the one it was written for."""
     if "fn" in _gather:
         return _gather["fn"]
-    with open(os.path.join(os.path.dirname(__file__), "gather.cpp")) as f:
-        source = f.read()
     try:
-        lib = _library(source, _gather_flags(), cxx=True, compile=compile, loader=ctypes.PyDLL)
-    except BuildError:
+        lib = _library(_gather_source(), _gather_flags(), cxx=True, compile=compile, loader=ctypes.PyDLL)
+    except (OSError, BuildError):
         lib = False
     if lib is None:
         return None  # not built yet: a later, larger group may build it
-    _gather["fn"] = lib and _verified(lib)
+    _gather["fn"] = _verified(lib) if lib else None
     return _gather["fn"]
 
 

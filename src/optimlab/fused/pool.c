@@ -2,18 +2,21 @@
  *
  * optimlab_pool_run(fn, ctx, n, threads) runs fn(ctx, c) for the n chunks c of a step.
  *
- * First choice, when built with OpenMP against torch's libgomp: a parallel region, i.e.
+ * Built with OpenMP against torch's libgomp (the usual case): a parallel region, i.e.
  * torch's own thread team, which is usually still spinning from the last torch op, so
- * nothing competes for the cores. But a region ends in a barrier: on a busy machine the
- * caller then waits a whole scheduler slice for a preempted thread. When that is seen
- * (a wait over OMP_LATE_NS), the next OMP_PENALTY steps use the pthread helpers below.
+ * nothing competes for the cores. Each thread owns a contiguous run of chunks (one
+ * stream through memory per core, as a static split) and then takes chunks from the
+ * others, so a thread the OS has preempted delays the step by at most its current chunk.
+ * (Switching to separate pthreads when a region's barrier had to wait was tried: those
+ * then compete with torch's spinning team for the cores, and were 10-25% slower.)
  *
- * The helpers: the caller starts on the chunks at once, helpers join when they get a
- * CPU, and the caller only ever waits for chunks a helper has actually claimed; a helper
- * that wakes up late finds nothing to do. One 64-bit word holds (generation 16 bits |
- * chunk count 24 | next chunk 24); a chunk is claimed by compare-and-swap on it, so a
- * claim can only succeed for the job still running, and the job (fn, ctx) is only read
- * after a successful claim, when the caller cannot yet have moved on to the next job.
+ * Without OpenMP: pthread helpers. The caller starts on the chunks at once, helpers join
+ * when they get a CPU, and the caller only ever waits for chunks a helper has actually
+ * claimed; a helper that wakes up late finds nothing to do. One 64-bit word holds
+ * (generation 16 bits | chunk count 24 | next chunk 24); a chunk is claimed by
+ * compare-and-swap on it, so a claim can only succeed for the job still running, and the
+ * job (fn, ctx) is only read after a successful claim, when the caller cannot yet have
+ * moved on to the next job.
  */
 #include <pthread.h>
 #include <sched.h>
@@ -30,8 +33,6 @@ typedef void (*chunk_fn)(void *ctx, int64_t chunk);
 #define IDX(w) ((w) & IDX_MASK)
 #define MAX_THREADS 256
 #define SPINS 4000
-#define OMP_LATE_NS 300000    /* a barrier wait this long means: threads are being preempted */
-#define OMP_PENALTY 50        /* then this many calls go to the pthread helpers */
 
 static struct {
     _Atomic uint64_t word;
@@ -139,16 +140,8 @@ static void grow(int helpers) {
 
 #ifdef _OPENMP
 #include <omp.h>
-/* Steps left during which the pthread helpers are used instead of OpenMP. */
-static int omp_penalty = 0;
 
-/* The same chunks in an OpenMP region: when it is called from torch's main thread this is
-   torch's own (usually still spinning) team, so nothing competes for the cores. Returns
-   how long the caller waited at the region's closing barrier for late threads. */
-static int64_t run_omp(chunk_fn fn, void *ctx, int64_t nchunks, int nthreads) {
-    /* Thread k owns the k-th contiguous run of chunks, so each core streams through one
-       region of memory as a static split would (the prefetchers never restart); a thread
-       that is done takes chunks from the runs of the others, so a slow one delays no one. */
+static void run_omp(chunk_fn fn, void *ctx, int64_t nchunks, int nthreads) {
     if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
     _Atomic int64_t next[MAX_THREADS];
     int64_t end[MAX_THREADS];
@@ -156,7 +149,6 @@ static int64_t run_omp(chunk_fn fn, void *ctx, int64_t nchunks, int nthreads) {
         atomic_init(&next[k], nchunks * k / nthreads);
         end[k] = nchunks * (k + 1) / nthreads;
     }
-    int64_t caller_done = 0;
     #pragma omp parallel num_threads(nthreads)
     {
         const int me = omp_get_thread_num();  /* a smaller team than asked: runs are still all done */
@@ -168,22 +160,17 @@ static int64_t run_omp(chunk_fn fn, void *ctx, int64_t nchunks, int nthreads) {
                 fn(ctx, c);
             }
         }
-        if (me == 0) caller_done = now_ns();
     }
-    return now_ns() - caller_done;
 }
 #endif
 
-/* Run fn(ctx, c) for c in [0, nchunks) on the caller and up to nthreads - 1 helpers. */
+/* Run fn(ctx, c) for c in [0, nchunks) on the caller and up to nthreads - 1 others. */
 void optimlab_pool_run(chunk_fn fn, void *ctx, int64_t nchunks, int nthreads) {
 #ifdef _OPENMP
-    /* OpenMP first (torch's warm team); if its closing barrier made us wait for a
-       descheduled thread (a busy machine), use the pthread helpers for a while. */
-    if (nthreads > 1 && nchunks > 1 && omp_penalty == 0 && !omp_in_parallel()) {
-        if (run_omp(fn, ctx, nchunks, nthreads) > OMP_LATE_NS) omp_penalty = OMP_PENALTY;
+    if (nthreads > 1 && nchunks > 1 && !omp_in_parallel()) {
+        run_omp(fn, ctx, nchunks, nthreads);
         return;
     }
-    if (omp_penalty > 0) --omp_penalty;
 #endif
     /* serial when asked to, or while another thread of the process runs a job */
     if (nthreads <= 1 || nchunks <= 1 || nchunks > (int64_t)IDX_MASK || pthread_mutex_trylock(&run_mu)) {
