@@ -14,13 +14,13 @@ the traced kernel, divided by the probe bandwidth) and as a speedup over torch's
 Times are medians over repetitions; the two ratios are medians of per-repetition ratios
 (methods timed back to back), which a busy machine disturbs less, and the speedup comes
 with the interquartile range of those ratios. The repetitions are split into three rounds
-with freshly built optimizers (fresh state allocations). A torch implementation 1.5x
-slower than torch's best after three repetitions is not timed further. Every variant runs on mixes A
-and C; B and D run each registry entry's defaults. Mixes: (A) 28M params in 32
+with freshly built optimizers (fresh state allocations); a torch implementation 1.5x
+slower than torch's best in the first round is not timed further. Every variant runs on
+mixes A and C; B and D run each registry entry's defaults. Mixes: (A) 28M params in 32
 transformer-shaped tensors, (B) 200 x 100k, (C) 1,000 x 1k, (D) GPT-2 small's exact
 shapes (124M).
 
-    python benchmarks/step_speed.py            # full run, writes BENCHMARKS.md (~10 min)
+    python benchmarks/step_speed.py            # full run, writes BENCHMARKS.md (~7 min)
     python benchmarks/step_speed.py --quick    # smoke run: small mixes, prints only
 """
 
@@ -135,7 +135,7 @@ def bench_config(entry, variant, params, probe, reps, fused_adam_ref, rounds=3):
             med = {n: statistics.median(v) for n, v in times.items()
                    if n.startswith("torch ") and n != "torch fused Adam"}
             dropped = {n for n in med if med[n] > 1.5 * min(med.values())}
-        nbytes = roofline_bytes(ours, ours.param_groups[0])
+            nbytes = roofline_bytes(ours, ours.param_groups[0])
         del ours, methods
         ref = None
         gc.collect()

@@ -148,8 +148,8 @@ class RuleOptimizer(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             h = hyperparameters(group)
-            fast = group.get("fused") is not False and not group.get("differentiable")
-            if fast:
+            use_fused = group.get("fused") is not False and not group.get("differentiable")
+            if use_fused:
                 from . import fused
 
                 if fused.try_steady_step(self, group, h):
@@ -161,7 +161,7 @@ class RuleOptimizer(Optimizer):
                 grads = [g for g in grads if g is not None]
             if not params:
                 continue
-            if fast and fused.try_step(self, group, params, grads, h):  # checks grads when needed
+            if use_fused and fused.try_step(self, group, params, grads, h):  # checks grads when needed
                 continue
             self._check_grads(params)
             for p in params:

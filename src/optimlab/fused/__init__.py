@@ -79,6 +79,10 @@ def invalidate(optimizer) -> None:
     _plans.pop(optimizer, None)
 
 
+def _disabled() -> bool:
+    return os.environ.get("OPTIMLAB_DISABLE_FUSED", "") not in ("", "0")
+
+
 def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
@@ -94,7 +98,7 @@ def try_step(optimizer, group, params, grads, h) -> bool:
     """
     required = group.get("fused") is True
     name = type(optimizer).__name__
-    if os.environ.get("OPTIMLAB_DISABLE_FUSED", "") not in ("", "0"):
+    if _disabled():
         if required:
             raise RuntimeError(f"{name}: fused=True, but OPTIMLAB_DISABLE_FUSED is set")
         return False
@@ -111,10 +115,8 @@ def try_steady_step(optimizer, group, h) -> bool:
     bookkeeping and the kernels run. False: nothing was done, take :func:`try_step`."""
     plans = _plans.get(optimizer)
     plan = plans.get(id(group)) if plans else None
-    if (plan is None or plan.gather is None or plan.group is not group
-            or plan.state is not optimizer.state or plan.nstate != len(optimizer.state)
-            or plan.key != hkey(h) or os.environ.get("OPTIMLAB_DISABLE_FUSED", "") not in ("", "0")
-            or not plan.gather_grads(group["params"])):
+    if (plan is None or plan.gather is None or not plan.holds(optimizer, group, hkey(h))
+            or _disabled() or not plan.gather_grads(group["params"])):
         return False
     nthreads = torch.get_num_threads()
     for bucket in plan.buckets:
@@ -127,9 +129,8 @@ def _plan(optimizer, group, params, h, key) -> Plan:
     if plans is None:
         plans = _plans[optimizer] = {}
     plan = plans.get(id(group))
-    if (plan is None or plan.group is not group or plan.key != key
-            or plan.state is not optimizer.state or plan.nstate != len(optimizer.state)
-            or len(plan.params) != len(params) or not all(map(operator.is_, plan.params, params)) or plan.pptrs != list(map(_ptr, params))):
+    if (plan is None or not plan.holds(optimizer, group, key) or len(plan.params) != len(params)
+            or not all(map(operator.is_, plan.params, params)) or plan.pptrs != list(map(_ptr, params))):
         plan = plans[id(group)] = Plan(optimizer, group, params, h, key)
     return plan
 

@@ -26,10 +26,9 @@ import os
 import platform
 import shlex
 import subprocess
+import sysconfig
 import tempfile
 import threading
-
-import sysconfig
 
 import numpy as np
 import torch

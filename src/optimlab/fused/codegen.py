@@ -228,7 +228,7 @@ void {symbol}(int64_t nt, void* const* bufs, void* const* sst, const double* hp,
     }}
     const int64_t total = offs[nt];
     if (total == 0) return;
-    /* one chunk when small; else 8 chunks per thread (late helpers can share the work),
+    /* one chunk when small; else 8 chunks per thread (a slow thread's can be taken over),
        of 16K-256K elements: long runs amortise the prefetchers' ramp-up at each chunk
        start (256K-element chunks measured 4-8% faster than 32K on large mixes) */
     int64_t size = total <= 32768 ? total : total / ((int64_t)(nthreads > 0 ? nthreads : 1) * 8);

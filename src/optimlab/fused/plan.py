@@ -206,6 +206,12 @@ class Plan:
                 and all(type(p) in (torch.Tensor, torch.nn.Parameter) for p in params)):
             self._init_gather(gatherer(compile=len(params) >= GATHER_MIN_TENSORS))
 
+    def holds(self, optimizer, group, key) -> bool:
+        """Still valid for this group object, state object and flag/zero pattern (the
+        params and their storage are checked by the caller)."""
+        return (self.group is group and self.key == key and self.state is optimizer.state
+                and self.nstate == len(optimizer.state))
+
     def _init_gather(self, fn) -> None:
         """Arguments of the C++ helper: expected param objects and data, grad-row slots."""
         if fn is None:
