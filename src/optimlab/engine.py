@@ -151,8 +151,12 @@ class RuleOptimizer(Optimizer):
             use_fused = group.get("fused") is not False and not group.get("differentiable")
             if use_fused:
                 from . import fused
+                from .fused import shards
 
                 if fused.try_steady_step(self, group, h):
+                    continue
+                if shards.any_dtensor(group["params"]):  # FSDP2, tensor parallel
+                    shards.step(self, group, h)
                     continue
             params = group["params"]
             grads = list(map(_grad, params))

@@ -1,0 +1,153 @@
+"""DTensor parameters (FSDP2, tensor parallelism) on the fast path, shard by shard.
+
+A DTensor is a wrapper: its own ``data_ptr()`` is 0 and its values live in a plain local
+tensor on each rank (``to_local()``). Every optimlab rule is element-wise, so the step
+of a sharded parameter is the step of its local shard, computed from the local shards of
+its grad and state. :class:`LocalView` is a stand-in optimizer over those local tensors:
+its state dicts hold the local views of the optimizer's DTensor state, so the kernel
+writes through the shards' memory while ``optimizer.state`` stays DTensor and
+``state_dict()``, ``get_optimizer_state_dict`` and DCP see exactly what they see with
+torch's optimizers.
+
+A DTensor parameter takes the shard path when its grad is a DTensor with the same mesh,
+placements and local shape (not a pending ``Partial`` sum) and every state tensor is its
+param's twin. Anything else — and the first step of a rule whose state is created lazily
+(SGD's momentum buffer) — runs the reference path on the DTensor itself. Plain params of
+the same group (mixed groups, params FSDP ignores) go through the same view unchanged.
+"""
+
+from __future__ import annotations
+
+import operator
+import sys
+import weakref
+
+import torch
+
+_views: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_grad = operator.attrgetter("grad")
+
+
+def _dtensor_type():
+    module = sys.modules.get("torch.distributed.tensor")  # nothing is a DTensor before this
+    return getattr(module, "DTensor", None) if module is not None else None
+
+
+def any_dtensor(params) -> bool:
+    """Whether ``params`` holds a DTensor (cheap when torch.distributed.tensor is unused)."""
+    dtensor = _dtensor_type()
+    return dtensor is not None and any(isinstance(p, dtensor) for p in params)
+
+
+class LocalView:
+    """A stand-in optimizer for the fused path: local tensors, their local state.
+
+    Persistent per (optimizer, group) so the fused path's cached plan holds from step to
+    step; replaced when ``optimizer.state`` is (``load_state_dict``).
+    """
+
+    def __init__(self, optimizer, group):
+        self.optimizer = optimizer
+        self.rule = optimizer.rule
+        self.source = optimizer.state
+        self.nsource = len(optimizer.state)
+        self.state: dict = {}  # local param -> {key: local state tensor}
+        self.group: dict = {}
+        self.origin: dict = {}  # id(local param) -> the optimizer's param
+
+    @property
+    def name(self) -> str:
+        return type(self.optimizer).__name__
+
+    def current(self, optimizer) -> bool:
+        return self.source is optimizer.state and self.nsource == len(optimizer.state)
+
+    # what the fused path asks of an optimizer
+    def init_state(self, local, h) -> dict:
+        return self.state.get(local, {})
+
+    def reference_step(self, local, h) -> None:
+        self.optimizer.reference_step(self.origin[id(local)], h)
+
+    def _check_grads(self, locals_) -> None:
+        self.optimizer._check_grads([self.origin[id(t)] for t in locals_])
+
+
+def _twin(t, p, dtensor) -> bool:
+    """``t`` is a DTensor laid out like the DTensor ``p`` (same mesh, placements, local shape)."""
+    return (isinstance(t, dtensor) and t.device_mesh == p.device_mesh
+            and t.placements == p.placements and t._local_tensor.shape == p._local_tensor.shape)
+
+
+def _local(t, dtensor):
+    return t._local_tensor if isinstance(t, dtensor) else t
+
+
+def split(optimizer, group, h, required: bool):
+    """The group's params with grads, as ``(view, locals, local_grads, rest)``: the view and
+    the local tensors the fused path can take, and the params left to the reference path."""
+    dtensor = _dtensor_type()
+    views = _views.setdefault(optimizer, {})
+    view = views.get(id(group))
+    if view is None or not view.current(optimizer):
+        view = views[id(group)] = LocalView(optimizer, group)
+    fills = optimizer.rule.tensors(h)
+    lazy = [k for k, fill in fills.items() if fill is None]
+    locals_, grads, rest, origin = [], [], [], {}
+    state = {}
+    for p in group["params"]:
+        g = p.grad
+        if g is None:
+            continue
+        if not isinstance(p, dtensor):
+            st = optimizer.init_state(p, h)
+            locals_.append(p)
+            grads.append(g)
+            origin[id(p)] = p
+            if p in optimizer.state:
+                state[p] = st
+            continue
+        st = optimizer.init_state(p, h)
+        if (not _twin(g, p, dtensor) or any(k not in st for k in lazy)
+                or not all(_twin(st[k], p, dtensor) for k in fills if k in st)):
+            rest.append(p)
+            continue
+        lp = p._local_tensor
+        locals_.append(lp)
+        grads.append(g._local_tensor)
+        origin[id(lp)] = p
+        state[lp] = {k: _local(v, dtensor) for k, v in st.items()}
+    if rest and required:
+        raise RuntimeError(
+            f"{view.name}: fused=True is not possible here: {len(rest)} DTensor param(s) whose "
+            "grad or state is not laid out like the param (or whose state does not exist yet)")
+    view.origin = origin
+    if view.state.keys() != state.keys():
+        view.state.clear()
+    view.state.update(state)
+    view.nsource = len(optimizer.state)
+    view.group.clear()
+    view.group.update({k: v for k, v in group.items() if k != "params"})
+    view.group["params"] = locals_
+    return view, locals_, grads, rest
+
+
+def step(optimizer, group, h) -> None:
+    """One step of a group holding DTensor params: the kernel on local shards where it can,
+    the reference path on the DTensors elsewhere."""
+    from . import try_step
+
+    required = group.get("fused") is True
+    view, locals_, grads, rest = split(optimizer, group, h, required)
+    if locals_ and not try_step(view, view.group, locals_, grads, h):
+        optimizer._check_grads([view.origin[id(t)] for t in locals_])
+        for t in locals_:
+            optimizer.reference_step(view.origin[id(t)], h)
+    if locals_:
+        dtensor = _dtensor_type()
+        torch._C._increment_version([p for p in group["params"] if isinstance(p, dtensor)
+                                     and id(p._local_tensor) in view.origin])
+    if rest:
+        optimizer._check_grads(rest)
+        for p in rest:
+            optimizer.reference_step(p, h)
