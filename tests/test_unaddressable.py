@@ -177,10 +177,9 @@ def _fsdp_worker(rank, world, port, name, result):
     try:
         def model():
             torch.manual_seed(0)
-            m = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(),
-                                    torch.nn.Linear(32, 32), torch.nn.Tanh(),
-                                    torch.nn.Linear(32, 4), torch.nn.LayerNorm(4))
-            for layer in (m[0], m[2], m[4]):  # m[5] (LayerNorm) stays unsharded: a mixed group
+            m = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.Tanh(),
+                                    torch.nn.Linear(32, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+            for layer in (m[0], m[3], m[5]):  # m[1] (LayerNorm) stays unsharded: a mixed group
                 fully_shard(layer)
             return m
 
@@ -190,12 +189,12 @@ def _fsdp_worker(rank, world, port, name, result):
                                                          weight_decay=0.01)
         gen = torch.Generator().manual_seed(rank)
         for _ in range(20):
-            x = torch.randn(8, 16, generator=gen)
+            x, y = torch.randn(8, 16, generator=gen), torch.randn(8, 4, generator=gen)
             for m, o in ((ours, opt), (theirs, ref)):
                 o.zero_grad()
-                m(x).square().mean().backward()
+                (m(x) - y).square().mean().backward()
                 # the unsharded LayerNorm is not synchronised by FSDP: average by hand
-                for p in m[5].parameters():
+                for p in m[1].parameters():
                     dist.all_reduce(p.grad)
                     p.grad /= world
                 o.step()
