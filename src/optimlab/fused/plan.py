@@ -31,7 +31,12 @@ _WRAPPERS = torch._C.DispatchKeySet(torch._C.DispatchKey.Python)
 for _key in ("PythonTLSSnapshot", "Functionalize", "FuncTorchBatched", "FuncTorchGradWrapper"):
     if hasattr(torch._C.DispatchKey, _key):
         _WRAPPERS = _WRAPPERS | torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, _key))
+_WRAPPER_BITS = _WRAPPERS.raw_repr()
 _dispatch_keys = torch._C._dispatch_keys
+
+
+def _wraps(t) -> bool:
+    return bool(_dispatch_keys(t).raw_repr() & _WRAPPER_BITS)
 #: a group this large compiles the C++ step helper (gather.cpp) when it is not cached yet
 GATHER_MIN_TENSORS = 128
 
@@ -107,30 +112,35 @@ def addressable(t: torch.Tensor) -> bool:
     it can reach. Anything else (DTensor, meta, fake or functional tensors, other
     devices, a storage-less subclass) takes another path.
     """
-    if t.device.type != "cpu" or t.layout != torch.strided:
+    if not t.is_cpu or t.layout != torch.strided or _wraps(t):
         return False
-    if (_dispatch_keys(t) & _WRAPPERS).raw_repr():
-        return False
-    if t.numel() == 0:
+    n = t.numel()
+    if n == 0:
         return True  # nothing to read or write
     try:
         storage = t.untyped_storage()
         base = storage.data_ptr()
     except (RuntimeError, NotImplementedError, TypeError):
         return False
-    if base == 0 or min(t.stride(), default=0) < 0:
-        return False
+    if t.is_contiguous():
+        extent = n
+    else:
+        strides = t.stride()
+        if min(strides) < 0:
+            return False
+        extent = 1 + sum((size - 1) * st for size, st in zip(t.shape, strides))
     # the last element reachable from the storage offset must lie inside the storage
-    extent = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
-    return (t.storage_offset() + extent) * t.element_size() <= storage.nbytes()
+    return base != 0 and (t.storage_offset() + extent) * t.element_size() <= storage.nbytes()
 
 
 def readable(g) -> bool:
     """Whether the kernel may read the grad ``g``, in place or after a copy to its param's
-    layout (sparse grads are densified by :meth:`Plan.grad_pointers`)."""
-    if g.layout != torch.strided:
-        return g.device.type == "cpu" and not (_dispatch_keys(g) & _WRAPPERS).raw_repr()
-    return addressable(g)
+    layout (sparse grads are densified by :meth:`Plan.grad_pointers`). Cheaper than
+    :func:`addressable` (it runs every step): a plain strided CPU tensor's elements lie in
+    its storage by torch's own checks, so only wrappers and missing data are excluded."""
+    if _wraps(g) or not g.is_cpu:
+        return False
+    return g.layout != torch.strided or g.data_ptr() != 0 or g.numel() == 0
 
 
 def dense_layout(t: torch.Tensor) -> bool:

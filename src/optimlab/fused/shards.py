@@ -54,6 +54,8 @@ class LocalView:
         self.state: dict = {}  # local param -> {key: local state tensor}
         self.group: dict = {}
         self.origin: dict = {}  # id(local param) -> the optimizer's param
+        self.entries: list = []  # see _layout
+        self.key = None  # what entries were computed for
 
     @property
     def name(self) -> str:
@@ -75,12 +77,42 @@ class LocalView:
 
 def _twin(t, p, dtensor) -> bool:
     """``t`` is a DTensor laid out like the DTensor ``p`` (same mesh, placements, local shape)."""
-    return (isinstance(t, dtensor) and t.device_mesh == p.device_mesh
+    return (isinstance(t, dtensor) and (t.device_mesh is p.device_mesh or t.device_mesh == p.device_mesh)
             and t.placements == p.placements and t._local_tensor.shape == p._local_tensor.shape)
 
 
 def _local(t, dtensor):
     return t._local_tensor if isinstance(t, dtensor) else t
+
+
+def _layout(view, optimizer, params, h, dtensor) -> list:
+    """``[(param, its local tensor or None for a plain param, or False: reference path)]``,
+    and the view's local state; cached while the params with grads and the state's size
+    stay the same (a param whose state is incomplete is not cached: the reference path
+    completes it)."""
+    fills = optimizer.rule.tensors(h)
+    lazy = [k for k, fill in fills.items() if fill is None]
+    entries, state, complete = [], {}, True
+    for p in params:
+        st = optimizer.init_state(p, h)
+        if not isinstance(p, dtensor):
+            entries.append((p, None))
+            if p in optimizer.state:
+                state[p] = st
+        elif any(k not in st for k in lazy) or not all(_twin(st[k], p, dtensor) for k in fills if k in st):
+            entries.append((p, False))
+            complete = False
+        else:
+            lp = p._local_tensor
+            entries.append((p, lp))
+            state[lp] = {k: _local(v, dtensor) for k, v in st.items()}
+    if view.state.keys() != state.keys():
+        view.state.clear()
+    view.state.update(state)
+    view.nsource = len(optimizer.state)
+    view.origin = {id(p if lp is None else lp): p for p, lp in entries if lp is not False}
+    view.key = (tuple(map(id, params)), view.nsource) if complete else None
+    return entries
 
 
 def split(optimizer, group, h, required: bool):
@@ -91,41 +123,24 @@ def split(optimizer, group, h, required: bool):
     view = views.get(id(group))
     if view is None or not view.current(optimizer):
         view = views[id(group)] = LocalView(optimizer, group)
-    fills = optimizer.rule.tensors(h)
-    lazy = [k for k, fill in fills.items() if fill is None]
-    locals_, grads, rest, origin = [], [], [], {}
-    state = {}
-    for p in group["params"]:
+    params = [p for p in group["params"] if p.grad is not None]
+    if view.key is None or view.key != (tuple(map(id, params)), len(optimizer.state)):
+        view.entries = _layout(view, optimizer, params, h, dtensor)
+    locals_, grads, rest = [], [], []
+    for p, lp in view.entries:
         g = p.grad
-        if g is None:
-            continue
-        if not isinstance(p, dtensor):
-            st = optimizer.init_state(p, h)
+        if lp is None:
             locals_.append(p)
             grads.append(g)
-            origin[id(p)] = p
-            if p in optimizer.state:
-                state[p] = st
-            continue
-        st = optimizer.init_state(p, h)
-        if (not _twin(g, p, dtensor) or any(k not in st for k in lazy)
-                or not all(_twin(st[k], p, dtensor) for k in fills if k in st)):
+        elif lp is not False and _twin(g, p, dtensor):
+            locals_.append(lp)
+            grads.append(g._local_tensor)
+        else:
             rest.append(p)
-            continue
-        lp = p._local_tensor
-        locals_.append(lp)
-        grads.append(g._local_tensor)
-        origin[id(lp)] = p
-        state[lp] = {k: _local(v, dtensor) for k, v in st.items()}
     if rest and required:
         raise RuntimeError(
             f"{view.name}: fused=True is not possible here: {len(rest)} DTensor param(s) whose "
             "grad or state is not laid out like the param (or whose state does not exist yet)")
-    view.origin = origin
-    if view.state.keys() != state.keys():
-        view.state.clear()
-    view.state.update(state)
-    view.nsource = len(optimizer.state)
     view.group.clear()
     view.group.update({k: v for k, v in group.items() if k != "params"})
     view.group["params"] = locals_
