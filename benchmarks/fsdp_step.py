@@ -108,9 +108,18 @@ def _worker(rank, world, port, args, result):
                     times[name].append(_time(opt, args.reps))
             rows.append((entry.name, {k: statistics.median(v) for k, v in times.items()},
                          _error(entry, args.layers, args.width)))
+            if rank == 0:
+                print(_row(*rows[-1]), flush=True)
         result[rank] = rows
     finally:
         dist.destroy_process_group()
+
+
+def _row(name, t, err) -> str:
+    best = min(v for k, v in t.items() if k != "optimlab")
+    cells = [f"{t[k] * 1e3:.2f}" if k in t else "–"
+             for k in ("optimlab", "torch for-loop", "torch foreach", "torch fused")]
+    return f"| {name} | " + " | ".join(cells) + f" | {best / t['optimlab']:.2f}x | {err:.1e} |"
 
 
 def _free_port() -> int:
@@ -142,11 +151,7 @@ def main(argv=None) -> int:
              "| optimizer | optimlab ms | torch for-loop ms | torch foreach ms | torch fused ms "
              "| vs torch best | max rel err |",
              "|---|---|---|---|---|---|---|"]
-    for name, t, err in rows:
-        best = min(v for k, v in t.items() if k != "optimlab")
-        cells = [f"{t[k] * 1e3:.2f}" if k in t else "–"
-                 for k in ("optimlab", "torch for-loop", "torch foreach", "torch fused")]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {best / t['optimlab']:.2f}x | {err:.1e} |")
+    lines += [_row(*row) for row in rows]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
