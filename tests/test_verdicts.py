@@ -221,3 +221,18 @@ def test_terminal_table(built):
     assert noise and "indistinguishable" in text
     assert V.mean_pm(built["json"]["gap"]).split(" (")[0] in text
     assert lines[-1].startswith("report:") and "report.html" in text
+
+
+def test_paired_deltas_in_the_table(built):
+    ctx = built["ctx"]
+    for o in OPTS:
+        if o == "adam":
+            assert ("gap", o) not in ctx["deltas"]
+            continue
+        ci, p = ctx["deltas"][("gap", o)]
+        # The planted shift is 0.5: the paired interval holds it and excludes 0.
+        assert ci.lo > 0 and ci.lo < 0.5 < ci.hi and p < 0.05
+    v = ctx["verdicts"]["noise"]
+    for o in v.tied[1:]:
+        assert ctx["deltas"][("noise", o)][1] >= 0.05
+    assert "Δ vs best" in built["html"]

@@ -43,6 +43,22 @@ def verdicts(records, selections=None, alpha: float = ALPHA) -> dict:
             for p, sc in sorted(scores(records, selections).items())}
 
 
+def deltas(vs: dict, sc: dict) -> dict:
+    """{(problem, optimizer): (stats.CI of the paired difference optimizer - best on the
+    seeds where both trained, Holm-adjusted p vs best)} for every non-best optimizer of
+    a problem with a verdict. The per-optimizer intervals can overlap while this one
+    excludes 0: seeds share initial weights and batches, and the pairing removes that
+    shared part of the spread."""
+    out = {}
+    for p, v in vs.items():
+        if v.status == NO_VERDICT:
+            continue
+        for o in v.order[1:]:
+            d = S.paired(sc[p][o], sc[p][v.best])
+            out[(p, o)] = (S.mean_ci(d, LEVEL), v.pvalues.get(o))
+    return out
+
+
 def rank_table(vs: dict) -> dict:
     """{problem: {optimizer: tie-aware rank}}: equal seed means share a rank and the
     tied group shares one rank (fractional ranking, stats.tie_ranks). Problems without

@@ -76,6 +76,7 @@ def build(records, meta, problems=None) -> dict:
     sel = A.select_best(records)
     kinds = {p: info[p]["kind"] for p in probs}
     # Verdicts, ranks and the answer all come from the same selected runs (verdicts.py).
+    seed_scores = V.scores(records, sel)
     verdicts = V.verdicts(records, sel)
     rank_table = V.rank_table(verdicts)
     scores = A.score_costs(records, sel)
@@ -91,6 +92,7 @@ def build(records, meta, problems=None) -> dict:
         "sensitivity": A.sensitivity(records), "aggregate": A.aggregate(records, sel),
         "time": A.time_per_step(records), "curves": ci_curves(records, sel),
         "verdicts": verdicts, "verdict_rows": V.rows(verdicts, sel, kinds),
+        "deltas": V.deltas(verdicts, seed_scores),
         "ranks": rank_table, "mean_ranks": A.mean_ranks(rank_table),
         "per_kind": V.per_kind(rank_table, kinds, verdicts, sel), "taus": TAUS,
         "profiles": {"val loss (excess over optimum)": A.performance_profile(scores, TAUS)

@@ -10,7 +10,7 @@ import base64
 import html as _html
 
 from . import text as T
-from .verdicts import TAG, mark, tied_class, verdict_note
+from .verdicts import TAG, delta_td, mark, tied_class, verdict_note
 
 esc = _html.escape
 
@@ -103,7 +103,7 @@ def results_table(ctx) -> str:
         desc = f' — <span style="font-weight:400">{esc(i["description"])}</span>' \
             if i["description"] else ""
         v = ctx["verdicts"].get(p)
-        rows.append(f'<tr class="grp"><td colspan="10">{esc(p)} '
+        rows.append(f'<tr class="grp"><td colspan="11">{esc(p)} '
                     f'<span style="color:var(--mute)">[{esc(i["kind"])}]</span>{desc}'
                     f'{verdict_note(v)}</td></tr>')
         # Best first, then the verdict's order (tied group, then the rest).
@@ -124,19 +124,24 @@ def results_table(ctx) -> str:
             rows.append(
                 f'<tr{tied_class(v, o)}><td>{swatch(ctx, o)}{mark(v, o)}</td>'
                 f'<td class="nw">{T.num(s.lr)}{edge}</td>'
-                f'{stat(a.get("val_loss"))}{stat(a.get("test_loss"))}'
+                f'{stat(a.get("val_loss"))}{delta_td(ctx, p, o)}{stat(a.get("test_loss"))}'
                 f'{stat(a.get("test_metric"))}{stat(a.get("gap"))}'
                 f'{stat(a.get("steps_to_target"), "{:.0f}")}<td>{seeds}</td>'
                 f'<td>{"—" if sens is None else f"{sens.width:.2f}"}</td>'
                 f'<td>{"—" if t is None else f"{t:.2f}×"}</td></tr>')
-    head = ("<tr><th>optimizer</th><th>best lr</th><th>val loss</th><th>test loss</th>"
+    head = ("<tr><th>optimizer</th><th>best lr</th><th>val loss</th>"
+            "<th title='paired by seed: mean of (this − best), 95% t-interval; Holm p'>"
+            "Δ vs best (p)</th><th>test loss</th>"
             "<th>test metric</th><th>gap to optimum</th><th>steps to target</th>"
             "<th>seeds</th><th>lr width (dec.)</th><th>time/step vs SGD</th></tr>")
     return section("table", "Best learning rates and final metrics",
                    "Mean ± half-width of the 95% Student-t interval over seeds at the "
                    "selected lr (failed seeds counted, not averaged); seeds = n. "
                    "<b>★</b> best, <b>≈</b> statistically indistinguishable from it "
-                   f"({esc(TAG)}; shaded rows = the tied group). "
+                   f"({esc(TAG)}; shaded rows = the tied group). Δ vs best: "
+                   "mean ± 95% CI of the per-seed difference to the best, with its Holm "
+                   "p; intervals of two optimizers may overlap while Δ excludes 0, since "
+                   "seeds share initial weights and batches. "
                    "<span class='edge'>⚠ edge</span>: the best lr is at the end of "
                    "the grid, widen it. lr width: decades of lr whose val loss is within "
                    f"{int(T.TOL * 100)}% of the best (gap above the optimum when known).",
@@ -154,7 +159,8 @@ def figures(ctx, images) -> str:
                            img(images, "contours", "trajectories")))
     out.append(section("curves", "Loss curves",
                        "Train loss at the selected lr: line = mean over seeds, band = "
-                       "95% t-interval of the mean. Gap to the optimum where it is known; log y when the range "
+                       "95% t-interval of the mean. Gap to the optimum where it is known; "
+                       "log y when the range "
                        "spans decades.", img(images, "loss_curves", "loss curves")
                        or "<p>No curves stored.</p>"))
     out.append(section("sensitivity", "Learning-rate sensitivity",

@@ -57,7 +57,8 @@ def summary(ctx) -> str:
         a = ctx["aggregate"].get((p, o), {})
         sens = ctx["sensitivity"].get((p, o))
         edge = " (edge)" if s.on_edge else ""
-        out.append(f"| {md(p)} | {md(o)}{_mark(ctx, p, o)} | {T.num(s.lr)}{edge} | {T.stat(a.get('val_loss'))} "
+        out.append(f"| {md(p)} | {md(o)}{_mark(ctx, p, o)} | {T.num(s.lr)}{edge} "
+                   f"| {T.stat(a.get('val_loss'))} "
                    f"| {T.stat(a.get('test_loss'))} "
                    f"| {T.stat(a.get('steps_to_target'), '{:.0f}')} "
                    f"| {a.get('seeds', 0)} ({a.get('diverged', 0)}) "

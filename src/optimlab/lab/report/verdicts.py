@@ -13,7 +13,7 @@ from ..verdicts import NO_VERDICT, TAG, mean_pm
 
 esc = _html.escape
 
-__all__ = ["TAG", "METHOD", "mark", "tied_class", "verdict_note", "answer_html",
+__all__ = ["TAG", "METHOD", "mark", "delta_td", "tied_class", "verdict_note", "answer_html",
            "answer_md", "protocol"]
 
 
@@ -27,6 +27,23 @@ def mark(v, o) -> str:
         return (' <span class="tie" title="statistically indistinguishable from the best">'
                 '≈</span>')
     return ""
+
+
+def delta_td(ctx, p, o) -> str:
+    """<td> with the paired difference to the best, '± CI' and the Holm p."""
+    d = ctx.get("deltas", {}).get((p, o))
+    if d is None:
+        return "<td>—</td>"
+    ci, pv = d
+    if ci.n == 0:
+        return "<td>—</td>"
+    h = f' <span class="sd">± {ci.half_width:.2g}</span>' if ci.n > 1 else ""
+    ps = "" if pv is None else f' <span class="sd">(p {_p(pv)})</span>'
+    return f'<td><span class="nw">{ci.mean:+.3g}</span>{h}{ps}</td>'
+
+
+def _p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.2g}"
 
 
 def tied_class(v, o) -> str:
@@ -72,13 +89,15 @@ def answer_html(ctx) -> str:
                          f'failed on its {len(w["problems"])} problem(s)</div></div>')
             continue
         lrs = ", ".join(f"{esc(p)}: {T.num(lr)}" for p, lr in w["lrs"].items())
-        also = ""
-        if len(w["leaders"]) > 1:
-            also = " (shared with " + ", ".join(esc(o) for o in w["leaders"][1:]) + ")"
+        also = " (shared)" if len(w["leaders"]) > 1 else ""
+        head = swatch(ctx, w["optimizer"]) if len(w["leaders"]) == 1 else \
+            '<span style="font-size:15px">' + ", ".join(
+                swatch(ctx, o) for o in w["leaders"]) + "</span>"
         cards.append(f'<div class="card"><div class="k">{esc(kind)}</div>'
-                     f'<div class="o">{swatch(ctx, w["optimizer"])}</div>'
+                     f'<div class="o">{head}</div>'
                      f'<div class="d">mean tie-aware rank {w["mean_rank"]:.2f}{also} over '
-                     f'{len(w["problems"])} problem(s)<br>lr {lrs}</div></div>')
+                     f'{len(w["problems"])} problem(s)<br>lr of {esc(w["optimizer"])}: '
+                     f'{lrs}</div></div>')
     rows = []
     for r in ctx["verdict_rows"]:
         rows.append(f'<tr><td>{esc(r["problem"])}</td><td class="l">{esc(r["kind"])}</td>'
