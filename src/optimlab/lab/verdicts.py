@@ -153,7 +153,11 @@ def print_table(vrows: list, report=None, file=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=file or sys.stderr, highlight=False, soft_wrap=False)
+    file = file or sys.stderr
+    tty = hasattr(file, "isatty") and file.isatty()
+    # Piped or captured output gets one line per problem instead of rich's 80 columns.
+    console = Console(file=file, highlight=False, soft_wrap=False,
+                      width=None if tty else 200)
     t = Table(title=f"Verdicts (validation loss, mean ± 95% CI over seeds; {TAG})",
               title_justify="left")
     for col, kw in (("problem", {}), ("kind", {}), ("verdict", {"overflow": "fold"}),
