@@ -192,14 +192,14 @@ def paired_t(diffs, mu: float = 0.0, alternative: str = "greater") -> float:
     differences nothing can be shown (p = 1). Zero spread: p = 0 when the mean lies
     strictly on the alternative's side of mu, else 1.
     """
+    if alternative not in ("greater", "less"):
+        raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
+    sign = 1.0 if alternative == "greater" else -1.0
     xs = _finite(diffs)
     n = len(xs)
     if n < 2:
         return 1.0
     m, sd = _mean_sd(xs)
-    sign = 1.0 if alternative == "greater" else -1.0
-    if alternative not in ("greater", "less"):
-        raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
     # Spread below rounding noise of the values counts as zero spread.
     if sd <= 1e-12 * max(1.0, abs(m)):
         return 0.0 if sign * (m - mu) > 0 else 1.0
@@ -252,10 +252,10 @@ def _p_vs_best(o: dict, b: dict) -> float:
     common = sorted(set(o) & set(b))
     o_fail = any(not math.isfinite(o[s]) for s in common)
     b_fail = any(not math.isfinite(b[s]) for s in common)
-    o_all_fail = common and all(not math.isfinite(o[s]) for s in common)
+    o_all_fail = bool(common) and all(not math.isfinite(o[s]) for s in common)
     if o_fail and not b_fail:
         return 0.0
-    if o_all_fail and not all(not math.isfinite(b[s]) for s in common):
+    if o_all_fail and any(math.isfinite(b[s]) for s in common):
         return 0.0
     both = [s for s in common if math.isfinite(o[s]) and math.isfinite(b[s])]
     # The best was picked from these same data, so "o is worse than the best" is a

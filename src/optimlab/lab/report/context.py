@@ -127,7 +127,7 @@ def ci_curves(records, selections, key: str = "train_loss") -> dict:
         ys[~np.isfinite(ys)] = np.nan
         cnt = np.isfinite(ys).sum(axis=0)
         keep = cnt > 0
-        if not keep.any():
+        if keep.sum() < 2:  # a run that diverged at once has no curve to draw
             continue
         ys, cnt = ys[:, keep], cnt[keep]
         step = np.asarray(cs[0].get("step", list(range(n)))[:n], dtype=float)[keep]
