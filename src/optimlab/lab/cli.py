@@ -156,9 +156,10 @@ def _finite_or_none(value):
     return value
 
 
-def summary(records, selections=None) -> dict:
+def summary(records, selections=None, kinds=None) -> dict:
     """The --json summary: every run's identity, status and final metrics (non-finite
-    numbers, e.g. a diverged run's inf losses, become null)."""
+    numbers, e.g. a diverged run's inf losses, become null), the selections, and one
+    verdict per problem (lab/verdicts.py: best, tied group, lr, mean, 95% CI)."""
     runs = [{"run_id": r.run_id, "problem": r.spec.problem, "optimizer": r.spec.optimizer,
              "lr": r.spec.lr, "seed": r.spec.seed, "phase": r.spec.phase,
              "schedule": r.spec.schedule, "status": r.status, "steps": r.spec.steps,
@@ -166,10 +167,24 @@ def summary(records, selections=None) -> dict:
              "final": r.final} for r in records]
     best = [{"problem": p, "optimizer": o, "lr": s.lr, "score": s.score,
              "on_edge": s.on_edge} for (p, o), s in sorted((selections or {}).items())]
-    return _finite_or_none({"runs": runs, "selections": best})
+    vrows = verdict_rows(records, selections, kinds)
+    return _finite_or_none({"runs": runs, "selections": best, "verdicts": vrows})
 
 
-def _build_report(out: Path) -> Path | None:
+def verdict_rows(records, selections=None, kinds=None) -> list:
+    """The verdict rows of ``records`` (kinds: {problem: kind}, else from the registry)."""
+    from . import verdicts
+    from .analysis import select_best
+
+    selections = select_best(records) if selections is None else selections
+    if kinds is None:
+        from .report.context import problem_info
+        kinds = {p: i["kind"] for p, i in
+                 problem_info(sorted({r.spec.problem for r in records})).items()}
+    return verdicts.rows(verdicts.verdicts(records, selections), selections, kinds)
+
+
+def _build_report(out: Path, announce: bool = True) -> Path | None:
     try:
         from .report import build_report
     except ImportError as exc:
@@ -177,7 +192,8 @@ def _build_report(out: Path) -> Path | None:
              f"{out / STORE_NAME}")
         return None
     path = build_report(out)
-    _say(f"report: {path}")
+    if announce:
+        _say(f"report: {path}")
     return path
 
 
@@ -225,17 +241,22 @@ def cmd_compare(args, argv) -> int:
             if edge:
                 _say(f"note: best lr on the grid's edge for {len(edge)} pair(s): "
                      f"{', '.join(edge[:8])}{' ...' if len(edge) > 8 else ''}")
-            status = 0
+            status, path = 0, None
             try:
                 if args.report:
-                    _build_report(out)
+                    path = _build_report(out, announce=False)
             except Exception as exc:  # the results are safe in the store either way
                 _say(f"{PROG}: error: building the report failed ({type(exc).__name__}: "
                      f"{exc}); rebuild with '{PROG} report {out}'")
                 status = 1
+        records = [r for r in store.records() if r.run_id in ids]
+        kinds = {n: p.kind for n, p in plan.problems.items()}
+        # The verdict table ends the run: stderr, so that --json keeps stdout clean.
+        from . import verdicts
+        verdicts.print_table(verdict_rows(records, selections, kinds), report=path,
+                             file=sys.stderr if args.json else sys.stdout)
         if args.json:
-            records = [r for r in store.records() if r.run_id in ids]
-            json.dump(summary(records, selections), sys.stdout, allow_nan=False)
+            json.dump(summary(records, selections, kinds), sys.stdout, allow_nan=False)
             sys.stdout.write("\n")
         return status
     finally:
