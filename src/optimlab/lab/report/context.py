@@ -117,6 +117,7 @@ def build(records, meta, problems=None) -> dict:
 def images(ctx) -> dict:
     """{name: PNG bytes} for every figure that has data."""
     from . import plots as P
+    from . import viewer
 
     c = ctx["colors"]
     panels = []
@@ -143,4 +144,5 @@ def images(ctx) -> dict:
         "schedule": P.schedule(ctx["schedule"]["fn"], ctx["schedule"]["steps"],
                                ctx["schedule"]["name"]) if ctx["schedule"]["fn"] else None,
     }
+    out.update(viewer.images(ctx))  # small multiples, one per 2-D problem
     return {k: v for k, v in out.items() if v}
