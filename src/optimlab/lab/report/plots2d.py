@@ -71,7 +71,10 @@ def small_multiples(panel, colors, ncols=4) -> bytes | None:
         return None
     names = sorted(runs)
     (x0, x1), (y0, y1) = panel["bounds"]
-    X, Y, Z, levels = _surface(panel, n=160)
+    # The contours are rendered once and shown as an image in every panel: identical
+    # by construction, and ~10x faster than contouring each panel.
+    bg = contour_image(panel, 440, 380)
+    bg = None if bg is None else plt.imread(io.BytesIO(bg), format="png")
     ncols = max(1, min(ncols, len(names)))
     nrows = math.ceil(len(names) / ncols)
     with plt.rc_context(_STYLE):
@@ -82,7 +85,9 @@ def small_multiples(panel, colors, ncols=4) -> bytes | None:
             ax.set_visible(False)
         for ax, o in zip(axes, names):
             r = runs[o]
-            _draw_surface(ax, X, Y, Z, levels, lw=0.4)
+            if bg is not None:
+                ax.imshow(bg, extent=(x0, x1, y0, y1), aspect="auto", origin="upper",
+                          interpolation="antialiased", zorder=0)
             paths = [_finite_xy(p) for p in r["paths"]]
             for xy in paths[1:]:
                 if len(xy):
@@ -112,8 +117,12 @@ def small_multiples(panel, colors, ncols=4) -> bytes | None:
                                                "ec": "none", "alpha": 0.8})
             ax.set_xlim(x0, x1)
             ax.set_ylim(y0, y1)
-            ax.set_title(f"{o}  (lr {r['lr']:.3g})", color=colors[o], fontsize=9.5)
+            ax.set_title(f"{o}  (lr {r['lr']:.3g})", fontsize=9.5)
             ax.grid(False)
+            for side in ax.spines.values():   # the frame carries the optimizer's colour
+                side.set_visible(True)
+                side.set_color(colors[o])
+                side.set_linewidth(2.0)
             ax.tick_params(labelsize=7.5)
         extra = [Line2D([], [], color="grey", lw=1.5, label="seed 0 (lowest seed)"),
                  Line2D([], [], color="grey", lw=0.7, alpha=0.5, label="other seeds"),
@@ -121,8 +130,23 @@ def small_multiples(panel, colors, ncols=4) -> bytes | None:
                         label="failed here")] + _LANDMARKS
         fig.legend(handles=extra, loc="lower center", bbox_to_anchor=(0.5, 1.0),
                    ncol=len(extra), fontsize=8.5)
-        fig.tight_layout()
-        return _png(fig)
+        # Fixed spacing instead of tight_layout: shared axes label only the outer panels,
+        # and each layout pass re-measures every tick label (seconds for 11 panels).
+        fig.subplots_adjust(left=0.06, right=0.99, bottom=0.06, top=0.95, wspace=0.08,
+                            hspace=0.22)
+        return _quantized(_png(fig))
+
+
+def _quantized(png: bytes) -> bytes:
+    """The PNG with an adaptive 256-colour palette (no dithering): ~3x smaller for
+    these flat-coloured figures, with no visible change."""
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(png)).convert("RGB")
+    q = im.quantize(256, method=Image.Quantize.MAXCOVERAGE, dither=Image.Dither.NONE)
+    buf = io.BytesIO()
+    q.save(buf, format="PNG", optimize=True)
+    return buf.getvalue() if len(buf.getvalue()) < len(png) else png
 
 
 def contour_image(panel, width: int, height: int) -> bytes | None:
