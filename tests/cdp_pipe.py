@@ -227,7 +227,7 @@ class Page:
 
     def screenshot(self, selector: str | None = None) -> bytes:
         """PNG of the page, or of one element (scrolled into view first)."""
-        params = {"format": "png"}
+        params = {"format": "png", "captureBeyondViewport": True}
         if selector:
             self.evaluate(f"document.querySelector({json.dumps(selector)})"
                           ".scrollIntoView({block: 'center'})")

@@ -83,8 +83,10 @@ def small_multiples(panel, colors, ncols=4) -> bytes | None:
         axes = axes.ravel()
         for ax in axes[len(names):]:
             ax.set_visible(False)
-        for ax, o in zip(axes, names):
+        for n, (ax, o) in enumerate(zip(axes, names)):
             r = runs[o]
+            if n + ncols >= len(names):      # lowest panel of its column: label x
+                ax.xaxis.set_tick_params(labelbottom=True)
             if bg is not None:
                 ax.imshow(bg, extent=(x0, x1, y0, y1), aspect="auto", origin="upper",
                           interpolation="antialiased", zorder=0)
