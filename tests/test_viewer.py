@@ -170,6 +170,8 @@ def test_downsample_caps_points_and_stays_close():
     # Every dropped point is near the polyline through the kept ones (interpolated by step).
     rec = np.column_stack([np.interp(np.arange(5000), idx, xy[:, k]) for k in range(2)])
     assert np.abs(rec - walk).max() < 0.5
+    # A trajectory that is not one (x, y) per step draws nothing.
+    assert len(viewer.downsample([[0, 1, 2], [3, 4, 5]], bounds)[0]) == 0
     # Non-finite points end the path; a path flying off is cut where it leaves 10x bounds.
     bad = np.array([[0, 0], [0.1, 0.1], [np.nan, 1.0], [0.2, 0.2]])
     assert viewer.downsample(bad, bounds)[0].tolist() == [0, 1]

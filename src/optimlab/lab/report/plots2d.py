@@ -41,7 +41,9 @@ def _draw_surface(ax, X, Y, Z, levels, lw=0.5):
 
 
 def _finite_xy(path):
-    xy = np.asarray(path if path is not None else [], dtype=float).reshape(-1, 2)
+    xy = np.asarray(path if path is not None else [], dtype=float)
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        return np.zeros((0, 2))
     return xy[np.isfinite(xy).all(axis=1)]
 
 

@@ -126,8 +126,19 @@
       var h = head(O, k), failed = h.ended && O.status !== "ok";
       if (shown[O.name]) {
         g.strokeStyle = O.color;
-        g.lineWidth = 1.8;
         g.lineJoin = "round";
+        if (!h.ended && h.j < O.i.length - 1) {   // the road ahead, faint
+          g.globalAlpha = 0.45;
+          g.lineWidth = 1;
+          g.setLineDash([4, 3]);
+          g.beginPath();
+          g.moveTo(sx(P, h.x), sy(P, h.y));
+          for (var q = h.j + 1; q < O.i.length; q++) g.lineTo(sx(P, O.x[q]), sy(P, O.y[q]));
+          g.stroke();
+          g.setLineDash([]);
+          g.globalAlpha = 1;
+        }
+        g.lineWidth = 1.8;
         g.beginPath();
         g.moveTo(sx(P, O.x[0]), sy(P, O.y[0]));
         for (var j = 1; j <= h.j; j++) g.lineTo(sx(P, O.x[j]), sy(P, O.y[j]));

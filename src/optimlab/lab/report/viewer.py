@@ -114,7 +114,9 @@ def downsample(path, bounds, max_points: int = MAX_POINTS):
     """(steps, xy) of a trajectory cut to its finite, visible part and simplified to at
     most ``max_points`` points. Distances are measured in units of the plot's width and
     height, starting at 1/2000 (well under a pixel) and doubling until the path fits."""
-    xy = np.asarray(path if path is not None else [], dtype=float).reshape(-1, 2)
+    xy = np.asarray(path if path is not None else [], dtype=float)
+    if xy.ndim != 2 or xy.shape[1] != 2:    # not a 2-D position per step: nothing to draw
+        return np.arange(0), np.zeros((0, 2))
     fin = np.isfinite(xy).all(axis=1)
     n = int(np.argmin(fin)) if not fin.all() else len(xy)
     xy = xy[:n]
@@ -230,7 +232,8 @@ def section(ctx, images) -> str:
     cap = ("One panel per optimizer, every panel with the same contours, limits and scale: "
            "the lowest seed's path at the selected lr in bold, other seeds thin; "
            "■ start, ★ minimum. Below, replay them: ▶ plays, the slider picks the step, "
-           "the checkboxes choose the optimizers (values: loss at the shown step). "
+           "the checkboxes choose the optimizers (values: loss at the shown step; dashed: "
+           "the rest of the path). "
            "On the ravine look for SGD's zig-zag across the steep axis and "
            "momentum's overshoot along the shallow one.")
     return f"<section id='multiples'><h2>Trajectories, one optimizer at a time</h2>" \
