@@ -212,6 +212,13 @@ def test_viewer_data_in_page(ctx):
     assert "multiples" in page and "id='olv-canvas'" in page
 
 
+def test_summary_points_to_the_trajectories(ctx):
+    from optimlab.lab.report import markdown
+    summary = markdown.summary(ctx)
+    assert "## Trajectories" in summary and "ill-conditioned, rosenbrock" in summary
+    assert "## Trajectories" not in markdown.summary(context.build([], {}, PROBLEMS))
+
+
 # ------------------------------------------------------------------------ chromium
 
 def _chromium():

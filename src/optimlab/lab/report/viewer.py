@@ -33,6 +33,19 @@ MARGIN = {"l": 56, "r": 14, "t": 12, "b": 36}
 FAR = 10.0
 
 
+def markdown(ctx) -> list:
+    """summary.md lines pointing to the trajectory figures ([] without 2-D paths)."""
+    from .markdown import md
+
+    names = sorted(runs(ctx["records"], ctx["selections"]))
+    names = [p for p in names if (ctx["info"].get(p) or {}).get("surface") is not None]
+    if not names:
+        return []
+    return ["", "## Trajectories", "",
+            f"2-D problems {', '.join(md(p) for p in names)}: small multiples (one panel per "
+            "optimizer) and an interactive viewer in the HTML report."]
+
+
 def _esc(s) -> str:
     import html
     return html.escape(str(s))
