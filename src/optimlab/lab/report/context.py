@@ -145,6 +145,7 @@ def ci_curves(records, selections, key: str = "train_loss") -> dict:
 def images(ctx) -> dict:
     """{name: PNG bytes} for every figure that has data."""
     from . import plots as P
+    from . import viewer
 
     c = ctx["colors"]
     panels = []
@@ -174,4 +175,5 @@ def images(ctx) -> dict:
         "schedule": P.schedule(ctx["schedule"]["fn"], ctx["schedule"]["steps"],
                                ctx["schedule"]["name"]) if ctx["schedule"]["fn"] else None,
     }
+    out.update(viewer.images(ctx))  # small multiples, one per 2-D problem
     return {k: v for k, v in out.items() if v}

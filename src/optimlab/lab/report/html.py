@@ -10,6 +10,7 @@ import base64
 import html as _html
 
 from . import text as T
+from . import viewer
 from .verdicts import TAG, delta_td, mark, tied_class, verdict_note
 
 esc = _html.escape
@@ -157,6 +158,7 @@ def figures(ctx, images) -> str:
                            "contours; ■ start, ★ minima, dot = where it ended. Look for "
                            "zig-zag across valleys and overshoot.",
                            img(images, "contours", "trajectories")))
+    out.append(viewer.section(ctx, images))  # small multiples + interactive viewer
     out.append(section("curves", "Loss curves",
                        "Train loss at the selected lr: line = mean over seeds, band = "
                        "95% t-interval of the mean. Gap to the optimum where it is known; "
@@ -247,6 +249,7 @@ def page(ctx, images) -> str:
         sub += f" · {esc(str(m['created']))}"
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (
         ("answer", "Answer"), ("table", "Best lrs"), ("paths", "Trajectories"),
+        ("multiples", "Viewer"),
         ("curves", "Curves"), ("sensitivity", "Sensitivity"), ("profile", "Profile"),
         ("time", "Time"), ("bias", "Bias correction"), ("schedule", "Schedule"),
         ("protocol", "Protocol"), ("reproduce", "Reproduce")))

@@ -6,6 +6,7 @@ import html as _html
 import re
 
 from . import text as T
+from . import viewer
 from .verdicts import answer_md
 
 
@@ -68,6 +69,7 @@ def summary(ctx) -> str:
             "|---|---:|"]
     for o, r in sorted(ctx["mean_ranks"].items(), key=lambda t: t[1]):
         out.append(f"| {md(o)} | {r:.2f} |")
+    out += viewer.markdown(ctx)  # where the 2-D trajectories are shown
     out += ["", "## Protocol", ""] + [f"- {md(s)}" for s in T.protocol(ctx)]
     out += ["", "## Reproduce", "", _fence(T.command(ctx["meta"])), ""]
     vers = ctx["meta"].get("versions") or next(
