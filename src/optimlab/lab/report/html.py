@@ -86,7 +86,7 @@ def answer(ctx) -> str:
         cards.append(f'<div class="card"><div class="k">{esc(kind)}</div>'
                      f'<div class="o">{swatch(ctx, w["optimizer"])}</div>'
                      f'<div class="d">mean rank {w["mean_rank"]:.2f} over '
-                     f'{len(w["problems"])} problem(s) {status}<br>lr {lrs}</div></div>')
+                     f'{T.plural(len(w["problems"]), "problem")} {status}<br>lr {lrs}</div></div>')
     rows = []
     for p, w in ctx["per_problem"].items():
         i = ctx["info"][p]
@@ -180,8 +180,8 @@ def figures(ctx, images) -> str:
     out.append(section("profile", "Performance profile and ranks",
                        "Dolan &amp; Moré profile: fraction of problems on which an optimizer "
                        "is within a factor τ of the best one (higher and further left is "
-                       f"better). Val-loss profile over {ns[T.PROF_VAL]} problem(s), steps to "
-                       f"target over {ns[T.PROF_STEPS]}.",
+                       f"better). Val-loss profile over {T.plural(ns[T.PROF_VAL], 'problem')}, "
+                       f"steps to target over {T.plural(ns[T.PROF_STEPS], 'problem')}.",
                        img(images, "profiles", "performance profile")
                        + img(images, "ranks", "rank heatmap") + mr_html))
     out.append(section("time", "Time per step relative to SGD",
@@ -237,14 +237,17 @@ def reproduce(ctx) -> str:
 
 
 #: Meta keys shown elsewhere, or bookkeeping rather than settings a reader needs.
-_NOT_SETTINGS = ("versions", "command", "runs", "problem_info", "sources", "argv")
+_NOT_SETTINGS = ("versions", "command", "runs", "problem_info", "sources", "argv",
+                 "comparison")
 
 
 def page(ctx, images) -> str:
     """The whole report as one HTML string."""
     m = ctx["meta"]
-    sub = (f"{len(ctx['records'])} runs · {len(ctx['problems'])} problems · "
-           f"{len(ctx['optimizers'])} optimizers")
+    sub = esc(T.counts(ctx))
+    if m.get("comparison"):
+        sub += (f" · comparison {esc(str(m['comparison']))} "
+                "(<a style='color:inherit' href='index.html'>all comparisons</a>)")
     if m.get("created"):
         sub += f" · {esc(str(m['created']))}"
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (
