@@ -263,16 +263,17 @@ class Store:
         old-format store carries its meta over."""
         registered = self._conn.execute("SELECT 1 FROM comparisons WHERE id=?",
                                         (comparison,)).fetchone() is not None
-        carried = {}
+        carried, seq = {}, "COALESCE(MAX(seq), 0) + 1"
         if not registered and comparison == self._legacy_id(False):
-            carried = self.comparison_meta(comparison)
+            # The old comparison keeps its meta and its place, before the newer ones.
+            carried, seq = self.comparison_meta(comparison), "COALESCE(MIN(seq), 1) - 1"
         with self._transaction():
             self._conn.executemany(
                 "INSERT OR IGNORE INTO comparison_meta (comparison, key, value) "
                 "VALUES (?, ?, ?)", [(comparison, k, _dumps(v)) for k, v in carried.items()])
             self._conn.execute(
-                "INSERT OR IGNORE INTO comparisons (id, seq) "
-                "SELECT ?, COALESCE(MAX(seq), 0) + 1 FROM comparisons", (comparison,))
+                f"INSERT OR IGNORE INTO comparisons (id, seq) SELECT ?, {seq} FROM comparisons",
+                (comparison,))
             self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                                ("latest", _dumps(comparison)))
         self.comparison = comparison

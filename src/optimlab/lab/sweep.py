@@ -29,6 +29,7 @@ from . import runner
 from .problems.base import Problem
 from .spec import RunSpec
 from .store import Store
+from .wording import plural
 
 #: The default lr grid: log-spaced from 1e-4 to 1 at decade spacing (5 values); half-decade
 #: spacing (9) does not fit the 3-minute default budget on 2 cores.
@@ -316,7 +317,7 @@ def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
         n = len(ex.pending(sweep))
         log(f"phase sweep: {len(sweep)} runs ({len(sweep) - n} already stored), "
             f"{len(plan.lrs)} lrs x {len(plan.optimizers)} optimizers x "
-            f"{len(plan.sources)} problems, {workers} worker(s)")
+            f"{plural(len(plan.sources), 'problem')}, {plural(workers, 'worker')}")
         ex.run(sweep, "sweep")
         selections = select(store, sweep)
         seeds = plan.seed_specs(selections)

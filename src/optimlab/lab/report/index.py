@@ -23,6 +23,14 @@ def _names(value) -> str:
     return "—" if value is None else str(value)
 
 
+def _when(value) -> str:
+    """'2026-12-02 12:52 UTC' from a stored ISO timestamp (other text as it is)."""
+    text = str(value or "—")
+    if text.endswith("+00:00") and "T" in text:
+        text = text[:-6].replace("T", " ")[:16] + " UTC"
+    return text
+
+
 def _row(e: Entry, latest) -> str:
     m = e.meta
     cid = esc(e.comparison)
@@ -35,12 +43,14 @@ def _row(e: Entry, latest) -> str:
     n_o = len(opts) if isinstance(opts, (list, tuple)) else 0
     state = "" if m.get("finished") else ' <span class="bad">(not finished)</span>'
     return (f"<tr><td>{link}{md}</td>"
-            f"<td class='nw'>{esc(str(m.get('created') or '—'))}</td>"
-            f"<td class='nw'>{esc(str(m.get('finished') or '—'))}{state}</td>"
-            f"<td class='l'><b>{T.plural(n_p, 'problem')}</b>: {esc(T.short(_names(probs)))}"
-            f"</td><td class='l'><b>{T.plural(n_o, 'optimizer')}</b>: "
-            f"{esc(T.short(_names(opts)))}</td><td>{e.runs}</td>"
-            f"<td class='l'><code>{esc(T.command(m))}</code></td></tr>")
+            f"<td class='l'>{esc(_when(m.get('created')))}</td>"
+            f"<td class='l'>{esc(_when(m.get('finished')))}{state}</td>"
+            f"<td class='l'>{T.plural(n_p, 'problem')}<br><span class='sd' style='white-space:"
+            f"normal'>{esc(T.short(_names(probs)))}</span></td>"
+            f"<td class='l'>{T.plural(n_o, 'optimizer')}<br><span class='sd' style='white-"
+            f"space:normal'>{esc(T.short(_names(opts)))}</span></td><td>{e.runs}</td>"
+            f"<td class='l' style='word-break:break-word'><code>{esc(T.command(m))}</code>"
+            "</td></tr>")
 
 
 def page(entries, latest=None) -> str:
@@ -48,8 +58,8 @@ def page(entries, latest=None) -> str:
     rows = "".join(_row(e, latest) for e in reversed(list(entries)))
     if not rows:
         rows = "<tr><td colspan='7' class='l'>No comparison in this directory yet.</td></tr>"
-    table = ("<table><thead><tr><th class='l'>comparison</th><th>started</th>"
-             "<th>finished</th><th class='l'>problems</th><th class='l'>optimizers</th>"
+    table = ("<table><thead><tr><th class='l'>comparison</th><th class='l'>started</th>"
+             "<th class='l'>finished</th><th class='l'>problems</th><th class='l'>optimizers</th>"
              "<th>runs</th><th class='l'>command</th></tr></thead><tbody>" + rows
              + "</tbody></table>")
     n = T.plural(len(list(entries)), "comparison")
