@@ -254,6 +254,16 @@ BAD = {
 }
 
 
+def test_help_does_not_describe_a_fixed_grid(capsys):
+    for argv in (["compare", "--help"], ["report", "--help"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "half-decade" not in text and "--comparison" in text
+    assert "%(default)s" not in text and "case-insensitive" in text
+
+
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input_gives_one_line(case, capsys):
     argv, needle = BAD[case]

@@ -15,7 +15,7 @@ from optimlab.lab.spec import RunRecord, RunSpec
 
 store_mod = pytest.importorskip("optimlab.lab.store",
                                 reason="optimlab.lab.store not written yet (colleague)")
-from optimlab.lab.report import build_report, render  # noqa: E402
+from optimlab.lab.report import build_report, build_reports, render  # noqa: E402
 from optimlab.lab.store import comparison_id  # noqa: E402
 
 EVIL = "<script>alert(1)</script>"
@@ -247,6 +247,10 @@ def test_two_comparisons_in_one_directory(tmp_path):
     assert (tmp_path / f"report-{first}.html").read_text(encoding="utf-8") == pages[first]
     with pytest.raises(ValueError, match=f"known comparisons: {first}, {second}"):
         build_report(tmp_path, problems, comparison="nope")
+    # missing=True (what compare does) also builds any comparison without a report yet
+    built = build_reports(tmp_path, problems, [first], missing=True)
+    assert sorted(built.reports) == sorted(ids) and built.latest == tmp_path / "report.html"
+    assert (tmp_path / "report.html").read_text(encoding="utf-8") == pages[second]
 
 
 def test_bias_correction_panel_when_runs_exist():
