@@ -154,9 +154,9 @@ def _problem_sources(args) -> tuple:
 
 def _optimizer_names(given) -> list:
     """Registry names of the optimizers asked for (case-insensitive, aliases allowed)."""
-    from optimlab.registry import _ALIASES
+    from optimlab.registry import ENTRIES
 
-    known = optimlab.names() + sorted(_ALIASES)
+    known = optimlab.names() + sorted(a for e in ENTRIES for a in e.aliases)
     return _unique(optimlab.lookup(canonical(n, known, "optimizer")).name
                    for n in (given or optimlab.names()))
 
