@@ -178,8 +178,8 @@ def figures(ctx, images) -> str:
     out.append(section("profile", "Performance profile and ranks",
                        "Dolan &amp; Moré profile: fraction of problems on which an optimizer "
                        "is within a factor τ of the best one (higher and further left is "
-                       f"better). Val-loss profile over {ns[T.PROF_VAL]} problem(s), steps to "
-                       f"target over {ns[T.PROF_STEPS]}. Ranks are tie-aware: equal seed "
+                       f"better). Val-loss profile over {T.plural(ns[T.PROF_VAL], 'problem')}, steps to "
+                       f"target over {T.plural(ns[T.PROF_STEPS], 'problem')}. Ranks are tie-aware: equal seed "
                        "means and the group tied with the best (boxed cells) share one "
                        "rank; — = no verdict.",
                        img(images, "profiles", "performance profile")
@@ -237,14 +237,17 @@ def reproduce(ctx) -> str:
 
 
 #: Meta keys shown elsewhere, or bookkeeping rather than settings a reader needs.
-_NOT_SETTINGS = ("versions", "command", "runs", "problem_info", "sources", "argv")
+_NOT_SETTINGS = ("versions", "command", "runs", "problem_info", "sources", "argv",
+                 "comparison")
 
 
 def page(ctx, images) -> str:
     """The whole report as one HTML string."""
     m = ctx["meta"]
-    sub = (f"{len(ctx['records'])} runs · {len(ctx['problems'])} problems · "
-           f"{len(ctx['optimizers'])} optimizers")
+    sub = esc(T.counts(ctx))
+    if m.get("comparison"):
+        sub += (f" · comparison {esc(str(m['comparison']))} "
+                "(<a style='color:inherit' href='index.html'>all comparisons</a>)")
     if m.get("created"):
         sub += f" · {esc(str(m['created']))}"
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html as _html
 import re
 
 from . import text as T
@@ -10,9 +9,19 @@ from . import viewer
 from .verdicts import answer_md
 
 
+#: Characters that Markdown could read as markup: backslash-escaped (CommonMark shows
+#: the character itself), never HTML-escaped, so "Dolan & Moré" stays as written. An
+#: underscore inside a word ("bias_correction") is not emphasis and stays as it is.
+_MARKUP = re.compile(r"([\\`*\[\]<>|]|(?<!\w)_|_(?!\w))")
+#: "&" only when it would start a character reference such as "&lt;" or "&#60;".
+_ENTITY = re.compile(r"&(?=#?[0-9A-Za-z]+;)")
+
+
 def md(s) -> str:
-    """Escape a store string for a Markdown table cell (no raw HTML, no pipes)."""
-    return _html.escape(" ".join(str(s).split()), quote=False).replace("|", "\\|")
+    """Escape a store string for one line of Markdown, e.g. a table cell (one line, no
+    raw HTML, no pipes, no character references)."""
+    text = _MARKUP.sub(r"\\\1", " ".join(str(s).split()))
+    return _ENTITY.sub(r"\\&", text)
 
 
 def _fence(s: str) -> str:
@@ -44,9 +53,9 @@ def _mark(ctx, p, o) -> str:
 
 def summary(ctx) -> str:
     """The Markdown summary as one string."""
-    out = ["# optimlab report", "",
-           f"{len(ctx['records'])} runs · {len(ctx['problems'])} problems · "
-           f"{len(ctx['optimizers'])} optimizers", "", "## Answer", ""]
+    cid = ctx["meta"].get("comparison")
+    where = f" · comparison `{cid}` ([all comparisons](index.html))" if cid else ""
+    out = ["# optimlab report", "", md(T.counts(ctx)) + where, "", "## Answer", ""]
     out += answer_md(ctx, md)
     out += ["", "## Best learning rates and final metrics", "",
             "Mean ± 95% CI half-width over seeds; ★ best, ≈ indistinguishable from it, "

@@ -6,6 +6,7 @@ import math
 import shlex
 
 from ..analysis import TOLERANCE as TOL
+from ..wording import plural  # noqa: F401  (re-exported for the renderers)
 
 PROF_VAL = "val loss (excess over optimum)"
 PROF_STEPS = "steps to target"
@@ -44,6 +45,12 @@ def short(v, n=160) -> str:
     """A value as one line of at most n characters."""
     s = " ".join(str(v).split())
     return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def counts(ctx) -> str:
+    """'12 runs · 1 problem · 3 optimizers' (plain text)."""
+    return (f"{plural(len(ctx['records']), 'run')} · {plural(len(ctx['problems']), 'problem')}"
+            f" · {plural(len(ctx['optimizers']), 'optimizer')}")
 
 
 def command(meta) -> str:
