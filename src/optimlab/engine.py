@@ -7,6 +7,8 @@ parameters, and the choice between the fused kernel and the reference path.
 
 The whole per-parameter step is :func:`update`, written once. The reference path runs it
 on tensors; the fused path (:mod:`optimlab.fused`) traces it symbolically and compiles it.
+``differentiable=True`` (autograd through the step, as torch.optim's) always takes the
+reference path, with grad mode on.
 """
 
 from __future__ import annotations
