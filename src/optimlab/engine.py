@@ -20,6 +20,7 @@ import torch
 from torch.optim import Optimizer
 from torch.optim import optimizer as _torch_optimizer
 
+from . import checkpoint
 from .rules import Rule
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -121,6 +122,16 @@ class RuleOptimizer(Optimizer):
             for key, value in list(param_state.items()):
                 if key in self.rule.scalars and not torch.is_tensor(value):
                     param_state[key] = torch.tensor(float(value), dtype=scalar_dtype())
+
+    def state_dict(self) -> dict:
+        """torch.optim's ``state_dict``, without optimlab-only group keys at torch's value
+        (see :mod:`optimlab.checkpoint`), so that torch and DCP load it as their own."""
+        return checkpoint.for_torch(super().state_dict())
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch.optim's ``load_state_dict``, except that ``fused``/``foreach``/``capturable``/
+        ``differentiable`` stay as constructed (see :mod:`optimlab.checkpoint`)."""
+        super().load_state_dict(checkpoint.for_loading(state_dict, self.param_groups, self.defaults))
 
     def init_state(self, p: torch.Tensor, h: SimpleNamespace) -> dict:
         """Create ``self.state[p]`` with torch.optim's keys, in torch.optim's order.
