@@ -60,6 +60,8 @@ def for_loading(state_dict: dict, current_groups: list[dict], defaults: dict) ->
         for key in IMPLEMENTATION_FLAGS:
             if key in current:
                 group[key] = current[key]
+            else:  # a flag this class does not have
+                group.pop(key, None)
         groups.append(group)
     return {**state_dict, "param_groups": groups}
 
