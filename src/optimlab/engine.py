@@ -146,6 +146,9 @@ class RuleOptimizer(Optimizer):
                 state[key] = torch.tensor(value, dtype=scalar_dtype())
             for key, fill in self.rule.tensors(h).items():
                 if fill is not None:
+                    # a complex parameter is stepped as (re, im) pairs: both halves start at
+                    # the fill (torch's Adagrad: sum = v + vj)
+                    fill = complex(fill, fill) if p.is_complex() else fill
                     state[key] = torch.full_like(p, fill, memory_format=torch.preserve_format)
         return state
 
