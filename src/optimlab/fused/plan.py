@@ -230,8 +230,11 @@ class Plan:
 
     @staticmethod
     def _check(p, st, fills, rule):
-        if p.device.type != "cpu" or p.layout != torch.strided:
-            raise Unfusable(f"param on {p.device} with layout {p.layout}")
+        if p.device.type != "cpu":  # torch.optim's wording (_device_dtype_check_for_fused)
+            raise Unfusable("`fused=True` requires all the params to be floating point Tensors of "
+                            f"supported devices: ['cpu'] but {p.dtype} and {p.device.type}")
+        if p.layout != torch.strided:
+            raise Unfusable(f"param with layout {p.layout}")
         if p.dtype not in SUPPORTED:
             raise Unfusable(f"param dtype {p.dtype}")
         if not dense_layout(p):
