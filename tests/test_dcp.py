@@ -120,8 +120,7 @@ def zero_results(tmp_path_factory):
 
 
 DCP_CASES = [pytest.param(e, f"{wrap}-{d}", id=f"{e.name}-{wrap}-{d}") for e in ENTRIES
-             for wrap in ("ddp", "fsdp2") if wrap == "ddp" or "fused" in W.user_flags(e.cls)
-             for d in DIRECTIONS]
+             for wrap in W.wraps(e) for d in DIRECTIONS]
 ZERO_CASES = [pytest.param(e, f"{d}-{target}", id=f"{e.name}-{d}-{target}") for e in ENTRIES
               for d in DIRECTIONS for target in ("zero", "plain")]
 
