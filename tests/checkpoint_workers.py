@@ -41,19 +41,20 @@ def user_flags(cls) -> dict:
 
 
 def wraps(entry) -> list[str]:
-    """DDP for every entry; FSDP2 where optimlab can be told ``fused=False``: on this branch
-    the C kernel does not yet refuse DTensor shards (issue 9, item 1)."""
-    return ["ddp"] + (["fsdp2"] if "fused" in user_flags(entry.cls) else [])
+    """How the model is distributed: DDP, and FSDP2's ``fully_shard`` (DTensor shards)."""
+    return ["ddp", "fsdp2"]
 
 
 def flags(opt) -> list[dict]:
     return [{k: g[k] for k in FLAGS if k in g} for g in opt.param_groups]
 
 
-def build(entry, params, use_torch: bool):
+def build(entry, params, use_torch: bool, user: bool = True):
+    """The entry's torch.optim twin with torch's defaults, or its optimlab class with
+    :func:`user_flags` (``user=True``) or its defaults."""
     if use_torch:
         return entry.build_torch(params, lr=entry.test_lr)
-    return entry.build(params, lr=entry.test_lr, **user_flags(entry.cls))
+    return entry.build(params, lr=entry.test_lr, **(user_flags(entry.cls) if user else {}))
 
 
 def zero(entry, params, use_torch: bool):
@@ -96,9 +97,10 @@ def train(m: nn.Module, opt, start: int, steps: int) -> torch.Tensor:
 
 
 def dcp_case(entry, wrap, save_torch, directory):
-    """Train with one library, ``dcp.save``; plain ``dcp.load`` into the other; continue."""
+    """Train with one library (default flags), ``dcp.save``; plain ``dcp.load`` into the
+    other (optimlab with :func:`user_flags`); continue."""
     m = model(0, wrap)
-    saver = build(entry, m.parameters(), save_torch)
+    saver = build(entry, m.parameters(), save_torch, user=False)
     train(m, saver, 0, BEFORE)
     dcp.save({"model": get_model_state_dict(m), "optim": get_optimizer_state_dict(m, saver)},
              checkpoint_id=directory)
@@ -127,7 +129,7 @@ def _per_entry(rank, out_dir, cases):
 
 
 def dcp_worker(rank, world_size, out_dir):
-    """DCP both ways, DDP-wrapped, and FSDP2-sharded where optimlab takes ``fused=False``."""
+    """DCP both ways, with a DDP-wrapped and an FSDP2-sharded model."""
 
     def cases(entry):
         out = {}
