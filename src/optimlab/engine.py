@@ -22,6 +22,7 @@ import torch
 from torch.optim import Optimizer
 from torch.optim import optimizer as _torch_optimizer
 
+from . import checkpoint
 from .rules import Rule
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -147,6 +148,16 @@ class RuleOptimizer(Optimizer):
                 if key in self.rule.scalars and not torch.is_tensor(value):
                     param_state[key] = torch.tensor(float(value), dtype=scalar_dtype())
 
+    def state_dict(self) -> dict:
+        """torch.optim's ``state_dict``, without optimlab-only group keys at torch's value
+        (see :mod:`optimlab.checkpoint`), so that torch and DCP load it as their own."""
+        return checkpoint.for_torch(super().state_dict())
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch.optim's ``load_state_dict``, except that ``fused``/``foreach``/``capturable``/
+        ``differentiable`` stay as constructed (see :mod:`optimlab.checkpoint`)."""
+        super().load_state_dict(checkpoint.for_loading(state_dict, self.param_groups, self.defaults))
+
     def init_state(self, p: torch.Tensor, h: SimpleNamespace) -> dict:
         """Create ``self.state[p]`` with torch.optim's keys, in torch.optim's order.
 
@@ -160,6 +171,9 @@ class RuleOptimizer(Optimizer):
                 state[key] = torch.tensor(value, dtype=scalar_dtype())
             for key, fill in self.rule.tensors(h).items():
                 if fill is not None:
+                    # a complex parameter is stepped as (re, im) pairs: both halves start at
+                    # the fill (torch's Adagrad: sum = v + vj)
+                    fill = complex(fill, fill) if p.is_complex() else fill
                     state[key] = torch.full_like(p, fill, memory_format=torch.preserve_format)
         return state
 
