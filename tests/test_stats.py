@@ -185,6 +185,23 @@ def test_failure_rules():
     assert v.best == "f2" and v.tied == ["f2", "f3"] and v.order[-1] == "dead"
 
 
+def test_deterministic_problem_resolution():
+    """Full-batch problems give the same loss on every seed: differences of a few
+    float32 ulps are ties, a real gap is still significant (zero spread)."""
+    same = {"momentum": 0.5600000619888306, "adam": 0.5600001215934753}
+    worse = {"rmsprop": 0.5605391263961792, "sgd": 0.6132994890213013}
+    scores = {o: {s: v for s in range(5)} for o, v in {**same, **worse}.items()}
+    v = S.compare_to_best(scores)
+    assert v.best == "momentum" and v.tied == ["momentum", "adam"] and not v.significant
+    assert v.pvalues["adam"] == 1.0 and v.pvalues["rmsprop"] == 0.0
+    r = S.tie_ranks(v.means, groups=[v.tied], rtol=S.RTOL)
+    assert r == {"momentum": 1.5, "adam": 1.5, "rmsprop": 3.0, "sgd": 4.0}
+    # Without the resolution the ulps would decide.
+    assert S.compare_to_best(scores, rtol=0.0).tied == ["momentum"]
+    assert S.tie_ranks({"a": 1.0, "b": 1.0 + 1e-7, "c": INF, "d": INF}, rtol=S.RTOL) == \
+        {"a": 1.5, "b": 1.5, "c": 3.5, "d": 3.5}
+
+
 # ------------------------------------------------------------------ ranks
 
 def test_tie_ranks_equal_values_share():

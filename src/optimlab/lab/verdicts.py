@@ -60,10 +60,10 @@ def deltas(vs: dict, sc: dict) -> dict:
 
 
 def rank_table(vs: dict) -> dict:
-    """{problem: {optimizer: tie-aware rank}}: equal seed means share a rank and the
-    tied group shares one rank (fractional ranking, stats.tie_ranks). Problems without
+    """{problem: {optimizer: tie-aware rank}}: seed means equal to stats.RTOL share a
+    rank (a seed with a failure makes the mean inf), and the tied group shares one rank (fractional ranking, stats.tie_ranks). Problems without
     a verdict are left out: nothing there orders the optimizers."""
-    return {p: S.tie_ranks(v.means, groups=[v.tied])
+    return {p: S.tie_ranks(v.means, groups=[v.tied], rtol=S.RTOL)
             for p, v in vs.items() if v.status != NO_VERDICT}
 
 
