@@ -172,6 +172,14 @@ def test_all_failed_is_no_verdict():
     assert S.compare_to_best({}).status == "no verdict"
 
 
+def test_single_optimizer_and_missing_seeds():
+    v = S.compare_to_best({"adam": {0: 1.0, 1: 1.2}})
+    assert (v.best, v.tied, v.significant, v.status) == ("adam", ["adam"], False, "verdict")
+    # An optimizer sharing only one seed with the best cannot be shown worse.
+    v = S.compare_to_best({"a": {0: 1.0, 1: 1.0, 2: 1.1}, "b": {2: 5.0, 7: 5.0}})
+    assert v.tied == ["a", "b"] and v.pvalues["b"] == 1.0
+
+
 def test_failure_rules():
     ok = {0: 1.0, 1: 1.1, 2: 0.9}
     one_fail = {0: 0.5, 1: INF, 2: 0.5}         # better finite mean, but one failure

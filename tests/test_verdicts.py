@@ -173,7 +173,7 @@ def test_summary_md_no_verdict_and_groups(built):
     md = built["md"]
     lines = md.splitlines()
     dead = [ln for ln in lines if ln.startswith("| dead |")]
-    assert dead and all("no verdict" in ln and "✗" in ln for ln in dead[:1])
+    assert dead and "no verdict" in dead[0] and "✗" in dead[0]
     kind = [ln for ln in lines if ln.startswith("| all-diverged |")]
     assert kind and "no verdict" in kind[0] and not any(o in kind[0] for o in OPTS)
     # Every results-table row of the dead problem carries the failure mark, no ★.

@@ -265,7 +265,7 @@ def _close(a: float, b: float, rtol: float) -> bool:
 
 
 def _p_vs_best(o: dict, b: dict, rtol: float = RTOL) -> float:
-    """Raw one-sided p-value that ``o`` is worse than the best ``b`` (see compare_to_best)."""
+    """Raw p-value that ``o`` is worse than the best ``b`` (see compare_to_best)."""
     common = sorted(set(o) & set(b))
     o_fail = any(not math.isfinite(o[s]) for s in common)
     b_fail = any(not math.isfinite(b[s]) for s in common)
@@ -292,7 +292,7 @@ def compare_to_best(scores: dict, alpha: float = 0.05, level: float = 0.95,
 
     1. Order: by (fraction of failed seeds, mean of the finite seeds, name); the first
        is the best. With no failures this is the seed mean.
-    2. Each other optimizer o gets a raw one-sided p-value that it is worse:
+    2. Each other optimizer o gets a raw p-value that it is worse:
        - o failed on a common seed where the best never failed: p = 0 (a failure is
          worse than any finite loss, so o is never tied with a failure-free best);
        - o failed on every common seed while the best trained on some: p = 0;
