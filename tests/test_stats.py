@@ -247,3 +247,7 @@ def test_claim_test_three_outcomes():
     assert S.claim_test(base, {**base, 3: INF}) == "supported"
     assert S.claim_test({**base, 3: INF}, base) == "contradicted"
     assert S.claim_test({0: 1.0}, {0: 2.0}) == "inconclusive"
+    # Deterministic problem: ulps are no evidence, a real gap is.
+    det = {s: 0.5600000619888306 for s in seeds}
+    assert S.claim_test(det, {s: 0.5600001215934753 for s in seeds}) == "inconclusive"
+    assert S.claim_test(det, {s: 0.6 for s in seeds}) == "supported"

@@ -388,7 +388,8 @@ def tie_ranks(values: dict, groups=None, method: str = "mean", rtol: float = 0.0
 
 # ------------------------------------------------------------------ claims
 
-def claim_test(a: dict, b: dict, alpha: float = 0.05, margin: float = 0.0) -> str:
+def claim_test(a: dict, b: dict, alpha: float = 0.05, margin: float = 0.0,
+               rtol: float = RTOL) -> str:
     """Is ``a`` better (lower loss) than ``b`` by more than ``margin``?
 
     a, b: {seed: loss}, inf = failed. Paired on common seeds, d = b - a.
@@ -396,15 +397,20 @@ def claim_test(a: dict, b: dict, alpha: float = 0.05, margin: float = 0.0) -> st
     "contradicted": it rejects mean(d) >= margin (a is not better by margin; with
     margin 0, b is significantly better); else "inconclusive" (also with < 2 seeds).
     Failures follow compare_to_best: if only one side failed on common seeds, that
-    side is worse; if both did, only seeds where both trained are tested.
+    side is worse; if both did, only seeds where both trained are tested. With margin 0,
+    means equal within ``rtol`` (see RTOL) are "inconclusive": a few float32 ulps of a
+    deterministic problem are no evidence either way.
     """
     common = sorted(set(a) & set(b))
     fa = any(not math.isfinite(float(a[s])) for s in common)
     fb = any(not math.isfinite(float(b[s])) for s in common)
     if fa != fb:
         return "contradicted" if fa else "supported"
-    d = [float(b[s]) - float(a[s]) for s in common
-         if math.isfinite(float(a[s])) and math.isfinite(float(b[s]))]
+    both = [s for s in common if math.isfinite(float(a[s])) and math.isfinite(float(b[s]))]
+    d = [float(b[s]) - float(a[s]) for s in both]
+    if both and margin == 0.0 and _close(sum(float(a[s]) for s in both) / len(both),
+                                         sum(float(b[s]) for s in both) / len(both), rtol):
+        return "inconclusive"
     if paired_t(d, margin, "greater") < alpha:
         return "supported"
     if paired_t(d, margin, "less") < alpha:
