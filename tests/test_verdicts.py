@@ -94,7 +94,7 @@ def built(tmp_path_factory):
         records, meta = store.records(), store.meta()
     build_report(out)
     sel = A.select_best(records)
-    summary = cli.summary(records, sel, KINDS)
+    summary = cli.summary(records, sel, meta)
     # Through JSON text, as a user would read it.
     summary = json.loads(json.dumps(summary, allow_nan=False))
     return {"out": out, "records": records, "meta": meta, "sel": sel,
