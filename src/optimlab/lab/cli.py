@@ -187,9 +187,10 @@ def _finite_or_none(value):
     return value
 
 
-def summary(records, selections=None) -> dict:
+def summary(records, selections=None, kinds=None) -> dict:
     """The --json summary: every run's identity, status and final metrics (non-finite
-    numbers, e.g. a diverged run's inf losses, become null)."""
+    numbers, e.g. a diverged run's inf losses, become null), the selections, and one
+    verdict per problem (lab/verdicts.py: best, tied group, lr, mean, 95% CI)."""
     runs = [{"run_id": r.run_id, "problem": r.spec.problem, "optimizer": r.spec.optimizer,
              "lr": r.spec.lr, "seed": r.spec.seed, "phase": r.spec.phase,
              "schedule": r.spec.schedule, "status": r.status, "steps": r.spec.steps,
@@ -197,12 +198,27 @@ def summary(records, selections=None) -> dict:
              "final": r.final} for r in records]
     best = [{"problem": p, "optimizer": o, "lr": s.lr, "score": s.score,
              "on_edge": s.on_edge} for (p, o), s in sorted((selections or {}).items())]
-    return _finite_or_none({"runs": runs, "selections": best})
+    vrows = verdict_rows(records, selections, kinds)
+    return _finite_or_none({"runs": runs, "selections": best, "verdicts": vrows})
 
 
-def _build_report(out: Path, comparisons=None, missing=False) -> Path | None:
+def verdict_rows(records, selections=None, kinds=None) -> list:
+    """The verdict rows of ``records`` (kinds: {problem: kind}, else from the registry)."""
+    from . import verdicts
+    from .analysis import select_best
+
+    selections = select_best(records) if selections is None else selections
+    if kinds is None:
+        from .report.context import problem_info
+        kinds = {p: i["kind"] for p, i in
+                 problem_info(sorted({r.spec.problem for r in records})).items()}
+    return verdicts.rows(verdicts.verdicts(records, selections), selections, kinds)
+
+
+def _build_report(out: Path, comparisons=None, missing=False, announce=True) -> Path | None:
     """Build the reports of ``comparisons`` (None: all) and the index; returns the path
-    of the first report written, None when the report module is unavailable."""
+    of the first report written, None when the report module is unavailable. ``announce``
+    False: the caller prints the path (compare's verdict table ends with it)."""
     try:
         from .report import build_reports
     except ImportError as exc:
@@ -210,11 +226,12 @@ def _build_report(out: Path, comparisons=None, missing=False) -> Path | None:
              f"{out / STORE_NAME}")
         return None
     built = build_reports(out, comparisons=comparisons, missing=missing)
-    for cid, path in built.reports.items():
-        also = " (also report.html, the latest)" if cid == built.latest_id else ""
-        _say(f"report: {path}{also}")
-    if not built.reports and built.latest is not None:
-        _say(f"report: {built.latest}")
+    if announce:
+        for cid, path in built.reports.items():
+            also = " (also report.html, the latest)" if cid == built.latest_id else ""
+            _say(f"report: {path}{also}")
+        if not built.reports and built.latest is not None:
+            _say(f"report: {built.latest}")
     _say(f"index: {built.index} ({plural(len(built.comparisons), 'comparison')})")
     wanted = [built.reports[c] for c in (comparisons or ()) if c in built.reports]
     return (wanted or [built.latest or built.index])[0]
@@ -268,17 +285,22 @@ def cmd_compare(args, argv) -> int:
             if edge:
                 _say(f"note: best lr on the grid's edge for {plural(len(edge), 'pair')}: "
                      f"{', '.join(edge[:8])}{' ...' if len(edge) > 8 else ''}")
-            status = 0
+            status, path = 0, None
             try:
                 if args.report:
-                    _build_report(out, [cid], missing=True)
+                    path = _build_report(out, [cid], missing=True, announce=False)
             except Exception as exc:  # the results are safe in the store either way
                 _say(f"{PROG}: error: building the report failed ({type(exc).__name__}: "
                      f"{exc}); rebuild with '{PROG} report {out}'")
                 status = 1
+        records = [r for r in store.records() if r.run_id in ids]
+        kinds = {n: p.kind for n, p in plan.problems.items()}
+        # The verdict table ends the run: stderr, so that --json keeps stdout clean.
+        from . import verdicts
+        verdicts.print_table(verdict_rows(records, selections, kinds), report=path,
+                             file=sys.stderr if args.json else sys.stdout)
         if args.json:
-            records = [r for r in store.records() if r.run_id in ids]
-            payload = summary(records, selections)
+            payload = summary(records, selections, kinds)
             payload["comparison"] = cid
             json.dump(payload, sys.stdout, allow_nan=False)
             sys.stdout.write("\n")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 from . import text as T
+from . import viewer
+from .verdicts import answer_md
 
 
 #: Characters that Markdown could read as markup: backslash-escaped (CommonMark shows
@@ -28,32 +30,55 @@ def _fence(s: str) -> str:
     return f"{f}\n{s}\n{f}"
 
 
+def _table_order(ctx):
+    """Selections by problem, each problem's rows in its verdict order (best first)."""
+    out = []
+    for p in sorted({p for p, _ in ctx["selections"]}):
+        v = ctx["verdicts"].get(p)
+        pos = {o: i for i, o in enumerate(v.order)} if v else {}
+        keys = sorted((o for pp, o in ctx["selections"] if pp == p),
+                      key=lambda o: (pos.get(o, len(pos)), o))
+        out += [((p, o), ctx["selections"][(p, o)]) for o in keys]
+    return out
+
+
+def _mark(ctx, p, o) -> str:
+    v = ctx["verdicts"].get(p)
+    if v is None:
+        return ""
+    if v.best is None:
+        return " ✗"
+    return " ★" if o == v.best else (" ≈" if o in v.tied else "")
+
+
 def summary(ctx) -> str:
     """The Markdown summary as one string."""
     cid = ctx["meta"].get("comparison")
     where = f" · comparison `{cid}` ([all comparisons](index.html))" if cid else ""
-    out = ["# optimlab report", "", md(T.counts(ctx)) + where, "", "## Answer", "",
-           "| kind | best optimizer | mean rank | lr per problem |", "|---|---|---:|---|"]
-    for kind, w in ctx["per_kind"].items():
-        lrs = ", ".join(f"{md(p)}: {T.num(lr)}" for p, lr in w["lrs"].items())
-        out.append(f"| {md(kind)} | {md(w['optimizer'])} | {w['mean_rank']:.2f} | {lrs} |")
+    out = ["# optimlab report", "", md(T.counts(ctx)) + where, "", "## Answer", ""]
+    out += answer_md(ctx, md)
     out += ["", "## Best learning rates and final metrics", "",
+            "Mean ± 95% CI half-width over seeds; ★ best, ≈ indistinguishable from it, "
+            "✗ no verdict (every run failed).", "",
             "| problem | optimizer | best lr | val loss | test loss | steps to target "
             "| seeds (failed) | lr width (dec.) |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for (p, o), s in sorted(ctx["selections"].items()):
+    for (p, o), s in _table_order(ctx):
         a = ctx["aggregate"].get((p, o), {})
         sens = ctx["sensitivity"].get((p, o))
         edge = " (edge)" if s.on_edge else ""
-        out.append(f"| {md(p)} | {md(o)} | {T.num(s.lr)}{edge} | {T.stat(a.get('val_loss'))} "
+        out.append(f"| {md(p)} | {md(o)}{_mark(ctx, p, o)} | {T.num(s.lr)}{edge} "
+                   f"| {T.stat(a.get('val_loss'))} "
                    f"| {T.stat(a.get('test_loss'))} "
                    f"| {T.stat(a.get('steps_to_target'), '{:.0f}')} "
                    f"| {a.get('seeds', 0)} ({a.get('diverged', 0)}) "
                    f"| {'—' if sens is None else f'{sens.width:.2f}'} |")
-    out += ["", "## Mean rank (1 = best val loss)", "", "| optimizer | mean rank |",
+    out += ["", "## Mean rank (1 = best seed-mean val loss; tie-aware)", "",
+            "| optimizer | mean rank |",
             "|---|---:|"]
     for o, r in sorted(ctx["mean_ranks"].items(), key=lambda t: t[1]):
         out.append(f"| {md(o)} | {r:.2f} |")
+    out += viewer.markdown(ctx)  # where the 2-D trajectories are shown
     out += ["", "## Protocol", ""] + [f"- {md(s)}" for s in T.protocol(ctx)]
     out += ["", "## Reproduce", "", _fence(T.command(ctx["meta"])), ""]
     vers = ctx["meta"].get("versions") or next(
