@@ -69,11 +69,7 @@ def reference(tmp_path_factory):
     proc = _cli(*TINY, "--workers", "2", "--json", "--out", out)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    STDERR["reference"] = proc.stderr
     return out, json.loads(proc.stdout), proc.stderr
-
-
-STDERR = {}
 
 
 def test_reference_run_is_complete(reference):
@@ -120,16 +116,16 @@ def test_json_matches_the_store(reference):
 def test_json_verdicts_and_terminal_table(reference):
     """--json verdicts agree with the selections, and the verdict table (stderr with
     --json) names the same best and the report path."""
-    _, summary = reference
+    _, summary, err = reference
     (v,) = summary["verdicts"]
     assert v["problem"] == "fake-quad" and v["status"] == "verdict"
     assert v["best"] == v["tied"][0] and v["ci"][0] <= v["mean"] <= v["ci"][1]
     sel = {s["optimizer"]: s for s in summary["selections"]}
     assert v["lr"] == sel[v["best"]]["lr"]
     assert set(v["tied"]) <= set(sel)
-    err = STDERR["reference"]
     table = err[err.index("Verdicts"):]
-    assert "fake-quad" in table and v["best"] in table and "report.html" in table
+    assert "fake-quad" in table and v["best"] in table
+    assert f"report-{summary['comparison']}.html" in table   # this comparison's report
 
 
 def test_resume_after_sigkill_and_workers_do_not_change_results(reference, tmp_path):
