@@ -86,7 +86,7 @@ def answer_html(ctx) -> str:
         if w["optimizer"] is None:
             cards.append(f'<div class="card"><div class="k">{esc(kind)}</div>'
                          f'<div class="o bad">✗ no verdict</div><div class="d">every run '
-                         f'failed on its {len(w["problems"])} problem(s)</div></div>')
+                         f'failed on its {T.plural(len(w["problems"]), "problem")}</div></div>')
             continue
         lrs = "; ".join(
             (f"{esc(o)}: " if len(w["leaders"]) > 1 else "")
@@ -99,7 +99,7 @@ def answer_html(ctx) -> str:
         cards.append(f'<div class="card"><div class="k">{esc(kind)}</div>'
                      f'<div class="o">{head}</div>'
                      f'<div class="d">mean tie-aware rank {w["mean_rank"]:.2f}{also} over '
-                     f'{len(w["problems"])} problem(s)<br>lr {lrs}</div></div>')
+                     f'{T.plural(len(w["problems"]), "problem")}<br>lr {lrs}</div></div>')
     rows = []
     for r in ctx["verdict_rows"]:
         rows.append(f'<tr><td>{esc(r["problem"])}</td><td class="l">{esc(r["kind"])}</td>'
