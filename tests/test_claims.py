@@ -348,3 +348,58 @@ def test_majority_rule():
     assert claims.majority(["supported", "contradicted"]) == "inconclusive"
     assert claims.majority(["contradicted"] * 2 + ["inconclusive"]) == "contradicted"
     assert claims.majority([]) == "not run"
+
+
+# ------------------------------------------------------------------ report and json
+
+def _layerwise_store(tmp_path):
+    recs = selected("mlp", "sgd", jitter(0.30, 0.005, 2)) + [
+        record("mlp", "sgd", SEL, s, v, phase="layerwise", hp=(("layer_decay", 0.5),))
+        for s, v in zip(SEEDS, jitter(0.20, 0.005, 1))]
+    return stored(tmp_path, recs, MLP)
+
+
+def test_report_has_the_claims_section(tmp_path):
+    from optimlab.lab.report import render
+
+    recs, meta = _layerwise_store(tmp_path)
+    page, md, _ = render(recs, meta)
+    assert "What the articles say, and what we found" in page and 'href="#claims"' in page
+    section = page[page.index('<section id="claims">'):]
+    section = section[:section.index("</section>")]
+    # claim 10 supported with its comparison and forest plot; claims 1-7 and 9 not run.
+    rows = section.split("<tr><td>")[1:]
+    assert [r.split("<")[0] for r in rows] == [str(i) for i in range(1, 11)]
+    assert ">supported</span>" in rows[9] and all(">not run</span>" in rows[i]
+                                                  for i in (0, 1, 2, 3, 4, 5, 6, 8))
+    assert "layer decay 0.5 vs uniform" in section and "data:image/png;base64," in section
+    assert "## What the articles say, and what we found" in md
+    row10 = next(line for line in md.splitlines() if line.startswith("| 10 |"))
+    assert "**supported**" in row10 and "layer decay 0.5 vs uniform" in row10
+
+
+def test_report_escapes_store_strings(tmp_path):
+    from optimlab.lab.report import render
+
+    evil = "<script>x</script>"
+    recs = selected(evil, "sgd", jitter(0.30, 0.005, 2)) + [
+        record(evil, "sgd", SEL, s, v, phase="layerwise", hp=(("layer_decay", 0.5),))
+        for s, v in zip(SEEDS, jitter(0.20, 0.005, 1))]
+    recs, meta = stored(tmp_path, recs, {evil: MLP["mlp"]})
+    page, _, _ = render(recs, meta)
+    section = page[page.index('<section id="claims">'):]
+    assert evil not in section and "&lt;script&gt;" in section
+
+
+def test_json_summary_carries_the_claims(tmp_path):
+    import json
+
+    from optimlab.lab.cli import summary
+
+    recs, meta = _layerwise_store(tmp_path)
+    out = json.loads(json.dumps(summary(recs, None, meta), allow_nan=False))
+    assert [c["id"] for c in out["claims"]] == list(range(1, 11))
+    assert all(set(c) == {"id", "claim", "verdict", "evidence"} for c in out["claims"])
+    c10 = out["claims"][9]
+    assert c10["verdict"] == "supported"
+    assert c10["evidence"]["units"][0]["diff"]["hi"] < 0

@@ -156,9 +156,11 @@ def _finite_or_none(value):
     return value
 
 
-def summary(records, selections=None) -> dict:
-    """The --json summary: every run's identity, status and final metrics (non-finite
-    numbers, e.g. a diverged run's inf losses, become null)."""
+def summary(records, selections=None, meta=None) -> dict:
+    """The --json summary: every run's identity, status and final metrics, and the
+    articles' claims with their verdicts (non-finite numbers, e.g. a diverged run's inf
+    losses, become null)."""
+    from .claims import evaluate
     runs = [{"run_id": r.run_id, "problem": r.spec.problem, "optimizer": r.spec.optimizer,
              "lr": r.spec.lr, "seed": r.spec.seed, "phase": r.spec.phase,
              "schedule": r.spec.schedule, "status": r.status, "steps": r.spec.steps,
@@ -166,7 +168,9 @@ def summary(records, selections=None) -> dict:
              "final": r.final} for r in records]
     best = [{"problem": p, "optimizer": o, "lr": s.lr, "score": s.score,
              "on_edge": s.on_edge} for (p, o), s in sorted((selections or {}).items())]
-    return _finite_or_none({"runs": runs, "selections": best})
+    claims = [{k: c[k] for k in ("id", "claim", "verdict", "evidence")}
+              for c in evaluate(records, meta)]
+    return _finite_or_none({"runs": runs, "selections": best, "claims": claims})
 
 
 def _build_report(out: Path) -> Path | None:
@@ -235,7 +239,7 @@ def cmd_compare(args, argv) -> int:
                 status = 1
         if args.json:
             records = [r for r in store.records() if r.run_id in ids]
-            json.dump(summary(records, selections), sys.stdout, allow_nan=False)
+            json.dump(summary(records, selections, store.meta()), sys.stdout, allow_nan=False)
             sys.stdout.write("\n")
         return status
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html as _html
 import re
 
+from . import claims
 from . import text as T
 
 
@@ -45,6 +46,7 @@ def summary(ctx) -> str:
             "|---|---:|"]
     for o, r in sorted(ctx["mean_ranks"].items(), key=lambda t: t[1]):
         out.append(f"| {md(o)} | {r:.2f} |")
+    out += claims.markdown_section(ctx)
     out += ["", "## Protocol", ""] + [f"- {md(s)}" for s in T.protocol(ctx)]
     out += ["", "## Reproduce", "", _fence(T.command(ctx["meta"])), ""]
     vers = ctx["meta"].get("versions") or next(
