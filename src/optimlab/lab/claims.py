@@ -11,9 +11,10 @@ Conventions shared by every claim
   (problem, optimizer), every seed). Lower is better for every statistic.
 * Two samples are compared **paired by seed** (same initial weights and batch order) with
   ``stats.claim_test(a, b, alpha)`` ("is a better than b?": supported / contradicted /
-  inconclusive); failures are censored at the worst finite value of the pair
-  (``claim_measures.censor``). Each comparison also reports the mean paired difference
-  a - b with its 95% t-interval (``stats.mean_ci``).
+  inconclusive; a side that failed where the other trained is the worse one). Each
+  comparison also reports the mean paired difference a - b with its 95% t-interval
+  (``stats.mean_ci``), failures censored at the worst finite value of the pair
+  (``claim_measures.censor``).
 * A claim tested on several units (problems, or (problem, optimizer) pairs) is decided
   by **majority**: supported when more than half of the units support it, contradicted
   when more than half contradict it, inconclusive otherwise.
@@ -66,13 +67,14 @@ def _ci(values) -> dict | None:
 
 
 def test(a: dict, b: dict, alpha: float = ALPHA) -> tuple:
-    """(verdict, numbers) of "a is lower than b", paired on common keys after censoring."""
+    """(verdict, numbers) of "a is lower than b", paired on the common keys where at least
+    one side trained."""
     from .stats import claim_test
 
     ca, cb = M.censor(a, b)
     if not ca:
         return INCONCLUSIVE, {"n": 0}
-    verdict = claim_test(ca, cb, alpha=alpha)
+    verdict = claim_test({k: a[k] for k in ca}, {k: b[k] for k in ca}, alpha=alpha)
     return verdict, {"n": len(ca), "mean_a": M.mean(ca.values()), "mean_b": M.mean(cb.values()),
                      "diff": _ci(ca[k] - cb[k] for k in ca)}
 

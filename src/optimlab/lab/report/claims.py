@@ -20,9 +20,9 @@ COLORS = {C.SUPPORTED: "#15803d", C.CONTRADICTED: "#b91c1c", C.INCONCLUSIVE: "#a
           C.NOT_RUN: "#64748b"}
 METHOD = ("Each verdict is computed from this comparison's runs. Two optimizers or settings "
           "are compared paired by seed (same initial weights and batch order) with a one-sided "
-          "paired t-test each way at α = 0.05; a failed run counts as the worst finite value of "
-          "the pair. Δ is the mean paired difference a − b with its 95% t-interval (lower is "
-          "better, so Δ < 0 favours a). A claim tested on several problems is supported when "
+          "paired t-test each way at α = 0.05; a side that failed where the other trained is the "
+          "worse one. Δ is the mean paired difference a − b with its 95% t-interval (lower is "
+          "better, so Δ < 0 favours a; failures enter Δ as the worst finite value of the pair). A claim tested on several problems is supported when "
           "more than half of them support it, contradicted when more than half contradict it, "
           "inconclusive otherwise. \"not run\": the comparison lacks the optimizers, problems "
           "or phases the test needs.")
