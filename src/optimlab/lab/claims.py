@@ -194,7 +194,8 @@ def claim2(d: _Data) -> dict:
     ``test(|sgd - median|, |adam - median|)`` (a paired Brown-Forsythe-style spread test).
     Per problem: contradicted if Adam is significantly better or SGD's spread
     significantly larger; supported if quality is not contradicted and the spread test is
-    supported; inconclusive otherwise.
+    supported; inconclusive otherwise. "SGD trains longer" is not tested here (claim 3
+    measures speed).
     """
     exp = ("phase 'schedules' on the neural problems: sgd vs adam, each at its best "
            "schedule; paired final val loss and paired absolute deviation from the median")

@@ -169,7 +169,12 @@ def html_section(ctx) -> str:
             png = forest(c)
             fig = (f'<img alt="claim {c["id"]} evidence" src="data:image/png;base64,'
                    f'{base64.b64encode(png).decode("ascii")}">' if png else "")
-            evidence = (f"<details><summary>{len(rows(c))} comparison(s)</summary>{frac}"
+            tally = {}
+            for *_, v, _ in rows(c):
+                tally[v] = tally.get(v, 0) + 1
+            counts = ", ".join(f"{n} {v}" for v, n in sorted(tally.items()))
+            evidence = (f"<details><summary>{len(rows(c))} comparison(s): {esc(counts)}"
+                        f"</summary>{frac}"
                         "<table><thead><tr><th class='l'>unit</th><th class='l'>comparison "
                         "(a vs b)</th><th>Δ [95% CI]</th><th class='l'>result</th>"
                         f"<th class='l'>note</th></tr></thead><tbody>{lines}</tbody></table>"
