@@ -76,7 +76,9 @@ def test(a: dict, b: dict, alpha: float = ALPHA) -> tuple:
         return INCONCLUSIVE, {"n": 0}
     verdict = claim_test({k: a[k] for k in ca}, {k: b[k] for k in ca}, alpha=alpha)
     return verdict, {"n": len(ca), "mean_a": M.mean(ca.values()), "mean_b": M.mean(cb.values()),
-                     "diff": _ci(ca[k] - cb[k] for k in ca)}
+                     "diff": _ci(ca[k] - cb[k] for k in ca),
+                     "failed_a": sorted((k for k in ca if not M.finite(a[k])), key=str),
+                     "failed_b": sorted((k for k in ca if not M.finite(b[k])), key=str)}
 
 
 def majority(verdicts) -> str:

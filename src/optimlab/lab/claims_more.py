@@ -81,7 +81,10 @@ def claim7(d) -> dict:
     [x seed]). Statistic: the early-training loss, the mean train loss over the evaluation
     points in the first EARLY_FRACTION of the budget (inf if the run failed in that window).
     For each beta2, ``test(with, without)`` paired by (lr, seed): the same lr and initial
-    weights with and without correction. The effect is mean(without - with). Per problem:
+    weights with and without correction. As in every test, a run that failed where its
+    pair trained is the worse one (without correction, Adam's first steps are about
+    lr (1 - beta1) / sqrt(1 - beta2): larger at small lrs, divergent at large ones). The
+    effect is mean(without - with), failures censored. Per problem:
     supported if correction is significantly better at the largest beta2 and its effect
     there is at least the smallest beta2's; contradicted if correction is significantly
     worse at the largest beta2, or significant only at the smallest beta2 (the opposite
@@ -182,14 +185,17 @@ def claim9(d) -> dict:
     """Claim 9 — a decaying schedule beats a constant lr at the same budget.
 
     Phase "schedules": per (problem, optimizer), each decaying schedule at the selected lr
-    against the constant-lr selected runs (same lr, same seeds). The best decaying schedule
+    against the constant-lr selected runs (same lr, same seeds). The lr was selected for
+    the constant schedule, which favours it: a decaying schedule often wants a larger
+    peak lr, and is not given one here. The best decaying schedule
     by seed mean is tested with ``test(best, constant)`` at alpha / k (Bonferroni over the k
     schedules it was picked from): supported if significant; contradicted if the constant
     lr is significantly better (at alpha) even than that best schedule; inconclusive
     otherwise. Majority rule over the pairs.
     """
-    exp = ("phase 'schedules': best of step / cosine / warmup+cosine vs constant lr at the "
-           "selected lr, paired final val loss (Bonferroni over the schedules)")
+    exp = ("phase 'schedules': best of step / cosine / warmup+cosine vs constant lr, all at "
+           "the lr selected for the constant schedule (which favours it), paired final val "
+           "loss (Bonferroni over the schedules)")
     units = []
     for (p, o), (decays, const) in sorted(_variants(d, "schedules", lambda r: r.spec.schedule,
                                                     "constant").items()):

@@ -35,12 +35,21 @@ def results(ctx) -> list:
     return ctx["claims"]
 
 
-def _d(nums):
-    return (nums or {}).get("diff")
-
-
 def rows(c) -> list:
-    """[(unit, comparison, diff {mean, lo, hi, n} or None, reference mean, verdict, note)]."""
+    """[(unit, comparison, diff {mean, lo, hi, n} or None, reference mean, verdict, note)];
+    the note names the failed runs of the comparisons they decided."""
+    out = []
+    for unit, comp, nums, ref, v, note in _raw_rows(c):
+        # nums: a test's numbers (with "diff" and the failed keys), or a bare diff.
+        diff = nums.get("diff") if isinstance(nums, dict) and "n" in nums and "mean" not in nums \
+            else nums
+        fails = _failures(nums)
+        out.append((unit, comp, diff, ref, v, "; ".join(x for x in (note, fails) if x)))
+    return out
+
+
+def _raw_rows(c) -> list:
+    """``rows`` with each comparison's test numbers (or a bare diff) in place of the diff."""
     cid, out = c["id"], []
     for u in c["evidence"].get("units", []):
         p = u.get("problem", "")
@@ -49,17 +58,17 @@ def rows(c) -> list:
         if cid == 1:
             dl = ", ".join(f"{o} at {T.num(x['lr'])}: {T.num(x['val_loss'])}"
                            for o, x in u["default_lr"].items())
-            out.append((p, f"{u['adaptive']} vs {u['non_adaptive']}, val loss", _d(u),
+            out.append((p, f"{u['adaptive']} vs {u['non_adaptive']}, val loss", u,
                         u.get("mean_b"), v, f"default lr (seed 0): {dl or '—'}; "
                         f"{u['non_adaptive']} tuned: {T.num(u['non_adaptive_tuned_seed0'])}"))
         elif cid == 2:
             q, s = u["quality_numbers"], u["spread_numbers"]
             lab = f"sgd ({u['sgd_schedule']}) vs adam ({u['adam_schedule']})"
-            out.append((p, f"{lab}, val loss", _d(q), q.get("mean_b"), u["quality"], ""))
-            out.append((p, f"{lab}, |seed − median|", _d(s), s.get("mean_b"), u["spread"], ""))
+            out.append((p, f"{lab}, val loss", q, q.get("mean_b"), u["quality"], ""))
+            out.append((p, f"{lab}, |seed − median|", s, s.get("mean_b"), u["spread"], ""))
         elif cid == 3:
             out.append((p, f"{u['adaptive']} vs {u['non_adaptive']}, steps to "
-                        f"{T.num(u['target'])}", _d(u), u.get("mean_b"), v, u["target_from"]))
+                        f"{T.num(u['target'])}", u, u.get("mean_b"), v, u["target_from"]))
         elif cid == 4:
             for pr in u["pairs"]:
                 dd = pr["diff"]
@@ -70,19 +79,19 @@ def rows(c) -> list:
                             "different" if pr["different"] else "unclear",
                             f"margin ±{T.num(u['margin'])}"))
         elif cid == 5:
-            out.append((p, f"nadam vs {u['against']}, val loss", _d(u), u.get("mean_b"), v, ""))
+            out.append((p, f"nadam vs {u['against']}, val loss", u, u.get("mean_b"), v, ""))
         elif cid == 6:
-            out.append((p, "momentum vs sgd, steps to target", _d(u["speed_numbers"]),
+            out.append((p, "momentum vs sgd, steps to target", u["speed_numbers"],
                         u["speed_numbers"].get("mean_b"), u["speed"], ""))
             pr = u["path_ratio"]
-            out.append((p, "momentum vs sgd, y-step reversals", _d(u["oscillation_numbers"]),
+            out.append((p, "momentum vs sgd, y-step reversals", u["oscillation_numbers"],
                         u["oscillation_numbers"].get("mean_b"), u["oscillation"],
                         f"path/displacement: momentum {T.num(pr['momentum'])}, "
                         f"sgd {T.num(pr['sgd'])}"))
         elif cid == 7:
             for b in u["by_beta2"]:
                 out.append((p, f"β2 = {b['beta2']:g}: with vs without correction, early loss",
-                            _d(b), b.get("mean_b"), b["verdict"], ""))
+                            b, b.get("mean_b"), b["verdict"], ""))
         elif cid == 8:
             big = ("diverged" if u["largest_status"] != "ok"
                    else f"bounce {T.num(u['largest_bounce'])}")
@@ -90,12 +99,20 @@ def rows(c) -> list:
                         f": {T.num(u['smallest_score'])} vs best {T.num(u['selected_score'])}",
                         None, None, "holds" if u["holds"] else "fails", ""))
         elif cid == 9:
-            out.append((po, f"{u['best_schedule']} vs constant, val loss", _d(u),
+            out.append((po, f"{u['best_schedule']} vs constant, val loss", u,
                         u.get("mean_b"), v, ""))
         elif cid == 10:
-            out.append((po, f"layer decay {u['layer_decay']:g} vs uniform, val loss", _d(u),
+            out.append((po, f"layer decay {u['layer_decay']:g} vs uniform, val loss", u,
                         u.get("mean_b"), v, ""))
     return out
+
+
+def _failures(nums) -> str:
+    """A note on failed runs inside a comparison (they decide it; see METHOD)."""
+    fa, fb = (nums or {}).get("failed_a") or [], (nums or {}).get("failed_b") or []
+    parts = [f"{who} failed on {len(f)} ({', '.join(map(str, f[:4]))}"
+             f"{', …' if len(f) > 4 else ''})" for who, f in (("a", fa), ("b", fb)) if f]
+    return "; ".join(parts)
 
 
 def _diff_text(d) -> str:
@@ -110,7 +127,7 @@ def summary_text(c) -> str:
     if c["verdict"] == C.NOT_RUN:
         return ev.get("reason", "")
     parts = [f"{u}: {comp} {_diff_text(d)} → {v}".replace("  ", " ")
-             for u, comp, d, _, v, _ in rows(c)]
+             + (f" ({note})" if note else "") for u, comp, d, _, v, note in rows(c)]
     if c["id"] == 8 and ev.get("fraction"):
         f = ev["fraction"]
         parts.insert(0, f"holds on {f['mean']:.0%} of {f['n']} pairs "
