@@ -403,3 +403,15 @@ def test_json_summary_carries_the_claims(tmp_path):
     c10 = out["claims"][9]
     assert c10["verdict"] == "supported"
     assert c10["evidence"]["units"][0]["diff"]["hi"] < 0
+
+
+def test_forest_plot_keeps_names_out_of_mathtext(tmp_path):
+    from optimlab.lab.report import claims as report_claims
+
+    name = "$\\frac$"   # malformed mathtext: would raise if matplotlib parsed it
+    recs = selected(name, "sgd", jitter(0.30, 0.005, 2)) + [
+        record(name, "sgd", SEL, s, v, phase="layerwise", hp=(("layer_decay", 0.5),))
+        for s, v in zip(SEEDS, jitter(0.20, 0.005, 1))]
+    c10 = claims.evaluate(*stored(tmp_path, recs, {name: MLP["mlp"]}))[9]
+    png = report_claims.forest(c10)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

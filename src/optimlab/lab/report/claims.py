@@ -154,7 +154,8 @@ def forest(c) -> bytes | None:
         ax.errorbar([m], [i], xerr=[[max(m - lo, 0)], [max(hi - m, 0)]], fmt="o", color=col,
                     capsize=3)
     ax.axvline(0, color="#64748b", lw=1)
-    ax.set_yticks(range(len(pts)), [p[0] for p in pts], fontsize=8)
+    # Store strings are plain text: a "$" must not start matplotlib mathtext.
+    ax.set_yticks(range(len(pts)), [p[0].replace("$", r"\$") for p in pts], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("paired difference (a − b) in % of b's mean; < 0 favours a", fontsize=8)
     ax.grid(alpha=0.25)
