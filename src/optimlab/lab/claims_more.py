@@ -95,7 +95,8 @@ def claim7(d) -> dict:
            f"(lr, seed)")
     units = []
     for p, configs in sorted(M.bias_runs(d.records).items()):
-        betas = sorted({b2 for b2, _ in configs if (b2, True) in configs and (b2, False) in configs})
+        betas = sorted({b2 for b2, _ in configs
+                        if (b2, True) in configs and (b2, False) in configs})
         if not betas:
             continue
         per = []

@@ -22,8 +22,9 @@ METHOD = ("Each verdict is computed from this comparison's runs. Two optimizers 
           "are compared paired by seed (same initial weights and batch order) with a one-sided "
           "paired t-test each way at α = 0.05; a side that failed where the other trained is the "
           "worse one. Δ is the mean paired difference a − b with its 95% t-interval (lower is "
-          "better, so Δ < 0 favours a; failures enter Δ as the worst finite value of the pair). A claim tested on several problems is supported when "
-          "more than half of them support it, contradicted when more than half contradict it, "
+          "better, so Δ < 0 favours a; failures enter Δ as the worst finite value of the "
+          "pair). A claim tested on several problems is supported when more than half of "
+          "them support it, contradicted when more than half contradict it, "
           "inconclusive otherwise. \"not run\": the comparison lacks the optimizers, problems "
           "or phases the test needs.")
 
