@@ -397,7 +397,7 @@ def test_json_summary_carries_the_claims(tmp_path):
     from optimlab.lab.cli import summary
 
     recs, meta = _layerwise_store(tmp_path)
-    out = json.loads(json.dumps(summary(recs, None, meta), allow_nan=False))
+    out = json.loads(json.dumps(summary(recs, None, meta=meta), allow_nan=False))
     assert [c["id"] for c in out["claims"]] == list(range(1, 11))
     assert all(set(c) == {"id", "claim", "verdict", "evidence"} for c in out["claims"])
     c10 = out["claims"][9]

@@ -132,9 +132,9 @@ def test_no_real_difference_rarely_declares_a_single_winner():
     for _ in range(draws):
         v = S.compare_to_best(_noise_problem(rng, opts=("a", "b")))
         rejections += len(v.tied) == 1
-    # One comparison of the best (selected by its mean) vs the other: the selection makes
-    # the one-sided test anti-conservative up to 2 * alpha; it must stay near nominal.
-    assert 0.01 <= rejections / draws <= 0.15
+    # One comparison of the best (selected by its mean) vs the other: nominal 0.05
+    # (binomial sd ~0.011 over 400 draws).
+    assert 0.015 <= rejections / draws <= 0.09
 
 
 def test_large_real_difference_is_found():

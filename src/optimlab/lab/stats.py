@@ -11,7 +11,8 @@ Method (stated in the report)
   and batch order, so comparisons use the per-seed differences on the seeds both have.
 * **Verdict** (:func:`compare_to_best`): the best optimizer is the one with the lowest
   seed-mean loss; every other optimizer is tested against it with a one-sided paired
-  t-test (H0: mean difference <= 0, H1: it is worse), and the p-values are corrected
+  t-test (H0: mean difference <= 0, H1: it is worse; p doubled since the best was
+  chosen from the same data), and the p-values are corrected
   for the multiple comparisons with Holm's step-down method (Holm 1979), which controls
   the family-wise error rate at ``alpha``. The optimizers whose adjusted p-value is
   >= ``alpha`` are *statistically indistinguishable* from the best (the tied group).
@@ -36,9 +37,10 @@ __all__ = ["CI", "Verdict", "mean_ci", "paired", "paired_t", "holm", "compare_to
 
 #: One sentence describing the method, for the report's protocol text.
 METHOD = ("mean over seeds with a 95% Student-t confidence interval; optimizers are "
-          "compared with one-sided paired t-tests against the best (paired by seed: same "
-          "initial weights and batch order), Holm-corrected over the comparisons at "
-          "alpha = 0.05; diverged runs count as failures (+inf loss)")
+          "compared with paired t-tests against the best (paired by seed: same initial "
+          "weights and batch order; two-sided p since the best is chosen from the same "
+          "data), Holm-corrected over the comparisons at alpha = 0.05; a diverged run "
+          "counts as a failure, worse than any finite loss")
 
 
 # ------------------------------------------------------------------ t distribution
@@ -190,14 +192,14 @@ def paired_t(diffs, mu: float = 0.0, alternative: str = "greater") -> float:
     differences nothing can be shown (p = 1). Zero spread: p = 0 when the mean lies
     strictly on the alternative's side of mu, else 1.
     """
+    if alternative not in ("greater", "less"):
+        raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
+    sign = 1.0 if alternative == "greater" else -1.0
     xs = _finite(diffs)
     n = len(xs)
     if n < 2:
         return 1.0
     m, sd = _mean_sd(xs)
-    sign = 1.0 if alternative == "greater" else -1.0
-    if alternative not in ("greater", "less"):
-        raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
     # Spread below rounding noise of the values counts as zero spread.
     if sd <= 1e-12 * max(1.0, abs(m)):
         return 0.0 if sign * (m - mu) > 0 else 1.0
@@ -250,13 +252,16 @@ def _p_vs_best(o: dict, b: dict) -> float:
     common = sorted(set(o) & set(b))
     o_fail = any(not math.isfinite(o[s]) for s in common)
     b_fail = any(not math.isfinite(b[s]) for s in common)
-    o_all_fail = common and all(not math.isfinite(o[s]) for s in common)
+    o_all_fail = bool(common) and all(not math.isfinite(o[s]) for s in common)
     if o_fail and not b_fail:
         return 0.0
-    if o_all_fail and not all(not math.isfinite(b[s]) for s in common):
+    if o_all_fail and any(math.isfinite(b[s]) for s in common):
         return 0.0
     both = [s for s in common if math.isfinite(o[s]) and math.isfinite(b[s])]
-    return paired_t([o[s] - b[s] for s in both], 0.0, "greater")
+    # The best was picked from these same data, so "o is worse than the best" is a
+    # two-sided question in disguise: doubling the one-sided p (= the two-sided paired
+    # p when o's mean is higher) keeps the two-optimizer error rate at alpha, not 2 alpha.
+    return min(1.0, 2.0 * paired_t([o[s] - b[s] for s in both], 0.0, "greater"))
 
 
 def compare_to_best(scores: dict, alpha: float = 0.05, level: float = 0.95) -> Verdict:
@@ -271,9 +276,16 @@ def compare_to_best(scores: dict, alpha: float = 0.05, level: float = 0.95) -> V
          worse than any finite loss, so o is never tied with a failure-free best);
        - o failed on every common seed while the best trained on some: p = 0;
        - otherwise a paired t-test on the seeds where both trained (with < 2 such
-         seeds nothing can be shown and o stays tied).
+         seeds nothing can be shown and o stays tied), one-sided with its p-value
+         doubled because the best was selected from the same data.
     3. Holm correction over the m = (#optimizers - 1) comparisons; adjusted p >= alpha
        means tied. ``status`` is "no verdict" when no optimizer has a finite loss.
+
+    Error rates measured on planted no-difference problems (5 seeds, shared seed
+    effect; tests/test_stats.py): a single winner is declared in <= alpha of the draws
+    (0.0-6% for 2-11 optimizers); *some* optimizer is wrongly left out of the tied
+    group in ~6% (2 optimizers), 7% (3), 8% (6), 12% (11): comparing against the
+    minimum of k noisy means is biased, and Holm does not fully absorb it.
     """
     clean = {o: {int(s): (float(v) if v is not None and math.isfinite(float(v)) else INF)
                  for s, v in d.items()} for o, d in scores.items() if d}

@@ -29,6 +29,7 @@ from . import runner
 from .problems.base import Problem
 from .spec import RunSpec
 from .store import Store
+from .wording import plural
 
 #: The default lr grid: log-spaced from 1e-4 to 1 at decade spacing (5 values); half-decade
 #: spacing (9) does not fit the 3-minute default budget on 2 cores.
@@ -317,22 +318,22 @@ def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
     store.set_meta("runs", sorted(s.run_id for s in sweep + plan.bias_specs()))
     with Executor(store, plan.sources, workers, progress, plan.problems) as ex:
         n = len(ex.pending(sweep))
-        log(f"phase sweep: {len(sweep)} runs ({len(sweep) - n} already stored), "
-            f"{len(plan.lrs)} lrs x {len(plan.optimizers)} optimizers x "
-            f"{len(plan.sources)} problems, {workers} worker(s)")
+        log(f"phase sweep: {plural(len(sweep), 'run')} ({len(sweep) - n} already stored), "
+            f"{plural(len(plan.lrs), 'lr')} x {plural(len(plan.optimizers), 'optimizer')} x "
+            f"{plural(len(plan.sources), 'problem')}, {plural(workers, 'worker')}")
         ex.run(sweep, "sweep")
         selections = select(store, sweep)
         seeds = plan.seed_specs(selections)
         store.set_meta("runs", sorted(s.run_id for s in plan.all_specs(selections)))
         if seeds:
             n = len(ex.pending(seeds))
-            log(f"phase seeds: {len(seeds)} runs ({len(seeds) - n} already stored), "
+            log(f"phase seeds: {plural(len(seeds), 'run')} ({len(seeds) - n} already stored), "
                 f"seeds 1..{plan.seeds - 1} at the selected lr")
             ex.run(seeds, "seeds")
         bias = plan.bias_specs()
         if bias:
             n = len(ex.pending(bias))
-            log(f"phase bias-correction: {len(bias)} runs ({len(bias) - n} already stored), "
+            log(f"phase bias-correction: {plural(len(bias), 'run')} ({len(bias) - n} already stored), "
                 f"Adam with/without bias correction, beta2 in {list(BIAS_BETA2)}")
             ex.run(bias, "bias-correction")
         # Phases "schedules" and "layerwise" (claims 2, 9, 10) at the final selections.

@@ -6,6 +6,7 @@ import math
 import shlex
 
 from ..analysis import TOLERANCE as TOL
+from ..wording import plural  # noqa: F401  (re-exported for the renderers)
 
 PROF_VAL = "val loss (excess over optimum)"
 PROF_STEPS = "steps to target"
@@ -21,12 +22,22 @@ def num(x) -> str:
     return f"{x:.4g}"
 
 
+def half_width(s, level: float = 0.95) -> float | None:
+    """Half-width of the Student-t interval of the mean of an analysis stats dict
+    ({"mean","std","n"}); None with fewer than 2 values."""
+    if not s or s["n"] < 2:
+        return None
+    from ..stats import t_ppf
+    return t_ppf(0.5 + level / 2, s["n"] - 1) * s["std"] / math.sqrt(s["n"])
+
+
 def stat(s, fmt="{:.4g}", sd_fmt="{:.2g}") -> str:
-    """'mean ± std' of an analysis stats dict, '—' when absent."""
+    """'mean ± 95% CI half-width' of an analysis stats dict, '—' when absent."""
     if not s:
         return "—"
-    if s["n"] > 1:
-        return f"{fmt.format(s['mean'])} ± {sd_fmt.format(s['std'])}"
+    h = half_width(s)
+    if h is not None:
+        return f"{fmt.format(s['mean'])} ± {sd_fmt.format(h)}"
     return fmt.format(s["mean"])
 
 
@@ -34,6 +45,12 @@ def short(v, n=160) -> str:
     """A value as one line of at most n characters."""
     s = " ".join(str(v).split())
     return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def counts(ctx) -> str:
+    """'12 runs · 1 problem · 3 optimizers' (plain text)."""
+    return (f"{plural(len(ctx['records']), 'run')} · {plural(len(ctx['problems']), 'problem')}"
+            f" · {plural(len(ctx['optimizers']), 'optimizer')}")
 
 
 def command(meta) -> str:
@@ -57,8 +74,8 @@ def protocol(ctx) -> list:
         "with the same initial weights and the same batch order (both fixed by the seed).",
         f"The best lr of each (problem, optimizer) is selected on the final validation "
         f"loss of the seed-0 sweep; the test split is never used for any choice.",
-        f"The selected lr was rerun with {seeds} seed(s) in total; metrics are mean ± std "
-        "over those seeds.",
+        f"The selected lr was rerun with {seeds} seed(s) in total; metrics are mean ± "
+        "half-width of the 95% Student-t interval over those seeds.",
         "Diverged or failed runs are kept and counted: they score +inf and are never "
         "selected.",
         f"Step budget: {m.get('steps') or m.get('steps_per_problem') or 'problem default'}; "
@@ -70,4 +87,9 @@ def protocol(ctx) -> list:
         "optimum is unknown); it is quantised by the grid spacing.",
         "Performance profile (Dolan & Moré, 2002): rho(tau) = fraction of problems on "
         "which an optimizer's cost is within tau times the best optimizer's cost.",
-    ]
+    ] + _verdict_protocol()
+
+
+def _verdict_protocol() -> list:
+    from .verdicts import protocol
+    return protocol()
