@@ -189,9 +189,12 @@ def _finite_or_none(value):
 
 def summary(records, selections=None, meta=None) -> dict:
     """The --json summary: every run's identity, status and final metrics (non-finite
-    numbers, e.g. a diverged run's inf losses, become null), the selections, and one
+    numbers, e.g. a diverged run's inf losses, become null), the selections, one
     verdict per problem (lab/verdicts.py: best, tied group, lr, mean, 95% CI; kinds
-    from the store meta's problem_info)."""
+    from the store meta's problem_info) and the articles' claims with their verdicts
+    (lab/claims.py; ``meta``: the comparison's)."""
+    from .claims import evaluate
+
     runs = [{"run_id": r.run_id, "problem": r.spec.problem, "optimizer": r.spec.optimizer,
              "lr": r.spec.lr, "seed": r.spec.seed, "phase": r.spec.phase,
              "schedule": r.spec.schedule, "status": r.status, "steps": r.spec.steps,
@@ -200,7 +203,10 @@ def summary(records, selections=None, meta=None) -> dict:
     best = [{"problem": p, "optimizer": o, "lr": s.lr, "score": s.score,
              "on_edge": s.on_edge} for (p, o), s in sorted((selections or {}).items())]
     vrows = verdict_rows(records, selections, _kinds(records, meta))
-    return _finite_or_none({"runs": runs, "selections": best, "verdicts": vrows})
+    claims = [{k: c[k] for k in ("id", "claim", "verdict", "evidence")}
+              for c in evaluate(records, meta)]
+    return _finite_or_none({"runs": runs, "selections": best, "verdicts": vrows,
+                            "claims": claims})
 
 
 def _kinds(records, meta=None) -> dict:

@@ -72,6 +72,25 @@ def _position(params) -> list:
     return [float(v) for v in flat.tolist()]
 
 
+#: Lab-only hyperparameters: read by the runner, never passed to the optimizer.
+#: ``layer_decay`` d: layer-wise lr decay via :func:`optimlab.param_groups` (the top layer
+#: gets ``spec.lr``, the one below ``spec.lr * d``, ...).
+RUNNER_KEYS = ("layer_decay",)
+
+
+def _optimizer_kwargs(spec: RunSpec) -> dict:
+    return {k: v for k, v in spec.hyperparameters if k not in RUNNER_KEYS}
+
+
+def _param_groups(model: torch.nn.Module, params: list, spec: RunSpec):
+    """The parameters, or layer-wise lr groups when the spec asks for ``layer_decay``."""
+    decay = dict(spec.hyperparameters).get("layer_decay")
+    if decay is None:
+        return params
+    # no_decay=False: one group per layer, nothing else changes (weight decay stays default).
+    return optimlab.param_groups(model, lr=spec.lr, layer_decay=float(decay), no_decay=False)
+
+
 def run(spec: RunSpec, problem: Problem) -> RunRecord:
     """Train ``spec`` on ``problem``; status "ok", "diverged" or "error" (never raises
     for failures inside training)."""
@@ -113,8 +132,8 @@ def _run(spec: RunSpec, problem: Problem) -> RunRecord:
         model = problem.model(spec.seed)
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = optimlab.create(spec.optimizer, params, lr=spec.lr,
-                              **dict(spec.hyperparameters))
+        opt = optimlab.create(spec.optimizer, _param_groups(model, params, spec), lr=spec.lr,
+                              **_optimizer_kwargs(spec))
         scheduler = None
         if spec.schedule != "constant":
             schedule = optimlab.schedules.by_name(spec.schedule, spec.steps)

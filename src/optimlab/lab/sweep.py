@@ -153,7 +153,10 @@ class Plan:
 
     def all_specs(self, selections: dict) -> list:
         """Every spec of this comparison, all phases."""
-        return self.sweep_specs() + self.seed_specs(selections) + self.bias_specs()
+        from .experiments import specs as experiment_specs
+
+        return (self.sweep_specs() + self.seed_specs(selections) + self.bias_specs()
+                + experiment_specs(self, selections))
 
     def describe(self) -> dict:
         """The plan as JSON-ready metadata."""
@@ -333,4 +336,8 @@ def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
             log(f"phase bias-correction: {plural(len(bias), 'run')} ({len(bias) - n} already stored), "
                 f"Adam with/without bias correction, beta2 in {list(BIAS_BETA2)}")
             ex.run(bias, "bias-correction")
+        # Phases "schedules" and "layerwise" (claims 2, 9, 10) at the final selections.
+        from . import experiments
+        experiments.run(plan, selections, ex, log)
+        store.set_meta("runs", sorted(s.run_id for s in plan.all_specs(selections)))
     return selections

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html as _html
 
+from . import claims
 from . import text as T
 from . import viewer
 from .verdicts import TAG, delta_td, mark, tied_class, verdict_note
@@ -257,9 +258,10 @@ def page(ctx, images) -> str:
         ("multiples", "Viewer"),
         ("curves", "Curves"), ("sensitivity", "Sensitivity"), ("profile", "Profile"),
         ("time", "Time"), ("bias", "Bias correction"), ("schedule", "Schedule"),
+        ("claims", "Claims"),
         ("protocol", "Protocol"), ("reproduce", "Reproduce")))
-    body = (answer(ctx) + results_table(ctx) + figures(ctx, images) + protocol(ctx)
-            + reproduce(ctx))
+    body = (answer(ctx) + results_table(ctx) + figures(ctx, images)
+            + claims.html_section(ctx) + protocol(ctx) + reproduce(ctx))
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width,initial-scale=1'>"
             f"<title>optimlab report</title><style>{CSS}</style></head><body>"

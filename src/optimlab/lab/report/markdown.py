@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from . import claims
 from . import text as T
 from . import viewer
 from .verdicts import answer_md
@@ -79,6 +80,7 @@ def summary(ctx) -> str:
     for o, r in sorted(ctx["mean_ranks"].items(), key=lambda t: t[1]):
         out.append(f"| {md(o)} | {r:.2f} |")
     out += viewer.markdown(ctx)  # where the 2-D trajectories are shown
+    out += claims.markdown_section(ctx)
     out += ["", "## Protocol", ""] + [f"- {md(s)}" for s in T.protocol(ctx)]
     out += ["", "## Reproduce", "", _fence(T.command(ctx["meta"])), ""]
     vers = ctx["meta"].get("versions") or next(
