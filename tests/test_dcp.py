@@ -139,8 +139,22 @@ def test_dcp_two_ranks(entry, case, dcp_results):
 @pytest.mark.parametrize("entry, case", ZERO_CASES)
 def test_zero_redundancy_optimizer(entry, case, zero_results):
     """ZeRO's own load_state_dict copies every group key into the wrapped optimizer
-    (``_sync_param_groups``), so flags are only checked for the plain optimlab loader."""
+    (``_sync_param_groups``); the user's flags are back by the end of the resumed run."""
     results = zero_results[entry.name]
     assert "error" not in results, results.get("error")
     _check(entry, results[case], results["reference"],
-           optimlab_loads=case.startswith("torch_to_optimlab"), flags_kept=case.endswith("plain"))
+           optimlab_loads=case.startswith("torch_to_optimlab"), flags_kept=True)
+
+
+@pytest.mark.parametrize("entry", ENTRY_PARAMS)
+def test_flags_written_over_without_load_state_dict_are_put_back(entry):
+    """What ZeRO's ``_sync_param_groups`` does to the wrapped optimizer: group keys copied
+    straight in. The next step runs with, and restores, the flags the group was built with."""
+    p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    opt = entry.build([p], lr=entry.test_lr, **W.user_flags(entry.cls))
+    built = {k: opt.param_groups[0][k] for k in W.user_flags(entry.cls)}
+    for key in built:
+        opt.param_groups[0][key] = None
+    p.grad = torch.ones(3, dtype=torch.float64)
+    opt.step()
+    assert {k: opt.param_groups[0][k] for k in built} == built

@@ -21,10 +21,10 @@ for every key of the loading optimizer's own ``state_dict()`` and fails on a mis
    Hyperparameters (``lr``, ``betas``, ``weight_decay``, ...) still come from the
    checkpoint, as in torch.
 
-``torch.distributed.optim.ZeroRedundancyOptimizer`` is the exception: its own
-``load_state_dict`` copies every group key into the wrapped optimizer's ``param_groups``
-(``_sync_param_groups``) without calling the wrapped ``load_state_dict``, so under ZeRO the
-flags follow torch's semantics.
+``torch.distributed.optim.ZeroRedundancyOptimizer``'s own ``load_state_dict`` copies every
+group key into the wrapped optimizer's ``param_groups`` (``_sync_param_groups``) without
+calling the wrapped ``load_state_dict``; the engine remembers each group's flags as built
+and puts them back at the next ``step`` (``RuleOptimizer._keep_flags``).
 """
 
 from __future__ import annotations
@@ -64,6 +64,11 @@ def for_loading(state_dict: dict, current_groups: list[dict], defaults: dict) ->
                 group.pop(key, None)
         groups.append(group)
     return {**state_dict, "param_groups": groups}
+
+
+def implementation_flags(group: dict) -> dict:
+    """``group``'s implementation flags (those it has)."""
+    return {key: group[key] for key in IMPLEMENTATION_FLAGS if key in group}
 
 
 def _same(value, default) -> bool:

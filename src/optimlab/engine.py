@@ -157,6 +157,22 @@ class RuleOptimizer(Optimizer):
         """torch.optim's ``load_state_dict``, except that ``fused``/``foreach``/``capturable``/
         ``differentiable`` stay as constructed (see :mod:`optimlab.checkpoint`)."""
         super().load_state_dict(checkpoint.for_loading(state_dict, self.param_groups, self.defaults))
+        self._flags_as_built = {id(g): checkpoint.implementation_flags(g) for g in self.param_groups}
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self.__dict__.setdefault("_flags_as_built", {})[id(group)] = checkpoint.implementation_flags(group)
+
+    def _keep_flags(self, group: dict) -> None:
+        """Put back the implementation flags ``group`` was built with where something wrote
+        over them without ``load_state_dict`` (ZeroRedundancyOptimizer's
+        ``_sync_param_groups`` copies a checkpoint's group keys straight in)."""
+        built = self.__dict__.get("_flags_as_built", {}).get(id(group))
+        if built:
+            for key, value in built.items():
+                if group.get(key, value) is not value:
+                    group[key] = value
 
     def init_state(self, p: torch.Tensor, h: SimpleNamespace) -> dict:
         """Create ``self.state[p]`` with torch.optim's keys, in torch.optim's order.
@@ -191,6 +207,7 @@ class RuleOptimizer(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         grad_scale = None if grad_scale is None else float(grad_scale)
         for group in self.param_groups:
+            self._keep_flags(group)
             h = hyperparameters(group)
             h.grad_scale = grad_scale
             use_fused = group.get("fused") is not False and not group.get("differentiable")
