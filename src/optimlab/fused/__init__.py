@@ -140,9 +140,10 @@ def _step(optimizer, group, params, grads, h, required: bool) -> None:
     plan = _plan(optimizer, group, params, h, key)
     if plan.reference and required:
         raise Unfusable("; ".join(sorted(set(plan.reasons + plan.kernel_errors))))
+    fallback = "the reference path" if group.get("foreach") is False else "the multi-tensor (foreach) path"
     for error in plan.kernel_errors:
         _warn_once(f"optimlab: fused kernel unavailable for {type(optimizer).__name__} ({error}); "
-                   "using the reference path")
+                   f"using {fallback}")
     nthreads = torch.get_num_threads()
     keep: list = []  # grad copies that must outlive the kernel call
     if not plan.fused_in_order:
@@ -158,7 +159,7 @@ def _step(optimizer, group, params, grads, h, required: bool) -> None:
         bucket.grad_row[:] = ptrs[lo:hi]
         bucket.run(h, nthreads)
     torch._C._increment_version(plan.fused_params)
-    for p in plan.reference:
-        optimizer.reference_step(p, h)
+    if plan.reference:
+        optimizer.unfused_step(group, plan.reference, h)
     if plan.lazy_created:
         _plans[optimizer].pop(id(group), None)  # lazily created state: next step, new kernel
