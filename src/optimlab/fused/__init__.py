@@ -76,7 +76,10 @@ _contiguous = torch.Tensor.is_contiguous
 
 def invalidate(optimizer) -> None:
     """Forget ``optimizer``'s cached plans (after replacing state tensors by hand)."""
+    from . import foreach
+
     _plans.pop(optimizer, None)
+    foreach.invalidate(optimizer)
 
 
 def _disabled() -> bool:

@@ -26,6 +26,9 @@ raises ``RuntimeError`` where it cannot (a non-strided param, a rule it cannot t
 
 from __future__ import annotations
 
+import operator
+import weakref
+
 import torch
 
 from .. import engine
@@ -36,6 +39,11 @@ from .trace import TraceError, hp_value, trace
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64, torch.complex32: torch.float16}
 _programs: dict = {}
+_plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_ptr = torch.Tensor.data_ptr
+_grad = operator.attrgetter("grad")
+_layout = operator.attrgetter("layout")
+_dtype = operator.attrgetter("dtype")
 
 
 class ForeachUnavailable(Exception):
@@ -69,67 +77,120 @@ def _values(tensors: list) -> list:
         return [float(t) for t in tensors]
 
 
+def invalidate(optimizer) -> None:
+    """Forget ``optimizer``'s cached bucket lists (after replacing state tensors by hand)."""
+    _plans.pop(optimizer, None)
+
+
 def step(optimizer, group, params: list, h) -> list:
     """Step ``params`` (all with grads) of ``group`` on the multi-tensor path where it
-    applies; returns the params left for the reference path."""
+    applies; returns the params left for the reference path.
+
+    The buckets' lists are cached per group, like the C kernel's plans, and rebuilt when
+    the params with grads, their storage, ``optimizer.state`` or the flag/zero pattern of
+    the hyperparameters change."""
     mode = group.get("foreach")
     if mode is False or group.get("differentiable") or not params:
         return params
-    name = type(optimizer).__name__
-    rule = optimizer.rule
-    fills = rule.tensors(h)
-    buckets: dict = {}
-    rest = []
-    for p in params:
-        if not _takes(p):
-            if mode:
-                raise RuntimeError(f"{name}: foreach=True is not possible for a param with layout "
-                                   f"{p.layout} and dtype {p.dtype}")
-            rest.append(p)
-            continue
-        st = optimizer.init_state(p, h)
-        lazy = frozenset(k for k, f in fills.items() if f is None and k in st)
-        sdtypes = tuple(st[k].dtype for k in fills if k in st)
-        buckets.setdefault((p.device, p.dtype, lazy, sdtypes), []).append((p, st))
     key = hkey(h)
-    try:  # every program first: a failure leaves every tensor untouched
-        jobs = [_Bucket(rule, h, key, lazy, members) for (_, _, lazy, _), members in buckets.items()]
-    except ForeachUnavailable as e:
+    plans = _plans.get(optimizer)
+    if plans is None:
+        plans = _plans[optimizer] = {}
+    plan = plans.get(id(group))
+    if plan is None or not plan.holds(optimizer, group, params, key):
+        plan = plans[id(group)] = _Plan(optimizer, group, params, h, key)
+    if plan.error is not None:
+        plans.pop(id(group), None)
         if mode:
-            raise RuntimeError(f"{name}: foreach=True is not possible here: {e}") from None
+            raise RuntimeError(f"{type(optimizer).__name__}: foreach=True is not possible here: {plan.error}")
         return params
-    for job in jobs:
-        job.run(h)
-    return rest
+    for bucket in plan.buckets:
+        bucket.run(h)
+    if plan.lazy_created:
+        plans.pop(id(group), None)  # lazily created state: next step, another program
+    return plan.rest
+
+
+class _Plan:
+    """One group's buckets; see :func:`step` for its validity."""
+
+    def __init__(self, optimizer, group, params, h, key):
+        self.group, self.key, self.state = group, key, optimizer.state
+        self.params = list(params)
+        self.pptrs = list(map(_ptr, params))
+        self.error = None
+        self.rest = []
+        self.lazy_created = False
+        rule = optimizer.rule
+        fills = rule.tensors(h)
+        members: dict = {}
+        for p in params:
+            if not _takes(p):
+                if group.get("foreach"):
+                    raise RuntimeError(f"{type(optimizer).__name__}: foreach=True is not possible for a "
+                                       f"param with layout {p.layout} and dtype {p.dtype}")
+                self.rest.append(p)
+                continue
+            st = optimizer.init_state(p, h)
+            lazy = frozenset(k for k, f in fills.items() if f is None and k in st)
+            sdtypes = tuple(st[k].dtype for k in fills if k in st)
+            members.setdefault((p.device, p.dtype, lazy, sdtypes), []).append((p, st))
+        self.nstate = len(optimizer.state)
+        try:  # every program first: a failure leaves every tensor untouched
+            self.buckets = [_Bucket(self, rule, h, key, lazy, m) for (_, _, lazy, _), m in members.items()]
+        except ForeachUnavailable as e:
+            self.error, self.buckets = str(e), []
+
+    def holds(self, optimizer, group, params, key) -> bool:
+        return (self.group is group and self.key == key and self.state is optimizer.state
+                and self.nstate == len(optimizer.state) and len(self.params) == len(params)
+                and all(map(operator.is_, self.params, params)) and self.pptrs == list(map(_ptr, params)))
 
 
 class _Bucket:
     """Params sharing one program: their buffers as lists, in the program's order."""
 
-    def __init__(self, rule, h, key, lazy, members):
+    def __init__(self, plan, rule, h, key, lazy, members):
+        self.plan, self.rule, self.h, self.key, self.lazy = plan, rule, h, key, lazy
         self.params = ps = [p for p, _ in members]
         self.states = [st for _, st in members]
+        self.complex = ps[0].is_complex()
         real = _REAL.get(ps[0].dtype, ps[0].dtype)
         self.compute = torch.float32 if real in _LOW_PRECISION else real
-        grads = [p.grad.to_dense() if p.grad.is_sparse else p.grad for p in ps]
-        self.storage = {"param": [engine.as_real(p) for p in ps], "grad": [engine.as_real(g) for g in grads]}
+        self.storage = {"param": [engine.as_real(p) for p in ps]}
         for k in rule.tensors(h):
             if k in self.states[0]:
                 self.storage[k] = [engine.as_real(st[k]) for st in self.states]
         # buffers not in the compute dtype are computed on scratch copies
         self.copied = frozenset(b for b, ts in self.storage.items() if any(t.dtype != self.compute for t in ts))
-        self.prog = program(rule, h, key, lazy, self.copied)
+        self.prog = self._program(self._grads())
+        self.scalar_state = None  # 0-dim state tensors per key, listed on the first run
+
+    def _grads(self) -> list:
+        grads = list(map(_grad, self.params))
+        if set(map(_layout, grads)) != {torch.strided}:
+            grads = [g.to_dense() if g.layout != torch.strided else g for g in grads]
+        return list(map(torch.view_as_real, grads)) if self.complex else grads
+
+    def _program(self, grads) -> Program:
+        copy_grad = set(map(_dtype, grads)) != {self.compute}
+        if copy_grad != ("grad" in self.copied):
+            self.copied = self.copied ^ {"grad"}
+        return program(self.rule, self.h, self.key, self.lazy, self.copied)
 
     def run(self, h) -> None:
-        tr, storage, sts = self.prog.trace, self.storage, self.states
+        grads = self._grads()
+        prog = self._program(grads)
+        tr, storage, sts = prog.trace, self.storage, self.states
         for b in tr.buffers:  # lazily created state, allocated on its first step; only written
-            if b not in storage:
+            if b not in storage and b != "grad":
                 for p, st in zip(self.params, sts):
                     st[b] = torch.empty_like(p, memory_format=torch.preserve_format)
                 storage[b] = [engine.as_real(st[b]) for st in sts]
+                self.plan.lazy_created = True
         lists = []
         for b in tr.buffers:
-            ts = storage[b]
+            ts = grads if b == "grad" else storage[b]
             if b in self.copied:
                 ts = ([t.to(self.compute) for t in ts] if b in tr.reads
                       else [torch.empty_like(t, dtype=self.compute) for t in ts])
@@ -137,17 +198,18 @@ class _Bucket:
         hp = [hp_value(h, k, i) for _, k, i in tr.hps]
         split: dict = {(): None}
         if tr.scalar_inputs:
-            columns = [_values([st[k] for st in sts]) for k in tr.scalar_inputs]
+            if self.scalar_state is None:
+                self.scalar_state = {k: [st[k] for st in sts] for k in tr.scalar_inputs}
+            columns = [_values(self.scalar_state[k]) for k in tr.scalar_inputs]
             split = {}
             for i, row in enumerate(zip(*columns)):
                 split.setdefault(row, []).append(i)
         for si, idx in split.items():
-            c, souts = self.prog.scalars(hp, si)
+            c, souts = prog.scalars(hp, si)
             whole = len(split) == 1
-            self.prog.elements(lists if whole else [[ts[i] for i in idx] for ts in lists], c)
-            targets = sts if whole else [sts[i] for i in idx]
+            prog.elements(lists if whole else [[ts[i] for i in idx] for ts in lists], c)
             for k, v in zip(tr.scalar_outputs, souts):
-                ts = [st[k] for st in targets]
+                ts = self.scalar_state[k] if whole else [self.scalar_state[k][i] for i in idx]
                 torch._foreach_copy_(ts, [torch.tensor(v, dtype=torch.float64)] * len(ts))
         for j, b in enumerate(tr.buffers):
             if b in self.copied and b in tr.elem_outputs:
