@@ -29,14 +29,16 @@ updated as real views.
 
 Selection
 ---------
-``fused=None`` (default): the kernel when a C compiler works and the inputs suit it,
-else the reference path. ``fused=False``: always the reference path. ``fused=True``:
-the kernel or a ``RuntimeError`` saying why not. A missing or failing compiler gives
-one warning and the reference path; ``OPTIMLAB_DISABLE_FUSED=1`` turns the path off.
-Params the kernel cannot take (non-CPU, non-dense layouts, other dtypes) take the
-reference path individually; a grad laid out unlike its param is first copied to the
-param's layout. Kernels are cached in ``$OPTIMLAB_CACHE`` (default
-``~/.cache/optimlab/kernels``); ``$OPTIMLAB_CC`` / ``$CC`` choose the compiler.
+``fused=None`` (default): the kernel when a C compiler works and the inputs suit it.
+``fused=False``: never the kernel. ``fused=True``: the kernel or a ``RuntimeError``
+saying why not. Params the kernel does not take (no or a failing compiler, which gives
+one warning; ``OPTIMLAB_DISABLE_FUSED=1``; non-CPU devices, other layouts and dtypes)
+take the multi-tensor path of :mod:`.foreach` (``torch._foreach_*`` ops printed from the
+same trace), or the per-tensor reference path with ``foreach=False``; ``foreach=True``
+takes the multi-tensor path for every param, as torch.optim does. A grad laid out unlike
+its param is first copied to the param's layout. Kernels are cached in
+``$OPTIMLAB_CACHE`` (default ``~/.cache/optimlab/kernels``); ``$OPTIMLAB_CC`` / ``$CC``
+choose the compiler.
 
 A plan (pointer tables) is cached per param group and rebuilt when the params with
 grads, their storage, ``optimizer.state`` (``load_state_dict``) or the flag/zero

@@ -40,7 +40,7 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64, torch.complex32: torch.float16}
 _programs: dict = {}
 _plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_ptr = torch.Tensor.data_ptr
+_data_ptr = torch.Tensor.data_ptr
 _grad = operator.attrgetter("grad")
 _layout = operator.attrgetter("layout")
 _dtype = operator.attrgetter("dtype")
@@ -67,6 +67,14 @@ def program(rule, h, key, lazy: frozenset, writable: frozenset) -> Program:
 
 def _takes(p: torch.Tensor) -> bool:
     return p.layout == torch.strided and (p.is_floating_point() or p.is_complex())
+
+
+def _ptrs(params: list) -> list:
+    """data_ptr of each param (0 for layouts without storage, such as sparse)."""
+    try:
+        return list(map(_data_ptr, params))
+    except RuntimeError:
+        return [_data_ptr(p) if p.layout == torch.strided else 0 for p in params]
 
 
 def _values(tensors: list) -> list:
@@ -117,7 +125,7 @@ class _Plan:
     def __init__(self, optimizer, group, params, h, key):
         self.group, self.key, self.state = group, key, optimizer.state
         self.params = list(params)
-        self.pptrs = list(map(_ptr, params))
+        self.pptrs = _ptrs(params)
         self.error = None
         self.rest = []
         self.lazy_created = False
@@ -144,7 +152,7 @@ class _Plan:
     def holds(self, optimizer, group, params, key) -> bool:
         return (self.group is group and self.key == key and self.state is optimizer.state
                 and self.nstate == len(optimizer.state) and len(self.params) == len(params)
-                and all(map(operator.is_, self.params, params)) and self.pptrs == list(map(_ptr, params)))
+                and all(map(operator.is_, self.params, params)) and self.pptrs == _ptrs(params))
 
 
 class _Bucket:

@@ -85,6 +85,11 @@ def _live(roots) -> set:
     return seen
 
 
+def _one_minus(u: Node, v: Node) -> bool:
+    """u is the node ``1 - v``."""
+    return u.op == "sub" and u.args[0].op == "const" and u.args[0].value == 1.0 and u.args[1] is v
+
+
 class _Printer:
     """Chooses patterns and slots for the per-element nodes, then prints them."""
 
@@ -174,10 +179,9 @@ class _Printer:
         if r.op == "add" and a.op == b.op == "mul" and self.single(a) and self.single(b):
             (k1, x), (k2, y) = [(u, v) if u.scalar else (v, u) for u, v in (a.args, b.args)]
             if k1.scalar and k2.scalar and not x.scalar and not y.scalar:
-                one_minus = lambda u, v: u.op == "sub" and u.args[0].op == "const" and u.args[0].value == 1.0 and u.args[1] is v  # noqa: E731
-                if one_minus(k2, k1):
+                if _one_minus(k2, k1):
                     return "lerp", x, [y], self.cref(k2), [a, b]
-                if one_minus(k1, k2):
+                if _one_minus(k1, k2):
                     return "lerp", y, [x], self.cref(k1), [a, b]
         candidates = [(a, b, 1.0), (b, a, 1.0)] if r.op == "add" else [(a, b, -1.0)]
         for x, t, sign in candidates:
