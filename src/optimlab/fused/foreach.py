@@ -31,7 +31,6 @@ import weakref
 
 import torch
 
-from .. import engine
 from .foreach_codegen import Program, generate
 from .plan import hkey
 from .trace import TraceError, hp_value, trace
@@ -63,6 +62,10 @@ def program(rule, h, key, lazy: frozenset, writable: frozenset) -> Program:
     if isinstance(found, Exception):
         raise ForeachUnavailable(str(found)) from found
     return found
+
+
+def _as_real(t: torch.Tensor) -> torch.Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t
 
 
 def _takes(p: torch.Tensor) -> bool:
@@ -165,10 +168,10 @@ class _Bucket:
         self.complex = ps[0].is_complex()
         real = _REAL.get(ps[0].dtype, ps[0].dtype)
         self.compute = torch.float32 if real in _LOW_PRECISION else real
-        self.storage = {"param": [engine.as_real(p) for p in ps]}
+        self.storage = {"param": [_as_real(p) for p in ps]}
         for k in rule.tensors(h):
             if k in self.states[0]:
-                self.storage[k] = [engine.as_real(st[k]) for st in self.states]
+                self.storage[k] = [_as_real(st[k]) for st in self.states]
         # buffers not in the compute dtype are computed on scratch copies
         self.copied = frozenset(b for b, ts in self.storage.items() if any(t.dtype != self.compute for t in ts))
         self.prog = self._program(self._grads())
@@ -194,7 +197,7 @@ class _Bucket:
             if b not in storage and b != "grad":
                 for p, st in zip(self.params, sts):
                     st[b] = torch.empty_like(p, memory_format=torch.preserve_format)
-                storage[b] = [engine.as_real(st[b]) for st in sts]
+                storage[b] = [_as_real(st[b]) for st in sts]
                 self.plan.lazy_created = True
         lists = []
         for b in tr.buffers:
