@@ -21,6 +21,7 @@ import torch
 import optimlab
 from optimlab import fused
 from optimlab.fused import foreach
+from optimlab._math import abs_, maximum
 from optimlab.registry import ENTRIES
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64]
@@ -274,3 +275,31 @@ def test_no_compiler_takes_foreach_and_equals_torch(tmp_path):
         assert worst <= 1e-9, (name, variant, worst)
         assert all("foreach" in w for w in warned if "fused kernel unavailable" in w), warned
     assert not os.path.exists(tmp_path / "cache") or not any(f.endswith(".so") for f in os.listdir(tmp_path / "cache"))
+
+
+def _odd(g, s, h):
+    """Exercises every printed form: scalar / x, scalar ** x, scalar - x, max with a scalar,
+    and two state buffers that swap (a copy cycle at the end of the program)."""
+    s.step = s.step + 1
+    a = 2.0 / (abs_(g) + 1.0)
+    b = 0.5 ** abs_(g)
+    c = 1.0 - g
+    s.x, s.y = s.y, s.x + a / s.step
+    return maximum(a, b) * c + maximum(g, 0.1)
+
+
+class _Odd(optimlab.engine.RuleOptimizer):
+    rule = optimlab.rules.Rule(_odd, lambda h: {"x": 0.5, "y": -0.25}, {"step": 0.0})
+
+    def __init__(self, params, lr=0.01, foreach=None, fused=None):
+        super().__init__(params, dict(lr=lr, weight_decay=0.0, maximize=False, foreach=foreach, fused=fused))
+
+
+def test_every_printed_form_and_a_copy_cycle():
+    ps = _params(torch.float64)
+    oa, ob = _run_pair(lambda p: _forbid_reference(_Odd(p, foreach=True)),
+                       lambda p: _Odd(p, foreach=False, fused=False), ps, 7)
+    _assert_same(oa, ob, 1e-12)
+    h = optimlab.engine.hyperparameters(oa.param_groups[0])
+    source = foreach.program(_Odd.rule, h, fused.plan.hkey(h), frozenset(), frozenset()).source
+    assert "_full(" in source and "_foreach_clone(" in source and "F._foreach_pow(c[" in source
