@@ -22,8 +22,11 @@ def accepts(cls, name: str) -> bool:
 
 
 def fused_modes(entry):
-    """Default arguments (whatever path is chosen), plus ``fused=False`` where the class has it."""
-    return [{}, {"fused": False}] if accepts(entry.cls, "fused") else [{}]
+    """Default arguments (whatever path is chosen), ``fused=False`` where the class has it
+    (the multi-tensor path), and ``foreach=False`` with it (the per-tensor reference path)."""
+    if accepts(entry.cls, "fused"):
+        return [{}, {"fused": False}, {"fused": False, "foreach": False}]
+    return [{}, {"foreach": False}]
 
 
 def tolerance(entry, float32_mu_product: bool = True) -> float:

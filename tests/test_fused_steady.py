@@ -223,7 +223,7 @@ def test_no_cxx_compiler_means_the_python_bookkeeping_without_a_warning(monkeypa
     monkeypatch.setattr(plan_mod, "_kernels", {})
     ps = _params(plan_mod.GATHER_MIN_TENSORS)
     ref = [torch.nn.Parameter(p.detach().clone()) for p in ps]
-    opt, ref_opt = optimlab.Adam(ps), optimlab.Adam(ref, fused=False)
+    opt, ref_opt = optimlab.Adam(ps), optimlab.Adam(ref, fused=False, foreach=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for _ in range(3):

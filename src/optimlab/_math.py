@@ -29,7 +29,13 @@ def sqrt(x):
 def maximum(a, b):
     """Element-wise maximum that propagates NaN, like ``torch.maximum``."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return torch.maximum(torch.as_tensor(a), torch.as_tensor(b))
+        # a number is taken in the tensor's dtype, as torch takes a Python scalar (not the
+        # default dtype: float64 tensors would meet a float32-rounded number)
+        if not isinstance(a, torch.Tensor):
+            a = torch.as_tensor(a, dtype=b.dtype, device=b.device)
+        if not isinstance(b, torch.Tensor):
+            b = torch.as_tensor(b, dtype=a.dtype, device=a.device)
+        return torch.maximum(a, b)
     if hasattr(a, "__optimlab_maximum__"):
         return a.__optimlab_maximum__(b)
     if hasattr(b, "__optimlab_maximum__"):

@@ -210,7 +210,8 @@ class RuleOptimizer(Optimizer):
             self._keep_flags(group)
             h = hyperparameters(group)
             h.grad_scale = grad_scale
-            use_fused = group.get("fused") is not False and not group.get("differentiable")
+            use_fused = (group.get("fused") is not False and group.get("foreach") is not True
+                         and not group.get("differentiable"))
             if use_fused:
                 from . import fused
                 from .fused import shards
@@ -230,9 +231,16 @@ class RuleOptimizer(Optimizer):
             if use_fused and fused.try_step(self, group, params, grads, h):  # checks grads when needed
                 continue
             self._check_grads(params)
-            for p in params:
-                self.reference_step(p, h)
+            self.unfused_step(group, params, h)
         return loss
+
+    def unfused_step(self, group: dict, params: list, h: SimpleNamespace) -> None:
+        """Params (with grads) the C kernel did not take: the multi-tensor path
+        (:mod:`optimlab.fused.foreach`) unless ``foreach=False``, else the reference path."""
+        from .fused import foreach
+
+        for p in foreach.step(self, group, params, h):
+            self.reference_step(p, h)
 
     def _check_grads(self, params):
         for p in params:

@@ -1,9 +1,10 @@
 """The public optimizer classes: torch.optim's signatures, defaults and messages.
 
 Each class only validates its arguments and names its rule; the math is in
-:mod:`optimlab.rules` and the plumbing in :mod:`optimlab.engine`. ``foreach`` is
-accepted for compatibility and has no effect: the fast path is the fused kernel, chosen
-by ``fused`` (``None``: automatic, ``True``: required, ``False``: reference path).
+:mod:`optimlab.rules` and the plumbing in :mod:`optimlab.engine`. ``fused`` chooses the
+generated C kernel (``None``: where it can run, ``True``: required, ``False``: never);
+``foreach`` the multi-tensor path for what the kernel does not take (``None``: yes,
+``True``: for every param, ``False``: the per-tensor reference path instead).
 """
 
 from __future__ import annotations

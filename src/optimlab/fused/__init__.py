@@ -29,14 +29,16 @@ updated as real views.
 
 Selection
 ---------
-``fused=None`` (default): the kernel when a C compiler works and the inputs suit it,
-else the reference path. ``fused=False``: always the reference path. ``fused=True``:
-the kernel or a ``RuntimeError`` saying why not. A missing or failing compiler gives
-one warning and the reference path; ``OPTIMLAB_DISABLE_FUSED=1`` turns the path off.
-Params the kernel cannot take (non-CPU, non-dense layouts, other dtypes) take the
-reference path individually; a grad laid out unlike its param is first copied to the
-param's layout. Kernels are cached in ``$OPTIMLAB_CACHE`` (default
-``~/.cache/optimlab/kernels``); ``$OPTIMLAB_CC`` / ``$CC`` choose the compiler.
+``fused=None`` (default): the kernel when a C compiler works and the inputs suit it.
+``fused=False``: never the kernel. ``fused=True``: the kernel or a ``RuntimeError``
+saying why not. Params the kernel does not take (no or a failing compiler, which gives
+one warning; ``OPTIMLAB_DISABLE_FUSED=1``; non-CPU devices, other layouts and dtypes)
+take the multi-tensor path of :mod:`.foreach` (``torch._foreach_*`` ops printed from the
+same trace), or the per-tensor reference path with ``foreach=False``; ``foreach=True``
+takes the multi-tensor path for every param, as torch.optim does. A grad laid out unlike
+its param is first copied to the param's layout. Kernels are cached in
+``$OPTIMLAB_CACHE`` (default ``~/.cache/optimlab/kernels``); ``$OPTIMLAB_CC`` / ``$CC``
+choose the compiler.
 
 A plan (pointer tables) is cached per param group and rebuilt when the params with
 grads, their storage, ``optimizer.state`` (``load_state_dict``) or the flag/zero
@@ -76,7 +78,10 @@ _contiguous = torch.Tensor.is_contiguous
 
 def invalidate(optimizer) -> None:
     """Forget ``optimizer``'s cached plans (after replacing state tensors by hand)."""
+    from . import foreach
+
     _plans.pop(optimizer, None)
+    foreach.invalidate(optimizer)
 
 
 def _name(optimizer) -> str:
@@ -156,9 +161,10 @@ def _step(optimizer, group, params, grads, h, required: bool) -> None:
     plan = _plan(optimizer, group, params, h, key)
     if plan.reference and required:
         raise Unfusable("; ".join(sorted(set(plan.reasons + plan.kernel_errors))))
+    fallback = "the reference path" if group.get("foreach") is False else "the multi-tensor (foreach) path"
     for error in plan.kernel_errors:
         _warn_once(f"optimlab: fused kernel unavailable for {_name(optimizer)} ({error}); "
-                   "using the reference path")
+                   f"using {fallback}")
     nthreads = torch.get_num_threads()
     keep: list = []  # grad copies that must outlive the kernel call
     if not plan.fused_in_order:
@@ -174,7 +180,7 @@ def _step(optimizer, group, params, grads, h, required: bool) -> None:
         bucket.grad_row[:] = ptrs[lo:hi]
         bucket.run(h, nthreads)
     torch._C._increment_version(plan.fused_params)
-    for p in plan.reference:
-        optimizer.reference_step(p, h)
+    if plan.reference:
+        optimizer.unfused_step(group, plan.reference, h)
     if plan.lazy_created:
         _plans[optimizer].pop(id(group), None)  # lazily created state: next step, new kernel

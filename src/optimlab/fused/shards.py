@@ -71,6 +71,11 @@ class LocalView:
     def reference_step(self, local, h) -> None:
         self.optimizer.reference_step(self.origin[id(local)], h)
 
+    def unfused_step(self, group, locals_, h) -> None:
+        # params the kernel did not take: the reference path on the optimizer's own tensors
+        for t in locals_:
+            self.optimizer.reference_step(self.origin[id(t)], h)
+
     def _check_grads(self, locals_) -> None:
         self.optimizer._check_grads([self.origin[id(t)] for t in locals_])
 

@@ -1,0 +1,143 @@
+"""Step speed without a C compiler: optimlab's multi-tensor (foreach) path vs torch.optim.
+
+``OPTIMLAB_CC`` / ``OPTIMLAB_CXX`` point nowhere and the kernel cache is an empty
+temporary directory, as in a ``python:slim`` image: every step takes the multi-tensor
+path printed from the traced graph (:mod:`optimlab.fused.foreach`). For each registry
+entry (default flags) on mixes A and C of ``step_speed.py``, one process times,
+interleaved on the same param/grad tensors, optimlab's default ``step()``, optimlab's
+per-tensor reference path (``foreach=False``, what ran before the multi-tensor path
+existed; mix C only, it is slow on A) and torch.optim's for-loop, foreach and fused
+implementations where torch has them. ``vs torch best`` is the median of per-repetition
+ratios (fastest torch implementation / optimlab; >1: optimlab faster).
+
+    python benchmarks/no_compiler.py           # mixes A and C, writes its section of BENCHMARKS.md
+    python benchmarks/no_compiler.py --quick   # small mixes, prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+_CACHE = tempfile.TemporaryDirectory()
+os.environ.update(OPTIMLAB_CC="/nonexistent/cc", OPTIMLAB_CXX="/nonexistent/c++", OPTIMLAB_CACHE=_CACHE.name)
+
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+import step_speed  # noqa: E402
+
+from optimlab import fused  # noqa: E402
+from optimlab.fused import foreach  # noqa: E402
+from optimlab.registry import ENTRIES  # noqa: E402
+
+BEGIN, END = "<!-- no-compiler: begin -->", "<!-- no-compiler: end -->"
+
+
+def bench_entry(entry, params, reps, reference: bool) -> dict:
+    """{method: [seconds per repetition]}, methods rotated so none always goes first."""
+    ours = entry.build(params)
+    methods = {"optimlab": ours.step}
+    if reference:
+        ref = entry.build(params, foreach=False)
+        methods["optimlab reference"] = ref.step
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "fused kernel unavailable": expected
+        for step in methods.values():
+            step()
+            step()  # a lazily created state (SGD's momentum buffer) changes the program once
+    plans = fused._plans.get(ours, {})
+    assert all(p.kernel_errors for p in plans.values()) and foreach._plans.get(ours), "not the foreach path"
+    for name, opt in step_speed.torch_variants(entry, params, {}).items():
+        methods[f"torch {name}"] = opt.step
+    names, times = list(methods), {}
+    for rep in range(reps):
+        for i in range(len(names)):
+            n = names[(i + rep) % len(names)]
+            times.setdefault(n, []).append(step_speed.timed(methods[n]))
+    return times
+
+
+def summarize(times) -> dict:
+    med = {n: statistics.median(v) for n, v in times.items()}
+    torch_names = [n for n in med if n.startswith("torch ")]
+    best = min(torch_names, key=med.get)
+    ratios = [tb / to for tb, to in zip(times[best], times["optimlab"])]
+    return {**med, "best": best, "vs_best": statistics.median(ratios), "iqr": step_speed._quartiles(ratios)}
+
+
+def fmt(x) -> str:
+    return "-" if x is None else f"{x * 1e3:.1f}"
+
+
+HEADER = ("| mix | optimizer | optimlab foreach ms | optimlab reference ms | torch for-loop ms | "
+          "torch foreach ms | torch fused ms | torch best | vs torch best (IQR) |")
+
+
+def row(mix, name, r) -> str:
+    return (f"| {mix} | {name} | {fmt(r['optimlab'])} | {fmt(r.get('optimlab reference'))} | "
+            f"{fmt(r.get('torch for-loop'))} | {fmt(r.get('torch foreach'))} | {fmt(r.get('torch fused'))} | "
+            f"{r['best'][6:]} | {r['vs_best']:.2f}x ({r['iqr'][0]:.2f}-{r['iqr'][1]:.2f}) |")
+
+
+def run(mixes, reps, scale) -> list:
+    lines = []
+    for mix in mixes:
+        title, shapes_fn = step_speed.MIXES[mix]
+        shapes = [tuple(max(1, s // scale) for s in shape) for shape in shapes_fn()]
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        print(f"\n== mix {mix}: {title}, {reps[mix]} reps\n{HEADER}", flush=True)
+        for entry in ENTRIES:
+            line = row(mix, entry.name, summarize(bench_entry(entry, params, reps[mix], mix == "C")))
+            lines.append(line)
+            print(line, flush=True)
+    return lines
+
+
+def write_section(path, lines, started, load, wall) -> None:
+    vs = [float(line.split("|")[9].split("x")[0]) for line in lines]
+    section = [BEGIN, "## No C compiler: the multi-tensor (foreach) path", "",
+               f"Machine: {step_speed.machine()}.",
+               f"Run: {started}, {wall / 60:.1f} min, load average {load[0]:.1f} before / {os.getloadavg()[0]:.1f} "
+               "after (shared machine; medians over interleaved repetitions).", "",
+               "Generated by `python benchmarks/no_compiler.py`: `OPTIMLAB_CC`/`OPTIMLAB_CXX` point nowhere and the "
+               "kernel cache is empty, so every optimlab step takes the multi-tensor path. fp32 params, default "
+               "flags. `optimlab reference` is the per-tensor path (`foreach=False`), what ran without a compiler "
+               "before; `vs torch best` = fastest torch.optim implementation / optimlab (>1: optimlab faster).", "",
+               HEADER, "|" + "---|" * (HEADER.count("|") - 1), *lines, "",
+               f"vs torch best: min {min(vs):.2f}x, median {statistics.median(vs):.2f}x; "
+               f"{sum(v < 1 for v in vs)} of {len(vs)} rows below 1.00x.", "", END]
+    text = open(path).read() if os.path.exists(path) else ""
+    if BEGIN in text:
+        text = text[: text.index(BEGIN)] + text[text.index(END) + len(END):].lstrip("\n")
+    with open(path, "w") as f:
+        f.write(text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="mixes scaled down 100x, 3 reps, prints only")
+    ap.add_argument("--mixes", default="AC")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    started, load, t0 = time.strftime("%Y-%m-%d %H:%M"), os.getloadavg(), time.perf_counter()
+    if args.quick:
+        lines = run(args.mixes, {m: 3 for m in "ABCD"}, 100)
+    else:
+        lines = run(args.mixes, {"A": 7, "B": 5, "C": 9, "D": 3}, 1)
+    out = args.out or (None if args.quick else os.path.join(os.path.dirname(__file__), "..", "BENCHMARKS.md"))
+    if out:
+        write_section(out, lines, started, load, time.perf_counter() - t0)
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

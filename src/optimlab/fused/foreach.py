@@ -1,0 +1,227 @@
+"""The multi-tensor path: everything the C kernel does not take, as ``torch._foreach_*`` ops.
+
+The program is printed from the same traced graph as the C kernel
+(:mod:`.foreach_codegen`), so there is no new copy of the math. It serves params on
+other devices (CUDA and other accelerators run torch's multi-tensor kernels), layouts
+the kernel does not take, and CPUs without a C compiler, where it replaces one small
+operation per tensor per node of the per-tensor reference path by one call per node
+for the whole group.
+
+Like ``torch.optim``'s ``_group_tensors_by_device_and_dtype``, params are bucketed by
+device, dtype, the dtypes of their state and which lazily created state (SGD's
+``momentum_buffer``) exists; a bucket is split further by the values of its 0-dim state
+(``step``), so that every scalar sub-expression is one Python float per call, computed
+in double exactly as the reference path computes it. bfloat16/float16 params (and any
+buffer not already in the compute type) are computed on float32 copies that are rounded
+back on store, like the reference path; complex params are updated as real views. A
+lazily created state tensor is allocated on its first step, as the reference path does.
+
+Selection (per param group): ``foreach=False`` never takes this path (the reference
+path runs instead); ``foreach=None`` takes it for every param the C kernel did not
+take; ``foreach=True`` takes it for every param (the C kernel is not used, as in
+torch.optim, where an explicit ``foreach=True`` wins over the default fused path) and
+raises ``RuntimeError`` where it cannot (a non-strided param, a rule it cannot trace).
+``differentiable=True`` groups use the reference path.
+"""
+
+from __future__ import annotations
+
+import operator
+import weakref
+
+import torch
+
+from .foreach_codegen import Program, generate
+from .plan import hkey
+from .trace import TraceError, hp_value, trace
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64, torch.complex32: torch.float16}
+_programs: dict = {}
+_plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_data_ptr = torch.Tensor.data_ptr
+_grad = operator.attrgetter("grad")
+_layout = operator.attrgetter("layout")
+_dtype = operator.attrgetter("dtype")
+
+
+class ForeachUnavailable(Exception):
+    """A reason why a group cannot take the multi-tensor path."""
+
+
+def program(rule, h, key, lazy: frozenset, writable: frozenset) -> Program:
+    """The generated program for one pattern (memoised, failures too), like the C kernels."""
+    k = (rule.fn, rule.tensors, tuple(rule.scalars.items()), key, lazy, writable)
+    found = _programs.get(k)
+    if found is None:
+        try:
+            found = generate(trace(rule, h, lazy), writable)
+        except TraceError as e:
+            found = e
+        _programs[k] = found
+    if isinstance(found, Exception):
+        raise ForeachUnavailable(str(found)) from found
+    return found
+
+
+def _as_real(t: torch.Tensor) -> torch.Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def _takes(p: torch.Tensor) -> bool:
+    return p.layout == torch.strided and (p.is_floating_point() or p.is_complex())
+
+
+def _ptrs(params: list) -> list:
+    """data_ptr of each param (0 for layouts without storage, such as sparse)."""
+    try:
+        return list(map(_data_ptr, params))
+    except RuntimeError:
+        return [_data_ptr(p) if p.layout == torch.strided else 0 for p in params]
+
+
+def _values(tensors: list) -> list:
+    """Python floats of 0-dim state tensors, in one call where they stack."""
+    try:
+        return torch.stack(tensors).tolist()
+    except (RuntimeError, TypeError):
+        return [float(t) for t in tensors]
+
+
+def invalidate(optimizer) -> None:
+    """Forget ``optimizer``'s cached bucket lists (after replacing state tensors by hand)."""
+    _plans.pop(optimizer, None)
+
+
+def step(optimizer, group, params: list, h) -> list:
+    """Step ``params`` (all with grads) of ``group`` on the multi-tensor path where it
+    applies; returns the params left for the reference path.
+
+    The buckets' lists are cached per group, like the C kernel's plans, and rebuilt when
+    the params with grads, their storage, ``optimizer.state`` or the flag/zero pattern of
+    the hyperparameters change."""
+    mode = group.get("foreach")
+    if mode is False or group.get("differentiable") or not params:
+        return params
+    key = hkey(h)
+    plans = _plans.get(optimizer)
+    if plans is None:
+        plans = _plans[optimizer] = {}
+    plan = plans.get(id(group))
+    if plan is None or not plan.holds(optimizer, group, params, key):
+        plan = plans[id(group)] = _Plan(optimizer, group, params, h, key)
+    if plan.error is not None:
+        plans.pop(id(group), None)
+        if mode:
+            raise RuntimeError(f"{type(optimizer).__name__}: foreach=True is not possible here: {plan.error}")
+        return params
+    for bucket in plan.buckets:
+        bucket.run(h)
+    if plan.lazy_created:
+        plans.pop(id(group), None)  # lazily created state: next step, another program
+    return plan.rest
+
+
+class _Plan:
+    """One group's buckets; see :func:`step` for its validity."""
+
+    def __init__(self, optimizer, group, params, h, key):
+        self.group, self.key, self.state = group, key, optimizer.state
+        self.params = list(params)
+        self.pptrs = _ptrs(params)
+        self.error = None
+        self.rest = []
+        self.lazy_created = False
+        rule = optimizer.rule
+        fills = rule.tensors(h)
+        members: dict = {}
+        for p in params:
+            if not _takes(p):
+                if group.get("foreach"):
+                    raise RuntimeError(f"{type(optimizer).__name__}: foreach=True is not possible for a "
+                                       f"param with layout {p.layout} and dtype {p.dtype}")
+                self.rest.append(p)
+                continue
+            st = optimizer.init_state(p, h)
+            lazy = frozenset(k for k, f in fills.items() if f is None and k in st)
+            sdtypes = tuple(st[k].dtype for k in fills if k in st)
+            members.setdefault((p.device, p.dtype, lazy, sdtypes), []).append((p, st))
+        self.nstate = len(optimizer.state)
+        try:  # every program first: a failure leaves every tensor untouched
+            self.buckets = [_Bucket(self, rule, h, key, lazy, m) for (_, _, lazy, _), m in members.items()]
+        except ForeachUnavailable as e:
+            self.error, self.buckets = str(e), []
+
+    def holds(self, optimizer, group, params, key) -> bool:
+        return (self.group is group and self.key == key and self.state is optimizer.state
+                and self.nstate == len(optimizer.state) and len(self.params) == len(params)
+                and all(map(operator.is_, self.params, params)) and self.pptrs == _ptrs(params))
+
+
+class _Bucket:
+    """Params sharing one program: their buffers as lists, in the program's order."""
+
+    def __init__(self, plan, rule, h, key, lazy, members):
+        self.plan, self.rule, self.h, self.key, self.lazy = plan, rule, h, key, lazy
+        self.params = ps = [p for p, _ in members]
+        self.states = [st for _, st in members]
+        self.complex = ps[0].is_complex()
+        real = _REAL.get(ps[0].dtype, ps[0].dtype)
+        self.compute = torch.float32 if real in _LOW_PRECISION else real
+        self.storage = {"param": [_as_real(p) for p in ps]}
+        for k in rule.tensors(h):
+            if k in self.states[0]:
+                self.storage[k] = [_as_real(st[k]) for st in self.states]
+        # buffers not in the compute dtype are computed on scratch copies
+        self.copied = frozenset(b for b, ts in self.storage.items() if any(t.dtype != self.compute for t in ts))
+        self.prog = self._program(self._grads())
+        self.scalar_state = None  # 0-dim state tensors per key, listed on the first run
+
+    def _grads(self) -> list:
+        grads = list(map(_grad, self.params))
+        if set(map(_layout, grads)) != {torch.strided}:
+            grads = [g.to_dense() if g.layout != torch.strided else g for g in grads]
+        return list(map(torch.view_as_real, grads)) if self.complex else grads
+
+    def _program(self, grads) -> Program:
+        copy_grad = set(map(_dtype, grads)) != {self.compute}
+        if copy_grad != ("grad" in self.copied):
+            self.copied = self.copied ^ {"grad"}
+        return program(self.rule, self.h, self.key, self.lazy, self.copied)
+
+    def run(self, h) -> None:
+        grads = self._grads()
+        prog = self._program(grads)
+        tr, storage, sts = prog.trace, self.storage, self.states
+        for b in tr.buffers:  # lazily created state, allocated on its first step; only written
+            if b not in storage and b != "grad":
+                for p, st in zip(self.params, sts):
+                    st[b] = torch.empty_like(p, memory_format=torch.preserve_format)
+                storage[b] = [_as_real(st[b]) for st in sts]
+                self.plan.lazy_created = True
+        lists = []
+        for b in tr.buffers:
+            ts = grads if b == "grad" else storage[b]
+            if b in self.copied:
+                ts = ([t.to(self.compute) for t in ts] if b in tr.reads
+                      else [torch.empty_like(t, dtype=self.compute) for t in ts])
+            lists.append(ts)
+        hp = [hp_value(h, k, i) for _, k, i in tr.hps]
+        split: dict = {(): None}
+        if tr.scalar_inputs:
+            if self.scalar_state is None:
+                self.scalar_state = {k: [st[k] for st in sts] for k in tr.scalar_inputs}
+            columns = [_values(self.scalar_state[k]) for k in tr.scalar_inputs]
+            split = {}
+            for i, row in enumerate(zip(*columns)):
+                split.setdefault(row, []).append(i)
+        for si, idx in split.items():
+            c, souts = prog.scalars(hp, si)
+            whole = len(split) == 1
+            prog.elements(lists if whole else [[ts[i] for i in idx] for ts in lists], c)
+            for k, v in zip(tr.scalar_outputs, souts):
+                ts = self.scalar_state[k] if whole else [self.scalar_state[k][i] for i in idx]
+                torch._foreach_copy_(ts, [torch.tensor(v, dtype=torch.float64)] * len(ts))
+        for j, b in enumerate(tr.buffers):
+            if b in self.copied and b in tr.elem_outputs:
+                torch._foreach_copy_(storage[b], lists[j])
