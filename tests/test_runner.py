@@ -201,25 +201,35 @@ def test_seed_phase_reruns_the_selected_lr(quad):
     assert _plan(quad, seeds=1).seed_specs(sel) == []
 
 
-def test_compare_selects_on_validation_and_skips_stored_runs(quad, tmp_path, monkeypatch):
+def test_compare_selects_on_seed_means_and_skips_stored_runs(quad, tmp_path, monkeypatch):
     from optimlab.lab import sweep
+    from optimlab.lab.selection import CANDIDATES
 
     plan = _plan(quad)
     store = Store(tmp_path / "r.sqlite")
     selections = sweep.compare(plan, store, workers=1, log=lambda m: None)
     sweep_recs, seed_recs = store.records("sweep"), store.records("seeds")
-    assert len(sweep_recs) == 12 and len(seed_recs) == 3 * 2
+    assert len(sweep_recs) == 12   # a fixed (user) grid: no extension, no refinement
     for (p, o), sel in selections.items():
         mine = [r for r in sweep_recs if r.spec.optimizer == o]
-        best = min(mine, key=lambda r: (r.final["val_loss"], r.spec.lr))
-        assert sel.lr == best.spec.lr
-        assert sorted(r.spec.seed for r in seed_recs if r.spec.optimizer == o) == [1, 2]
-        assert {r.spec.lr for r in seed_recs if r.spec.optimizer == o} == {sel.lr}
+        ranked = sorted((r.final["val_loss"], r.spec.lr) for r in mine
+                        if math.isfinite(r.final["val_loss"]))
+        cands = sorted(lr for _, lr in ranked[:CANDIDATES])
+        reruns = [r for r in seed_recs if r.spec.optimizer == o]
+        assert sorted({r.spec.lr for r in reruns}) == cands
+        assert sorted(r.spec.seed for r in reruns) == sorted([1, 2] * len(cands))
+        # The selected lr has the lowest mean over seeds 0..2 among the candidates.
+        means = {lr: sum(r.final["val_loss"] for r in mine + reruns if r.spec.lr == lr) / 3
+                 for lr in cands}
+        assert sel.lr == min(means, key=lambda lr: (means[lr], lr))
+        assert sel.score == pytest.approx(means[sel.lr]) and sel.seeds == 3
+    n = len(store)
+    assert n == 12 + len(seed_recs)
 
     # A second compare finds everything stored and runs nothing.
     monkeypatch.setattr(runner, "run", lambda *a: pytest.fail("re-ran a stored run"))
     sweep.compare(plan, store, workers=1, log=lambda m: None)
-    assert len(store) == 18
+    assert len(store) == n
 
 
 def test_executor_retries_error_runs_only(quad, tmp_path):
