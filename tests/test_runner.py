@@ -241,3 +241,40 @@ def test_executor_retries_error_runs_only(quad, tmp_path):
     assert ex.pending([ok, err, err]) == [err]
     assert ex.run([ok, err]) == 1
     assert {r.status for r in store.records()} == {"ok"}
+
+
+def test_adaptive_compare_searches_in_rounds(quad, tmp_path):
+    """The search (coarse, then extension/refinement rounds) on the fake quadratic: every
+    optimizer gets the refined lrs around its best, and a rerun adds nothing."""
+    from optimlab.lab import sweep
+    from optimlab.lab.search import COARSE, index
+
+    plan = _plan(quad, lrs=list(COARSE), adaptive=True, optimizers=["sgd", "adam"], seeds=2)
+    store = Store(tmp_path / "r.sqlite")
+    logs = []
+    selections = sweep.compare(plan, store, workers=1, log=logs.append)
+    assert sum("phase sweep, round" in m for m in logs) >= 2
+    for (p, o), sel in selections.items():
+        searched = {r.spec.lr for r in store.records("sweep") if r.spec.optimizer == o}
+        assert set(sel.grid) == searched and set(COARSE) < searched
+        best0 = min(store.records("sweep"),
+                    key=lambda r: (r.final["val_loss"], r.spec.lr) if r.spec.optimizer == o
+                    else (math.inf, 0)).spec.lr
+        have = {index(lr) for lr in searched}
+        assert all(index(best0) + d in have for d in (-2, -1, 1, 2))
+        assert sel.seeds == 2 and sel.lr in [lr for lr, _ in sel.candidates]
+    n = len(store)
+    assert set(sweep.compare(plan, store, workers=1, log=lambda m: None)) == set(selections)
+    assert len(store) == n
+
+
+def test_bias_correction_uses_adams_searched_lrs():
+    from types import SimpleNamespace
+
+    plan = Plan(sources={"v": "v"}, optimizers=["adam", "sgd"], lrs=[1e-3, 1e-2], seeds=2,
+                steps={"v": 10}, problems={"v": SimpleNamespace(kind="vae")})
+    assert {s.lr for s in plan.bias_specs()} == {1e-3, 1e-2}
+    sel = {("v", "adam"): Selection(1e-2, 0.1, False, (1e-3, 5.62e-3, 1e-2, 0.1))}
+    specs = plan.bias_specs(sel)
+    assert {s.lr for s in specs} == {1e-3, 5.62e-3, 1e-2, 0.1}
+    assert len(specs) == 4 * 3 * 2 and {s.phase for s in specs} == {"bias-correction"}
