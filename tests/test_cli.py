@@ -1,5 +1,6 @@
 """The command line end to end: resume after SIGKILL, worker-count independence, --json,
-Ctrl-C, and one-line errors for bad input.
+Ctrl-C, two comparisons in one directory, case-insensitive names, and one-line errors for
+bad input.
 
 The sweeps use the fake problem of test_runner.py (``--problem test_runner:noisy_quadratic``,
 tests/ on PYTHONPATH), so these tests do not depend on the real problems.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -66,14 +68,18 @@ def reference(tmp_path_factory):
     proc = _cli(*TINY, "--workers", "2", "--json", "--out", out)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    return out, json.loads(proc.stdout)
+    STDERR["reference"] = proc.stderr
+    return out, json.loads(proc.stdout), proc.stderr
+
+
+STDERR = {}
 
 
 def test_reference_run_is_complete(reference):
     from optimlab.lab.search import COARSE
     from optimlab.lab.selection import CANDIDATES
 
-    out, summary = reference
+    out, summary, err = reference
     runs = _runs(out)
     sweep = [spec for spec, *_ in runs.values() if spec.phase == "sweep"]
     seeds = [spec for spec, *_ in runs.values() if spec.phase == "seeds"]
@@ -85,9 +91,11 @@ def test_reference_run_is_complete(reference):
         reruns = [s for s in seeds if s.optimizer == o]
         assert 1 <= len({s.lr for s in reruns}) <= CANDIDATES
         assert {s.seed for s in reruns} == {1}
-    sel = {s["optimizer"]: s for s in summary["selections"]}
-    assert all(isinstance(s["at_bound"], bool) for s in sel.values())
-    meta = Store(out / cli.STORE_NAME).meta()
+    assert all(isinstance(s["at_bound"], bool) for s in summary["selections"])
+    cid = summary["comparison"]
+    with Store(out / cli.STORE_NAME) as store:
+        assert store.comparisons() == [cid] and store.latest() == cid
+        meta = store.comparison_meta(cid)
     assert meta["argv"][0] == "compare" and meta["command"].startswith("optimlab compare")
     assert meta["grid"] == list(COARSE) and meta["seeds"] == 2
     assert meta["search"]["adaptive"] and meta["grid_spacing"] != "custom"
@@ -95,11 +103,16 @@ def test_reference_run_is_complete(reference):
     assert meta["schedule"] == "constant"
     assert set(meta["versions"]) >= {"python", "torch", "optimlab"}
     assert sorted(meta["runs"]) == sorted(runs) and "created" in meta
-    assert (out / "report.html").is_file()
+    assert (out / "report.html").read_bytes() == (out / f"report-{cid}.html").read_bytes()
+    assert (out / "index.html").is_file()
+    # counts read as English: one problem, not "1 problems"
+    assert "1 problem," in err and "1 problems" not in err
+    head = (out / "summary.md").read_text(encoding="utf-8").splitlines()[2]
+    assert head.startswith(f"{len(runs)} runs · 1 problem · 3 optimizers"), head
 
 
 def test_json_matches_the_store(reference):
-    out, summary = reference
+    out, summary, _ = reference
     recs = {r.run_id: r for r in Store(out / cli.STORE_NAME).records()}
     assert sorted(run["run_id"] for run in summary["runs"]) == sorted(recs)
     for run in summary["runs"]:
@@ -113,6 +126,21 @@ def test_json_matches_the_store(reference):
     assert any(run["status"] == "diverged" for run in summary["runs"])   # lr=1 on sgd
     assert {(s["problem"], s["optimizer"]) for s in summary["selections"]} == {
         ("fake-quad", o) for o in ("sgd", "adam", "momentum")}
+
+
+def test_json_verdicts_and_terminal_table(reference):
+    """--json verdicts agree with the selections, and the verdict table (stderr with
+    --json) names the same best and the report path."""
+    _, summary, _ = reference
+    (v,) = summary["verdicts"]
+    assert v["problem"] == "fake-quad" and v["status"] == "verdict"
+    assert v["best"] == v["tied"][0] and v["ci"][0] <= v["mean"] <= v["ci"][1]
+    sel = {s["optimizer"]: s for s in summary["selections"]}
+    assert v["lr"] == sel[v["best"]]["lr"]
+    assert set(v["tied"]) <= set(sel)
+    err = STDERR["reference"]
+    table = err[err.index("Verdicts"):]
+    assert "fake-quad" in table and v["best"] in table and "report.html" in table
 
 
 def test_resume_after_sigkill_and_workers_do_not_change_results(reference, tmp_path):
@@ -146,6 +174,77 @@ def test_resume_after_sigkill_and_workers_do_not_change_results(reference, tmp_p
     assert not (tmp_path / "report.html").exists()   # --no-report
 
 
+def _reports(out: Path) -> dict:
+    return {f.name: f.read_text(encoding="utf-8") for f in out.iterdir()
+            if f.suffix in (".html", ".md")}
+
+
+def test_two_comparisons_in_one_directory(reference, tmp_path, capsys):
+    """A second comparison in the reference's directory: runs it shares are not rerun,
+    each comparison keeps its own report, and `optimlab report` rebuilds both, or one."""
+    out = tmp_path / "two"
+    shutil.copytree(reference[0], out)
+    first = reference[1]["comparison"]
+    other = [a if a != "sgd,adam,momentum" else "SGD,Nesterov" for a in TINY]
+    assert cli.main([*other, "--workers", "1", "--json", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    second = json.loads(captured.out)["comparison"]
+    assert second != first and "1 other comparison" in captured.err
+    with Store(out / cli.STORE_NAME) as store:
+        assert store.comparisons() == [first, second] and store.latest() == second
+        runs = {c: set(store.comparison_meta(c)["runs"]) for c in (first, second)}
+        by_id = {r.run_id: r.spec.optimizer for r in store.records()}
+    assert runs[first] == set(_runs(reference[0]))
+    assert set(by_id) == runs[first] | runs[second]   # each run stored once
+    assert {by_id[i] for i in runs[second]} == {"sgd", "nesterov"}
+    shared = runs[first] & runs[second]   # sgd's runs, trained once, in both comparisons
+    assert shared and shared == {i for i in runs[first] if by_id[i] == "sgd"} == {
+        i for i in runs[second] if by_id[i] == "sgd"}
+    built = _reports(out)
+    assert built["report.html"] == built[f"report-{second}.html"]
+    assert "nesterov" in built[f"summary-{second}.md"]
+    assert "nesterov" not in built[f"summary-{first}.md"] and "adam" in built[f"summary-{first}.md"]
+
+    for f in out.iterdir():
+        if f.suffix in (".html", ".md"):
+            f.unlink()
+    assert cli.main(["report", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"report-{first}.html" in err and f"report-{second}.html" in err
+    rebuilt = _reports(out)
+    assert sorted(rebuilt) == sorted(built)
+    for name in (f"summary-{first}.md", f"summary-{second}.md", "summary.md"):
+        assert rebuilt[name] == built[name]   # the report is a pure function of the store
+    assert rebuilt[f"report-{first}.html"] != rebuilt[f"report-{second}.html"]
+
+    (out / f"report-{first}.html").unlink()
+    (out / f"report-{second}.html").unlink()
+    assert cli.main(["report", str(out), "--comparison", first]) == 0
+    assert (out / f"report-{first}.html").exists() and not (out / f"report-{second}.html").exists()
+    capsys.readouterr()
+    assert cli.main(["report", str(out), "--comparison", "nosuchid"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("optimlab: error:"), err
+    assert first in err[0] and second in err[0] and "nosuchid" in err[0]
+
+
+def test_names_are_case_insensitive(tmp_path, capsys):
+    """--problems Rosenbrock --optimizers SGD,Adam is the same comparison (same run ids)
+    as the lower-case spelling."""
+    args = ["compare", "--lrs", "1e-3", "--seeds", "1", "--steps", "5", "--workers", "1",
+            "--no-report", "--out", str(tmp_path)]
+    assert cli.main([*args, "--problems", "Rosenbrock", "--optimizers", "SGD,Adam"]) == 0
+    first = capsys.readouterr().err
+    runs = _runs(tmp_path)
+    assert {(spec.problem, spec.optimizer) for spec, *_ in runs.values()} == {
+        ("rosenbrock", "sgd"), ("rosenbrock", "adam")}
+    assert cli.main([*args, "--problems", "rosenbrock", "--optimizers", "sgd,adam"]) == 0
+    again = capsys.readouterr().err
+    assert _runs(tmp_path) == runs
+    cid = first.split()[1]
+    assert again.startswith(f"comparison {cid} (resumed)"), again
+
+
 def test_ctrl_c_keeps_finished_runs(reference, tmp_path):
     store = tmp_path / cli.STORE_NAME
     proc = subprocess.Popen(
@@ -177,7 +276,10 @@ def _incompatible_store(tmp_path) -> Path:
 
 
 BAD = {
-    "unknown optimizer": (["compare", "--optimizers", "sgd,adamx"], "adamw"),
+    "unknown optimizer": (["compare", "--optimizers", "sgd,adamx"], "did you mean 'adamax'"),
+    "optimizer typo": (["compare", "--optimizers", "RMSprp"], "did you mean 'rmsprop'?"),
+    "problem typo": (["compare", "--problems", "Rosenbrok"], "did you mean 'rosenbrock'"),
+    "schedule typo": (["compare", "--schedule", "cosin"], "did you mean 'cosine'"),
     "bad lr": (["compare", "--lrs", "1e-3,abc"], "abc"),
     "negative lr": (["compare", "--lrs", "-0.1"], "positive"),
     "negative steps": (["compare", "--steps", "-5"], "steps"),
@@ -189,6 +291,16 @@ BAD = {
     "bad custom problem": (["compare", "--problem", "no_such_module_xyz:f"], "no_such_module"),
     "missing report dir": (["report", "/nonexistent/optimlab"], "no results store"),
 }
+
+
+def test_help_does_not_describe_a_fixed_grid(capsys):
+    for argv in (["compare", "--help"], ["report", "--help"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "half-decade" not in text and "--comparison" in text
+    assert "%(default)s" not in text and "case-insensitive" in text
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

@@ -370,6 +370,26 @@ def test_half_conversions_on_every_bit_pattern(dtype):
     assert torch.equal(p.detach()[~nan].float(), expected[~nan])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_rounding_equals_the_reference_path(dtype):
+    """Every half as a grad, times 1/3 and times tiny lrs (subnormal results): the kernel's
+    narrowing (F16C's vcvtps2ph where the CPU has it, integer ops in the tail) rounds to
+    nearest even exactly as the reference path (torch) does."""
+    g = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+    g = g[~g.float().isnan()]
+    for lr in (1 / 3, 1e-3, 2.0**-20, 3e-7):
+        ps = [torch.zeros(g.shape, dtype=dtype, requires_grad=True) for _ in range(2)]
+        for p in ps:
+            p.grad = g.clone()
+        fused, ref = optimlab.SGD([ps[0]], lr=lr), optimlab.SGD([ps[1]], lr=lr, fused=False)
+        fused.step()
+        ref.step()
+        _assert_fused(fused)
+        a, b = ps[0].detach(), ps[1].detach()
+        assert torch.equal(a.isnan(), b.isnan())
+        assert torch.equal(a[~a.isnan()].view(torch.int16), b[~b.isnan()].view(torch.int16)), lr
+
+
 def test_params_appended_in_place_to_a_group_are_stepped():
     """The plan caches a copy of the param list: in-place edits of group['params'] count."""
     a, b = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(3))

@@ -71,7 +71,11 @@ def test_registry_and_suites():
     assert kinds == set(base.KINDS)
     default_kinds = {problems.get(n).kind for n in problems.DEFAULT_SUITE}
     assert default_kinds == set(base.KINDS) - {"cnn"}
-    assert 7 <= len(problems.DEFAULT_SUITE) <= 9
+    assert 7 <= len(problems.DEFAULT_SUITE) <= 10
+    # Two 2-D problems for the trajectory figures: the banana valley and the ravine.
+    assert {"rosenbrock", "ill-conditioned"} <= set(problems.DEFAULT_SUITE)
+    assert [n for n in problems.DEFAULT_SUITE if problems.get(n).kind == "2d"] == \
+        ["rosenbrock", "ill-conditioned"]
 
 
 def test_get_unknown_lists_valid_names():

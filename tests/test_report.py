@@ -15,7 +15,8 @@ from optimlab.lab.spec import RunRecord, RunSpec
 
 store_mod = pytest.importorskip("optimlab.lab.store",
                                 reason="optimlab.lab.store not written yet (colleague)")
-from optimlab.lab.report import build_report, render  # noqa: E402
+from optimlab.lab.report import build_report, build_reports, render  # noqa: E402
+from optimlab.lab.store import comparison_id  # noqa: E402
 
 EVIL = "<script>alert(1)</script>"
 GRID = [1e-4, 1e-3, 1e-2, 1e-1]
@@ -140,7 +141,8 @@ def test_report_files_and_images(built):
     page = path.read_text(encoding="utf-8")
     p = ImgParser()
     p.feed(page)
-    assert p.scripts == 0 and not p.external
+    # The only scripts are the trajectory viewer's (its JSON data and its code), inline.
+    assert p.scripts == 2 and not p.external
     # contours, curves, sensitivity, profile, ranks, time, schedule (if available)
     assert len(p.imgs) >= 6
     for src in p.imgs:
@@ -153,14 +155,21 @@ def test_report_files_and_images(built):
     assert path.stat().st_size < 5_000_000
     summary = (out / "summary.md").read_text(encoding="utf-8")
     assert "## Answer" in summary and "logreg" in summary
-    # Raw text is allowed only inside fenced code blocks (Markdown shows it literally).
+    # Raw text is allowed only inside fenced code blocks (Markdown shows it literally);
+    # elsewhere markup characters are backslash-escaped, never HTML-escaped.
     outside = re.sub(r"(`{3,})\n.*?\n\1", "", summary, flags=re.S)
-    assert "<script" not in outside and "&lt;script&gt;" in outside
+    assert re.search(r"(?<!\\)<", outside) is None and "\\<script\\>" in outside
+    assert "&amp;" not in summary and "&lt;" not in summary
+    assert "Dolan & Moré" in summary
+    assert "· 2 problems ·" in summary and "problem(s)" not in summary
 
 
 def test_every_user_string_is_escaped(built):
     page = built[1].read_text(encoding="utf-8")
-    assert "<script" not in page.lower()
+    viewer = re.compile(r"<script type='application/json' id='olv-data'>[^<]*</script>"
+                        r"<script>.*?</script>", re.S)
+    assert len(viewer.findall(page)) == 1
+    assert "<script" not in viewer.sub("", page).lower()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     # description, command, versions and the diverged run's error all appear escaped
     assert page.count("&lt;script&gt;alert(1)") >= 4
@@ -175,6 +184,77 @@ def test_report_content(built):
         assert needle in page, needle
     # exactly one selected lr (logreg/momentum at 0.1) is flagged in the table
     assert page.count('0.1 <span class="edge"') == 1
+
+
+def test_old_format_store_reports_as_one_comparison(built):
+    """The fixture's store has one global meta (the format before comparison ids): it
+    reads as one comparison, whose report is also report.html, listed in index.html."""
+    out, path = built
+    cid = comparison_id(META)
+    own = out / f"report-{cid}.html"
+    assert own.read_text(encoding="utf-8") == path.read_text(encoding="utf-8")
+    assert (out / f"summary-{cid}.md").read_text(encoding="utf-8") == \
+        (out / "summary.md").read_text(encoding="utf-8")
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert f'href="report-{cid}.html"' in index and "1 comparison;" in index
+    assert "<script" not in index.lower() and "&lt;script&gt;alert(1)" in index
+
+
+def _group_rows(page):
+    """Problems with a row group in the results table."""
+    return set(re.findall(r'<tr class="grp"><td colspan="\d+">([^ <]+)', page))
+
+
+def test_two_comparisons_in_one_directory(tmp_path):
+    """Two comparisons share a store (and the runs they have in common); each keeps its
+    own report, the latest is report.html, index.html lists both, and rebuilding all or
+    one comparison writes exactly those files."""
+    records = all_records()
+    by_problem = {p: [r.run_id for r in records if r.spec.problem == p]
+                  for p in ("logreg", "rosenbrock")}
+    store = store_mod.Store(tmp_path / "results.sqlite")
+    for r in records:
+        store.put(r)
+    ids = []
+    for p, runs in by_problem.items():
+        plan = {**{k: v for k, v in META.items() if k != "command"}, "problems": [p]}
+        ids.append(comparison_id(plan))
+        store.use(ids[-1])
+        for k, v in {**plan, "runs": runs, "command": f"optimlab compare {p} {EVIL}",
+                     "finished": "2025-01-02T00:00:00+00:00"}.items():
+            store.set_meta(k, v)
+    store.close()
+    first, second = ids
+    problems = {"rosenbrock": two_d_problem(), "logreg": fake_problem()}
+    path = build_report(tmp_path, problems=problems)
+    assert path == tmp_path / "report.html"
+    pages = {c: (tmp_path / f"report-{c}.html").read_text(encoding="utf-8") for c in ids}
+    assert _group_rows(pages[first]) == {"logreg"}
+    assert _group_rows(pages[second]) == {"rosenbrock"}
+    assert path.read_text(encoding="utf-8") == pages[second]   # the latest
+    summaries = {c: (tmp_path / f"summary-{c}.md").read_text(encoding="utf-8") for c in ids}
+    assert "| logreg |" in summaries[first] and "| rosenbrock |" not in summaries[first]
+    assert "| rosenbrock |" in summaries[second] and "| logreg |" not in summaries[second]
+    for c in ids:
+        assert f"comparison `{c}`" in summaries[c] and f"comparison {c}" in pages[c]
+    index = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert index.index(f'href="report-{second}.html"') < index.index(
+        f'href="report-{first}.html"')   # newest first
+    assert "<script" not in index.lower() and index.count("&lt;script&gt;alert(1)") == 2
+
+    for f in list(tmp_path.glob("*.html")) + list(tmp_path.glob("*.md")):
+        f.unlink()
+    assert build_report(tmp_path, problems, comparison=first[:6]) == \
+        tmp_path / f"report-{first}.html"
+    assert sorted(f.name for f in tmp_path.iterdir() if f.suffix in (".html", ".md")) == \
+        sorted(["index.html", f"report-{first}.html", f"summary-{first}.md"])
+    assert (tmp_path / f"report-{first}.html").read_text(encoding="utf-8") == pages[first]
+    with pytest.raises(ValueError, match=f"known comparisons: {first}, {second}"):
+        build_report(tmp_path, problems, comparison="nope")
+    # missing=True (what compare does) also builds any comparison without a report yet
+    built = build_reports(tmp_path, problems, [first], missing=True)
+    assert sorted(built.reports) == sorted(ids) and built.latest == tmp_path / "report.html"
+    assert (tmp_path / "report.html").read_text(encoding="utf-8") == pages[second]
 
 
 def test_bias_correction_panel_when_runs_exist():

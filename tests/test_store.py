@@ -1,4 +1,5 @@
-"""The results store: exact round trip, idempotence, ordering, meta, schema checks."""
+"""The results store: exact round trip, idempotence, ordering, meta, schema checks, and
+per-comparison meta (including stores written before comparisons had ids)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import sqlite3
 import pytest
 
 from optimlab.lab.spec import RunRecord, RunSpec
-from optimlab.lab.store import Store, StoreError
+from optimlab.lab import store as store_mod
+from optimlab.lab.store import Store, StoreError, comparison_id
 
 
 def _record(**spec_kw) -> RunRecord:
@@ -89,6 +91,78 @@ def test_meta(tmp_path):
     store.set_meta("seeds", 3)
     store.set_meta("seeds", 5)
     assert Store(tmp_path / "r.sqlite").meta() == {"grid": {"lrs": [1e-4, 1.0]}, "seeds": 5}
+
+
+def test_each_comparison_has_its_own_meta(tmp_path):
+    path = tmp_path / "r.sqlite"
+    a, b = Store(path), Store(path)
+    a.use("aaaa")
+    a.set_meta("runs", ["r1", "r2"])
+    a.set_meta("optimizers", ["adam"])
+    b.use("bbbb")
+    b.set_meta("runs", ["r2", "r3"])
+    a.set_meta("finished", "t1")   # a's handle still writes to its own comparison
+    with Store(path) as s:
+        assert s.comparisons() == ["aaaa", "bbbb"] and s.latest() == "bbbb"
+        assert s.comparison_meta("aaaa") == {"runs": ["r1", "r2"], "optimizers": ["adam"],
+                                             "finished": "t1"}
+        assert s.comparison_meta("bbbb") == {"runs": ["r2", "r3"]}
+        assert s.meta() == {"latest": "bbbb"}   # the store's own meta, not a comparison's
+        with pytest.raises(KeyError):
+            s.comparison_meta("cccc")
+        s.use("aaaa")   # resuming: same place in the order, becomes the latest
+        assert s.comparisons() == ["aaaa", "bbbb"] and s.latest() == "aaaa"
+        assert s.meta()["runs"] == ["r1", "r2"]
+    a.close()
+    b.close()
+
+
+def test_comparison_id_ignores_bookkeeping():
+    plan = {"grid": [1e-3, 1e-2], "optimizers": ["sgd", "adam"], "seeds": 5}
+    cid = comparison_id(plan)
+    assert len(cid) == 10 and int(cid, 16) >= 0
+    assert comparison_id({**plan, "command": "x", "created": "t", "runs": ["a"]}) == cid
+    assert comparison_id({**plan, "seeds": 3}) != cid
+    assert comparison_id({**plan, "optimizers": ["sgd"]}) != cid
+
+
+def _old_format_store(path, meta):
+    """A store as written before comparisons had ids: tables runs and meta only."""
+    conn = sqlite3.connect(path)
+    conn.executescript(store_mod._SCHEMA)
+    conn.execute(f"PRAGMA user_version={Store.SCHEMA_VERSION}")
+    conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
+                     [(k, store_mod._dumps(v)) for k, v in meta.items()])
+    conn.commit()
+    conn.close()
+
+
+def test_old_format_store_reads_as_one_comparison(tmp_path):
+    path = tmp_path / "r.sqlite"
+    plan = {"grid": [1e-3, 1e-2], "optimizers": ["sgd"], "seeds": 2}
+    old = {**plan, "runs": ["r1"], "command": "optimlab compare", "created": "t0"}
+    _old_format_store(path, old)
+    legacy = comparison_id(plan)
+    with Store(path) as s:
+        assert s.comparisons() == [legacy] and s.latest() == legacy
+        assert s.comparison_meta(legacy) == old
+        s.use("new1")   # a second comparison in the old directory
+        s.set_meta("runs", ["r9"])
+    with Store(path) as s:
+        assert s.comparisons() == [legacy, "new1"] and s.latest() == "new1"
+        assert s.comparison_meta(legacy) == old and s.comparison_meta("new1") == {"runs": ["r9"]}
+        s.use(legacy)   # the old command again: it resumes the old comparison, meta kept
+        s.set_meta("finished", "t1")
+        assert s.meta() == {**old, "finished": "t1"}
+        assert s.comparisons() == [legacy, "new1"]
+
+
+def test_runs_without_any_meta_read_as_one_comparison(tmp_path):
+    with Store(tmp_path / "r.sqlite") as s:
+        assert s.comparisons() == [] and s.latest() is None
+        s.put(_record())
+        assert s.comparisons() == [comparison_id({})]
+        assert s.comparison_meta(s.latest()) == {}
 
 
 def test_incompatible_schema_version_is_refused(tmp_path):

@@ -42,12 +42,15 @@ def update(rule_fn, p, g, s, h):
     """One step for one parameter; returns the new parameter value.
 
         g <- -g                          if maximize
+        g <- g / grad_scale              GradScaler's scale, unscaled in the step (torch's fused protocol)
         p <- p * (1 - lr * wd)           decoupled weight decay (AdamW, Loshchilov & Hutter 2019)
         g <- g + wd * p                  coupled (L2) weight decay otherwise
         p <- p - lr * rule(g, s, h)
     """
     if h.maximize:
         g = -g
+    if h.grad_scale is not None:
+        g = g / h.grad_scale
     if h.weight_decay != 0:
         if h.decoupled_weight_decay:
             p = p * (1 - h.lr * h.weight_decay)
@@ -86,6 +89,7 @@ def hyperparameters(group: dict) -> SimpleNamespace:
         if isinstance(h[key], torch.Tensor):
             h[key] = h[key].item()
     h["betas"] = tuple(b.item() if isinstance(b, torch.Tensor) else b for b in h.get("betas", ()))
+    h.setdefault("grad_scale", None)
     return SimpleNamespace(**h)
 
 
@@ -103,6 +107,9 @@ class RuleOptimizer(Optimizer):
     """Base class: a subclass sets ``rule`` and validates its constructor arguments."""
 
     rule: ClassVar[Rule]
+    #: GradScaler's fused protocol: it sets ``grad_scale`` and ``found_inf`` on the optimizer
+    #: instead of unscaling the grads itself; the step unscales and skips on inf.
+    _step_supports_amp_scaling: ClassVar[bool] = True
 
     def __init__(self, params, defaults: dict):
         if defaults.get("differentiable"):
@@ -146,13 +153,23 @@ class RuleOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and float(found_inf) != 0:
+            return loss  # GradScaler found inf/nan in the grads: skip, state untouched
+        grad_scale = getattr(self, "grad_scale", None)
+        grad_scale = None if grad_scale is None else float(grad_scale)
         for group in self.param_groups:
             h = hyperparameters(group)
+            h.grad_scale = grad_scale
             use_fused = group.get("fused") is not False and not group.get("differentiable")
             if use_fused:
                 from . import fused
+                from .fused import shards
 
                 if fused.try_steady_step(self, group, h):
+                    continue
+                if shards.any_dtensor(group["params"]):  # FSDP2, tensor parallel
+                    shards.step(self, group, h)
                     continue
             params = group["params"]
             grads = list(map(_grad, params))

@@ -65,7 +65,7 @@ import weakref
 
 import torch
 
-from .plan import Plan, Unfusable, hkey
+from .plan import Plan, Unfusable, hkey, readable
 
 _plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _warned: set = set()
@@ -77,6 +77,11 @@ _contiguous = torch.Tensor.is_contiguous
 def invalidate(optimizer) -> None:
     """Forget ``optimizer``'s cached plans (after replacing state tensors by hand)."""
     _plans.pop(optimizer, None)
+
+
+def _name(optimizer) -> str:
+    """The user's class name, also for a stand-in such as :class:`.shards.LocalView`."""
+    return getattr(optimizer, "name", None) or type(optimizer).__name__
 
 
 def _disabled() -> bool:
@@ -97,7 +102,7 @@ def try_step(optimizer, group, params, grads, h) -> bool:
     support) before touching anything; the engine calls that check only on False.
     """
     required = group.get("fused") is True
-    name = type(optimizer).__name__
+    name = _name(optimizer)
     if _disabled():
         if required:
             raise RuntimeError(f"{name}: fused=True, but OPTIMLAB_DISABLE_FUSED is set")
@@ -136,12 +141,21 @@ def _plan(optimizer, group, params, h, key) -> Plan:
 
 
 def _step(optimizer, group, params, grads, h, required: bool) -> None:
+    if not all(map(readable, grads)):
+        if required:
+            raise Unfusable("the kernel cannot address a grad's memory ("
+                            + ", ".join(sorted({type(g).__name__ for g in grads if not readable(g)}))
+                            + ")")
+        optimizer._check_grads(params)
+        for p in params:
+            optimizer.reference_step(p, h)
+        return
     key = hkey(h)
     plan = _plan(optimizer, group, params, h, key)
     if plan.reference and required:
         raise Unfusable("; ".join(sorted(set(plan.reasons + plan.kernel_errors))))
     for error in plan.kernel_errors:
-        _warn_once(f"optimlab: fused kernel unavailable for {type(optimizer).__name__} ({error}); "
+        _warn_once(f"optimlab: fused kernel unavailable for {_name(optimizer)} ({error}); "
                    "using the reference path")
     nthreads = torch.get_num_threads()
     keep: list = []  # grad copies that must outlive the kernel call

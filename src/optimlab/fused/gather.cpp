@@ -28,12 +28,23 @@ inline c10::TensorImpl *impl_of(PyObject *obj) {
     return reinterpret_cast<Variable *>(obj)->cdata.unsafeGetTensorImpl();
 }
 
-/* The grad can be read in place: a defined, strided CPU tensor with the param's dtype and
-   element count, contiguous (the runner uses this helper only for contiguous params). */
+/* Dispatch keys of tensors that wrap others (a Python subclass such as DTensor,
+   functionalization, functorch): their data pointer is not where their values are. */
+const c10::DispatchKeySet kWrappers = c10::DispatchKeySet(c10::DispatchKey::Python) |
+    c10::DispatchKeySet(c10::DispatchKey::PythonTLSSnapshot) |
+    c10::DispatchKeySet(c10::DispatchKey::Functionalize) |
+    c10::DispatchKeySet(c10::DispatchKey::FuncTorchBatched) |
+    c10::DispatchKeySet(c10::DispatchKey::FuncTorchGradWrapper);
+
+/* The grad can be read in place: a defined, strided CPU tensor that wraps nothing, with real
+   storage, the param's dtype and element count, contiguous (the runner uses this helper only
+   for contiguous params). */
 inline bool readable_grad(c10::TensorImpl *p, const at::TensorBase &g) {
     if (!g.defined()) return false;
     c10::TensorImpl *gi = g.unsafeGetTensorImpl();
     return gi->layout() == c10::kStrided && gi->device_type() == c10::DeviceType::CPU &&
+           !gi->key_set().has_any(kWrappers) && gi->has_storage() &&
+           (gi->numel() == 0 || gi->mutable_data() != nullptr) &&
            gi->dtype() == p->dtype() && gi->numel() == p->numel() && gi->is_contiguous();
 }
 

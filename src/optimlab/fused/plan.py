@@ -24,6 +24,19 @@ SUPPORTED = {
     torch.complex32: ("float16", 2),
 }
 _SCALAR_STATE = {torch.float32: "float32", torch.float64: "float64"}
+#: dispatch keys of tensors whose memory is not (only) their own: a Python subclass that
+#: wraps other tensors (DTensor, TwoTensor), functionalization, functorch's wrappers. Their
+#: ``data_ptr()`` is 0, or the address of something other than the values they stand for.
+_WRAPPERS = torch._C.DispatchKeySet(torch._C.DispatchKey.Python)
+for _key in ("PythonTLSSnapshot", "Functionalize", "FuncTorchBatched", "FuncTorchGradWrapper"):
+    if hasattr(torch._C.DispatchKey, _key):
+        _WRAPPERS = _WRAPPERS | torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, _key))
+_WRAPPER_BITS = _WRAPPERS.raw_repr()
+_dispatch_keys = torch._C._dispatch_keys
+
+
+def _wraps(t) -> bool:
+    return bool(_dispatch_keys(t).raw_repr() & _WRAPPER_BITS)
 #: a group this large compiles the C++ step helper (gather.cpp) when it is not cached yet
 GATHER_MIN_TENSORS = 128
 
@@ -89,6 +102,45 @@ def kernel(rule, h, key, dtype: str, sstate: tuple, lazy: frozenset) -> Kernel:
     if isinstance(found, Exception):
         raise Unfusable(str(found)) from found
     return found
+
+
+def addressable(t: torch.Tensor) -> bool:
+    """Whether the C kernel may read and write ``t``'s elements through ``data_ptr()``.
+
+    Checked by construction, not against a list of known types: a strided CPU tensor
+    with no wrapper dispatch key, backed by real storage whose bytes cover every element
+    it can reach. Anything else (DTensor, meta, fake or functional tensors, other
+    devices, a storage-less subclass) takes another path.
+    """
+    if not t.is_cpu or t.layout != torch.strided or _wraps(t):
+        return False
+    n = t.numel()
+    if n == 0:
+        return True  # nothing to read or write
+    try:
+        storage = t.untyped_storage()
+        base = storage.data_ptr()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+    if t.is_contiguous():
+        extent = n
+    else:
+        strides = t.stride()
+        if min(strides) < 0:
+            return False
+        extent = 1 + sum((size - 1) * st for size, st in zip(t.shape, strides))
+    # the last element reachable from the storage offset must lie inside the storage
+    return base != 0 and (t.storage_offset() + extent) * t.element_size() <= storage.nbytes()
+
+
+def readable(g) -> bool:
+    """Whether the kernel may read the grad ``g``, in place or after a copy to its param's
+    layout (sparse grads are densified by :meth:`Plan.grad_pointers`). Cheaper than
+    :func:`addressable` (it runs every step): a plain strided CPU tensor's elements lie in
+    its storage by torch's own checks, so only wrappers and missing data are excluded."""
+    if _wraps(g) or not g.is_cpu:
+        return False
+    return g.layout != torch.strided or g.data_ptr() != 0 or g.numel() == 0
 
 
 def dense_layout(t: torch.Tensor) -> bool:
@@ -232,6 +284,8 @@ class Plan:
     def _check(p, st, fills, rule):
         if p.device.type != "cpu" or p.layout != torch.strided:
             raise Unfusable(f"param on {p.device} with layout {p.layout}")
+        if not addressable(p):
+            raise Unfusable(f"the kernel cannot address a {type(p).__name__}'s memory")
         if p.dtype not in SUPPORTED:
             raise Unfusable(f"param dtype {p.dtype}")
         if not dense_layout(p):
@@ -245,13 +299,15 @@ class Plan:
                 raise Unfusable(f"state {k!r} is missing")
             if not isinstance(t, torch.Tensor) or not _same_layout(t, p):
                 raise Unfusable(f"state {k!r} differs from its param in dtype, device or layout")
+            if not addressable(t):
+                raise Unfusable(f"the kernel cannot address state {k!r} ({type(t).__name__})")
             if fill is None:
                 lazy.append(k)
         sstate = []
         for k in rule.scalars:
             t = st.get(k)
             if not isinstance(t, torch.Tensor) or t.numel() != 1 or t.dtype not in _SCALAR_STATE \
-                    or t.device.type != "cpu":
+                    or not addressable(t):
                 raise Unfusable(f"0-dim state {k!r} is not a float32/float64 CPU tensor")
             sstate.append((k, _SCALAR_STATE[t.dtype]))
         return p.dtype, tuple(sstate), frozenset(lazy)
@@ -286,4 +342,5 @@ def roofline_bytes(optimizer, group) -> int:
     return total
 
 
-__all__ = ["Plan", "Kernel", "Unfusable", "kernel", "hkey", "roofline_bytes"]
+__all__ = ["Plan", "Kernel", "Unfusable", "addressable", "readable", "kernel", "hkey",
+           "roofline_bytes"]

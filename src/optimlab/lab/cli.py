@@ -4,6 +4,12 @@ Bad input never shows a traceback: it ends with one line ``optimlab: error: ...`
 stderr and exit status 2. An interrupted compare exits 130; the store keeps every run
 that had finished, and re-running the same command completes the rest. With ``--json``
 stdout carries only the JSON summary; progress and notes go to stderr.
+
+Every comparison written to an ``--out`` directory has an id (a hash of its plan, so the
+same command resumes the same comparison) and its own meta and report
+(``report-<id>.html``, ``summary-<id>.md``); ``report.html``/``summary.md`` are the
+latest comparison's and ``index.html`` lists them all. Runs are shared between them.
+Problem, optimizer and schedule names are case-insensitive; a typo gets "did you mean".
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from pathlib import Path
 import optimlab
 
 from . import runner, sweep
-from .store import Store, StoreError
+from .store import Store, StoreError, comparison_id
+from .wording import canonical, plural
 
 STORE_NAME = "results.sqlite"
 PROG = "optimlab"
@@ -82,8 +89,11 @@ def _parser() -> argparse.ArgumentParser:
                                    "refined to 4 points per decade around the best), the "
                                    "same initial weights and batch order; the best 3 lrs "
                                    "are rerun with more seeds and the lr with the lowest "
-                                   "seed-mean validation loss is selected.")
-    c.add_argument("--problems", type=_names, help="comma-separated problem names")
+                                   "seed-mean validation loss is selected. "
+                                   "Names are case-insensitive. Each comparison in --out gets "
+                                   "its own report; index.html lists them.")
+    c.add_argument("--problems", type=_names,
+                   help="comma-separated problem names (see 'optimlab problems')")
     c.add_argument("--problem", action="append", default=[], metavar="PKG.MODULE:FACTORY",
                    help="a custom problem factory (repeatable)")
     c.add_argument("--suite", choices=("default", "full"),
@@ -92,9 +102,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated optimizer names (default: all registered)")
     c.add_argument("--lrs", type=_lrs, help="comma-separated learning rates: a fixed grid, "
                    "no extension or refinement (default: the adaptive search from 1e-4 .. 1, "
-                   "one per decade)")
+                   "one per decade; the report lists every lr tried)")
     c.add_argument("--seeds", type=_int_at_least(1), default=5,
-                   help="seeds in total for each candidate lr (default: 5)")
+                   help="seeds in total for each candidate lr (default: %(default)s)")
     c.add_argument("--steps", type=_int_at_least(1),
                    help="steps per run (default: each problem's budget)")
     c.add_argument("--schedule", default="constant", help="lr schedule (default: constant)")
@@ -109,8 +119,14 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("problems", help="list the available problems")
 
-    r = sub.add_parser("report", help="rebuild the report from a results directory")
+    r = sub.add_parser("report", help="rebuild the reports from a results directory",
+                       description="Rebuild every comparison's report in DIR (report-<id>.html "
+                                   "and summary-<id>.md; report.html and summary.md for the "
+                                   "latest; index.html), or one comparison's.")
     r.add_argument("dir", help="a directory written by 'optimlab compare'")
+    r.add_argument("--comparison", metavar="ID",
+                   help="rebuild only this comparison's report (an id from index.html, or a "
+                        "unique prefix of one)")
     return parser
 
 
@@ -131,20 +147,35 @@ def _problem_sources(args) -> tuple:
         # "mymodule:factory" next to the user, as with `python -m`; spawned workers
         # inherit sys.path, so they find it too.
         sys.path.append(os.getcwd())
-    sources = list(args.problems or []) + list(args.problem)
+    known = problems.names()
+    named = [n if ":" in n else canonical(n, known, "problem", "see 'optimlab problems'")
+             for n in (args.problems or [])]
+    sources = named + list(args.problem)
     suite = args.suite or ("default" if not sources else None)
     if suite:
         sources = list(problems.FULL_SUITE if suite == "full" else problems.DEFAULT_SUITE) + sources
     return _unique(sources), suite
 
 
-def _check_schedule(name: str) -> None:
-    if name == "constant":
-        return
-    by_name = getattr(optimlab.schedules, "by_name", None)
-    if by_name is None:
+def _optimizer_names(given) -> list:
+    """Registry names of the optimizers asked for (case-insensitive, aliases allowed)."""
+    from optimlab.registry import ENTRIES
+
+    known = optimlab.names() + sorted(a for e in ENTRIES for a in e.aliases)
+    return _unique(optimlab.lookup(canonical(n, known, "optimizer")).name
+                   for n in (given or optimlab.names()))
+
+
+def _schedule_name(name: str) -> str:
+    """The schedule's canonical name (it enters the run ids, so "Cosine" == "cosine")."""
+    if name.strip().lower() == "constant":
+        return "constant"
+    schedules = getattr(optimlab, "schedules", None)
+    if getattr(schedules, "by_name", None) is None:
         raise ValueError("lr schedules are not available in this optimlab build")
-    by_name(name, 10)   # ValueError lists the valid names
+    key = canonical(name.strip().replace("-", "_"), schedules.NAMES, "schedule")
+    schedules.by_name(key, 10)
+    return key
 
 
 def _now() -> str:
@@ -161,37 +192,63 @@ def _finite_or_none(value):
     return value
 
 
-def summary(records, selections=None) -> dict:
+def summary(records, selections=None, kinds=None) -> dict:
     """The --json summary: every run's identity, status and final metrics (non-finite
-    numbers, e.g. a diverged run's inf losses, become null)."""
+    numbers, e.g. a diverged run's inf losses, become null), the selections, and one
+    verdict per problem (lab/verdicts.py: best, tied group, lr, mean, 95% CI)."""
     runs = [{"run_id": r.run_id, "problem": r.spec.problem, "optimizer": r.spec.optimizer,
              "lr": r.spec.lr, "seed": r.spec.seed, "phase": r.spec.phase,
              "schedule": r.spec.schedule, "status": r.status, "steps": r.spec.steps,
              "seconds": r.seconds, "seconds_per_step": r.seconds_per_step,
              "final": r.final} for r in records]
     best = [{"problem": p, "optimizer": o, "lr": s.lr, "score": s.score,
-             "on_edge": s.on_edge, "at_bound": getattr(s, "at_bound", False)} for (p, o), s in sorted((selections or {}).items())]
-    return _finite_or_none({"runs": runs, "selections": best})
+             "on_edge": s.on_edge, "at_bound": getattr(s, "at_bound", False)}
+            for (p, o), s in sorted((selections or {}).items())]
+    vrows = verdict_rows(records, selections, kinds)
+    return _finite_or_none({"runs": runs, "selections": best, "verdicts": vrows})
 
 
-def _build_report(out: Path) -> Path | None:
+def verdict_rows(records, selections=None, kinds=None) -> list:
+    """The verdict rows of ``records`` (kinds: {problem: kind}, else from the registry)."""
+    from . import verdicts
+    from .analysis import select_best
+
+    selections = select_best(records) if selections is None else selections
+    if kinds is None:
+        from .report.context import problem_info
+        kinds = {p: i["kind"] for p, i in
+                 problem_info(sorted({r.spec.problem for r in records})).items()}
+    return verdicts.rows(verdicts.verdicts(records, selections), selections, kinds)
+
+
+def _build_report(out: Path, comparisons=None, missing=False, announce=True) -> Path | None:
+    """Build the reports of ``comparisons`` (None: all) and the index; returns the path
+    of the first report written, None when the report module is unavailable. ``announce``
+    False: the caller prints the path (compare's verdict table ends with it)."""
     try:
-        from .report import build_report
+        from .report import build_reports
     except ImportError as exc:
         _say(f"note: the report module is not available ({exc}); results are in "
              f"{out / STORE_NAME}")
         return None
-    path = build_report(out)
-    _say(f"report: {path}")
-    return path
+    built = build_reports(out, comparisons=comparisons, missing=missing)
+    if announce:
+        for cid, path in built.reports.items():
+            also = " (also report.html, the latest)" if cid == built.latest_id else ""
+            _say(f"report: {path}{also}")
+        if not built.reports and built.latest is not None:
+            _say(f"report: {built.latest}")
+    _say(f"index: {built.index} ({plural(len(built.comparisons), 'comparison')})")
+    wanted = [built.reports[c] for c in (comparisons or ()) if c in built.reports]
+    return (wanted or [built.latest or built.index])[0]
 
 
 def cmd_compare(args, argv) -> int:
     sources, suite = _problem_sources(args)
-    optimizers = _unique(optimlab.lookup(n).name for n in (args.optimizers or optimlab.names()))
-    _check_schedule(args.schedule)
+    optimizers = _optimizer_names(args.optimizers)
+    schedule = _schedule_name(args.schedule)
     plan = sweep.Plan.build(sources, optimizers, lrs=args.lrs, seeds=args.seeds,
-                            steps=args.steps, schedule=args.schedule)
+                            steps=args.steps, schedule=schedule)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -203,11 +260,15 @@ def cmd_compare(args, argv) -> int:
                       f"({exc.strerror or exc}); choose another with --out") from None
     store = Store(out / STORE_NAME)
     try:
-        old = store.meta()
         described = plan.describe()
-        if old.get("grid") and any(old.get(k) != v for k, v in described.items()):
-            _say(f"note: {out} holds results of a different comparison; they are kept, "
-                 f"and this one's run ids are listed in the store's meta 'runs'")
+        cid = comparison_id(described)
+        others = [c for c in store.comparisons() if c != cid]
+        resumed = cid in store.comparisons()
+        store.use(cid)   # set_meta/meta now refer to this comparison only
+        old = store.meta()
+        _say(f"comparison {cid}" + (" (resumed)" if resumed else "")
+             + (f"; {out} also holds {plural(len(others), 'other comparison')} (each "
+                f"keeps its own report; index.html lists them)" if others else ""))
         for key, value in described.items():
             store.set_meta(key, value)
         store.set_meta("command", shlex.join([PROG, *argv]))
@@ -228,19 +289,26 @@ def cmd_compare(args, argv) -> int:
             store.set_meta("finished", _now())
             edge = sorted(f"{p}/{o}" for (p, o), s in selections.items() if s.on_edge)
             if edge:
-                _say(f"note: best lr on the grid's edge for {len(edge)} pair(s): "
+                _say(f"note: best lr on the grid's edge for {plural(len(edge), 'pair')}: "
                      f"{', '.join(edge[:8])}{' ...' if len(edge) > 8 else ''}")
-            status = 0
+            status, path = 0, None
             try:
                 if args.report:
-                    _build_report(out)
+                    path = _build_report(out, [cid], missing=True, announce=False)
             except Exception as exc:  # the results are safe in the store either way
                 _say(f"{PROG}: error: building the report failed ({type(exc).__name__}: "
                      f"{exc}); rebuild with '{PROG} report {out}'")
                 status = 1
+        records = [r for r in store.records() if r.run_id in ids]
+        kinds = {n: p.kind for n, p in plan.problems.items()}
+        # The verdict table ends the run: stderr, so that --json keeps stdout clean.
+        from . import verdicts
+        verdicts.print_table(verdict_rows(records, selections, kinds), report=path,
+                             file=sys.stderr if args.json else sys.stdout)
         if args.json:
-            records = [r for r in store.records() if r.run_id in ids]
-            json.dump(summary(records, selections), sys.stdout, allow_nan=False)
+            payload = summary(records, selections, kinds)
+            payload["comparison"] = cid
+            json.dump(payload, sys.stdout, allow_nan=False)
             sys.stdout.write("\n")
         return status
     finally:
@@ -266,8 +334,14 @@ def cmd_report(args) -> int:
     path = out / STORE_NAME
     if not path.is_file():
         raise ValueError(f"no results store at {path} (run '{PROG} compare --out {out}')")
-    Store(path).close()   # schema check: a one-line StoreError if incompatible
-    return 0 if _build_report(out) is not None else 1
+    with Store(path) as store:   # schema check: a one-line StoreError if incompatible
+        known = store.comparisons()
+    wanted = None
+    if args.comparison is not None:
+        from .report import resolve_comparison   # ValueError: one line listing the known ids
+
+        wanted = [resolve_comparison(args.comparison, known, str(out))]
+    return 0 if _build_report(out, wanted) is not None else 1
 
 
 def main(argv=None) -> int:

@@ -1,13 +1,22 @@
-"""The results store: one SQLite file holding every finished run and the sweep's metadata.
+"""The results store: one SQLite file holding every finished run and the metadata of
+every comparison written into it.
 
 Each ``put`` is one transaction, so a sweep killed at any moment leaves a consistent
 store with every run that had finished; re-running the same command skips those run
 ids. Spec fields are columns (queryable with any SQLite client); the final metrics,
 curves, trajectory and versions are JSON. Nothing is pickled.
+
+Runs are shared: a run id is the hash of its spec, so two comparisons that need the
+same run store it once. Each comparison has an id (:func:`comparison_id`, a hash of its
+plan) and its own metadata (``comparison_meta``), including ``runs``, the ids of its
+runs. :meth:`Store.use` scopes ``set_meta``/``meta`` to one comparison. A store written
+before comparisons had ids (one global ``meta``) reads as a single comparison whose id
+is the hash of that meta's plan keys; nothing is rewritten.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -48,7 +57,35 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
+# Added to schema version 1 without a version bump: older optimlab versions ignore them.
+_COMPARISON_SCHEMA = """
+CREATE TABLE IF NOT EXISTS comparisons (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS comparison_meta (
+    comparison TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (comparison, key)
+);
+"""
+
+#: Meta keys that record how and when a comparison ran, not what it compares; they do
+#: not enter its id.
+BOOKKEEPING = frozenset({"command", "argv", "suite", "versions", "workers", "created",
+                         "started", "finished", "runs", "latest", "comparison"})
+
 _ORDER = "ORDER BY problem, optimizer, phase, lr, seed, run_id"
+
+
+def comparison_id(description: dict) -> str:
+    """A comparison's id: 10 hex digits of the SHA-256 of its plan description (JSON with
+    sorted keys; bookkeeping keys ignored), so re-running the same command resumes the
+    same comparison."""
+    plan = {k: v for k, v in description.items() if k not in BOOKKEEPING}
+    payload = json.dumps(plan, sort_keys=True, allow_nan=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 
 class StoreError(Exception):
@@ -109,6 +146,7 @@ class Store:
 
     def __init__(self, path):
         self.path = Path(path)
+        self.comparison = None   # set by use(): the comparison set_meta/meta refer to
         try:
             self._conn = sqlite3.connect(os.fspath(self.path), timeout=self.BUSY_TIMEOUT_S,
                                          isolation_level=None)
@@ -128,6 +166,7 @@ class Store:
             tables = {r[0] for r in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type='table'")}
             if version == 0 and not tables:
+                tables = {"runs", "meta"}
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
@@ -139,6 +178,10 @@ class Store:
                     f"use a new --out directory")
             elif not {"runs", "meta"} <= tables:
                 raise StoreError(f"{self.path} is not an optimlab results store")
+            if not {"comparisons", "comparison_meta"} <= tables:
+                for statement in _COMPARISON_SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -192,15 +235,83 @@ class Store:
     # ---------------------------------------------------------------------- meta
 
     def set_meta(self, key: str, value) -> None:
-        """Set one metadata entry (a JSON-serialisable value)."""
+        """Set one metadata entry (a JSON-serialisable value) of the comparison chosen by
+        :meth:`use`, or of the store itself before any ``use``."""
         with self._transaction():
-            self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                               (key, _dumps(value)))
+            if self.comparison is None:
+                self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                   (key, _dumps(value)))
+            else:
+                self._conn.execute("INSERT OR REPLACE INTO comparison_meta "
+                                   "(comparison, key, value) VALUES (?, ?, ?)",
+                                   (self.comparison, key, _dumps(value)))
 
     def meta(self) -> dict:
-        """All metadata entries, by key."""
+        """All metadata entries, by key: the comparison's after :meth:`use`, else the
+        store's own (in a store of the old format, its one comparison's)."""
+        if self.comparison is None:
+            return self._global_meta()
+        return self.comparison_meta(self.comparison)
+
+    def _global_meta(self) -> dict:
         rows = self._conn.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
         return {k: json.loads(v) for k, v in rows}
+
+    def use(self, comparison: str) -> None:
+        """Register ``comparison`` (first use: after every existing one), make it the
+        latest, and scope ``set_meta``/``meta`` to it. Resuming the one comparison of an
+        old-format store carries its meta over."""
+        registered = self._conn.execute("SELECT 1 FROM comparisons WHERE id=?",
+                                        (comparison,)).fetchone() is not None
+        carried, seq = {}, "COALESCE(MAX(seq), 0) + 1"
+        if not registered and comparison == self._legacy_id(False):
+            # The old comparison keeps its meta and its place, before the newer ones.
+            carried, seq = self.comparison_meta(comparison), "COALESCE(MIN(seq), 1) - 1"
+        with self._transaction():
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO comparison_meta (comparison, key, value) "
+                "VALUES (?, ?, ?)", [(comparison, k, _dumps(v)) for k, v in carried.items()])
+            self._conn.execute(
+                f"INSERT OR IGNORE INTO comparisons (id, seq) SELECT ?, {seq} FROM comparisons",
+                (comparison,))
+            self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                               ("latest", _dumps(comparison)))
+        self.comparison = comparison
+
+    def comparisons(self) -> list[str]:
+        """Ids of the comparisons in this store, oldest first. A store of the old format
+        (one global meta describing a comparison) contributes its one comparison first;
+        a store holding runs but no comparison meta at all reads as one comparison."""
+        ids = [r[0] for r in self._conn.execute("SELECT id FROM comparisons ORDER BY seq")]
+        legacy = self._legacy_id(bool(ids))
+        return ([legacy] if legacy and legacy not in ids else []) + ids
+
+    def latest(self) -> str | None:
+        """The comparison most recently started (by :meth:`use`), else the last one."""
+        ids = self.comparisons()
+        latest = self._global_meta().get("latest")
+        return latest if latest in ids else (ids[-1] if ids else None)
+
+    def comparison_meta(self, comparison: str) -> dict:
+        """The metadata of one comparison (KeyError if the store has no such comparison)."""
+        known = self._conn.execute("SELECT 1 FROM comparisons WHERE id=?",
+                                   (comparison,)).fetchone()
+        if known is not None:
+            rows = self._conn.execute("SELECT key, value FROM comparison_meta "
+                                      "WHERE comparison=? ORDER BY key",
+                                      (comparison,)).fetchall()
+            return {k: json.loads(v) for k, v in rows}
+        if comparison not in self.comparisons():
+            raise KeyError(comparison)
+        return {k: v for k, v in self._global_meta().items() if k != "latest"}
+
+    def _legacy_id(self, others: bool) -> str | None:
+        """The id of the comparison described by the global meta (old format), if any.
+        Without other comparisons, a store with runs but no meta counts as one."""
+        old = {k: v for k, v in self._global_meta().items() if k != "latest"}
+        if not old and (others or len(self) == 0):
+            return None
+        return comparison_id(old)
 
     def _transaction(self):
         return _Transaction(self._conn)

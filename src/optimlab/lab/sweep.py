@@ -38,6 +38,7 @@ from .problems.base import Problem
 from .selection import CANDIDATES, score as _score
 from .spec import RunSpec
 from .store import Store
+from .wording import plural
 
 #: The coarse lr grid the search starts from: log-spaced 1e-4 .. 1, one per decade.
 GRID_LO, GRID_HI, PER_DECADE = S.COARSE[0], S.COARSE[-1], 1
@@ -385,9 +386,10 @@ def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
             rnd += 1
             name = "coarse grid" if rnd == 1 and len(todo) == len(sweep) else \
                 "extension/refinement"
-            log(f"phase sweep, round {rnd} ({name}): {len(todo)} runs "
-                f"({len(sweep)} lrs searched so far over {len(plan.optimizers)} optimizers x "
-                f"{len(plan.sources)} problems), {workers} worker(s)")
+            log(f"phase sweep, round {rnd} ({name}): {plural(len(todo), 'run')} "
+                f"({plural(len(sweep), 'lr')} searched so far over "
+                f"{plural(len(plan.optimizers), 'optimizer')} x "
+                f"{plural(len(plan.sources), 'problem')}), {plural(workers, 'worker')}")
             ex.run(todo, f"sweep {rnd}")
             if rnd > S.MAX_ROUNDS:   # cannot happen: every round adds lattice points
                 raise SweepError("the lr search did not converge")
@@ -396,7 +398,7 @@ def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
         store.set_meta("runs", sorted(s.run_id for s in plan.all_specs(selections)))
         if seeds:
             n = len(ex.pending(seeds))
-            log(f"phase seeds: {len(seeds)} runs ({len(seeds) - n} already stored), "
+            log(f"phase seeds: {plural(len(seeds), 'run')} ({len(seeds) - n} already stored), "
                 f"seeds 1..{plan.seeds - 1} of the best {CANDIDATES} lrs per pair")
             ex.run(seeds, "seeds")
         selections = select(store, sweep + seeds)
@@ -404,7 +406,7 @@ def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
         bias = plan.bias_specs(selections)
         if bias:
             n = len(ex.pending(bias))
-            log(f"phase bias-correction: {len(bias)} runs ({len(bias) - n} already stored), "
+            log(f"phase bias-correction: {plural(len(bias), 'run')} ({len(bias) - n} already stored), "
                 f"Adam with/without bias correction, beta2 in {list(BIAS_BETA2)}")
             ex.run(bias, "bias-correction")
     return selections

@@ -24,11 +24,13 @@ PROBLEMS: dict[str, Callable[[], Problem]] = {
     **vae.FACTORIES,
 }
 
-# One problem per kind, each cheap at its default budget (<~1 s per run on one core).
+# One problem per kind, each cheap at its default budget (<~1 s per run on one core),
+# plus a second 2-D problem: the ill-conditioned ravine (x^2 + 100 y^2) / 2, where SGD's
+# zig-zag and momentum's overshoot are the lesson (200 steps, ~0.1 s per run).
 # digits-cnn is left out: CPU convolutions make one run ~3x a digits-mlp run, and the
 # MLP already covers "small network on digits".
 DEFAULT_SUITE: list[str] = [
-    "rosenbrock", "noisy-quadratic", "five-points", "digits-logistic", "sparse-bow",
+    "rosenbrock", "ill-conditioned", "noisy-quadratic", "five-points", "digits-logistic", "sparse-bow",
     "digits-mlp", "markov-lm", "digits-vae",
 ]
 FULL_SUITE: list[str] = list(PROBLEMS)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 from .. import analysis as A
+from .. import verdicts as V
 
 TAUS = [1.0 + 0.05 * i for i in range(21)] + [1.0 * 2 ** (0.1 * i) for i in range(11, 51)]
 
@@ -75,19 +74,13 @@ def build(records, meta, problems=None) -> dict:
     optima = {p: (opt_from_runs.get(p) if opt_from_runs.get(p) is not None
                   else info[p]["optimum"]) for p in probs}
     sel = A.select_best(records)
-    rank_table = A.ranks(sel)
+    kinds = {p: info[p]["kind"] for p in probs}
+    # Verdicts, ranks and the answer all come from the same selected runs (verdicts.py).
+    seed_scores = V.scores(records, sel)
+    verdicts = V.verdicts(records, sel)
+    rank_table = V.rank_table(verdicts)
     scores = A.score_costs(records, sel)
     steps = A.steps_costs(records, sel)
-    per_problem = {}
-    for p in probs:
-        row = sorted(((s.score, o) for (pp, o), s in sel.items() if pp == p))
-        if row:
-            best_s, best_o = row[0]
-            second = row[1] if len(row) > 1 else None
-            per_problem[p] = {"optimizer": best_o, "lr": sel[(p, best_o)].lr,
-                              "score": best_s, "failed": not math.isfinite(best_s),
-                              "runner_up": second[1] if second else None,
-                              "runner_score": second[0] if second else None}
     name, fn, n_steps = schedule_fn(meta)
     if not n_steps:
         n_steps = max((r.spec.steps for r in records), default=1)
@@ -97,10 +90,11 @@ def build(records, meta, problems=None) -> dict:
         "info": info, "optima": optima, "colors": palette(opts),
         "selections": sel, "sweeps": A.sweep_curves(records),
         "sensitivity": A.sensitivity(records), "aggregate": A.aggregate(records, sel),
-        "time": A.time_per_step(records), "curves": A.seed_curves(records, sel),
+        "time": A.time_per_step(records), "curves": ci_curves(records, sel),
+        "verdicts": verdicts, "verdict_rows": V.rows(verdicts, sel, kinds),
+        "deltas": V.deltas(verdicts, seed_scores),
         "ranks": rank_table, "mean_ranks": A.mean_ranks(rank_table),
-        "per_kind": A.best_per_kind(sel, {p: info[p]["kind"] for p in probs}),
-        "per_problem": per_problem, "taus": TAUS,
+        "per_kind": V.per_kind(rank_table, kinds, verdicts, sel), "taus": TAUS,
         "profiles": {"val loss (excess over optimum)": A.performance_profile(scores, TAUS)
                      if scores else {},
                      "steps to target": A.performance_profile(steps, TAUS) if steps else {}},
@@ -114,9 +108,44 @@ def build(records, meta, problems=None) -> dict:
     }
 
 
+def ci_curves(records, selections, key: str = "train_loss") -> dict:
+    """{(problem, optimizer): {"step", "mean", "lo", "hi", "n"}} at the selected lr, with
+    [lo, hi] the 95% Student-t interval of the mean over the seeds finite at that step
+    (a step where only one seed is finite gets lo = hi = mean). Seeds are truncated to
+    the shortest curve."""
+    import numpy as np
+
+    from ..stats import t_ppf
+
+    out = {}
+    for k, rs in A.best_runs(records, selections).items():
+        cs = [r.curves for r in rs if r.curves and r.curves.get(key)]
+        if not cs:
+            continue
+        n = min(len(c[key]) for c in cs)
+        ys = np.array([[np.nan if v is None else float(v) for v in c[key][:n]] for c in cs])
+        ys[~np.isfinite(ys)] = np.nan
+        cnt = np.isfinite(ys).sum(axis=0)
+        keep = cnt > 0
+        if keep.sum() < 2:  # a run that diverged at once has no curve to draw
+            continue
+        ys, cnt = ys[:, keep], cnt[keep]
+        step = np.asarray(cs[0].get("step", list(range(n)))[:n], dtype=float)[keep]
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(ys, axis=0)
+            sd = np.nan_to_num(np.nanstd(ys, axis=0, ddof=1)) if len(cs) > 1 \
+                else np.zeros_like(mean)
+        tq = np.array([t_ppf(0.975, int(c) - 1) if c > 1 else 0.0 for c in cnt])
+        half = tq * sd / np.sqrt(cnt)
+        out[k] = {"step": step, "mean": mean, "lo": mean - half, "hi": mean + half,
+                  "n": len(cs)}
+    return out
+
+
 def images(ctx) -> dict:
     """{name: PNG bytes} for every figure that has data."""
     from . import plots as P
+    from . import viewer
 
     c = ctx["colors"]
     panels = []
@@ -136,7 +165,10 @@ def images(ctx) -> dict:
         "tuning_cost": P.tuning_cost(A.tuning_cost(ctx["records"]), c, ctx["problems"]),
         "profiles": P.profiles(ctx["profiles"], ctx["taus"], c),
         "ranks": P.heatmap(ctx["ranks"], ctx["optimizers"], ctx["problems"],
-                           "rank by best val loss (1 = best)") if ctx["ranks"] else None,
+                           "rank by seed-mean val loss (1 = best; boxed = tied with the "
+                           "best; ties share a rank)",
+                           boxed={p: v.tied for p, v in ctx["verdicts"].items()},
+                           fmt="{:g}") if ctx["ranks"] else None,
         "time": P.heatmap(time_table, ctx["optimizers"], ctx["problems"],
                           "time per step ÷ SGD's", fmt="{:.2f}×", log=True)
         if any(v is not None for v in ctx["time"].values()) else None,
@@ -144,4 +176,5 @@ def images(ctx) -> dict:
         "schedule": P.schedule(ctx["schedule"]["fn"], ctx["schedule"]["steps"],
                                ctx["schedule"]["name"]) if ctx["schedule"]["fn"] else None,
     }
+    out.update(viewer.images(ctx))  # small multiples, one per 2-D problem
     return {k: v for k, v in out.items() if v}

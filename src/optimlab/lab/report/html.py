@@ -10,6 +10,8 @@ import base64
 import html as _html
 
 from . import text as T
+from . import viewer
+from .verdicts import TAG, delta_td, mark, tied_class, verdict_note
 
 esc = _html.escape
 
@@ -42,6 +44,9 @@ td:first-child,th:first-child,td.l,th.l{text-align:left}
 tr.grp td{background:#f8fafc;font-weight:600;text-align:left;border-top:2px solid var(--line);
  white-space:normal}
 tbody tr:hover td{background:#f1f5f9}
+tr.tied td{background:#ecfdf5}
+.vd{font-weight:400;margin-left:10px;font-size:12.5px}
+.tie{color:#047857;font-weight:700;margin-left:4px}
 .sw{display:inline-block;width:11px;height:11px;border-radius:3px;margin-right:6px;
  vertical-align:-1px}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:12px}
@@ -79,39 +84,16 @@ def section(sid, title, cap, body) -> str:
 
 
 def answer(ctx) -> str:
-    cards = []
-    for kind, w in ctx["per_kind"].items():
-        lrs = ", ".join(f"{esc(p)}: {T.num(lr)}" for p, lr in w["lrs"].items())
-        status = '<span class="bad">every lr failed</span>' if w["failed"] else ""
-        cards.append(f'<div class="card"><div class="k">{esc(kind)}</div>'
-                     f'<div class="o">{swatch(ctx, w["optimizer"])}</div>'
-                     f'<div class="d">mean rank {w["mean_rank"]:.2f} over '
-                     f'{len(w["problems"])} problem(s) {status}<br>lr {lrs}</div></div>')
-    rows = []
-    for p, w in ctx["per_problem"].items():
-        i = ctx["info"][p]
-        margin = ""
-        if w["runner_up"] is not None:
-            margin = f'{swatch(ctx, w["runner_up"])} ({T.num(w["runner_score"])})'
-        rows.append(f'<tr><td>{esc(p)}</td><td class="l">{esc(i["kind"])}</td>'
-                    f'<td class="l">{swatch(ctx, w["optimizer"])}</td>'
-                    f'<td>{T.num(w["lr"])}</td><td>{T.num(w["score"])}</td>'
-                    f'<td class="l">{margin}</td></tr>')
-    table = ('<table><thead><tr><th>problem</th><th class="l">kind</th>'
-             '<th class="l">best optimizer</th><th>lr</th><th>val loss</th>'
-             '<th class="l">runner-up (val loss)</th></tr></thead><tbody>'
-             + "".join(rows) + "</tbody></table>")
-    return section("answer", "The answer", "Winner per problem kind = lowest mean rank of "
-                   "the best validation loss over that kind's problems; lr is its selected "
-                   "learning rate on each problem.", f'<div class="cards">{"".join(cards)}'
-                   f"</div><h3>Per problem</h3>{table}")
+    from .verdicts import answer_html
+    return answer_html(ctx)
 
 
 def stat(s, fmt="{:.4g}") -> str:
-    """A <td> with the mean and, smaller, '± std' (wraps under the mean when narrow)."""
+    """A <td> with the mean and, smaller, '± 95% CI half-width' (wraps when narrow)."""
     if not s:
         return "<td>—</td>"
-    sd = f' <span class="sd">± {s["std"]:.2g}</span>' if s["n"] > 1 else ""
+    h = T.half_width(s)
+    sd = f' <span class="sd">± {h:.2g}</span>' if h is not None else ""
     return f'<td><span class="nw">{fmt.format(s["mean"])}</span>{sd}</td>'
 
 
@@ -121,9 +103,14 @@ def results_table(ctx) -> str:
         i = ctx["info"][p]
         desc = f' — <span style="font-weight:400">{esc(i["description"])}</span>' \
             if i["description"] else ""
-        rows.append(f'<tr class="grp"><td colspan="10">{esc(p)} '
-                    f'<span style="color:var(--mute)">[{esc(i["kind"])}]</span>{desc}</td></tr>')
-        for o in ctx["optimizers"]:
+        v = ctx["verdicts"].get(p)
+        rows.append(f'<tr class="grp"><td colspan="11">{esc(p)} '
+                    f'<span style="color:var(--mute)">[{esc(i["kind"])}]</span>{desc}'
+                    f'{verdict_note(v)}</td></tr>')
+        # Best first, then the verdict's order (tied group, then the rest).
+        order = (v.order if v else []) + [o for o in ctx["optimizers"]
+                                           if not v or o not in v.order]
+        for o in order:
             s = ctx["selections"].get((p, o))
             if s is None:
                 continue
@@ -136,18 +123,27 @@ def results_table(ctx) -> str:
                                               if fail else "")
             t = ctx["time"].get((p, o))
             rows.append(
-                f'<tr><td>{swatch(ctx, o)}</td><td class="nw">{T.num(s.lr)}{edge}</td>'
-                f'{stat(a.get("val_loss"))}{stat(a.get("test_loss"))}'
+                f'<tr{tied_class(v, o)}><td>{swatch(ctx, o)}{mark(v, o)}</td>'
+                f'<td class="nw">{T.num(s.lr)}{edge}</td>'
+                f'{stat(a.get("val_loss"))}{delta_td(ctx, p, o)}{stat(a.get("test_loss"))}'
                 f'{stat(a.get("test_metric"))}{stat(a.get("gap"))}'
                 f'{stat(a.get("steps_to_target"), "{:.0f}")}<td>{seeds}</td>'
                 f'<td>{"—" if sens is None else f"{sens.width:.2f}"}</td>'
                 f'<td>{"—" if t is None else f"{t:.2f}×"}</td></tr>')
-    head = ("<tr><th>optimizer</th><th>best lr</th><th>val loss</th><th>test loss</th>"
+    head = ("<tr><th>optimizer</th><th>best lr</th><th>val loss</th>"
+            "<th title='paired by seed: mean of (this − best), 95% t-interval; Holm p'>"
+            "Δ vs best (p)</th><th>test loss</th>"
             "<th>test metric</th><th>gap to optimum</th><th>steps to target</th>"
             "<th>seeds</th><th>lr width (dec.)</th><th>time/step vs SGD</th></tr>")
     return section("table", "Best learning rates and final metrics",
-                   "Mean ± std over seeds at the selected lr (failed seeds counted, not "
-                   "averaged). <span class='edge'>⚠ edge</span>: the best lr is at the end of "
+                   "Mean ± half-width of the 95% Student-t interval over seeds at the "
+                   "selected lr (failed seeds counted, not averaged); seeds = n. "
+                   "<b>★</b> best, <b>≈</b> statistically indistinguishable from it "
+                   f"({esc(TAG)}; shaded rows = the tied group). Δ vs best: "
+                   "mean ± 95% CI of the per-seed difference to the best, with its Holm "
+                   "p; intervals of two optimizers may overlap while Δ excludes 0, since "
+                   "seeds share initial weights and batches. "
+                   "<span class='edge'>⚠ edge</span>: the best lr is at the end of "
                    "the grid, widen it. lr width: decades of lr whose val loss is within "
                    f"{int(T.TOL * 100)}% of the best (gap above the optimum when known).",
                    f"<div style='overflow-x:auto'><table><thead>{head}</thead><tbody>"
@@ -162,9 +158,11 @@ def figures(ctx, images) -> str:
                            "contours; ■ start, ★ minima, dot = where it ended. Look for "
                            "zig-zag across valleys and overshoot.",
                            img(images, "contours", "trajectories")))
+    out.append(viewer.section(ctx, images))  # small multiples + interactive viewer
     out.append(section("curves", "Loss curves",
                        "Train loss at the selected lr: line = mean over seeds, band = "
-                       "min–max. Gap to the optimum where it is known; log y when the range "
+                       "95% t-interval of the mean. Gap to the optimum where it is known; "
+                       "log y when the range "
                        "spans decades.", img(images, "loss_curves", "loss curves")
                        or "<p>No curves stored.</p>"))
     out.append(section("sensitivity", "Learning-rate sensitivity",
@@ -183,8 +181,10 @@ def figures(ctx, images) -> str:
     out.append(section("profile", "Performance profile and ranks",
                        "Dolan &amp; Moré profile: fraction of problems on which an optimizer "
                        "is within a factor τ of the best one (higher and further left is "
-                       f"better). Val-loss profile over {ns[T.PROF_VAL]} problem(s), steps to "
-                       f"target over {ns[T.PROF_STEPS]}.",
+                       f"better). Val-loss profile over {T.plural(ns[T.PROF_VAL], 'problem')}, steps to "
+                       f"target over {T.plural(ns[T.PROF_STEPS], 'problem')}. Ranks are tie-aware: equal seed "
+                       "means and the group tied with the best (boxed cells) share one "
+                       "rank; — = no verdict.",
                        img(images, "profiles", "performance profile")
                        + img(images, "ranks", "rank heatmap") + mr_html))
     out.append(section("time", "Time per step relative to SGD",
@@ -240,18 +240,22 @@ def reproduce(ctx) -> str:
 
 
 #: Meta keys shown elsewhere, or bookkeeping rather than settings a reader needs.
-_NOT_SETTINGS = ("versions", "command", "runs", "problem_info", "sources", "argv")
+_NOT_SETTINGS = ("versions", "command", "runs", "problem_info", "sources", "argv",
+                 "comparison")
 
 
 def page(ctx, images) -> str:
     """The whole report as one HTML string."""
     m = ctx["meta"]
-    sub = (f"{len(ctx['records'])} runs · {len(ctx['problems'])} problems · "
-           f"{len(ctx['optimizers'])} optimizers")
+    sub = esc(T.counts(ctx))
+    if m.get("comparison"):
+        sub += (f" · comparison {esc(str(m['comparison']))} "
+                "(<a style='color:inherit' href='index.html'>all comparisons</a>)")
     if m.get("created"):
         sub += f" · {esc(str(m['created']))}"
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in (
         ("answer", "Answer"), ("table", "Best lrs"), ("paths", "Trajectories"),
+        ("multiples", "Viewer"),
         ("curves", "Curves"), ("sensitivity", "Sensitivity"), ("profile", "Profile"),
         ("time", "Time"), ("bias", "Bias correction"), ("schedule", "Schedule"),
         ("protocol", "Protocol"), ("reproduce", "Reproduce")))

@@ -135,7 +135,8 @@ def contours(panels, colors) -> bytes | None:
 
 
 def loss_curves(curves, optima, colors, problems, ylabel="train loss") -> bytes | None:
-    """Mean over seeds with min-max band per optimizer, one panel per problem.
+    """Mean over seeds with a band per optimizer (the context's: a 95% t-interval of
+    the mean), one panel per problem.
 
     curves: {(problem, optimizer): {"step","mean","lo","hi","n"}}; where the problem
     optimum is known the gap ``loss - optimum`` is drawn instead.
@@ -158,8 +159,10 @@ def loss_curves(curves, optima, colors, problems, ylabel="train loss") -> bytes 
                 ax.plot(c["step"], m, color=colors[o], lw=1.6)
                 if c["n"] > 1:
                     ax.fill_between(c["step"], lo, hi, color=colors[o], alpha=0.18, lw=0)
-                lows.append(np.nanmin(lo))
-                highs.append(np.nanmax(hi))
+                # Scale from the means: a t-band's lower edge can cross 0 for a
+                # positive loss, which would rule out the log scale the curve needs.
+                lows.append(np.nanmin(m))
+                highs.append(np.nanmax(m))
             if lows:
                 _yscale(ax, min(lows), max(highs))
             ax.set_title(p)
@@ -265,8 +268,13 @@ def profiles(curves, taus, colors) -> bytes | None:
         return _png(fig)
 
 
-def heatmap(table, rows, cols, title, fmt="{:.1f}", cmap="RdYlGn_r", log=False) -> bytes:
-    """Annotated rows x cols heatmap of {col: {row: value}} (None/missing = blank)."""
+def heatmap(table, rows, cols, title, fmt="{:.1f}", cmap="RdYlGn_r", log=False,
+            boxed=None) -> bytes:
+    """Annotated rows x cols heatmap of {col: {row: value}} (None/missing = blank).
+
+    boxed: optional {col: [rows]} whose cells get a heavy outline (a statistically
+    tied group); the outline is drawn per cell so a non-contiguous group still shows.
+    """
     data = np.array([[np.nan if table.get(c, {}).get(r) is None else table[c][r]
                       for c in cols] for r in rows], dtype=float)
     with plt.rc_context(_STYLE):
@@ -291,6 +299,11 @@ def heatmap(table, rows, cols, title, fmt="{:.1f}", cmap="RdYlGn_r", log=False) 
                 dark = 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2] < 0.5
                 ax.text(j, i, txt, ha="center", va="center", fontsize=9,
                         color="white" if dark else "#1e293b")
+        for j, c in enumerate(cols):
+            for r in (boxed or {}).get(c, ()):
+                if r in rows:
+                    ax.add_patch(plt.Rectangle((j - 0.46, rows.index(r) - 0.44), 0.92, 0.88,
+                                               fill=False, lw=2.2, ec="#0f172a"))
         ax.set_xticks(range(len(cols)), cols, rotation=35, ha="right")
         ax.set_yticks(range(len(rows)), rows)
         ax.grid(False)

@@ -6,6 +6,7 @@ import math
 import shlex
 
 from ..analysis import TOLERANCE as TOL
+from ..wording import plural  # noqa: F401  (re-exported for the renderers)
 
 PROF_VAL = "val loss (excess over optimum)"
 PROF_STEPS = "steps to target"
@@ -21,12 +22,22 @@ def num(x) -> str:
     return f"{x:.4g}"
 
 
+def half_width(s, level: float = 0.95) -> float | None:
+    """Half-width of the Student-t interval of the mean of an analysis stats dict
+    ({"mean","std","n"}); None with fewer than 2 values."""
+    if not s or s["n"] < 2:
+        return None
+    from ..stats import t_ppf
+    return t_ppf(0.5 + level / 2, s["n"] - 1) * s["std"] / math.sqrt(s["n"])
+
+
 def stat(s, fmt="{:.4g}", sd_fmt="{:.2g}") -> str:
-    """'mean ± std' of an analysis stats dict, '—' when absent."""
+    """'mean ± 95% CI half-width' of an analysis stats dict, '—' when absent."""
     if not s:
         return "—"
-    if s["n"] > 1:
-        return f"{fmt.format(s['mean'])} ± {sd_fmt.format(s['std'])}"
+    h = half_width(s)
+    if h is not None:
+        return f"{fmt.format(s['mean'])} ± {sd_fmt.format(h)}"
     return fmt.format(s["mean"])
 
 
@@ -34,6 +45,12 @@ def short(v, n=160) -> str:
     """A value as one line of at most n characters."""
     s = " ".join(str(v).split())
     return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def counts(ctx) -> str:
+    """'12 runs · 1 problem · 3 optimizers' (plain text)."""
+    return (f"{plural(len(ctx['records']), 'run')} · {plural(len(ctx['problems']), 'problem')}"
+            f" · {plural(len(ctx['optimizers']), 'optimizer')}")
 
 
 def command(meta) -> str:
@@ -61,8 +78,8 @@ def protocol(ctx) -> list:
         f"The best lrs of the seed-0 search (up to "
         f"{(m.get('search') or {}).get('candidates', 1)} per pair) were rerun with {seeds} "
         "seed(s) in total, and the lr with the lowest seed-mean final validation loss is "
-        "selected; the test split is never used for any choice. Metrics are over the "
-        "selected lr's seeds.",
+        "selected; the test split is never used for any choice. Metrics are mean ± "
+        "half-width of the 95% Student-t interval over the selected lr's seeds.",
         "Diverged or failed runs are kept and counted: they score +inf and are never "
         "selected.",
         f"Step budget: {m.get('steps') or m.get('steps_per_problem') or 'problem default'}; "
@@ -75,4 +92,9 @@ def protocol(ctx) -> list:
         "(a quarter decade around the best after refinement).",
         "Performance profile (Dolan & Moré, 2002): rho(tau) = fraction of problems on "
         "which an optimizer's cost is within tau times the best optimizer's cost.",
-    ]
+    ] + _verdict_protocol()
+
+
+def _verdict_protocol() -> list:
+    from .verdicts import protocol
+    return protocol()

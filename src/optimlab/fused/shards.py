@@ -1,0 +1,168 @@
+"""DTensor parameters (FSDP2, tensor parallelism) on the fast path, shard by shard.
+
+A DTensor is a wrapper: its own ``data_ptr()`` is 0 and its values live in a plain local
+tensor on each rank (``to_local()``). Every optimlab rule is element-wise, so the step
+of a sharded parameter is the step of its local shard, computed from the local shards of
+its grad and state. :class:`LocalView` is a stand-in optimizer over those local tensors:
+its state dicts hold the local views of the optimizer's DTensor state, so the kernel
+writes through the shards' memory while ``optimizer.state`` stays DTensor and
+``state_dict()``, ``get_optimizer_state_dict`` and DCP see exactly what they see with
+torch's optimizers.
+
+A DTensor parameter takes the shard path when its grad is a DTensor with the same mesh,
+placements and local shape (not a pending ``Partial`` sum) and every state tensor is its
+param's twin. Anything else — and the first step of a rule whose state is created lazily
+(SGD's momentum buffer) — runs the reference path on the DTensor itself. Plain params of
+the same group (mixed groups, params FSDP ignores) go through the same view unchanged.
+"""
+
+from __future__ import annotations
+
+import operator
+import sys
+import weakref
+
+import torch
+
+_views: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_grad = operator.attrgetter("grad")
+
+
+def _dtensor_type():
+    module = sys.modules.get("torch.distributed.tensor")  # nothing is a DTensor before this
+    return getattr(module, "DTensor", None) if module is not None else None
+
+
+def any_dtensor(params) -> bool:
+    """Whether ``params`` holds a DTensor (cheap when torch.distributed.tensor is unused)."""
+    dtensor = _dtensor_type()
+    return dtensor is not None and any(isinstance(p, dtensor) for p in params)
+
+
+class LocalView:
+    """A stand-in optimizer for the fused path: local tensors, their local state.
+
+    Persistent per (optimizer, group) so the fused path's cached plan holds from step to
+    step; replaced when ``optimizer.state`` is (``load_state_dict``).
+    """
+
+    def __init__(self, optimizer, group):
+        self.optimizer = optimizer
+        self.rule = optimizer.rule
+        self.source = optimizer.state
+        self.nsource = len(optimizer.state)
+        self.state: dict = {}  # local param -> {key: local state tensor}
+        self.group: dict = {}
+        self.origin: dict = {}  # id(local param) -> the optimizer's param
+        self.entries: list = []  # see _layout
+        self.key = None  # what entries were computed for
+
+    @property
+    def name(self) -> str:
+        return type(self.optimizer).__name__
+
+    def current(self, optimizer) -> bool:
+        return self.source is optimizer.state and self.nsource == len(optimizer.state)
+
+    # what the fused path asks of an optimizer
+    def init_state(self, local, h) -> dict:
+        return self.state.get(local, {})
+
+    def reference_step(self, local, h) -> None:
+        self.optimizer.reference_step(self.origin[id(local)], h)
+
+    def _check_grads(self, locals_) -> None:
+        self.optimizer._check_grads([self.origin[id(t)] for t in locals_])
+
+
+def _twin(t, p, dtensor) -> bool:
+    """``t`` is a DTensor laid out like the DTensor ``p`` (same mesh, placements, local shape)."""
+    return (isinstance(t, dtensor) and (t.device_mesh is p.device_mesh or t.device_mesh == p.device_mesh)
+            and t.placements == p.placements and t._local_tensor.shape == p._local_tensor.shape)
+
+
+def _local(t, dtensor):
+    return t._local_tensor if isinstance(t, dtensor) else t
+
+
+def _layout(view, optimizer, params, h, dtensor) -> list:
+    """``[(param, its local tensor or None for a plain param, or False: reference path)]``,
+    and the view's local state; cached while the params with grads and the state's size
+    stay the same (a param whose state is incomplete is not cached: the reference path
+    completes it)."""
+    fills = optimizer.rule.tensors(h)
+    lazy = [k for k, fill in fills.items() if fill is None]
+    entries, state, complete = [], {}, True
+    for p in params:
+        st = optimizer.init_state(p, h)
+        if not isinstance(p, dtensor):
+            entries.append((p, None))
+            if p in optimizer.state:
+                state[p] = st
+        elif any(k not in st for k in lazy) or not all(_twin(st[k], p, dtensor) for k in fills if k in st):
+            entries.append((p, False))
+            complete = False
+        else:
+            lp = p._local_tensor
+            entries.append((p, lp))
+            state[lp] = {k: _local(v, dtensor) for k, v in st.items()}
+    if view.state.keys() != state.keys():
+        view.state.clear()
+    view.state.update(state)
+    view.nsource = len(optimizer.state)
+    view.origin = {id(p if lp is None else lp): p for p, lp in entries if lp is not False}
+    view.key = (tuple(map(id, params)), view.nsource) if complete else None
+    return entries
+
+
+def split(optimizer, group, h, required: bool):
+    """The group's params with grads, as ``(view, locals, local_grads, rest)``: the view and
+    the local tensors the fused path can take, and the params left to the reference path."""
+    dtensor = _dtensor_type()
+    views = _views.setdefault(optimizer, {})
+    view = views.get(id(group))
+    if view is None or not view.current(optimizer):
+        view = views[id(group)] = LocalView(optimizer, group)
+    params = [p for p in group["params"] if p.grad is not None]
+    if view.key is None or view.key != (tuple(map(id, params)), len(optimizer.state)):
+        view.entries = _layout(view, optimizer, params, h, dtensor)
+    locals_, grads, rest = [], [], []
+    for p, lp in view.entries:
+        g = p.grad
+        if lp is None:
+            locals_.append(p)
+            grads.append(g)
+        elif lp is not False and _twin(g, p, dtensor):
+            locals_.append(lp)
+            grads.append(g._local_tensor)
+        else:
+            rest.append(p)
+    if rest and required:
+        raise RuntimeError(
+            f"{view.name}: fused=True is not possible here: {len(rest)} DTensor param(s) whose "
+            "grad or state is not laid out like the param (or whose state does not exist yet)")
+    view.group.clear()
+    view.group.update({k: v for k, v in group.items() if k != "params"})
+    view.group["params"] = locals_
+    return view, locals_, grads, rest
+
+
+def step(optimizer, group, h) -> None:
+    """One step of a group holding DTensor params: the kernel on local shards where it can,
+    the reference path on the DTensors elsewhere."""
+    from . import try_step
+
+    required = group.get("fused") is True
+    view, locals_, grads, rest = split(optimizer, group, h, required)
+    if locals_ and not try_step(view, view.group, locals_, grads, h):
+        optimizer._check_grads([view.origin[id(t)] for t in locals_])
+        for t in locals_:
+            optimizer.reference_step(view.origin[id(t)], h)
+    if locals_:
+        dtensor = _dtensor_type()
+        torch._C._increment_version([p for p in group["params"] if isinstance(p, dtensor)
+                                     and id(p._local_tensor) in view.origin])
+    if rest:
+        optimizer._check_grads(rest)
+        for p in rest:
+            optimizer.reference_step(p, h)

@@ -1,0 +1,155 @@
+"""The report's verdicts: the answer section (HTML and Markdown) and the tie marks used
+by the results table. Everything comes from ``ctx["verdicts"]`` / ``ctx["verdict_rows"]``
+(lab/verdicts.py), the same rows ``compare --json`` prints, so the answer, the table and
+the JSON agree by construction.
+"""
+
+from __future__ import annotations
+
+import html as _html
+
+from ..stats import METHOD
+from ..verdicts import NO_VERDICT, TAG, mean_pm
+
+esc = _html.escape
+
+__all__ = ["TAG", "METHOD", "mark", "delta_td", "tied_class", "verdict_note", "answer_html",
+           "answer_md", "protocol"]
+
+
+def mark(v, o) -> str:
+    """' ★' for the best, ' ≈' for a member of its tied group, '' otherwise (HTML)."""
+    if v is None or v.status == NO_VERDICT:
+        return ""
+    if o == v.best:
+        return ' <span class="tie" title="best (lowest seed-mean val loss)">★</span>'
+    if o in v.tied:
+        return (' <span class="tie" title="statistically indistinguishable from the best">'
+                '≈</span>')
+    return ""
+
+
+def delta_td(ctx, p, o) -> str:
+    """<td> with the paired difference to the best, '± CI' and the Holm p."""
+    d = ctx.get("deltas", {}).get((p, o))
+    if d is None:
+        return "<td>—</td>"
+    ci, pv = d
+    if ci.n == 0:
+        return "<td>—</td>"
+    h = f' <span class="sd">± {ci.half_width:.2g}</span>' if ci.n > 1 else ""
+    ps = "" if pv is None else f' <span class="sd">(p {_p(pv)})</span>'
+    return f'<td><span class="nw">{ci.mean:+.3g}</span>{h}{ps}</td>'
+
+
+def _p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.2g}"
+
+
+def tied_class(v, o) -> str:
+    return ' class="tied"' if v is not None and o in v.tied else ""
+
+
+def verdict_note(v) -> str:
+    """The verdict after a problem's name in the results table (HTML)."""
+    if v is None:
+        return ""
+    if v.status == NO_VERDICT:
+        return '<span class="vd bad">✗ no verdict: every run failed</span>'
+    if v.significant:
+        return f'<span class="vd">★ {esc(v.best)} significantly best</span>'
+    return (f'<span class="vd">★≈ tied group: {esc(", ".join(v.tied))}</span>'
+            if len(v.tied) > 1 else "")
+
+
+def _group_html(ctx, row) -> str:
+    from .html import swatch
+
+    if row["status"] == NO_VERDICT:
+        return '<span class="bad">✗ no verdict</span> (every run failed)'
+    names = " ".join(swatch(ctx, o) + ("" if i == len(row["tied"]) - 1 else ",")
+                     for i, o in enumerate(row["tied"]))
+    if row["significant"]:
+        return f"<b>{names}</b> — significantly best"
+    if len(row["tied"]) == 1:
+        return f"<b>{names}</b> — the only optimizer"
+    return f"<b>{names}</b> — indistinguishable ({esc(TAG)})"
+
+
+def answer_html(ctx) -> str:
+    """The answer section: per-kind cards, then one verdict per problem."""
+    from .html import section, swatch
+    from . import text as T
+
+    cards = []
+    for kind, w in ctx["per_kind"].items():
+        if w["optimizer"] is None:
+            cards.append(f'<div class="card"><div class="k">{esc(kind)}</div>'
+                         f'<div class="o bad">✗ no verdict</div><div class="d">every run '
+                         f'failed on its {len(w["problems"])} problem(s)</div></div>')
+            continue
+        lrs = ", ".join(f"{esc(p)}: {T.num(lr)}" for p, lr in w["lrs"].items())
+        also = " (shared)" if len(w["leaders"]) > 1 else ""
+        head = swatch(ctx, w["optimizer"]) if len(w["leaders"]) == 1 else \
+            '<span style="font-size:15px">' + ", ".join(
+                swatch(ctx, o) for o in w["leaders"]) + "</span>"
+        cards.append(f'<div class="card"><div class="k">{esc(kind)}</div>'
+                     f'<div class="o">{head}</div>'
+                     f'<div class="d">mean tie-aware rank {w["mean_rank"]:.2f}{also} over '
+                     f'{len(w["problems"])} problem(s)<br>lr of {esc(w["optimizer"])}: '
+                     f'{lrs}</div></div>')
+    rows = []
+    for r in ctx["verdict_rows"]:
+        rows.append(f'<tr><td>{esc(r["problem"])}</td><td class="l">{esc(r["kind"])}</td>'
+                    f'<td class="l">{_group_html(ctx, r)}</td><td>{T.num(r["lr"])}</td>'
+                    f'<td class="nw">{esc(mean_pm(r))}</td></tr>')
+    table = ('<table><thead><tr><th>problem</th><th class="l">kind</th>'
+             '<th class="l">verdict (best first)</th><th>lr of best</th>'
+             '<th>val loss of best: mean ± 95% CI</th></tr></thead><tbody>'
+             + "".join(rows) + "</tbody></table>")
+    cap = ("Per problem: the group of optimizers statistically indistinguishable from the "
+           "best (seed-mean validation loss at each optimizer's selected lr; "
+           f"{esc(TAG)}), or one optimizer when it is significantly better than all "
+           "others; <b>no verdict</b> when every run failed. Per kind: the lowest mean "
+           "tie-aware rank over the kind's problems (tied optimizers share a rank).")
+    return section("answer", "The answer", cap,
+                   f'<div class="cards">{"".join(cards)}</div><h3>Per problem</h3>{table}')
+
+
+def answer_md(ctx, md) -> list:
+    """The answer as Markdown lines; ``md`` escapes a table cell."""
+    from . import text as T
+
+    out = ["| kind | best optimizer (lowest mean tie-aware rank) | mean rank "
+           "| lr per problem |", "|---|---|---:|---|"]
+    for kind, w in ctx["per_kind"].items():
+        if w["optimizer"] is None:
+            out.append(f"| {md(kind)} | ✗ no verdict (every run failed) | — | — |")
+            continue
+        lrs = ", ".join(f"{md(p)}: {T.num(lr)}" for p, lr in w["lrs"].items())
+        lead = ", ".join(md(o) for o in w["leaders"])
+        out.append(f"| {md(kind)} | {lead} | {w['mean_rank']:.2f} | {lrs} |")
+    out += ["", f"Per problem ({md(TAG)}; best first):", "",
+            "| problem | kind | verdict | lr of best | val loss of best (mean ± 95% CI) |",
+            "|---|---|---|---:|---:|"]
+    for r in ctx["verdict_rows"]:
+        if r["status"] == NO_VERDICT:
+            v = "✗ no verdict (every run failed)"
+        elif r["significant"]:
+            v = f"**{md(r['best'])}** — significantly best"
+        elif len(r["tied"]) == 1:
+            v = f"**{md(r['best'])}** — the only optimizer"
+        else:
+            v = f"**{md(', '.join(r['tied']))}** — indistinguishable"
+        out.append(f"| {md(r['problem'])} | {md(r['kind'])} | {v} | {T.num(r['lr'])} "
+                   f"| {md(mean_pm(r))} |")
+    return out
+
+
+def protocol() -> list:
+    """Protocol sentences on the statistics."""
+    return [f"Statistics: {METHOD}. A problem's verdict names the group statistically "
+            "indistinguishable from the best, or a single optimizer only when it is "
+            "significantly better than every other; a problem on which every run failed "
+            "has no verdict. Ranks are tie-aware: equal seed means and the tied group "
+            "share one (fractional) rank."]

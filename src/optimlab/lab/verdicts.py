@@ -1,0 +1,186 @@
+"""Per-problem verdicts from run records: who is best, who is tied with it, or no verdict.
+
+The one place where the records of the selected runs become statistics; the report
+(answer, results table, ranks, heatmap), ``compare --json`` ``verdicts`` and the
+terminal table all read from here, so they cannot disagree.
+
+Runs come only from ``analysis.select_best`` / ``analysis.best_runs`` (the selected lr
+of each (problem, optimizer), all its seeds); a seed's score is ``analysis.score``
+(final validation loss, inf for a failed run). The statistics are in
+:mod:`optimlab.lab.stats` (Student-t intervals, paired t-tests vs the best, Holm).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections import defaultdict
+
+from . import analysis as A
+from . import stats as S
+
+ALPHA = 0.05
+LEVEL = 0.95
+#: Short method tag for answers and tables.
+TAG = f"paired t, Holm, {int(LEVEL * 100)}%"
+NO_VERDICT = "no verdict"
+
+
+def scores(records, selections=None) -> dict:
+    """{problem: {optimizer: {seed: val score}}} of the selected runs (inf = failed)."""
+    selections = A.select_best(records) if selections is None else selections
+    out = defaultdict(dict)
+    for (p, o), rs in A.best_runs(records, selections).items():
+        out[p][o] = {r.spec.seed: A.score(r) for r in rs}
+    for (p, o) in selections:  # a pair with no stored run still shows up (as failed)
+        out[p].setdefault(o, {})
+    return dict(out)
+
+
+def verdicts(records, selections=None, alpha: float = ALPHA) -> dict:
+    """{problem: stats.Verdict} (see stats.compare_to_best for the test)."""
+    return {p: S.compare_to_best(sc, alpha=alpha, level=LEVEL)
+            for p, sc in sorted(scores(records, selections).items())}
+
+
+def deltas(vs: dict, sc: dict) -> dict:
+    """{(problem, optimizer): (stats.CI of the paired difference optimizer - best on the
+    seeds where both trained, Holm-adjusted p vs best)} for every non-best optimizer of
+    a problem with a verdict. The per-optimizer intervals can overlap while this one
+    excludes 0: seeds share initial weights and batches, and the pairing removes that
+    shared part of the spread."""
+    out = {}
+    for p, v in vs.items():
+        if v.status == NO_VERDICT:
+            continue
+        for o in v.order[1:]:
+            d = S.paired(sc[p][o], sc[p][v.best])
+            out[(p, o)] = (S.mean_ci(d, LEVEL), v.pvalues.get(o))
+    return out
+
+
+def rank_table(vs: dict) -> dict:
+    """{problem: {optimizer: tie-aware rank}}: equal seed means share a rank and the
+    tied group shares one rank (fractional ranking, stats.tie_ranks). Problems without
+    a verdict are left out: nothing there orders the optimizers."""
+    return {p: S.tie_ranks(v.means, groups=[v.tied])
+            for p, v in vs.items() if v.status != NO_VERDICT}
+
+
+def per_kind(ranks: dict, kinds: dict, vs: dict, selections: dict) -> dict:
+    """{kind: {"optimizer", "leaders", "mean_rank", "problems", "lrs", "failed"}}.
+
+    Lowest mean tie-aware rank over the kind's problems; ``leaders`` lists every
+    optimizer sharing that mean rank (optimizer = the first alphabetically). A kind
+    whose problems all have no verdict gets optimizer None and failed True.
+    """
+    by_kind = defaultdict(list)
+    for p in vs:
+        by_kind[kinds.get(p, "unknown")].append(p)
+    out = {}
+    for kind, ps in sorted(by_kind.items()):
+        acc = defaultdict(list)
+        for p in ps:
+            for o, r in ranks.get(p, {}).items():
+                acc[o].append(r)
+        mr = {o: sum(v) / len(v) for o, v in acc.items()}
+        if not mr:
+            out[kind] = {"optimizer": None, "leaders": [], "mean_rank": None,
+                         "problems": sorted(ps), "lrs": {}, "failed": True}
+            continue
+        low = min(mr.values())
+        leaders = sorted(o for o, r in mr.items() if math.isclose(r, low, abs_tol=1e-9))
+        w = leaders[0]
+        out[kind] = {"optimizer": w, "leaders": leaders, "mean_rank": low,
+                     "problems": sorted(ps),
+                     "lrs": {p: selections[(p, w)].lr for p in sorted(ps)
+                             if (p, w) in selections},
+                     "failed": False}
+    return out
+
+
+def sentence(v) -> str:
+    """The verdict in words, e.g. 'adam, rmsprop — indistinguishable (paired t, Holm, 95%)'."""
+    if v.status == NO_VERDICT:
+        return "no verdict — every run failed"
+    if v.significant:
+        return f"{v.best} — significantly best ({TAG})"
+    if len(v.tied) == 1:  # the only optimizer run on this problem
+        return f"{v.best} — the only optimizer"
+    return f"{', '.join(v.tied)} — indistinguishable ({TAG})"
+
+
+def rows(vs: dict, selections: dict, kinds: dict) -> list:
+    """The ``--json`` ``verdicts``: one dict per problem.
+
+    problem, kind, status ("verdict" | "no verdict"), best (None without a verdict),
+    tied (the indistinguishable group incl. best, [] without a verdict), significant,
+    lr (best's selected lr), mean (best's mean over the seeds that trained), ci
+    ([lo, hi], 95% t-interval; None with < 1 trained seed), n (trained seeds),
+    failed (failed seeds of best), text (the sentence).
+    """
+    out = []
+    for p, v in vs.items():
+        b = v.best
+        ci = v.cis.get(b) if b else None
+        ok = ci is not None and ci.n > 0
+        out.append({"problem": p, "kind": kinds.get(p, "unknown"), "status": v.status,
+                    "best": b, "tied": list(v.tied), "significant": bool(v.significant),
+                    "lr": selections[(p, b)].lr if b and (p, b) in selections else None,
+                    "mean": ci.mean if ok else None,
+                    "ci": [ci.lo, ci.hi] if ok else None,
+                    "n": ci.n if ci else 0, "failed": v.failed.get(b, 0) if b else None,
+                    "text": sentence(v)})
+    return out
+
+
+def _fmt(x) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:.4g}"
+
+
+def mean_pm(row) -> str:
+    """'mean ± half-width (n=5)' of a verdict row; '—' when nothing trained."""
+    if row["mean"] is None:
+        return "—"
+    lo, hi = row["ci"]
+    hw = 0.5 * (hi - lo)
+    fail = f", {row['failed']} failed" if row.get("failed") else ""
+    return f"{_fmt(row['mean'])} ± {hw:.2g} (n={row['n']}{fail})"
+
+
+def print_table(vrows: list, report=None, file=None) -> None:
+    """The verdict table on the terminal (rich), then the report path."""
+    from rich.console import Console
+    from rich.table import Table
+
+    file = file or sys.stderr
+    tty = hasattr(file, "isatty") and file.isatty()
+    # Piped or captured output gets one line per problem instead of rich's 80 columns.
+    console = Console(file=file, highlight=False, soft_wrap=False,
+                      width=None if tty else 200)
+    t = Table(title=f"Verdicts (validation loss, mean ± 95% CI over seeds; {TAG})",
+              title_justify="left")
+    for col, kw in (("problem", {}), ("kind", {}), ("verdict", {"overflow": "fold"}),
+                    ("lr", {"justify": "right"}), ("mean ± CI", {"justify": "right"})):
+        t.add_column(col, **kw)
+    for r in vrows:
+        if r["status"] == NO_VERDICT:
+            verdict = "[bold red]✗ no verdict[/] (every run failed)"
+        elif r["significant"]:
+            verdict = f"[bold green]{_esc(r['best'])}[/] (significantly best)"
+        elif len(r["tied"]) == 1:
+            verdict = f"[bold]{_esc(r['best'])}[/] (only optimizer)"
+        else:
+            verdict = (f"[bold]{_esc(r['best'])}[/]"
+                       + "".join(f", {_esc(o)}" for o in r["tied"][1:])
+                       + f" [dim](indistinguishable, {len(r['tied'])})[/]")
+        t.add_row(_esc(r["problem"]), _esc(r["kind"]), verdict,
+                  _fmt(r["lr"]), mean_pm(r))
+    console.print(t)
+    if report is not None:
+        console.print(f"report: {_esc(str(report))}")
+
+
+def _esc(s) -> str:
+    from rich.markup import escape
+    return escape(str(s))

@@ -1,0 +1,224 @@
+"""Tests of optimlab.lab.stats: intervals, paired tests, Holm, verdicts, ranks, claims."""
+
+import math
+import random
+
+import pytest
+
+from optimlab.lab import stats as S
+
+INF = float("inf")
+
+
+# ------------------------------------------------------------------ t distribution
+
+# Textbook two-sided 95% critical values t_{0.975, df}.
+T975 = {1: 12.706204736, 2: 4.302652730, 4: 2.776445105, 9: 2.262157163, 29: 2.045229642}
+
+
+@pytest.mark.parametrize("df,t", sorted(T975.items()))
+def test_t_ppf_matches_tables(df, t):
+    assert S.t_ppf(0.975, df) == pytest.approx(t, rel=1e-8)
+    assert S.t_ppf(0.025, df) == pytest.approx(-t, rel=1e-8)
+    assert S.t_sf(t, df) == pytest.approx(0.025, rel=1e-7)
+
+
+def test_t_sf_closed_forms():
+    # df = 1 is Cauchy: sf(t) = 1/2 - atan(t)/pi; df = 2: sf(t) = (1 - t/sqrt(t^2+2))/2.
+    for t in (-3.0, -0.5, 0.0, 0.7, 4.0, 40.0):
+        assert S.t_sf(t, 1) == pytest.approx(0.5 - math.atan(t) / math.pi, rel=1e-10)
+        assert S.t_sf(t, 2) == pytest.approx(0.5 * (1 - t / math.sqrt(t * t + 2)), rel=1e-10)
+
+
+def test_against_scipy_when_available():
+    st = pytest.importorskip("scipy.stats")
+    rng = random.Random(0)
+    for _ in range(50):
+        df = rng.choice([1, 2, 3, 4, 7, 12, 30, 100])
+        t = rng.uniform(-8, 8)
+        assert S.t_sf(t, df) == pytest.approx(st.t.sf(t, df), rel=1e-8, abs=1e-14)
+        p = rng.uniform(0.001, 0.999)
+        assert S.t_ppf(p, df) == pytest.approx(st.t.ppf(p, df), rel=1e-7, abs=1e-10)
+    a = [rng.gauss(0, 1) for _ in range(8)]
+    b = [x + rng.gauss(0.5, 1) for x in a]
+    d = [y - x for x, y in zip(a, b)]
+    ref = st.ttest_rel(b, a, alternative="greater").pvalue
+    assert S.paired_t(d) == pytest.approx(ref, rel=1e-8)
+
+
+# ------------------------------------------------------------------ intervals
+
+def test_mean_ci_by_hand():
+    xs = [1.0, 2.0, 3.0, 4.0, 5.0]
+    ci = S.mean_ci(xs)
+    # mean 3, sd sqrt(2.5), t_{0.975,4} = 2.776445105
+    h = 2.776445105 * math.sqrt(2.5) / math.sqrt(5)
+    assert ci.n == 5 and ci.mean == pytest.approx(3.0)
+    assert (ci.lo, ci.hi) == (pytest.approx(3 - h), pytest.approx(3 + h))
+    assert ci.half_width == pytest.approx(h)
+    # A wider level gives a wider interval.
+    assert S.mean_ci(xs, 0.99).half_width > h
+
+
+def test_mean_ci_drops_failures_and_small_n():
+    ci = S.mean_ci([1.0, INF, float("nan"), 3.0])
+    assert ci.n == 2 and ci.mean == 2.0 and ci.lo < 2.0 < ci.hi
+    one = S.mean_ci([7.0, INF])
+    assert (one.mean, one.lo, one.hi, one.n) == (7.0, 7.0, 7.0, 1)
+    empty = S.mean_ci([INF])
+    assert empty.n == 0 and math.isnan(empty.mean)
+
+
+def test_mean_ci_coverage_near_nominal():
+    rng = random.Random(1)
+    hits = 0
+    trials = 2000
+    for _ in range(trials):
+        ci = S.mean_ci([rng.gauss(10.0, 2.0) for _ in range(5)])
+        hits += ci.lo <= 10.0 <= ci.hi
+    # Binomial sd at p = 0.95, n = 2000 is ~0.005: allow 4 sd.
+    assert abs(hits / trials - 0.95) < 0.02
+
+
+# ------------------------------------------------------------------ paired / holm
+
+def test_paired_on_common_seeds_in_seed_order():
+    a = {0: 1.0, 1: 2.0, 2: 5.0, 7: 1.0}
+    b = {2: 1.0, 0: 0.5, 1: 2.5, 3: 9.0}
+    assert S.paired(a, b) == [0.5, -0.5, 4.0]
+
+
+def test_paired_t_by_hand():
+    d = [1.0, 2.0, 3.0]        # mean 2, sd 1, t = 2 * sqrt(3) = 3.4641, df 2
+    t = 2 * math.sqrt(3)
+    expected = 0.5 * (1 - t / math.sqrt(t * t + 2))
+    assert S.paired_t(d) == pytest.approx(expected, rel=1e-10)
+    assert S.paired_t(d, alternative="less") == pytest.approx(1 - expected, rel=1e-10)
+    assert S.paired_t([1.0]) == 1.0                      # one pair shows nothing
+    assert S.paired_t([0.5, 0.5, 0.5]) == 0.0           # constant positive shift
+    assert S.paired_t([0.0, 0.0]) == 1.0                 # identical
+
+
+def test_holm_by_hand():
+    adj = S.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.5})
+    # sorted 0.01, 0.03, 0.04, 0.5 -> 0.04, 0.09, max(0.09, 0.08)=0.09, max(.., 0.5)
+    assert adj == pytest.approx({"a": 0.04, "c": 0.09, "b": 0.09, "d": 0.5})
+    assert S.holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}
+
+
+# ------------------------------------------------------------------ verdicts
+
+def _noise_problem(rng, opts=("a", "b", "c", "d", "e", "f"), seeds=5, shift=None):
+    """Loss = seed effect (shared init/batches) + run noise (+ optimizer shift)."""
+    shift = shift or {}
+    seed_eff = {s: rng.gauss(1.0, 0.3) for s in range(seeds)}
+    return {o: {s: seed_eff[s] + rng.gauss(0, 0.05) + shift.get(o, 0.0) for s in range(seeds)}
+            for o in opts}
+
+
+def test_no_real_difference_rarely_declares_a_single_winner():
+    rng = random.Random(2)
+    draws = 400
+    singles = 0
+    for _ in range(draws):
+        v = S.compare_to_best(_noise_problem(rng))
+        assert v.status == "verdict" and v.best in v.tied
+        singles += v.significant
+    # Under the null the family-wise error rate of Holm is <= alpha = 0.05 per problem,
+    # and declaring a single winner needs *every* comparison rejected: far rarer.
+    assert singles / draws <= 0.05
+    # Some rejection does happen (a test that never rejects would pass the line above).
+    rejections = 0
+    for _ in range(draws):
+        v = S.compare_to_best(_noise_problem(rng, opts=("a", "b")))
+        rejections += len(v.tied) == 1
+    # One comparison of the best (selected by its mean) vs the other: nominal 0.05
+    # (binomial sd ~0.011 over 400 draws).
+    assert 0.015 <= rejections / draws <= 0.09
+
+
+def test_large_real_difference_is_found():
+    rng = random.Random(3)
+    for _ in range(50):
+        v = S.compare_to_best(_noise_problem(rng, shift={o: 0.5 for o in "bcdef"}))
+        assert v.best == "a" and v.tied == ["a"] and v.significant
+        assert all(p < 0.05 for p in v.pvalues.values())
+
+
+def test_tied_group_with_one_clearly_worse():
+    rng = random.Random(4)
+    v = S.compare_to_best(_noise_problem(rng, opts=("a", "b", "c", "z"), seeds=8,
+                                         shift={"z": 1.0}))
+    assert "z" not in v.tied and not v.significant
+    assert set(v.tied) <= {"a", "b", "c"} and v.tied[0] == v.best
+    assert v.order[-1] == "z"
+
+
+def test_pairing_matters():
+    # Seed effects are huge, the optimizer shift small but consistent: an unpaired view
+    # would see overlap, the paired test sees b worse on every seed.
+    a = {s: 10.0 * s + 0.001 * (s % 2) for s in range(6)}
+    b = {s: v + 0.1 for s, v in a.items()}
+    ca, cb = S.mean_ci(a.values()), S.mean_ci(b.values())
+    assert ca.hi > cb.lo                                  # intervals overlap
+    v = S.compare_to_best({"a": a, "b": b})
+    assert v.tied == ["a"] and v.significant
+
+
+def test_all_failed_is_no_verdict():
+    v = S.compare_to_best({"a": {0: INF, 1: INF}, "b": {0: float("nan"), 1: INF}})
+    assert v.status == "no verdict" and v.best is None and v.tied == []
+    assert not v.significant and v.failed == {"a": 2, "b": 2}
+    assert S.compare_to_best({}).status == "no verdict"
+
+
+def test_failure_rules():
+    ok = {0: 1.0, 1: 1.1, 2: 0.9}
+    one_fail = {0: 0.5, 1: INF, 2: 0.5}         # better finite mean, but one failure
+    v = S.compare_to_best({"ok": ok, "f": one_fail})
+    assert v.best == "ok" and v.tied == ["ok"] and v.means["f"] == INF
+    assert v.failed == {"ok": 0, "f": 1}
+    # When the best also failed somewhere, only seeds where both trained are tested.
+    f2 = {0: 1.0, 1: INF, 2: 0.9, 3: 1.2}
+    f3 = {0: 1.05, 1: INF, 2: 0.85, 3: INF}
+    v = S.compare_to_best({"f2": f2, "f3": f3, "dead": {0: INF, 1: INF, 2: INF, 3: INF}})
+    assert v.best == "f2" and v.tied == ["f2", "f3"] and v.order[-1] == "dead"
+
+
+# ------------------------------------------------------------------ ranks
+
+def test_tie_ranks_equal_values_share():
+    assert S.tie_ranks({"a": 0.56, "b": 0.56, "c": 0.56, "d": 0.9}) == \
+        {"a": 2.0, "b": 2.0, "c": 2.0, "d": 4.0}
+    assert S.tie_ranks({"a": 0.56, "b": 0.56, "c": 0.7}, method="min") == \
+        {"a": 1.0, "b": 1.0, "c": 3.0}
+    r = S.tie_ranks({"a": 1.0, "b": float("nan"), "c": INF})
+    assert r["a"] == 1.0 and r["b"] == r["c"] == 2.5
+
+
+def test_tie_ranks_groups():
+    vals = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}
+    assert S.tie_ranks(vals, groups=[["a", "c"]]) == {"a": 1.5, "c": 1.5, "b": 3.0, "d": 4.0}
+    assert S.tie_ranks(vals, groups=[["a", "b", "c"]], method="min") == \
+        {"a": 1.0, "b": 1.0, "c": 1.0, "d": 4.0}
+    # Ranks always add up to 1 + ... + n with mean ranking.
+    assert sum(S.tie_ranks(vals, groups=[["b", "d"]]).values()) == 10.0
+
+
+# ------------------------------------------------------------------ claims
+
+def test_claim_test_three_outcomes():
+    rng = random.Random(5)
+    seeds = range(8)
+    base = {s: rng.gauss(1.0, 0.3) for s in seeds}
+    better = {s: v - 0.2 + rng.gauss(0, 0.02) for s, v in base.items()}
+    same = {s: v + rng.gauss(0, 0.05) for s, v in base.items()}
+    assert S.claim_test(better, base) == "supported"
+    assert S.claim_test(base, better) == "contradicted"
+    assert S.claim_test(same, base) == "inconclusive"
+    # A margin larger than the real improvement: the claim "better by 0.5" fails.
+    assert S.claim_test(better, base, margin=0.5) == "contradicted"
+    # Failures: the side that fails is worse.
+    assert S.claim_test(base, {**base, 3: INF}) == "supported"
+    assert S.claim_test({**base, 3: INF}, base) == "contradicted"
+    assert S.claim_test({0: 1.0}, {0: 2.0}) == "inconclusive"
