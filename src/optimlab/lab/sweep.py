@@ -259,6 +259,8 @@ class Executor:
         self.store, self.sources, self.workers = store, sources, workers
         self.progress, self.problems = progress, dict(problems or {})
         self._pool = None
+        #: {run_id: record} of the runs this executor finished (and stored).
+        self.finished: dict = {}
 
     def __enter__(self):
         return self
@@ -301,11 +303,15 @@ class Executor:
                 for spec in todo:
                     problem = self.problems.get(spec.problem) or _problem(
                         self.sources[spec.problem])
-                    self.store.put(runner.run(spec, problem))
+                    self._keep(runner.run(spec, problem))
                     advance()
             else:
                 self._run_pool(todo, advance)
         return len(todo)
+
+    def _keep(self, record) -> None:
+        self.store.put(record)
+        self.finished[record.run_id] = record
 
     def _run_pool(self, todo, advance) -> None:
         if self._pool is None:
@@ -318,7 +324,7 @@ class Executor:
             while futures:
                 done, futures = wait(futures, return_when=FIRST_COMPLETED)
                 for future in done:
-                    self.store.put(future.result())
+                    self._keep(future.result())
                     advance()
         except BrokenProcessPool:
             self.close(cancel=True)
@@ -353,15 +359,14 @@ def _progress(enabled: bool, label: str, total: int):
 def select(store: Store, specs) -> dict:
     """Selections per (problem, optimizer) from the stored sweep and seeds runs of
     ``specs`` (see :func:`analysis.select_best`)."""
+    return _select(store.records("sweep") + store.records("seeds"), specs)
+
+
+def _select(records, specs) -> dict:
     from .analysis import select_best
 
     wanted = {s.run_id for s in specs}
-    return select_best([r for r in store.records() if r.run_id in wanted
-                        and r.spec.phase in ("sweep", "seeds")])
-
-
-def _sweep_records(store: Store) -> list:
-    return store.records("sweep")
+    return select_best([r for r in records if r.run_id in wanted])
 
 
 def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
@@ -372,10 +377,18 @@ def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
     Returns the selections ``{(problem, optimizer): Selection}``.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    # Stored runs are read once (a resumed comparison); new ones are kept in memory as
+    # they finish, so a round does not decode the whole store again.
+    known = {r.run_id: r for r in store.records("sweep") + store.records("seeds")}
+
+    def records():
+        known.update(ex.finished)
+        return list(known.values())
+
     with Executor(store, plan.sources, workers, progress, plan.problems) as ex:
         rnd = 0
         while True:
-            states = plan.search(_sweep_records(store))
+            states = plan.search(r for r in records() if r.spec.phase == "sweep")
             sweep = plan.sweep_specs(states)
             # The report shows this comparison's runs only (an --out directory may hold
             # older ones); the list grows with every round.
@@ -386,14 +399,14 @@ def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
             rnd += 1
             name = "coarse grid" if rnd == 1 and len(todo) == len(sweep) else \
                 "extension/refinement"
-            log(f"phase sweep, round {rnd} ({name}): {plural(len(todo), 'run')} "
-                f"({plural(len(sweep), 'lr')} searched so far over "
+            log(f"phase sweep, round {rnd} ({name}): {plural(len(todo), 'run')}, "
                 f"{plural(len(plan.optimizers), 'optimizer')} x "
-                f"{plural(len(plan.sources), 'problem')}), {plural(workers, 'worker')}")
+                f"{plural(len(plan.sources), 'problem')}, {plural(workers, 'worker')} "
+                f"({plural(len(sweep), 'lr')} searched so far)")
             ex.run(todo, f"sweep {rnd}")
             if rnd > S.MAX_ROUNDS:   # cannot happen: every round adds lattice points
                 raise SweepError("the lr search did not converge")
-        selections = select(store, sweep)
+        selections = _select(records(), sweep)
         seeds = plan.seed_specs(selections)
         store.set_meta("runs", sorted(s.run_id for s in plan.all_specs(selections)))
         if seeds:
@@ -401,7 +414,7 @@ def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
             log(f"phase seeds: {plural(len(seeds), 'run')} ({len(seeds) - n} already stored), "
                 f"seeds 1..{plan.seeds - 1} of the best {CANDIDATES} lrs per pair")
             ex.run(seeds, "seeds")
-        selections = select(store, sweep + seeds)
+        selections = _select(records(), sweep + seeds)
         store.set_meta("runs", sorted(s.run_id for s in plan.all_specs(selections)))
         bias = plan.bias_specs(selections)
         if bias:
