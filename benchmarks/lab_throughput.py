@@ -121,7 +121,7 @@ def table(rows) -> str:
     return "\n".join(out)
 
 
-def write(rows, reps: int, path: str) -> None:
+def write(rows, reps: int, path: str, load: float) -> None:
     body = "\n".join([
         MARK_BEGIN,
         "## Lab throughput: the lab's runner vs a plain PyTorch loop",
@@ -137,6 +137,10 @@ def write(rows, reps: int, path: str) -> None:
         f"`build`: constructing the problem (data, optimum), paid once per worker process.",
         "",
         table(rows),
+        "",
+        f"Load average during the run: {load:.1f} on {os.cpu_count()} CPUs. Above ~2 the "
+        f"machine was shared and the figures are inflated and noisy (differences under "
+        f"~20% between columns are not meaningful); rerun on an idle machine.",
         "",
         MARK_END,
     ])
@@ -159,10 +163,12 @@ def main(argv=None) -> int:
                                                   "BENCHMARKS.md"))
     args = ap.parse_args(argv)
     reps = 1 if args.quick else args.reps
+    load0 = os.getloadavg()[0]
     rows = measure(args.problems.split(","), reps)
+    load = max(load0, os.getloadavg()[0])
     print(table(rows))
     if not args.quick:
-        write(rows, reps, args.out)
+        write(rows, reps, args.out, load)
         print(f"written to {os.path.abspath(args.out)}")
     return 0
 
