@@ -278,3 +278,29 @@ def test_bias_correction_uses_adams_searched_lrs():
     specs = plan.bias_specs(sel)
     assert {s.lr for s in specs} == {1e-3, 5.62e-3, 1e-2, 0.1}
     assert len(specs) == 4 * 3 * 2 and {s.phase for s in specs} == {"bias-correction"}
+
+
+def test_train_metric_only_where_it_is_kept():
+    """With ``evaluate_loss``, intermediate train evaluations skip the metric (it would be
+    discarded); the final one keeps it, and the losses equal ``evaluate``'s."""
+    import dataclasses
+
+    base = noisy_quadratic()
+    calls = []
+
+    def evaluate(m, split):
+        calls.append(("full", split))
+        return {**base.evaluate(m, split), "metric": 0.5}
+
+    def evaluate_loss(m, split):
+        calls.append(("loss", split))
+        return base.evaluate(m, split)["loss"]
+
+    fast = dataclasses.replace(base, evaluate=evaluate, evaluate_loss=evaluate_loss)
+    slow = dataclasses.replace(base, evaluate=evaluate)
+    a, b = runner.run(_spec(steps=20), fast), runner.run(_spec(steps=20), slow)
+    assert a.curves == b.curves and a.final == b.final and a.final["train_metric"] == 0.5
+    fast_calls = calls[:len(calls) - (2 * 21 + 1)]
+    train = [kind for kind, split in fast_calls if split == "train"]
+    assert train == ["loss"] * 20 + ["full"]          # 21 points, only the last with metric
+    assert all(kind == "full" for kind, split in fast_calls if split != "train")
