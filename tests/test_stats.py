@@ -172,6 +172,14 @@ def test_all_failed_is_no_verdict():
     assert S.compare_to_best({}).status == "no verdict"
 
 
+def test_single_optimizer_and_missing_seeds():
+    v = S.compare_to_best({"adam": {0: 1.0, 1: 1.2}})
+    assert (v.best, v.tied, v.significant, v.status) == ("adam", ["adam"], False, "verdict")
+    # An optimizer sharing only one seed with the best cannot be shown worse.
+    v = S.compare_to_best({"a": {0: 1.0, 1: 1.0, 2: 1.1}, "b": {2: 5.0, 7: 5.0}})
+    assert v.tied == ["a", "b"] and v.pvalues["b"] == 1.0
+
+
 def test_failure_rules():
     ok = {0: 1.0, 1: 1.1, 2: 0.9}
     one_fail = {0: 0.5, 1: INF, 2: 0.5}         # better finite mean, but one failure
@@ -183,6 +191,23 @@ def test_failure_rules():
     f3 = {0: 1.05, 1: INF, 2: 0.85, 3: INF}
     v = S.compare_to_best({"f2": f2, "f3": f3, "dead": {0: INF, 1: INF, 2: INF, 3: INF}})
     assert v.best == "f2" and v.tied == ["f2", "f3"] and v.order[-1] == "dead"
+
+
+def test_deterministic_problem_resolution():
+    """Full-batch problems give the same loss on every seed: differences of a few
+    float32 ulps are ties, a real gap is still significant (zero spread)."""
+    same = {"momentum": 0.5600000619888306, "adam": 0.5600001215934753}
+    worse = {"rmsprop": 0.5605391263961792, "sgd": 0.6132994890213013}
+    scores = {o: {s: v for s in range(5)} for o, v in {**same, **worse}.items()}
+    v = S.compare_to_best(scores)
+    assert v.best == "momentum" and v.tied == ["momentum", "adam"] and not v.significant
+    assert v.pvalues["adam"] == 1.0 and v.pvalues["rmsprop"] == 0.0
+    r = S.tie_ranks(v.means, groups=[v.tied], rtol=S.RTOL)
+    assert r == {"momentum": 1.5, "adam": 1.5, "rmsprop": 3.0, "sgd": 4.0}
+    # Without the resolution the ulps would decide.
+    assert S.compare_to_best(scores, rtol=0.0).tied == ["momentum"]
+    assert S.tie_ranks({"a": 1.0, "b": 1.0 + 1e-7, "c": INF, "d": INF}, rtol=S.RTOL) == \
+        {"a": 1.5, "b": 1.5, "c": 3.5, "d": 3.5}
 
 
 # ------------------------------------------------------------------ ranks
@@ -222,3 +247,7 @@ def test_claim_test_three_outcomes():
     assert S.claim_test(base, {**base, 3: INF}) == "supported"
     assert S.claim_test({**base, 3: INF}, base) == "contradicted"
     assert S.claim_test({0: 1.0}, {0: 2.0}) == "inconclusive"
+    # Deterministic problem: ulps are no evidence, a real gap is.
+    det = {s: 0.5600000619888306 for s in seeds}
+    assert S.claim_test(det, {s: 0.5600001215934753 for s in seeds}) == "inconclusive"
+    assert S.claim_test(det, {s: 0.6 for s in seeds}) == "supported"

@@ -7,6 +7,8 @@ parameters, and the choice between the fused kernel and the reference path.
 
 The whole per-parameter step is :func:`update`, written once. The reference path runs it
 on tensors; the fused path (:mod:`optimlab.fused`) traces it symbolically and compiles it.
+``differentiable=True`` (autograd through the step, as torch.optim's) always takes the
+reference path, with grad mode on.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch.optim import Optimizer
 from torch.optim import optimizer as _torch_optimizer
 
+from . import checkpoint
 from .rules import Rule
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -83,14 +86,26 @@ def _hooked(step):
 
 
 def hyperparameters(group: dict) -> SimpleNamespace:
-    """The group's hyperparameters as attributes, with a float ``lr``."""
+    """The group's hyperparameters as attributes, with a float ``lr``.
+
+    A ``differentiable`` group keeps Tensor ``lr``/``weight_decay``/``betas`` as 0-dim
+    tensors (torch.optim's ``_to_scalar``), so autograd records their use.
+    """
     h = {**_LEGACY_DEFAULTS, **{k: v for k, v in group.items() if k != "params"}}
+    scalar = _squeezed if h["differentiable"] else _item
     for key in ("lr", "weight_decay"):
-        if isinstance(h[key], torch.Tensor):
-            h[key] = h[key].item()
-    h["betas"] = tuple(b.item() if isinstance(b, torch.Tensor) else b for b in h.get("betas", ()))
+        h[key] = scalar(h[key])
+    h["betas"] = tuple(map(scalar, h.get("betas", ())))
     h.setdefault("grad_scale", None)
     return SimpleNamespace(**h)
+
+
+def _item(x):
+    return x.item() if isinstance(x, torch.Tensor) else x
+
+
+def _squeezed(x):
+    return x.squeeze() if isinstance(x, torch.Tensor) else x
 
 
 def scalar_dtype() -> torch.dtype:
@@ -103,6 +118,18 @@ def as_real(t: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(t) if t.is_complex() else t
 
 
+def _use_grad_for_differentiable(step):
+    """Run ``step`` with autograd on only for ``differentiable=True`` optimizers, as
+    torch.optim's decorator of the same name does (even inside the caller's ``no_grad``)."""
+
+    @functools.wraps(step)
+    def wrapper(self, *args, **kwargs):
+        with torch.set_grad_enabled(bool(self.defaults.get("differentiable"))):
+            return step(self, *args, **kwargs)
+
+    return wrapper
+
+
 class RuleOptimizer(Optimizer):
     """Base class: a subclass sets ``rule`` and validates its constructor arguments."""
 
@@ -110,14 +137,6 @@ class RuleOptimizer(Optimizer):
     #: GradScaler's fused protocol: it sets ``grad_scale`` and ``found_inf`` on the optimizer
     #: instead of unscaling the grads itself; the step unscales and skips on inf.
     _step_supports_amp_scaling: ClassVar[bool] = True
-
-    def __init__(self, params, defaults: dict):
-        if defaults.get("differentiable"):
-            raise NotImplementedError(
-                f"{type(self).__name__}: differentiable=True (autograd through the step) is not "
-                "supported by optimlab; use torch.optim for that"
-            )
-        super().__init__(params, defaults)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -128,6 +147,16 @@ class RuleOptimizer(Optimizer):
             for key, value in list(param_state.items()):
                 if key in self.rule.scalars and not torch.is_tensor(value):
                     param_state[key] = torch.tensor(float(value), dtype=scalar_dtype())
+
+    def state_dict(self) -> dict:
+        """torch.optim's ``state_dict``, without optimlab-only group keys at torch's value
+        (see :mod:`optimlab.checkpoint`), so that torch and DCP load it as their own."""
+        return checkpoint.for_torch(super().state_dict())
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch.optim's ``load_state_dict``, except that ``fused``/``foreach``/``capturable``/
+        ``differentiable`` stay as constructed (see :mod:`optimlab.checkpoint`)."""
+        super().load_state_dict(checkpoint.for_loading(state_dict, self.param_groups, self.defaults))
 
     def init_state(self, p: torch.Tensor, h: SimpleNamespace) -> dict:
         """Create ``self.state[p]`` with torch.optim's keys, in torch.optim's order.
@@ -142,11 +171,14 @@ class RuleOptimizer(Optimizer):
                 state[key] = torch.tensor(value, dtype=scalar_dtype())
             for key, fill in self.rule.tensors(h).items():
                 if fill is not None:
+                    # a complex parameter is stepped as (re, im) pairs: both halves start at
+                    # the fill (torch's Adagrad: sum = v + vj)
+                    fill = complex(fill, fill) if p.is_complex() else fill
                     state[key] = torch.full_like(p, fill, memory_format=torch.preserve_format)
         return state
 
     @_hooked
-    @torch.no_grad()
+    @_use_grad_for_differentiable
     def step(self, closure=None):
         """Perform one optimization step; returns the closure's loss, if given."""
         loss = None
@@ -194,28 +226,41 @@ class RuleOptimizer(Optimizer):
                 )
 
     def reference_step(self, p: torch.Tensor, h: SimpleNamespace) -> None:
-        """The readable path: run :func:`update` on tensors for one parameter."""
+        """The readable path: run :func:`update` on tensors for one parameter.
+
+        With ``h.differentiable`` (under grad mode) autograd records the step, as in
+        torch.optim: ``p`` and the state are read through clones and written back in
+        place with ``copy_``, so the graph runs through them into the next step, and a
+        scalar state that requires grad (NAdam's ``mu_product``) stays a tensor.
+        """
         state = self.init_state(p, h)
         grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
         compute = torch.float32 if p.dtype in _LOW_PRECISION else None
+        differentiable = h.differentiable
+        if differentiable and "step" in state and state["step"].requires_grad:
+            raise RuntimeError("`requires_grad` is not supported for `step` in differentiable mode")
 
-        def load(t):
+        def load(t, keep=False):
             t = as_real(t)
-            return t.to(compute) if compute is not None else t
+            t = t.to(compute) if compute is not None else t
+            # the in-place write-back below would invalidate tensors autograd saved from t
+            return t.clone() if keep else t
 
         keys = self.rule.tensors(h)
         s = SimpleNamespace()
         for key in self.rule.scalars:
-            setattr(s, key, state[key].item())
+            value = state[key]
+            setattr(s, key, value.clone() if differentiable and value.requires_grad else value.item())
         for key in keys:  # lazily created state (SGD's momentum buffer) is None at first
-            setattr(s, key, load(state[key]) if key in state else None)
+            setattr(s, key, load(state[key], differentiable) if key in state else None)
         old = dict(vars(s))
 
-        new_p = update(self.rule.fn, load(p), load(grad), s, h)
+        new_p = update(self.rule.fn, load(p, differentiable), load(grad), s, h)
         as_real(p).copy_(new_p)
 
         for key in self.rule.scalars:
-            state[key].fill_(getattr(s, key))
+            value = getattr(s, key)
+            state[key].copy_(value) if torch.is_tensor(value) else state[key].fill_(value)
         for key in keys:
             value = getattr(s, key)
             if value is old[key]:

@@ -44,6 +44,24 @@ def _check_betas(betas) -> None:
         _check(0.0 <= beta < 1.0, f"Invalid beta parameter at index {i}: {beta} (must be in [0, 1))")
 
 
+def _check_tensor_lr(lr, foreach, capturable) -> None:
+    """torch.optim.Adam: a Tensor lr is not for the foreach path unless capturable."""
+    if isinstance(lr, torch.Tensor) and foreach and not capturable:
+        raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
+
+
+def _check_tensor_betas(betas, foreach, capturable) -> None:
+    """torch.optim.Adam: betas are both numbers or both 1-element Tensors (not for the
+    foreach path unless capturable). Unlike torch, an int beta counts as a float."""
+    tensors = [isinstance(beta, torch.Tensor) for beta in betas]
+    _check(all(tensors) or not any(tensors), "betas must be either both floats or both Tensors")
+    for i, beta in enumerate(betas):
+        if isinstance(beta, torch.Tensor):
+            _check(not (foreach and not capturable),
+                   f"betas[{i}] as a Tensor is not supported for capturable=False and foreach=True")
+            _check(beta.numel() == 1, f"Tensor betas[{i}] must be 1-element")
+
+
 def _check_fused(fused, differentiable, foreach) -> None:
     if fused and differentiable:
         raise RuntimeError("`fused` does not support `differentiable`")
@@ -184,10 +202,12 @@ class Adam(RuleOptimizer):
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False,
                  bias_correction=True):
+        _check_tensor_lr(lr, foreach, capturable)
         _check_lr(lr)
         _check_eps(eps)
         _check_betas(betas)
         _check_weight_decay(weight_decay)
+        _check_tensor_betas(betas, foreach, capturable)
         _check_fused(fused, differentiable, foreach)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, foreach=foreach, capturable=capturable,

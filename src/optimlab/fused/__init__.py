@@ -65,7 +65,7 @@ import weakref
 
 import torch
 
-from .plan import Plan, Unfusable, hkey, readable
+from .plan import Plan, Unfusable, check_device, hkey, readable
 
 _plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _warned: set = set()
@@ -143,6 +143,8 @@ def _plan(optimizer, group, params, h, key) -> Plan:
 def _step(optimizer, group, params, grads, h, required: bool) -> None:
     if not all(map(readable, grads)):
         if required:
+            for p in params:
+                check_device(p)
             raise Unfusable("the kernel cannot address a grad's memory ("
                             + ", ".join(sorted({type(g).__name__ for g in grads if not readable(g)}))
                             + ")")

@@ -104,6 +104,14 @@ def kernel(rule, h, key, dtype: str, sstate: tuple, lazy: frozenset) -> Kernel:
     return found
 
 
+def check_device(p: torch.Tensor) -> None:
+    """Refuse a param on a device the kernel does not run on, in torch.optim's words
+    (``_device_dtype_check_for_fused``), e.g. for meta params with ``fused=True``."""
+    if p.device.type != "cpu":
+        raise Unfusable("`fused=True` requires all the params to be floating point Tensors of "
+                        f"supported devices: ['cpu'] but {p.dtype} and {p.device.type}")
+
+
 def addressable(t: torch.Tensor) -> bool:
     """Whether the C kernel may read and write ``t``'s elements through ``data_ptr()``.
 
@@ -282,8 +290,9 @@ class Plan:
 
     @staticmethod
     def _check(p, st, fills, rule):
-        if p.device.type != "cpu" or p.layout != torch.strided:
-            raise Unfusable(f"param on {p.device} with layout {p.layout}")
+        check_device(p)
+        if p.layout != torch.strided:
+            raise Unfusable(f"param with layout {p.layout}")
         if not addressable(p):
             raise Unfusable(f"the kernel cannot address a {type(p).__name__}'s memory")
         if p.dtype not in SUPPORTED:

@@ -77,8 +77,11 @@ class LocalView:
 
 def _twin(t, p, dtensor) -> bool:
     """``t`` is a DTensor laid out like the DTensor ``p`` (same mesh, placements, local shape)."""
-    return (isinstance(t, dtensor) and (t.device_mesh is p.device_mesh or t.device_mesh == p.device_mesh)
-            and t.placements == p.placements and t._local_tensor.shape == p._local_tensor.shape)
+    if not isinstance(t, dtensor) or t._local_tensor.shape != p._local_tensor.shape:
+        return False
+    a, b = t._spec, p._spec
+    return a is b or ((a.mesh is b.mesh or a.mesh == b.mesh)
+                      and (a.placements is b.placements or a.placements == b.placements))
 
 
 def _local(t, dtensor):

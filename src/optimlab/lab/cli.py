@@ -192,10 +192,11 @@ def _finite_or_none(value):
     return value
 
 
-def summary(records, selections=None, kinds=None) -> dict:
+def summary(records, selections=None, meta=None) -> dict:
     """The --json summary: every run's identity, status and final metrics (non-finite
     numbers, e.g. a diverged run's inf losses, become null), the selections, and one
-    verdict per problem (lab/verdicts.py: best, tied group, lr, mean, 95% CI)."""
+    verdict per problem (lab/verdicts.py: best, tied group, lr, mean, 95% CI; kinds
+    from the store meta's problem_info)."""
     runs = [{"run_id": r.run_id, "problem": r.spec.problem, "optimizer": r.spec.optimizer,
              "lr": r.spec.lr, "seed": r.spec.seed, "phase": r.spec.phase,
              "schedule": r.spec.schedule, "status": r.status, "steps": r.spec.steps,
@@ -204,8 +205,19 @@ def summary(records, selections=None, kinds=None) -> dict:
     best = [{"problem": p, "optimizer": o, "lr": s.lr, "score": s.score,
              "on_edge": s.on_edge, "at_bound": getattr(s, "at_bound", False)}
             for (p, o), s in sorted((selections or {}).items())]
-    vrows = verdict_rows(records, selections, kinds)
+    vrows = verdict_rows(records, selections, _kinds(records, meta))
     return _finite_or_none({"runs": runs, "selections": best, "verdicts": vrows})
+
+
+def _kinds(records, meta=None) -> dict:
+    """{problem: kind} from the store meta's problem_info, else the problems registry."""
+    info = (meta or {}).get("problem_info") or {}
+    names = sorted({r.spec.problem for r in records})
+    if all(isinstance(info.get(p), dict) and info[p].get("kind") for p in names):
+        return {p: info[p]["kind"] for p in names}
+    from .report.context import problem_info
+    return {p: i["kind"] for p, i in problem_info(names, sources=(meta or {})
+                                                  .get("sources")).items()}
 
 
 def verdict_rows(records, selections=None, kinds=None) -> list:
@@ -300,13 +312,12 @@ def cmd_compare(args, argv) -> int:
                      f"{exc}); rebuild with '{PROG} report {out}'")
                 status = 1
         records = [r for r in store.records() if r.run_id in ids]
-        kinds = {n: p.kind for n, p in plan.problems.items()}
         # The verdict table ends the run: stderr, so that --json keeps stdout clean.
         from . import verdicts
-        verdicts.print_table(verdict_rows(records, selections, kinds), report=path,
-                             file=sys.stderr if args.json else sys.stdout)
+        verdicts.print_table(verdict_rows(records, selections, _kinds(records, store.meta())),
+                             report=path, file=sys.stderr if args.json else sys.stdout)
         if args.json:
-            payload = summary(records, selections, kinds)
+            payload = summary(records, selections, store.meta())
             payload["comparison"] = cid
             json.dump(payload, sys.stdout, allow_nan=False)
             sys.stdout.write("\n")

@@ -16,6 +16,9 @@ Method (stated in the report)
   for the multiple comparisons with Holm's step-down method (Holm 1979), which controls
   the family-wise error rate at ``alpha``. The optimizers whose adjusted p-value is
   >= ``alpha`` are *statistically indistinguishable* from the best (the tied group).
+* **Resolution**: seed means that agree to ``RTOL`` (relative 1e-5) are equal, whatever
+  the test says: deterministic (full-batch) problems give zero-spread differences of a
+  few float32 ulps that no reader should take for a winner.
 * **Failures**: a diverged / errored run scores ``+inf``. Infinite losses cannot enter
   a t-test, so they follow fixed rules (see :func:`compare_to_best`).
 
@@ -32,15 +35,16 @@ from functools import lru_cache
 
 INF = float("inf")
 
-__all__ = ["CI", "Verdict", "mean_ci", "paired", "paired_t", "holm", "compare_to_best",
+__all__ = ["RTOL", "CI", "Verdict", "mean_ci", "paired", "paired_t", "holm", "compare_to_best",
            "tie_ranks", "claim_test", "t_sf", "t_ppf", "METHOD"]
 
 #: One sentence describing the method, for the report's protocol text.
 METHOD = ("mean over seeds with a 95% Student-t confidence interval; optimizers are "
           "compared with paired t-tests against the best (paired by seed: same initial "
           "weights and batch order; two-sided p since the best is chosen from the same "
-          "data), Holm-corrected over the comparisons at alpha = 0.05; a diverged run "
-          "counts as a failure, worse than any finite loss")
+          "data), Holm-corrected over the comparisons at alpha = 0.05; seed means equal "
+          "to 5 significant digits count as equal; a diverged run counts as a failure, "
+          "worse than any finite loss")
 
 
 # ------------------------------------------------------------------ t distribution
@@ -247,8 +251,21 @@ class Verdict:
     alpha: float = 0.05
 
 
-def _p_vs_best(o: dict, b: dict) -> float:
-    """Raw one-sided p-value that ``o`` is worse than the best ``b`` (see compare_to_best)."""
+#: Relative resolution of a trained loss: float32 carries ~7 significant digits and the
+#: rounding accumulated over training makes the last ~2 noise, so seed means that agree
+#: to 5 significant digits are equal (deterministic problems give zero-spread
+#: differences of a few ulps that a t-test would call significant).
+RTOL = 1e-5
+
+
+def _close(a: float, b: float, rtol: float) -> bool:
+    if a == b:
+        return True
+    return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= rtol * max(abs(a), abs(b))
+
+
+def _p_vs_best(o: dict, b: dict, rtol: float = RTOL) -> float:
+    """Raw p-value that ``o`` is worse than the best ``b`` (see compare_to_best)."""
     common = sorted(set(o) & set(b))
     o_fail = any(not math.isfinite(o[s]) for s in common)
     b_fail = any(not math.isfinite(b[s]) for s in common)
@@ -258,23 +275,29 @@ def _p_vs_best(o: dict, b: dict) -> float:
     if o_all_fail and any(math.isfinite(b[s]) for s in common):
         return 0.0
     both = [s for s in common if math.isfinite(o[s]) and math.isfinite(b[s])]
+    if both and _close(sum(o[s] for s in both) / len(both),
+                       sum(b[s] for s in both) / len(both), rtol):
+        return 1.0
     # The best was picked from these same data, so "o is worse than the best" is a
     # two-sided question in disguise: doubling the one-sided p (= the two-sided paired
     # p when o's mean is higher) keeps the two-optimizer error rate at alpha, not 2 alpha.
     return min(1.0, 2.0 * paired_t([o[s] - b[s] for s in both], 0.0, "greater"))
 
 
-def compare_to_best(scores: dict, alpha: float = 0.05, level: float = 0.95) -> Verdict:
+def compare_to_best(scores: dict, alpha: float = 0.05, level: float = 0.95,
+                    rtol: float = RTOL) -> Verdict:
     """Group of optimizers statistically indistinguishable from the best.
 
     scores: {optimizer: {seed: loss}}, lower is better, inf (or nan) = failed run.
 
     1. Order: by (fraction of failed seeds, mean of the finite seeds, name); the first
        is the best. With no failures this is the seed mean.
-    2. Each other optimizer o gets a raw one-sided p-value that it is worse:
+    2. Each other optimizer o gets a raw p-value that it is worse:
        - o failed on a common seed where the best never failed: p = 0 (a failure is
          worse than any finite loss, so o is never tied with a failure-free best);
        - o failed on every common seed while the best trained on some: p = 0;
+       - seed means (over the seeds where both trained) equal within ``rtol``
+         (relative; see RTOL): p = 1, a difference below the loss's resolution;
        - otherwise a paired t-test on the seeds where both trained (with < 2 such
          seeds nothing can be shown and o stays tied), one-sided with its p-value
          doubled because the best was selected from the same data.
@@ -305,7 +328,7 @@ def compare_to_best(scores: dict, alpha: float = 0.05, level: float = 0.95) -> V
 
     order = sorted(clean, key=key)
     best = order[0]
-    raw = {o: _p_vs_best(clean[o], clean[best]) for o in order[1:]}
+    raw = {o: _p_vs_best(clean[o], clean[best], rtol) for o in order[1:]}
     adj = holm(raw)
     tied = [best] + [o for o in order[1:] if adj[o] >= alpha]
     return Verdict("verdict", best, tied, significant=len(order) > 1 and len(tied) == 1,
@@ -315,7 +338,7 @@ def compare_to_best(scores: dict, alpha: float = 0.05, level: float = 0.95) -> V
 
 # ------------------------------------------------------------------ ranks
 
-def tie_ranks(values: dict, groups=None, method: str = "mean") -> dict:
+def tie_ranks(values: dict, groups=None, method: str = "mean", rtol: float = 0.0) -> dict:
     """Ranks (1 = lowest value) where ties share a rank.
 
     values: {name: value}, lower is better; nan/None sort last as +inf.
@@ -324,7 +347,8 @@ def tie_ranks(values: dict, groups=None, method: str = "mean") -> dict:
     Equal values (and group members) form one block; a block occupying positions
     i..j gets rank (i + j) / 2 with ``method="mean"`` (fractional ranking, keeps the
     sum of ranks fixed so mean ranks over problems stay fair) or i with
-    ``method="min"`` (competition ranking, "1 1 3").
+    ``method="min"`` (competition ranking, "1 1 3"). rtol: values within this relative
+    distance of a block's lowest value join that block (0 = exact equality).
     """
     if method not in ("mean", "min"):
         raise ValueError(f"method must be 'mean' or 'min', got {method!r}")
@@ -345,13 +369,16 @@ def tie_ranks(values: dict, groups=None, method: str = "mean") -> dict:
     blocks = {}
     for k, b in block_of.items():
         blocks[b] = min(v[m] for m in b)
-    # Blocks with equal values merge.
-    by_value = {}
-    for b, x in blocks.items():
-        by_value.setdefault(x, []).extend(b)
+    # Blocks with equal values (within rtol of the merged block's lowest) merge.
+    merged = []
+    for b, x in sorted(blocks.items(), key=lambda t: (t[1], t[0])):
+        if merged and _close(merged[-1][0], x, rtol):
+            merged[-1][1].extend(b)
+        else:
+            merged.append((x, list(b)))
     out, pos = {}, 1
-    for x in sorted(by_value):
-        members = sorted(set(by_value[x]))
+    for _, ms in merged:
+        members = sorted(set(ms))
         r = pos if method == "min" else pos + (len(members) - 1) / 2
         for m in members:
             out[m] = float(r)
@@ -361,7 +388,8 @@ def tie_ranks(values: dict, groups=None, method: str = "mean") -> dict:
 
 # ------------------------------------------------------------------ claims
 
-def claim_test(a: dict, b: dict, alpha: float = 0.05, margin: float = 0.0) -> str:
+def claim_test(a: dict, b: dict, alpha: float = 0.05, margin: float = 0.0,
+               rtol: float = RTOL) -> str:
     """Is ``a`` better (lower loss) than ``b`` by more than ``margin``?
 
     a, b: {seed: loss}, inf = failed. Paired on common seeds, d = b - a.
@@ -369,15 +397,20 @@ def claim_test(a: dict, b: dict, alpha: float = 0.05, margin: float = 0.0) -> st
     "contradicted": it rejects mean(d) >= margin (a is not better by margin; with
     margin 0, b is significantly better); else "inconclusive" (also with < 2 seeds).
     Failures follow compare_to_best: if only one side failed on common seeds, that
-    side is worse; if both did, only seeds where both trained are tested.
+    side is worse; if both did, only seeds where both trained are tested. With margin 0,
+    means equal within ``rtol`` (see RTOL) are "inconclusive": a few float32 ulps of a
+    deterministic problem are no evidence either way.
     """
     common = sorted(set(a) & set(b))
     fa = any(not math.isfinite(float(a[s])) for s in common)
     fb = any(not math.isfinite(float(b[s])) for s in common)
     if fa != fb:
         return "contradicted" if fa else "supported"
-    d = [float(b[s]) - float(a[s]) for s in common
-         if math.isfinite(float(a[s])) and math.isfinite(float(b[s]))]
+    both = [s for s in common if math.isfinite(float(a[s])) and math.isfinite(float(b[s]))]
+    d = [float(b[s]) - float(a[s]) for s in both]
+    if both and margin == 0.0 and _close(sum(float(a[s]) for s in both) / len(both),
+                                         sum(float(b[s]) for s in both) / len(both), rtol):
+        return "inconclusive"
     if paired_t(d, margin, "greater") < alpha:
         return "supported"
     if paired_t(d, margin, "less") < alpha:

@@ -60,15 +60,16 @@ def deltas(vs: dict, sc: dict) -> dict:
 
 
 def rank_table(vs: dict) -> dict:
-    """{problem: {optimizer: tie-aware rank}}: equal seed means share a rank and the
-    tied group shares one rank (fractional ranking, stats.tie_ranks). Problems without
+    """{problem: {optimizer: tie-aware rank}}: seed means equal to stats.RTOL share a
+    rank (a seed with a failure makes the mean inf), and the tied group shares one rank (fractional ranking, stats.tie_ranks). Problems without
     a verdict are left out: nothing there orders the optimizers."""
-    return {p: S.tie_ranks(v.means, groups=[v.tied])
+    return {p: S.tie_ranks(v.means, groups=[v.tied], rtol=S.RTOL)
             for p, v in vs.items() if v.status != NO_VERDICT}
 
 
 def per_kind(ranks: dict, kinds: dict, vs: dict, selections: dict) -> dict:
-    """{kind: {"optimizer", "leaders", "mean_rank", "problems", "lrs", "failed"}}.
+    """{kind: {"optimizer", "leaders", "mean_rank", "problems", "lrs", "leader_lrs",
+    "failed"}}; lrs: {problem: lr} of optimizer, leader_lrs: the same per leader.
 
     Lowest mean tie-aware rank over the kind's problems; ``leaders`` lists every
     optimizer sharing that mean rank (optimizer = the first alphabetically). A kind
@@ -91,10 +92,10 @@ def per_kind(ranks: dict, kinds: dict, vs: dict, selections: dict) -> dict:
         low = min(mr.values())
         leaders = sorted(o for o, r in mr.items() if math.isclose(r, low, abs_tol=1e-9))
         w = leaders[0]
+        lrs = {o: {p: selections[(p, o)].lr for p in sorted(ps) if (p, o) in selections}
+               for o in leaders}
         out[kind] = {"optimizer": w, "leaders": leaders, "mean_rank": low,
-                     "problems": sorted(ps),
-                     "lrs": {p: selections[(p, w)].lr for p in sorted(ps)
-                             if (p, w) in selections},
+                     "problems": sorted(ps), "lrs": lrs[w], "leader_lrs": lrs,
                      "failed": False}
     return out
 

@@ -142,7 +142,9 @@ def results_table(ctx) -> str:
                    f"({esc(TAG)}; shaded rows = the tied group). Δ vs best: "
                    "mean ± 95% CI of the per-seed difference to the best, with its Holm "
                    "p; intervals of two optimizers may overlap while Δ excludes 0, since "
-                   "seeds share initial weights and batches. "
+                   "seeds share initial weights and batches. The Δ interval is per "
+                   "comparison; the Holm p, corrected for all comparisons with the best, "
+                   "decides the tied group. "
                    "<span class='edge'>⚠ edge</span>: the best lr is at the end of "
                    "the grid, widen it. lr width: decades of lr whose val loss is within "
                    f"{int(T.TOL * 100)}% of the best (gap above the optimum when known).",

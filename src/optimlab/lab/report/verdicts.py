@@ -88,7 +88,10 @@ def answer_html(ctx) -> str:
                          f'<div class="o bad">✗ no verdict</div><div class="d">every run '
                          f'failed on its {len(w["problems"])} problem(s)</div></div>')
             continue
-        lrs = ", ".join(f"{esc(p)}: {T.num(lr)}" for p, lr in w["lrs"].items())
+        lrs = "; ".join(
+            (f"{esc(o)}: " if len(w["leaders"]) > 1 else "")
+            + ", ".join(f"{esc(p)} {T.num(lr)}" for p, lr in w["leader_lrs"][o].items())
+            for o in w["leaders"])
         also = " (shared)" if len(w["leaders"]) > 1 else ""
         head = swatch(ctx, w["optimizer"]) if len(w["leaders"]) == 1 else \
             '<span style="font-size:15px">' + ", ".join(
@@ -96,8 +99,7 @@ def answer_html(ctx) -> str:
         cards.append(f'<div class="card"><div class="k">{esc(kind)}</div>'
                      f'<div class="o">{head}</div>'
                      f'<div class="d">mean tie-aware rank {w["mean_rank"]:.2f}{also} over '
-                     f'{len(w["problems"])} problem(s)<br>lr of {esc(w["optimizer"])}: '
-                     f'{lrs}</div></div>')
+                     f'{len(w["problems"])} problem(s)<br>lr {lrs}</div></div>')
     rows = []
     for r in ctx["verdict_rows"]:
         rows.append(f'<tr><td>{esc(r["problem"])}</td><td class="l">{esc(r["kind"])}</td>'
@@ -121,12 +123,15 @@ def answer_md(ctx, md) -> list:
     from . import text as T
 
     out = ["| kind | best optimizer (lowest mean tie-aware rank) | mean rank "
-           "| lr per problem |", "|---|---|---:|---|"]
+           "| lr (per optimizer, per problem) |", "|---|---|---:|---|"]
     for kind, w in ctx["per_kind"].items():
         if w["optimizer"] is None:
             out.append(f"| {md(kind)} | ✗ no verdict (every run failed) | — | — |")
             continue
-        lrs = ", ".join(f"{md(p)}: {T.num(lr)}" for p, lr in w["lrs"].items())
+        lrs = "; ".join(
+            (f"{md(o)}: " if len(w["leaders"]) > 1 else "")
+            + ", ".join(f"{md(p)} {T.num(lr)}" for p, lr in w["leader_lrs"][o].items())
+            for o in w["leaders"])
         lead = ", ".join(md(o) for o in w["leaders"])
         out.append(f"| {md(kind)} | {lead} | {w['mean_rank']:.2f} | {lrs} |")
     out += ["", f"Per problem ({md(TAG)}; best first):", "",

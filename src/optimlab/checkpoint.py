@@ -1,0 +1,70 @@
+"""Checkpoints that load both ways with torch.optim, including distributed ones.
+
+Two rules make an optimlab ``state_dict()`` and a ``torch.optim`` one interchangeable,
+also through ``torch.distributed.checkpoint`` (DCP), whose ``dcp.load`` asks the checkpoint
+for every key of the loading optimizer's own ``state_dict()`` and fails on a missing one:
+
+1. **optimlab-only group keys are written only when they differ from what torch.optim
+   implies.** ``bias_correction=True`` is what every torch Adam/AdamW/Adamax/NAdam does, so
+   it is left out; ``False`` is written and loads back (optimlab to optimlab). A checkpoint
+   that lacks the key (torch's, or optimlab's with the default) loads as ``True``.
+
+2. **Implementation flags stay the user's.** ``fused``, ``foreach``, ``capturable`` and
+   ``differentiable`` choose *how* a step runs here (which kernel, whether CUDA graphs or
+   autograd may see it), never *what* it computes: the trajectory is the same either way.
+   torch.optim's ``load_state_dict`` takes them from the checkpoint like any group value,
+   so a checkpoint written on a GPU with ``fused=True`` or ``capturable=True`` re-arms them
+   on a CPU that cannot run them, and DCP's round trip (``get_optimizer_state_dict`` then
+   ``set_optimizer_state_dict``) silently replaces a user's ``fused=False`` by the saved
+   ``fused=None``. optimlab keeps the values each group had before the load, and places
+   state (``step`` on the parameter's device for fused/capturable, as torch does) by them.
+   Hyperparameters (``lr``, ``betas``, ``weight_decay``, ...) still come from the
+   checkpoint, as in torch.
+
+``torch.distributed.optim.ZeroRedundancyOptimizer`` is the exception: its own
+``load_state_dict`` copies every group key into the wrapped optimizer's ``param_groups``
+(``_sync_param_groups``) without calling the wrapped ``load_state_dict``, so under ZeRO the
+flags follow torch's semantics.
+"""
+
+from __future__ import annotations
+
+#: Group keys that only optimlab has, with the value a torch.optim checkpoint implies.
+OPTIMLAB_ONLY = {"bias_correction": True}
+
+#: Group keys that select an implementation, not the update: kept from construction on load.
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def for_torch(state_dict: dict) -> dict:
+    """``state_dict`` with optimlab-only group keys dropped where they hold torch's value."""
+    groups = [{k: v for k, v in group.items()
+               if not (k in OPTIMLAB_ONLY and _same(v, OPTIMLAB_ONLY[k]))}
+              for group in state_dict["param_groups"]]
+    return {**state_dict, "param_groups": groups}
+
+
+def for_loading(state_dict: dict, current_groups: list[dict], defaults: dict) -> dict:
+    """The checkpoint ``state_dict`` as this optimizer should load it: omitted optimlab-only
+    keys filled with the value the writer used, and ``current_groups``' implementation flags
+    in place of the saved ones. A group count that differs is left for torch to reject."""
+    saved = state_dict.get("param_groups")
+    if not isinstance(saved, list) or len(saved) != len(current_groups):
+        return state_dict
+    groups = []
+    for group, current in zip(saved, current_groups):
+        group = dict(group)
+        for key, implied in OPTIMLAB_ONLY.items():
+            if key in defaults:
+                group.setdefault(key, implied)
+        for key in IMPLEMENTATION_FLAGS:
+            if key in current:
+                group[key] = current[key]
+            else:  # a flag this class does not have
+                group.pop(key, None)
+        groups.append(group)
+    return {**state_dict, "param_groups": groups}
+
+
+def _same(value, default) -> bool:
+    return type(value) is type(default) and value == default
