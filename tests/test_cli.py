@@ -29,9 +29,9 @@ TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))   # in-process main() loads test_runner:noisy_quadratic
 
+# The adaptive lr search (no --lrs): several sweep rounds, then the seeds phase.
 TINY = ["compare", "--problem", "test_runner:noisy_quadratic", "--optimizers",
-        "sgd,adam,momentum", "--lrs", "1e-3,1e-2,0.1,1", "--seeds", "2", "--steps", "200"]
-N_RUNS = 3 * 4 + 3 * 1   # sweep + one extra seed per optimizer
+        "sgd,adam,momentum", "--seeds", "2", "--steps", "200"]
 
 
 def _env(**extra) -> dict:
@@ -73,19 +73,31 @@ def reference(tmp_path_factory):
 
 
 def test_reference_run_is_complete(reference):
+    from optimlab.lab.search import COARSE
+    from optimlab.lab.selection import CANDIDATES
+
     out, summary, err = reference
     runs = _runs(out)
-    assert len(runs) == N_RUNS
-    phases = sorted(spec.phase for spec, *_ in runs.values())
-    assert phases == ["seeds"] * 3 + ["sweep"] * 12
+    sweep = [spec for spec, *_ in runs.values() if spec.phase == "sweep"]
+    seeds = [spec for spec, *_ in runs.values() if spec.phase == "seeds"]
+    assert {spec.phase for spec, *_ in runs.values()} == {"sweep", "seeds"}
+    for o in ("sgd", "adam", "momentum"):
+        lrs = {s.lr for s in sweep if s.optimizer == o}
+        # The coarse grid plus refinement (4 per decade around the best).
+        assert set(COARSE) < lrs and len(lrs) >= len(COARSE) + 2
+        reruns = [s for s in seeds if s.optimizer == o]
+        assert 1 <= len({s.lr for s in reruns}) <= CANDIDATES
+        assert {s.seed for s in reruns} == {1}
+    assert all(isinstance(s["at_bound"], bool) for s in summary["selections"])
     cid = summary["comparison"]
     with Store(out / cli.STORE_NAME) as store:
         assert store.comparisons() == [cid] and store.latest() == cid
         meta = store.comparison_meta(cid)
     assert meta["argv"][0] == "compare" and meta["command"].startswith("optimlab compare")
-    assert meta["grid"] == [1e-3, 1e-2, 0.1, 1.0] and meta["seeds"] == 2
+    assert meta["grid"] == list(COARSE) and meta["seeds"] == 2
+    assert meta["search"]["adaptive"] and meta["grid_spacing"] != "custom"
     assert meta["steps"] == 200 and meta["steps_per_problem"] == {"fake-quad": 200}
-    assert meta["schedule"] == "constant" and meta["grid_spacing"] == "custom"
+    assert meta["schedule"] == "constant"
     assert set(meta["versions"]) >= {"python", "torch", "optimlab"}
     assert sorted(meta["runs"]) == sorted(runs) and "created" in meta
     assert (out / "report.html").read_bytes() == (out / f"report-{cid}.html").read_bytes()
@@ -129,15 +141,19 @@ def test_json_verdicts_and_terminal_table(reference):
 
 
 def test_resume_after_sigkill_and_workers_do_not_change_results(reference, tmp_path):
-    """Killed early (2 workers), then completed in-process (--workers 1): the store
-    equals the uninterrupted 2-worker reference, run for run."""
+    """Killed after the coarse round (2 workers), i.e. inside the search's extension/
+    refinement rounds or the seeds phase, then completed in-process (--workers 1): the
+    store equals the uninterrupted 2-worker reference, run for run."""
+    from optimlab.lab.search import COARSE
+
     store = tmp_path / cli.STORE_NAME
+    coarse = 3 * len(COARSE)
     proc = subprocess.Popen(
         [sys.executable, "-m", "optimlab", *TINY, "--workers", "2", "--out", str(tmp_path)],
         env=_env(OPTIMLAB_TEST_SLEEP="0.002"), stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        while proc.poll() is None and _count(store) == 0:
+        while proc.poll() is None and _count(store) <= coarse:
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -147,7 +163,7 @@ def test_resume_after_sigkill_and_workers_do_not_change_results(reference, tmp_p
         except ProcessLookupError:
             pass
     assert proc.returncode == -signal.SIGKILL, "the sweep finished before it was killed"
-    assert 0 < _count(store) < N_RUNS
+    assert coarse < _count(store) < len(_runs(reference[0]))
 
     again = _cli(*TINY, "--workers", "1", "--no-report", "--out", tmp_path)
     assert again.returncode == 0, again.stderr
@@ -226,7 +242,7 @@ def test_names_are_case_insensitive(tmp_path, capsys):
     assert again.startswith(f"comparison {cid} (resumed)"), again
 
 
-def test_ctrl_c_keeps_finished_runs(tmp_path):
+def test_ctrl_c_keeps_finished_runs(reference, tmp_path):
     store = tmp_path / cli.STORE_NAME
     proc = subprocess.Popen(
         [sys.executable, "-m", "optimlab", *TINY, "--workers", "2", "--out", str(tmp_path)],
@@ -242,7 +258,7 @@ def test_ctrl_c_keeps_finished_runs(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "keeps every finished run" in err
-    assert 0 < _count(store) < N_RUNS
+    assert 0 < _count(store) < len(_runs(reference[0]))
 
 
 # ---------------------------------------------------------------------- bad input

@@ -180,7 +180,7 @@ def test_report_content(built):
     for needle in ("The answer", "Best learning rates", "Trajectories", "Loss curves",
                    "Learning-rate sensitivity", "Performance profile", "Time per step",
                    "bias correction", "Protocol", "Reproduce", "bias_correction_specs",
-                   "selected on the final validation", "Learning-rate schedule"):
+                   "seed-mean final validation loss", "Learning-rate schedule", "Tuning cost"):
         assert needle in page, needle
     # exactly one selected lr (logreg/momentum at 0.1) is flagged in the table
     assert page.count('0.1 <span class="edge"') == 1

@@ -201,25 +201,35 @@ def test_seed_phase_reruns_the_selected_lr(quad):
     assert _plan(quad, seeds=1).seed_specs(sel) == []
 
 
-def test_compare_selects_on_validation_and_skips_stored_runs(quad, tmp_path, monkeypatch):
+def test_compare_selects_on_seed_means_and_skips_stored_runs(quad, tmp_path, monkeypatch):
     from optimlab.lab import sweep
+    from optimlab.lab.selection import CANDIDATES
 
     plan = _plan(quad)
     store = Store(tmp_path / "r.sqlite")
     selections = sweep.compare(plan, store, workers=1, log=lambda m: None)
     sweep_recs, seed_recs = store.records("sweep"), store.records("seeds")
-    assert len(sweep_recs) == 12 and len(seed_recs) == 3 * 2
+    assert len(sweep_recs) == 12   # a fixed (user) grid: no extension, no refinement
     for (p, o), sel in selections.items():
         mine = [r for r in sweep_recs if r.spec.optimizer == o]
-        best = min(mine, key=lambda r: (r.final["val_loss"], r.spec.lr))
-        assert sel.lr == best.spec.lr
-        assert sorted(r.spec.seed for r in seed_recs if r.spec.optimizer == o) == [1, 2]
-        assert {r.spec.lr for r in seed_recs if r.spec.optimizer == o} == {sel.lr}
+        ranked = sorted((r.final["val_loss"], r.spec.lr) for r in mine
+                        if math.isfinite(r.final["val_loss"]))
+        cands = sorted(lr for _, lr in ranked[:CANDIDATES])
+        reruns = [r for r in seed_recs if r.spec.optimizer == o]
+        assert sorted({r.spec.lr for r in reruns}) == cands
+        assert sorted(r.spec.seed for r in reruns) == sorted([1, 2] * len(cands))
+        # The selected lr has the lowest mean over seeds 0..2 among the candidates.
+        means = {lr: sum(r.final["val_loss"] for r in mine + reruns if r.spec.lr == lr) / 3
+                 for lr in cands}
+        assert sel.lr == min(means, key=lambda lr: (means[lr], lr))
+        assert sel.score == pytest.approx(means[sel.lr]) and sel.seeds == 3
+    n = len(store)
+    assert n == 12 + len(seed_recs)
 
     # A second compare finds everything stored and runs nothing.
     monkeypatch.setattr(runner, "run", lambda *a: pytest.fail("re-ran a stored run"))
     sweep.compare(plan, store, workers=1, log=lambda m: None)
-    assert len(store) == 18
+    assert len(store) == n
 
 
 def test_executor_retries_error_runs_only(quad, tmp_path):
@@ -231,3 +241,66 @@ def test_executor_retries_error_runs_only(quad, tmp_path):
     assert ex.pending([ok, err, err]) == [err]
     assert ex.run([ok, err]) == 1
     assert {r.status for r in store.records()} == {"ok"}
+
+
+def test_adaptive_compare_searches_in_rounds(quad, tmp_path):
+    """The search (coarse, then extension/refinement rounds) on the fake quadratic: every
+    optimizer gets the refined lrs around its best, and a rerun adds nothing."""
+    from optimlab.lab import sweep
+    from optimlab.lab.search import COARSE, index
+
+    plan = _plan(quad, lrs=list(COARSE), adaptive=True, optimizers=["sgd", "adam"], seeds=2)
+    store = Store(tmp_path / "r.sqlite")
+    logs = []
+    selections = sweep.compare(plan, store, workers=1, log=logs.append)
+    assert sum("phase sweep, round" in m for m in logs) >= 2
+    for (p, o), sel in selections.items():
+        searched = {r.spec.lr for r in store.records("sweep") if r.spec.optimizer == o}
+        assert set(sel.grid) == searched and set(COARSE) < searched
+        best0 = min(store.records("sweep"),
+                    key=lambda r: (r.final["val_loss"], r.spec.lr) if r.spec.optimizer == o
+                    else (math.inf, 0)).spec.lr
+        have = {index(lr) for lr in searched}
+        assert all(index(best0) + d in have for d in (-2, -1, 1, 2))
+        assert sel.seeds == 2 and sel.lr in [lr for lr, _ in sel.candidates]
+    n = len(store)
+    assert set(sweep.compare(plan, store, workers=1, log=lambda m: None)) == set(selections)
+    assert len(store) == n
+
+
+def test_bias_correction_uses_adams_searched_lrs():
+    from types import SimpleNamespace
+
+    plan = Plan(sources={"v": "v"}, optimizers=["adam", "sgd"], lrs=[1e-3, 1e-2], seeds=2,
+                steps={"v": 10}, problems={"v": SimpleNamespace(kind="vae")})
+    assert {s.lr for s in plan.bias_specs()} == {1e-3, 1e-2}
+    sel = {("v", "adam"): Selection(1e-2, 0.1, False, (1e-3, 5.62e-3, 1e-2, 0.1))}
+    specs = plan.bias_specs(sel)
+    assert {s.lr for s in specs} == {1e-3, 5.62e-3, 1e-2, 0.1}
+    assert len(specs) == 4 * 3 * 2 and {s.phase for s in specs} == {"bias-correction"}
+
+
+def test_train_metric_only_where_it_is_kept():
+    """With ``evaluate_loss``, intermediate train evaluations skip the metric (it would be
+    discarded); the final one keeps it, and the losses equal ``evaluate``'s."""
+    import dataclasses
+
+    base = noisy_quadratic()
+    calls = []
+
+    def evaluate(m, split):
+        calls.append(("full", split))
+        return {**base.evaluate(m, split), "metric": 0.5}
+
+    def evaluate_loss(m, split):
+        calls.append(("loss", split))
+        return base.evaluate(m, split)["loss"]
+
+    fast = dataclasses.replace(base, evaluate=evaluate, evaluate_loss=evaluate_loss)
+    slow = dataclasses.replace(base, evaluate=evaluate)
+    a, b = runner.run(_spec(steps=20), fast), runner.run(_spec(steps=20), slow)
+    assert a.curves == b.curves and a.final == b.final and a.final["train_metric"] == 0.5
+    fast_calls = calls[:len(calls) - (2 * 21 + 1)]
+    train = [kind for kind, split in fast_calls if split == "train"]
+    assert train == ["loss"] * 20 + ["full"]          # 21 points, only the last with metric
+    assert all(kind == "full" for kind, split in fast_calls if split != "train")

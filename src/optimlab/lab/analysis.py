@@ -7,8 +7,10 @@ Conventions
 -----------
 * A run's *score* is its final validation loss; a diverged or errored run, or a
   non-finite loss, scores ``inf``. The test split is never used for any choice.
-* Learning rates are selected on the seed-0 ``"sweep"`` phase only, with default
-  hyperparameters (``spec.hyperparameters == ()``).
+* Learning rates are searched on the seed-0 ``"sweep"`` phase (:mod:`.search`) and
+  selected among the best few on their seed-mean validation loss (:mod:`.selection`),
+  with default hyperparameters (``spec.hyperparameters == ()``). Other phases
+  ("bias-correction", "schedules", ...) never enter the selection.
 """
 
 from __future__ import annotations
@@ -17,38 +19,11 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
+from . import selection as _selection
+from .selection import Selection, score, tuning_cost  # noqa: F401  (public here too)
 from .spec import RunRecord, RunSpec
 
 INF = float("inf")
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The chosen learning rate of one (problem, optimizer) pair.
-
-    lr: best lr on validation; score: its final val loss (inf if every lr failed);
-    on_edge: the best lr is the smallest or the largest lr tried, so the grid may not
-    bracket the optimum; grid: the sorted lrs tried.
-    """
-
-    lr: float
-    score: float
-    on_edge: bool
-    grid: tuple
-
-
-def score(record: RunRecord) -> float:
-    """Final validation loss; inf for diverged/error runs or non-finite values."""
-    if record.status != "ok":
-        return INF
-    v = (record.final or {}).get("val_loss")
-    if v is None:
-        return INF
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return INF
-    return v if math.isfinite(v) else INF
 
 
 def _sweep(records):
@@ -76,19 +51,9 @@ def sweep_curves(records) -> dict:
 
 
 def select_best(records) -> dict:
-    """Best learning rate per (problem, optimizer) by final validation loss.
-
-    Ties go to the smaller lr (the safer choice). When every lr failed the smallest
-    lr is returned with score inf, so a seed rerun still has something to run.
-    """
-    out = {}
-    for key, curve in sweep_curves(records).items():
-        grid = tuple(lr for lr, _, _ in curve)
-        lr, sc, _ = min(curve, key=lambda t: (t[1], t[0]))
-        # A one-point grid brackets nothing, so it counts as on the edge too.
-        on_edge = lr == grid[0] or lr == grid[-1]
-        out[key] = Selection(lr=lr, score=sc, on_edge=on_edge, grid=grid)
-    return out
+    """Selected learning rate per (problem, optimizer): the best seed-0 candidates of the
+    sweep, chosen on their seed-mean validation loss (see :mod:`.selection`)."""
+    return _selection.select_best(records)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -145,9 +110,12 @@ def _median(xs):
 class Sensitivity:
     """Learning-rate sensitivity of one (problem, optimizer).
 
-    width: log10(hi / lo) in decades, where [lo, hi] is the contiguous run of grid
-    lrs around the best one whose val loss is <= threshold. It is measured on the
-    grid, so it is quantised by the grid spacing; 0 means only the best lr qualified.
+    width: log10(hi / lo) in decades, where [lo, hi] is the contiguous run of searched
+    lrs (seed-0 sweep) around the best one whose val loss is <= threshold. It is
+    measured on the searched points, so it is quantised by their local spacing: a
+    quarter decade around the best after the search's refinement (a whole decade
+    further out, or everywhere with a one-per-decade ``--lrs`` grid); 0 means only the
+    best lr qualified.
     threshold: best + 10% of the gap of best above the reference, where the reference
     is the problem optimum when known (and below best), else 0 when best > 0, else
     |best| is used as the scale.

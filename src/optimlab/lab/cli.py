@@ -82,10 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"optimlab {optimlab.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    c = sub.add_parser("compare", help="search lrs, pick the best on validation, rerun seeds",
-                       description="Every optimizer gets the same learning-rate search, "
-                                   "initial weights and batch order; the best lr per problem "
-                                   "is chosen on validation loss and rerun with more seeds. "
+    c = sub.add_parser("compare", help="search lrs, rerun the best with more seeds, pick "
+                       "on validation",
+                       description="Every optimizer gets the same lr search (a shared log "
+                                   "grid 1e-4..1, extended past an edge within 1e-6..10, "
+                                   "refined to 4 points per decade around the best), the "
+                                   "same initial weights and batch order; the best 3 lrs "
+                                   "are rerun with more seeds and the lr with the lowest "
+                                   "seed-mean validation loss is selected. "
                                    "Names are case-insensitive. Each comparison in --out gets "
                                    "its own report; index.html lists them.")
     c.add_argument("--problems", type=_names,
@@ -96,10 +100,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="problem suite when no problem is named (default: default)")
     c.add_argument("--optimizers", type=_names,
                    help="comma-separated optimizer names (default: all registered)")
-    c.add_argument("--lrs", type=_lrs, help="comma-separated learning rates to try instead "
-                   "of the built-in log-spaced ones (the report lists every lr tried)")
-    c.add_argument("--seeds", type=_int_at_least(1), default=3,
-                   help="seeds in total for the selected lr (default: %(default)s)")
+    c.add_argument("--lrs", type=_lrs, help="comma-separated learning rates: a fixed grid, "
+                   "no extension or refinement (default: the adaptive search from 1e-4 .. 1, "
+                   "one per decade; the report lists every lr tried)")
+    c.add_argument("--seeds", type=_int_at_least(1), default=5,
+                   help="seeds in total for each candidate lr (default: %(default)s)")
     c.add_argument("--steps", type=_int_at_least(1),
                    help="steps per run (default: each problem's budget)")
     c.add_argument("--schedule", default="constant", help="lr schedule (default: constant)")
@@ -201,7 +206,8 @@ def summary(records, selections=None, meta=None) -> dict:
              "seconds": r.seconds, "seconds_per_step": r.seconds_per_step,
              "final": r.final} for r in records]
     best = [{"problem": p, "optimizer": o, "lr": s.lr, "score": s.score,
-             "on_edge": s.on_edge} for (p, o), s in sorted((selections or {}).items())]
+             "on_edge": s.on_edge, "at_bound": getattr(s, "at_bound", False)}
+            for (p, o), s in sorted((selections or {}).items())]
     vrows = verdict_rows(records, selections, _kinds(records, meta))
     claims = [{k: c[k] for k in ("id", "claim", "verdict", "evidence")}
               for c in evaluate(records, meta)]

@@ -1,14 +1,21 @@
-"""The sweep protocol, fair by construction, and its (parallel, resumable) execution.
+"""The comparison protocol, fair by construction, and its (parallel, resumable) execution.
 
-Phase "sweep": every (problem, optimizer, lr) on one shared log-spaced lr grid, seed 0,
-so every optimizer sees the same grid, initial weights and batch order. The best lr of
-each (problem, optimizer) is then chosen on validation loss (``analysis.select_best``;
-the test split is never used) and phase "seeds" reruns it with seeds 1..N-1. Only the
-learning rate is tuned; every other hyperparameter stays at its default.
+Phases, all with the same initial weights and batch order for every optimizer:
 
+* "sweep": the learning-rate search (:mod:`.search`), seed 0: the shared coarse grid,
+  extended past an edge while the best sits there, then refined around the best to a
+  quarter decade. It runs in rounds; each round's lrs follow from the stored scores.
+* "seeds": the best few lrs of the sweep (:mod:`.selection`) rerun with seeds 1..N-1; the
+  selected lr is the candidate with the lowest seed-mean validation loss (the test split
+  is never used).
+* "bias-correction": Adam with and without bias correction on the VAE problems, on the
+  lrs Adam's own search tried there.
+
+Only the learning rate is tuned; every other hyperparameter stays at its default.
 Execution skips run ids already in the store and stores each record (one transaction)
-as soon as it arrives, so an interrupted sweep resumes where it stopped and the results
-do not depend on the number of worker processes.
+as soon as it arrives, and every round is a pure function of the stored records, so an
+interrupted comparison resumes where it stopped and the results do not depend on the
+number of worker processes.
 """
 
 from __future__ import annotations
@@ -26,14 +33,15 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from . import runner
+from . import search as S
 from .problems.base import Problem
+from .selection import CANDIDATES, score as _score
 from .spec import RunSpec
 from .store import Store
 from .wording import plural
 
-#: The default lr grid: log-spaced from 1e-4 to 1 at decade spacing (5 values); half-decade
-#: spacing (9) does not fit the 3-minute default budget on 2 cores.
-GRID_LO, GRID_HI, PER_DECADE = 1e-4, 1.0, 1
+#: The coarse lr grid the search starts from: log-spaced 1e-4 .. 1, one per decade.
+GRID_LO, GRID_HI, PER_DECADE = S.COARSE[0], S.COARSE[-1], 1
 
 #: beta2 values of the bias-correction experiment (Kingma & Ba 2015, Fig. 4).
 BIAS_BETA2 = (0.99, 0.999, 0.9999)
@@ -88,7 +96,9 @@ class Plan:
     """What a comparison runs.
 
     sources: {problem name: source} (registry name or "pkg.module:factory");
-    steps: {problem name: step budget}; lrs: the shared grid; seeds: total seeds.
+    steps: {problem name: step budget}; lrs: the coarse grid the search starts from (or
+    the user's fixed grid); seeds: total seeds of each candidate lr; adaptive: whether
+    the search extends and refines (False for a user-given grid).
     """
 
     sources: dict
@@ -99,11 +109,12 @@ class Plan:
     schedule: str = "constant"
     grid_note: str = ""
     problems: dict = field(default_factory=dict, repr=False)   # name -> Problem
+    adaptive: bool = False
 
     @classmethod
-    def build(cls, sources, optimizers, lrs=None, seeds=3, steps=None, schedule="constant"):
+    def build(cls, sources, optimizers, lrs=None, seeds=5, steps=None, schedule="constant"):
         """Resolve problem sources (in this process) and fill in defaults; ``steps`` None
-        means each problem's default budget."""
+        means each problem's default budget; ``lrs`` None means the adaptive search."""
         problems = {}
         for source in sources:
             problem = _problem(source)
@@ -112,50 +123,85 @@ class Plan:
                                  f"({problems[problem.name][0]} and {source})")
             problems[problem.name] = (source, problem)
         custom = lrs is not None
-        lrs = sorted(float(lr) for lr in (lrs if custom else lr_grid()))
-        note = ("custom" if custom else
-                f"log-spaced {GRID_LO:g}..{GRID_HI:g}, {PER_DECADE} per decade")
+        lrs = sorted(float(lr) for lr in (lrs if custom else S.COARSE))
         return cls(sources={n: s for n, (s, _) in problems.items()},
                    optimizers=list(optimizers), lrs=lrs, seeds=int(seeds),
                    steps={n: int(steps or p.default_steps) for n, (_, p) in problems.items()},
-                   schedule=schedule, grid_note=note,
-                   problems={n: p for n, (_, p) in problems.items()})
+                   schedule=schedule, grid_note="custom" if custom else S.describe(True),
+                   problems={n: p for n, (_, p) in problems.items()}, adaptive=not custom)
 
-    def sweep_specs(self) -> list:
-        """Phase "sweep": every problem x optimizer x lr, seed 0."""
-        return [RunSpec(problem=p, optimizer=o, lr=lr, seed=0, steps=self.steps[p],
-                        schedule=self.schedule, phase="sweep")
-                for p in self.sources for o in self.optimizers for lr in self.lrs]
+    # ------------------------------------------------------------------ phases
+
+    def _spec(self, p, o, lr, seed=0, phase="sweep") -> RunSpec:
+        return RunSpec(problem=p, optimizer=o, lr=lr, seed=seed, steps=self.steps[p],
+                       schedule=self.schedule, phase=phase)
+
+    def search(self, records=()) -> dict:
+        """{(problem, optimizer): search.State} given the stored records: this plan's
+        seed-0 sweep runs score the lrs, anything else in the store is ignored."""
+        mine = {}
+        for r in records:
+            s = r.spec
+            if s.phase == "sweep" and s.problem in self.steps and \
+                    r.spec == self._spec(s.problem, s.optimizer, s.lr):
+                mine.setdefault((s.problem, s.optimizer), {})[s.lr] = _score(r)
+        return {(p, o): S.search(mine.get((p, o), {}), self.lrs, adaptive=self.adaptive)
+                for p in self.sources for o in self.optimizers}
+
+    def sweep_specs(self, states: dict | None = None) -> list:
+        """Phase "sweep", seed 0: every lr visited by the search of each (problem,
+        optimizer) (``states`` from :meth:`search`; None: the starting grid)."""
+        out = []
+        for p in self.sources:
+            for o in self.optimizers:
+                st = (states or {}).get((p, o))
+                out += [self._spec(p, o, lr) for lr in (st.visited if st else self.lrs)]
+        return out
 
     def seed_specs(self, selections: dict) -> list:
-        """Phase "seeds": the selected lr of each (problem, optimizer), seeds 1..N-1."""
+        """Phase "seeds": the candidate lrs of each (problem, optimizer) (see
+        :mod:`.selection`), seeds 1..N-1; none when every lr failed."""
         out = []
         for p in self.sources:
             for o in self.optimizers:
                 sel = selections.get((p, o))
                 if sel is None or sel.lr is None:
                     continue
-                out += [RunSpec(problem=p, optimizer=o, lr=sel.lr, seed=s, steps=self.steps[p],
-                                schedule=self.schedule, phase="seeds")
-                        for s in range(1, self.seeds)]
+                lrs = [lr for lr, _ in sel.candidates] or \
+                    ([sel.lr] if math.isfinite(sel.score) else [])
+                out += [self._spec(p, o, lr, seed, "seeds")
+                        for lr in sorted(lrs) for seed in range(1, self.seeds)]
         return out
 
-    def bias_specs(self) -> list:
+    def bias_specs(self, selections: dict | None = None) -> list:
         """Phase "bias-correction" (Adam paper Fig. 4 analogue): Adam with and without bias
-        correction for each beta2 in BIAS_BETA2, across the grid, on every VAE problem."""
+        correction for each beta2 in BIAS_BETA2 on every VAE problem, across the lrs
+        Adam's search tried there (the starting grid before it has run)."""
         from .analysis import bias_correction_specs
 
         if "adam" not in self.optimizers:
             return []
-        return [spec for p, problem in self.problems.items() if problem.kind == "vae"
-                for spec in bias_correction_specs(p, self.lrs, BIAS_BETA2, self.steps[p],
-                                                  schedule=self.schedule)]
+        out = []
+        for p, problem in self.problems.items():
+            if problem.kind != "vae":
+                continue
+            sel = (selections or {}).get((p, "adam"))
+            lrs = sel.grid if sel is not None and sel.grid else self.lrs
+            out += bias_correction_specs(p, lrs, BIAS_BETA2, self.steps[p],
+                                         schedule=self.schedule)
+        return out
 
     def all_specs(self, selections: dict) -> list:
-        """Every spec of this comparison, all phases."""
+        """Every spec of this comparison, all phases; the sweep's lrs are each selection's
+        ``grid`` (every lr its search tried)."""
         from .experiments import specs as experiment_specs
 
-        return (self.sweep_specs() + self.seed_specs(selections) + self.bias_specs()
+        sweep = []
+        for p in self.sources:
+            for o in self.optimizers:
+                sel = selections.get((p, o))
+                sweep += [self._spec(p, o, lr) for lr in (sel.grid if sel else self.lrs)]
+        return (sweep + self.seed_specs(selections) + self.bias_specs(selections)
                 + experiment_specs(self, selections))
 
     def describe(self) -> dict:
@@ -168,13 +214,22 @@ class Plan:
                 "problem_info": info, "bias_correction_beta2": list(BIAS_BETA2),
                 "optimizers": list(self.optimizers),
                 "grid": list(self.lrs), "grid_spacing": self.grid_note, "seeds": self.seeds,
+                "search": {"adaptive": self.adaptive, "coarse": list(self.lrs),
+                           "bounds": [S.LOWER, S.UPPER] if self.adaptive else
+                           [min(self.lrs), max(self.lrs)],
+                           "per_decade_refined": S.PER_DECADE if self.adaptive else None,
+                           "candidates": CANDIDATES},
                 # One number when every problem has the same budget, else None (see
                 # steps_per_problem): the report reads "steps" as an int.
                 "steps": budgets.pop() if len(budgets) == 1 else None,
                 "steps_per_problem": dict(self.steps), "schedule": self.schedule,
                 "hyperparameters": "defaults; only the learning rate is tuned",
-                "selection": "lowest final validation loss of the seed-0 sweep; "
-                             "lrs on the grid's edge are flagged"}
+                "selection": f"lr search on seed 0 ({S.describe(self.adaptive)}); the "
+                             f"{CANDIDATES} best lrs by seed-0 validation loss are rerun "
+                             f"to {self.seeds} seeds in total and the lr with the lowest "
+                             f"seed-mean final validation loss is selected (never test); "
+                             f"an lr at the edge of what was searched is flagged on_edge, "
+                             f"one at a hard bound at_bound"}
 
 
 # ----------------------------------------------------------------------- execution
@@ -207,6 +262,8 @@ class Executor:
         self.store, self.sources, self.workers = store, sources, workers
         self.progress, self.problems = progress, dict(problems or {})
         self._pool = None
+        #: {run_id: record} of the runs this executor finished (and stored).
+        self.finished: dict = {}
 
     def __enter__(self):
         return self
@@ -249,11 +306,15 @@ class Executor:
                 for spec in todo:
                     problem = self.problems.get(spec.problem) or _problem(
                         self.sources[spec.problem])
-                    self.store.put(runner.run(spec, problem))
+                    self._keep(runner.run(spec, problem))
                     advance()
             else:
                 self._run_pool(todo, advance)
         return len(todo)
+
+    def _keep(self, record) -> None:
+        self.store.put(record)
+        self.finished[record.run_id] = record
 
     def _run_pool(self, todo, advance) -> None:
         if self._pool is None:
@@ -266,7 +327,7 @@ class Executor:
             while futures:
                 done, futures = wait(futures, return_when=FIRST_COMPLETED)
                 for future in done:
-                    self.store.put(future.result())
+                    self._keep(future.result())
                     advance()
         except BrokenProcessPool:
             self.close(cancel=True)
@@ -299,38 +360,66 @@ def _progress(enabled: bool, label: str, total: int):
 
 
 def select(store: Store, specs) -> dict:
-    """Best lr per (problem, optimizer) from the stored sweep runs of ``specs``."""
+    """Selections per (problem, optimizer) from the stored sweep and seeds runs of
+    ``specs`` (see :func:`analysis.select_best`)."""
+    return _select(store.records("sweep") + store.records("seeds"), specs)
+
+
+def _select(records, specs) -> dict:
     from .analysis import select_best
 
     wanted = {s.run_id for s in specs}
-    return select_best([r for r in store.records("sweep") if r.run_id in wanted])
+    return select_best([r for r in records if r.run_id in wanted])
 
 
 def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
             log=None) -> dict:
-    """The whole protocol: sweep, select on validation, rerun the best with more seeds.
+    """The whole protocol: the lr search (rounds until every search is done), the seeds
+    of the candidate lrs, selection on seed means, then the bias-correction phase.
 
     Returns the selections ``{(problem, optimizer): Selection}``.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    sweep = plan.sweep_specs()
-    # The report shows this comparison's runs only (an --out directory may hold older ones).
-    store.set_meta("runs", sorted(s.run_id for s in sweep + plan.bias_specs()))
+    # Stored runs are read once (a resumed comparison); new ones are kept in memory as
+    # they finish, so a round does not decode the whole store again.
+    known = {r.run_id: r for r in store.records("sweep") + store.records("seeds")}
+
+    def records():
+        known.update(ex.finished)
+        return list(known.values())
+
     with Executor(store, plan.sources, workers, progress, plan.problems) as ex:
-        n = len(ex.pending(sweep))
-        log(f"phase sweep: {plural(len(sweep), 'run')} ({len(sweep) - n} already stored), "
-            f"{plural(len(plan.lrs), 'lr')} x {plural(len(plan.optimizers), 'optimizer')} x "
-            f"{plural(len(plan.sources), 'problem')}, {plural(workers, 'worker')}")
-        ex.run(sweep, "sweep")
-        selections = select(store, sweep)
+        rnd = 0
+        while True:
+            states = plan.search(r for r in records() if r.spec.phase == "sweep")
+            sweep = plan.sweep_specs(states)
+            # The report shows this comparison's runs only (an --out directory may hold
+            # older ones); the list grows with every round.
+            store.set_meta("runs", sorted({s.run_id for s in sweep + plan.bias_specs()}))
+            todo = ex.pending(sweep)
+            if not todo:
+                break
+            rnd += 1
+            name = "coarse grid" if rnd == 1 and len(todo) == len(sweep) else \
+                "extension/refinement"
+            log(f"phase sweep, round {rnd} ({name}): {plural(len(todo), 'run')}, "
+                f"{plural(len(plan.optimizers), 'optimizer')} x "
+                f"{plural(len(plan.sources), 'problem')}, {plural(workers, 'worker')} "
+                f"({plural(len(sweep), 'lr')} searched so far)")
+            ex.run(todo, f"sweep {rnd}")
+            if rnd > S.MAX_ROUNDS:   # cannot happen: every round adds lattice points
+                raise SweepError("the lr search did not converge")
+        selections = _select(records(), sweep)
         seeds = plan.seed_specs(selections)
         store.set_meta("runs", sorted(s.run_id for s in plan.all_specs(selections)))
         if seeds:
             n = len(ex.pending(seeds))
             log(f"phase seeds: {plural(len(seeds), 'run')} ({len(seeds) - n} already stored), "
-                f"seeds 1..{plan.seeds - 1} at the selected lr")
+                f"seeds 1..{plan.seeds - 1} of the best {CANDIDATES} lrs per pair")
             ex.run(seeds, "seeds")
-        bias = plan.bias_specs()
+        selections = _select(records(), sweep + seeds)
+        store.set_meta("runs", sorted(s.run_id for s in plan.all_specs(selections)))
+        bias = plan.bias_specs(selections)
         if bias:
             n = len(ex.pending(bias))
             log(f"phase bias-correction: {plural(len(bias), 'run')} ({len(bias) - n} already stored), "

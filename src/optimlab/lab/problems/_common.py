@@ -7,6 +7,10 @@ so batches are the same for every optimizer and nothing leaks into the caller's 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import os
 import zlib
 from functools import lru_cache
 from typing import Callable
@@ -112,3 +116,38 @@ def solve_convex(objective: Callable[[], torch.Tensor], params: list[torch.Tenso
     finally:
         torch.set_num_threads(threads)
     return value, gmax
+
+
+def cached_value(key_parts, compute: Callable[[], float]) -> float:
+    """``compute()``, memoised on disk under a hash of ``key_parts`` (bytes or str).
+
+    For costly, deterministic constants such as a convex problem's optimum: every worker
+    process of a comparison builds the problems, and would otherwise solve it again. The
+    file holds one JSON number in ``$OPTIMLAB_CACHE/values`` (default
+    ``~/.cache/optimlab/values``); anything unreadable is recomputed. Include in the key
+    everything the value depends on (data, constants, library versions).
+    """
+    h = hashlib.sha256()
+    for part in key_parts:
+        h.update(part if isinstance(part, bytes) else str(part).encode())
+        h.update(b"\0")
+    root = os.environ.get("OPTIMLAB_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "optimlab")
+    path = os.path.join(root, "values", h.hexdigest()[:32] + ".json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+        if isinstance(value, float) and math.isfinite(value):
+            return value
+    except (OSError, ValueError):
+        pass
+    value = float(compute())
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(value, f)
+        os.replace(tmp, path)   # atomic: concurrent workers never read half a file
+    except OSError:
+        pass
+    return value

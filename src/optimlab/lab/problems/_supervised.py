@@ -60,16 +60,22 @@ def supervised_problem(
     def loss(m: torch.nn.Module, b: tuple) -> torch.Tensor:
         return objective(m, *b)
 
-    def evaluate(m: torch.nn.Module, split: str) -> dict:
+    def evaluate_loss(m: torch.nn.Module, split: str) -> float:
         check_split(split)
         x, y = data[split]
         extra = eval_extra(split, x.shape[0]) if eval_extra else ()
         with torch.no_grad():
-            value = float(objective(m, x, y, *extra))
-            score = None if metric is None else float(metric(m, x, y))
-        return {"loss": value, "metric": score}
+            return float(objective(m, x, y, *extra))
+
+    def evaluate(m: torch.nn.Module, split: str) -> dict:
+        value = evaluate_loss(m, split)
+        if metric is None:
+            return {"loss": value, "metric": None}
+        x, y = data[split]
+        with torch.no_grad():
+            return {"loss": value, "metric": float(metric(m, x, y))}
 
     return Problem(name=name, kind=kind, description=description,
                    default_steps=default_steps, model=model, batch=batch, loss=loss,
                    evaluate=evaluate, metric_name=metric_name, optimum=optimum,
-                   target=target)
+                   target=target, evaluate_loss=evaluate_loss)

@@ -32,6 +32,9 @@ class Problem:
     target: a train-loss target for "steps to target", or None.
     surface: for 2-D problems, (x, y) -> loss as NumPy-vectorised function, with
         ``bounds`` ((xmin, xmax), (ymin, ymax)) for the contour plot and ``minima``.
+    evaluate_loss: optional (model, split) -> float, the same loss as ``evaluate`` but
+        without the metric; the runner uses it where the metric is not kept (the train
+        split at intermediate evaluation points). None: ``evaluate`` is used.
     """
 
     name: str
@@ -48,6 +51,7 @@ class Problem:
     surface: Callable | None = None
     bounds: tuple | None = None
     minima: tuple = field(default_factory=tuple)
+    evaluate_loss: Callable[[torch.nn.Module, str], float] | None = None
 
     @property
     def is_2d(self) -> bool:

@@ -8,13 +8,14 @@ the split is a fixed 60/20/20.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._common import solve_convex, split_indices
+from ._common import cached_value, solve_convex, split_indices
 from ._supervised import accuracy, supervised_problem
 from .base import Problem
 
@@ -25,12 +26,28 @@ DROPOUT = 0.5
 CHANNELS = (8, 16)
 
 
+def _load_digits() -> tuple:
+    """scikit-learn's bundled digits (X float64 (1797, 64), y int): read from its CSV
+    directly when the file is where scikit-learn keeps it (importing sklearn costs
+    seconds in every worker process), else through ``load_digits``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")   # locates the package without importing
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(root, "datasets", "data", "digits.csv.gz")
+        if os.path.isfile(path):
+            data = np.loadtxt(path, delimiter=",")
+            if data.shape == (1797, 65):
+                return data[:, :-1], data[:, -1].astype(int)
+    from sklearn.datasets import load_digits
+
+    return load_digits(return_X_y=True)
+
+
 @lru_cache(maxsize=1)
 def digits_data() -> dict:
     """{split: (X float32 (n, 64) standardised, y int64)}."""
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
+    x, y = _load_digits()
     train, val, test = split_indices(len(y), SPLIT_SEED)
     mu, sd = x[train].mean(0), x[train].std(0)
     sd = np.where(sd > 0, sd, 1.0)   # a few border pixels are constant in train
@@ -56,8 +73,11 @@ def logistic_optimum() -> float:
     torch.nn.init.zeros_(lin.weight)
     torch.nn.init.zeros_(lin.bias)
     x = x.double()
-    value, _ = solve_convex(lambda: logistic_objective(lin, x, y), list(lin.parameters()))
-    return value
+    return cached_value(
+        ("digits-logistic optimum v1", L2, torch.__version__, x.numpy().tobytes(),
+         y.numpy().tobytes()),
+        lambda: solve_convex(lambda: logistic_objective(lin, x, y),
+                             list(lin.parameters()))[0])
 
 
 def digits_logistic_problem() -> Problem:

@@ -162,6 +162,7 @@ def images(ctx) -> dict:
         "contours": P.contours(panels, c),
         "loss_curves": P.loss_curves(ctx["curves"], ctx["optima"], c, ctx["problems"]),
         "sensitivity": P.sensitivity(ctx["sweeps"], ctx["selections"], c, ctx["problems"]),
+        "tuning_cost": P.tuning_cost(A.tuning_cost(ctx["records"]), c, ctx["problems"]),
         "profiles": P.profiles(ctx["profiles"], ctx["taus"], c),
         "ranks": P.heatmap(ctx["ranks"], ctx["optimizers"], ctx["problems"],
                            "rank by seed-mean val loss (1 = best; boxed = tied with the "

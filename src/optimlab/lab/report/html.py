@@ -169,9 +169,12 @@ def figures(ctx, images) -> str:
                        "spans decades.", img(images, "loss_curves", "loss curves")
                        or "<p>No curves stored.</p>"))
     out.append(section("sensitivity", "Learning-rate sensitivity",
-                       "Final val loss of the seed-0 sweep vs lr; × = diverged/failed, ring "
-                       "= selected lr. A wide flat basin means the optimizer is easy to tune.",
+                       "Final val loss of the seed-0 sweep vs lr, every lr the search tried "
+                       "(coarse grid, extensions past an edge, quarter-decade refinement); "
+                       "× = diverged/failed, ring = selected lr (chosen on the seed mean). A "
+                       "wide flat basin means the optimizer is easy to tune.",
                        img(images, "sensitivity", "lr sensitivity")))
+    out.append(section("tuning", "Tuning cost", "Expected best validation loss when n of the searched lrs are tried, drawn uniformly with replacement (Dodge et al. 2019, computed exactly from the seed-0 search points; a diverged lr counts as no better than its initial loss). Low on the left = good with few tries; the search's points cluster near each optimizer's best lr, so the curves are optimistic next to blind random search.", img(images, "tuning_cost", "tuning cost") or "<p>No searched lrs.</p>"))   # noqa: E501
     ns = ctx["profile_n"]
     mr = sorted(ctx["mean_ranks"].items(), key=lambda t: t[1])
     mr_html = ("<table style='width:auto'><thead><tr><th>optimizer</th><th>mean rank</th>"

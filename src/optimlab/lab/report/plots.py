@@ -202,9 +202,10 @@ def sensitivity(sweeps, selections, colors, problems) -> bytes | None:
                 ax.plot(lr[~ok], np.full((~ok).sum(), y_fail), "x", color=colors[o],
                         ms=7, mew=2)
                 sel = selections.get((p, o))
-                if sel is not None and math.isfinite(sel.score):
-                    ax.plot(sel.lr, sel.score, "o", ms=10, mfc="none", mec=colors[o],
-                            mew=1.8)
+                # The ring sits on the seed-0 curve (the selection itself is a seed mean).
+                y_sel = dict((t[0], t[1]) for t in c).get(sel.lr) if sel is not None else None
+                if y_sel is not None and math.isfinite(sel.score) and math.isfinite(y_sel):
+                    ax.plot(sel.lr, y_sel, "o", ms=10, mfc="none", mec=colors[o], mew=1.8)
             ax.set_xscale("log")
             if fin_all:
                 _yscale(ax, bottom, top)
@@ -215,6 +216,33 @@ def sensitivity(sweeps, selections, colors, problems) -> bytes | None:
                  Line2D([], [], marker="o", mfc="none", mec="grey", ls="", ms=9,
                         label="selected")]
         _legend(fig, colors, names, extra)
+        fig.tight_layout()
+        return _png(fig)
+
+
+def tuning_cost(curves, colors, problems) -> bytes | None:
+    """Expected best val loss vs configurations tried ({(problem, optimizer): [(n, y)]},
+    Dodge et al. 2019), one panel per problem, one line per optimizer."""
+    problems = [p for p in problems if any(k[0] == p for k in curves)]
+    if not problems:
+        return None
+    with plt.rc_context(_STYLE):
+        fig, axes = _grid(len(problems))
+        names = sorted({k[1] for k in curves})
+        for ax, p in zip(axes, problems):
+            ys = []
+            for o in names:
+                c = curves.get((p, o))
+                if c:
+                    ax.plot([n for n, _ in c], [y for _, y in c], "-", color=colors[o],
+                            lw=1.5, marker=".", ms=3)
+                    ys += [y for _, y in c if math.isfinite(y)]
+            if ys:
+                _yscale(ax, min(ys), max(ys))
+            ax.set_title(p)
+            ax.set_xlabel("lrs tried (n)")
+            ax.set_ylabel("expected best val loss")
+        _legend(fig, colors, names)
         fig.tight_layout()
         return _png(fig)
 

@@ -70,12 +70,16 @@ def protocol(ctx) -> list:
     grid_s = ", ".join(num(g) for g in grid) if isinstance(grid, (list, tuple)) else "?"
     seeds = m.get("seeds", "?")
     return [
-        f"Every optimizer ran the same learning-rate grid ({grid_s}) on every problem, "
-        "with the same initial weights and the same batch order (both fixed by the seed).",
-        f"The best lr of each (problem, optimizer) is selected on the final validation "
-        f"loss of the seed-0 sweep; the test split is never used for any choice.",
-        f"The selected lr was rerun with {seeds} seed(s) in total; metrics are mean ± "
-        "half-width of the 95% Student-t interval over those seeds.",
+        (f"Every optimizer ran the same learning-rate search, starting from the grid "
+         f"({grid_s}): {m.get('grid_spacing')}; "
+         if (m.get("search") or {}).get("adaptive") else
+         f"Every optimizer ran the same learning-rate grid ({grid_s}); ")
+        + "same initial weights and batch order for all (both fixed by the seed).",
+        f"The best lrs of the seed-0 search (up to "
+        f"{(m.get('search') or {}).get('candidates', 1)} per pair) were rerun with {seeds} "
+        "seed(s) in total, and the lr with the lowest seed-mean final validation loss is "
+        "selected; the test split is never used for any choice. Metrics are mean ± "
+        "half-width of the 95% Student-t interval over the selected lr's seeds.",
         "Diverged or failed runs are kept and counted: they score +inf and are never "
         "selected.",
         f"Step budget: {m.get('steps') or m.get('steps_per_problem') or 'problem default'}; "
@@ -84,7 +88,8 @@ def protocol(ctx) -> list:
         "the learning rate is tuned).",
         f"lr width = decades of lr around the best whose val loss is within "
         f"{int(TOL * 100)}% of the best loss's gap above the optimum (above 0 if the "
-        "optimum is unknown); it is quantised by the grid spacing.",
+        "optimum is unknown); it is quantised by the local spacing of the searched lrs "
+        "(a quarter decade around the best after refinement).",
         "Performance profile (Dolan & Moré, 2002): rho(tau) = fraction of problems on "
         "which an optimizer's cost is within tau times the best optimizer's cost.",
     ] + _verdict_protocol()
