@@ -148,8 +148,9 @@ def test_zero_redundancy_optimizer(entry, case, zero_results):
 
 @pytest.mark.parametrize("entry", ENTRY_PARAMS)
 def test_flags_written_over_without_load_state_dict_are_put_back(entry):
-    """What ZeRO's ``_sync_param_groups`` does to the wrapped optimizer: group keys copied
-    straight in. The next step runs with, and restores, the flags the group was built with."""
+    """What ZeRO's ``_sync_param_groups`` does to the wrapped optimizer: a torch checkpoint's
+    ``None`` flags copied straight in. The next step restores the flags the group was built
+    with; a value set by hand (not None) stays."""
     p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
     opt = entry.build([p], lr=entry.test_lr, **W.user_flags(entry.cls))
     built = {k: opt.param_groups[0][k] for k in W.user_flags(entry.cls)}
@@ -158,3 +159,6 @@ def test_flags_written_over_without_load_state_dict_are_put_back(entry):
     p.grad = torch.ones(3, dtype=torch.float64)
     opt.step()
     assert {k: opt.param_groups[0][k] for k in built} == built
+    opt.param_groups[0]["foreach" if "foreach" in built else "fused"] = True
+    opt.step()
+    assert opt.param_groups[0]["foreach" if "foreach" in built else "fused"] is True

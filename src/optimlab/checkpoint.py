@@ -24,7 +24,8 @@ for every key of the loading optimizer's own ``state_dict()`` and fails on a mis
 ``torch.distributed.optim.ZeroRedundancyOptimizer``'s own ``load_state_dict`` copies every
 group key into the wrapped optimizer's ``param_groups`` (``_sync_param_groups``) without
 calling the wrapped ``load_state_dict``; the engine remembers each group's flags as built
-and puts them back at the next ``step`` (``RuleOptimizer._keep_flags``).
+and, where such a copy wrote torch's ``None`` over a flag the user set, puts it back at the
+next ``step`` (``RuleOptimizer._keep_flags``; a value written by hand stays).
 """
 
 from __future__ import annotations

@@ -165,13 +165,14 @@ class RuleOptimizer(Optimizer):
         self.__dict__.setdefault("_flags_as_built", {})[id(group)] = checkpoint.implementation_flags(group)
 
     def _keep_flags(self, group: dict) -> None:
-        """Put back the implementation flags ``group`` was built with where something wrote
-        over them without ``load_state_dict`` (ZeroRedundancyOptimizer's
-        ``_sync_param_groups`` copies a checkpoint's group keys straight in)."""
+        """Put back an implementation flag the user chose at construction where a ``None``
+        ("the saver did not choose") was written over it without ``load_state_dict``:
+        ZeroRedundancyOptimizer's ``_sync_param_groups`` copies a checkpoint's group keys
+        straight in. Any other value written by hand is the user's and stays."""
         built = self.__dict__.get("_flags_as_built", {}).get(id(group))
         if built:
             for key, value in built.items():
-                if group.get(key, value) is not value:
+                if value is not None and group.get(key, value) is None:
                     group[key] = value
 
     def init_state(self, p: torch.Tensor, h: SimpleNamespace) -> dict:
