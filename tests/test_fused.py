@@ -384,7 +384,7 @@ def test_half_rounding_equals_the_reference_path(dtype):
         ps = [torch.zeros(g.shape, dtype=dtype, requires_grad=True) for _ in range(2)]
         for p in ps:
             p.grad = g.clone()
-        fused, ref = optimlab.SGD([ps[0]], lr=lr), optimlab.SGD([ps[1]], lr=lr, fused=False)
+        fused, ref = optimlab.SGD([ps[0]], lr=lr), optimlab.SGD([ps[1]], lr=lr, fused=False, foreach=False)
         fused.step()
         ref.step()
         _assert_fused(fused)
