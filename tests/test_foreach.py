@@ -23,6 +23,7 @@ from optimlab import fused
 from optimlab.fused import foreach
 from optimlab._math import abs_, maximum
 from optimlab.registry import ENTRIES
+from test_fused import _clone, _rel  # the same helpers as the C path's tests
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64]
 # as tests/test_fused.py: float64 / float32 bounds, a few storage ulps for bf16 / fp16
@@ -49,11 +50,6 @@ def _params(dtype):
 
     ps = [r(37, 5), r(9, 8).t(), r(0), r(1000), r(3), r(12, 10)[:, ::3]]
     return [p.detach().requires_grad_() for p in ps]
-
-
-def _clone(ps):
-    return [torch.empty_strided(p.shape, p.stride(), dtype=p.dtype).copy_(p.detach()).requires_grad_()
-            for p in ps]
 
 
 def _forbid_reference(opt):
@@ -84,15 +80,6 @@ def _run_pair(make_a, make_b, ps, steps, no_grad=(4,), late=()):
         oa.step()
         ob.step()
     return oa, ob
-
-
-def _rel(x, y) -> float:
-    x, y = torch.view_as_real(x) if x.is_complex() else x, torch.view_as_real(y) if y.is_complex() else y
-    if x.numel() == 0:
-        return 0.0
-    x, y = x.detach().double(), y.detach().double()
-    scale = y.abs().max().item() or 1.0
-    return (x - y).abs().max().item() / scale
 
 
 def _assert_same(oa, ob, tol):
