@@ -316,3 +316,15 @@ def test_report_in_headless_chromium(built, tmp_path):
     keep = os.environ.get("OPTIMLAB_REPORT_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_sensitivity_plot_survives_losses_near_the_float_floor():
+    """The default run's ravine: val losses from ~1e-289 (solved exactly) to ~1e266 (blowing
+    up, still finite) on one log axis made matplotlib overflow and the whole report fail."""
+    from optimlab.lab.report import plots as P
+
+    sweeps = {("ravine", "adagrad"): [(0.1, 0.0246, "ok"), (1.0, 1.0e-97, "ok"), (10.0, 4.07e-289, "ok")],
+              ("ravine", "sgd"): [(0.01, 0.0359, "ok"), (0.0316, 4.8e134, "ok"), (0.0562, 5.75e266, "ok"),
+                                  (1.0, float("inf"), "diverged")]}
+    png = P.sensitivity(sweeps, {}, {"adagrad": "C0", "sgd": "C1"}, ["ravine"])
+    assert png is not None and png[:8] == b"\x89PNG\r\n\x1a\n"

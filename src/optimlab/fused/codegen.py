@@ -19,7 +19,7 @@ The one op that differs is ``sqrt``: IEEE-exact here, within an ulp in torch (MK
 
 from __future__ import annotations
 
-from .trace import Node, Trace
+from .trace import Node, Trace, live
 
 # storage type, compute type, load expression, store expression ('{}' = value)
 DTYPES = {
@@ -113,12 +113,12 @@ def generate(tr: Trace, dtype: str, scalar_state_dtypes: dict,
     storage, compute, load, store = DTYPES[dtype]
     nodes = tr.graph.nodes
     roots = list(tr.elem_outputs.values()) + list(tr.scalar_outputs.values())
-    live = _live(roots)
+    needed = live(roots)
 
     # scalar nodes feeding element nodes (or stored to element buffers directly)
     boundary: list[Node] = []
     for n in nodes:
-        if n.index in live and not n.scalar:
+        if n.index in needed and not n.scalar:
             boundary.extend(a for a in n.args if a.scalar and a not in boundary)
     boundary.extend(n for n in tr.elem_outputs.values() if n.scalar and n not in boundary)
     nsc = len(boundary)
@@ -139,7 +139,7 @@ def generate(tr: Trace, dtype: str, scalar_state_dtypes: dict,
     lines = ["static void scalars(const double* restrict hp, const double* restrict si, double* restrict so) {",
              "    (void)hp; (void)si; (void)so;"]
     for n in nodes:
-        if n.index in live and n.scalar and n.op not in ("const", "hp", "sin"):
+        if n.index in needed and n.scalar and n.op not in ("const", "hp", "sin"):
             lines.append(f"    const double s{n.index} = {_expr(n, sref, 'double')};")
     for j, b in enumerate(boundary):
         lines.append(f"    so[{j}] = {sref(b)};")
@@ -169,7 +169,7 @@ def generate(tr: Trace, dtype: str, scalar_state_dtypes: dict,
     def body(indent: str, load_of, store_to) -> list:
         out = []
         for n in nodes:
-            if n.index not in live or n.scalar:
+            if n.index not in needed or n.scalar:
                 continue
             expr = load_of(bidx[n.name]) if n.op == "ein" else _expr(n, eref, compute)
             out.append(f"{indent}const {compute} e{n.index} = {expr};")
@@ -274,13 +274,3 @@ def _f16_blocks(tr: Trace, bidx: dict, body, elementwise: list) -> list:
             "#else", "    for (int64_t i = 0; i < n; ++i) {"] + elementwise + ["    }", "#endif"]
     return out
 
-
-def _live(roots) -> set:
-    seen: set = set()
-    stack = list(roots)
-    while stack:
-        n = stack.pop()
-        if n.index not in seen:
-            seen.add(n.index)
-            stack.extend(n.args)
-    return seen

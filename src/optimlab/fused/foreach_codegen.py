@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .._math import abs_, maximum, sqrt
-from .trace import Node, Trace
+from .trace import Node, Trace, live
 
 _PY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}
 _UNARY = {"neg": "neg", "sqrt": "sqrt", "abs": "abs"}
@@ -74,16 +74,6 @@ class Program:
     outputs: list = field(default_factory=list)  # buffers written, in trace.buffers order
 
 
-def _live(roots) -> set:
-    seen: set = set()
-    stack = list(roots)
-    while stack:
-        n = stack.pop()
-        if n.index not in seen:
-            seen.add(n.index)
-            stack.extend(n.args)
-    return seen
-
 
 def _one_minus(u: Node, v: Node) -> bool:
     """u is the node ``1 - v``."""
@@ -96,7 +86,7 @@ class _Printer:
     def __init__(self, tr: Trace, writable: frozenset):
         self.tr = tr
         out_nodes = list(tr.elem_outputs.values()) + list(tr.scalar_outputs.values())
-        self.live = _live(out_nodes)
+        self.live = live(out_nodes)
         self.elem = [n for n in tr.graph.nodes if n.index in self.live and not n.scalar and n.op != "ein"]
         self.outputs = {n.index for n in tr.elem_outputs.values()}
         self.uses: dict = {}

@@ -154,6 +154,18 @@ class Trace:
     hps: list
 
 
+def live(roots) -> set:
+    """Indices of the nodes ``roots`` depend on (themselves included)."""
+    seen: set = set()
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n.index not in seen:
+            seen.add(n.index)
+            stack.extend(n.args)
+    return seen
+
+
 def hp_value(h, key, index):
     """The runtime value of one hyperparameter leaf, as a float."""
     v = getattr(h, key)

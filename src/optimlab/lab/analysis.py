@@ -221,33 +221,6 @@ def time_per_step(records, baseline: str = "sgd") -> dict:
     return out
 
 
-def seed_curves(records, selections=None, key: str = "train_loss") -> dict:
-    """{(problem, optimizer): {"step", "mean", "lo", "hi", "n"}} of a curve at the best lr.
-
-    Seeds are truncated to the shortest curve; non-finite points (divergence) are
-    ignored per step, lo/hi are the min/max over seeds.
-    """
-    import numpy as np
-
-    out = {}
-    for k, rs in best_runs(records, selections).items():
-        cs = [r.curves for r in rs if r.curves and r.curves.get(key)]
-        if not cs:
-            continue
-        n = min(len(c[key]) for c in cs)
-        ys = np.array([[np.nan if v is None else float(v) for v in c[key][:n]] for c in cs])
-        ys[~np.isfinite(ys)] = np.nan
-        keep = np.isfinite(ys).any(axis=0)
-        if not keep.any():
-            continue
-        step = np.asarray(cs[0].get("step", list(range(n)))[:n], dtype=float)
-        with np.errstate(all="ignore"):
-            out[k] = {"step": step[keep], "mean": np.nanmean(ys[:, keep], axis=0),
-                      "lo": np.nanmin(ys[:, keep], axis=0),
-                      "hi": np.nanmax(ys[:, keep], axis=0), "n": len(cs)}
-    return out
-
-
 # ------------------------------------------------------------- profiles and ranks
 
 def performance_profile(costs: dict, taus) -> dict:

@@ -61,6 +61,12 @@ def _yscale(ax, lo, hi):
         return
     if lo > 0 and hi / lo > 10:
         ax.set_yscale("log")
+        # Losses from ~1e-289 (a quadratic solved exactly) to ~1e266 (a run blowing up but
+        # still finite): matplotlib's log ticks over 500 decades leave float range (an
+        # OverflowError). Keep the low end, where the converged runs are, and at most 150
+        # decades above it; larger losses are drawn off the top, as blowing up.
+        bottom = max(lo / 10, 1e-300)
+        ax.set_ylim(bottom, min(hi * 10, bottom * 1e150))
     elif lo < 0 and max(abs(lo), abs(hi)) > 1e3:
         # Linear within +-1, where O(1) losses live; logarithmic beyond.
         ax.set_yscale("symlog", linthresh=1.0)
