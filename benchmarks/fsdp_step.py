@@ -8,7 +8,7 @@ grads (medians of ``--reps`` steps per round, ``--rounds`` rounds, rank 0's cloc
 20 steps from equal parameters with a fresh grad per step, and the largest relative
 difference between optimlab's and torch's parameters (float32).
 
-    python benchmarks/fsdp_step.py [--layers 200] [--reps 20] [--rounds 3] [--out BENCHMARKS.md]
+    python benchmarks/fsdp_step.py [--layers 200] [--reps 20] [--rounds 3] [--only sgd,adam] [--out BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -96,6 +96,8 @@ def _worker(rank, world, port, args, result):
     try:
         rows = []
         for entry in ENTRIES:
+            if args.only and entry.name not in args.only:
+                continue
             model = _model(args.layers, args.width)
             params = list(model.parameters())
             _set_grads(params, 0)
@@ -134,8 +136,10 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", default="", help="comma-separated registry names (default: all)")
     ap.add_argument("--out", default=None, help="append the table to this markdown file")
     args = ap.parse_args(argv)
+    args.only = [n for n in args.only.split(",") if n]
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     with mp.get_context("spawn").Manager() as manager:
         result = manager.dict()
