@@ -23,7 +23,7 @@ from optimlab import fused
 from optimlab.fused import foreach
 from optimlab._math import abs_, maximum
 from optimlab.registry import ENTRIES
-from test_fused import _clone, _rel  # the same helpers as the C path's tests
+from test_fused import _assert_params_and_state, _clone, _rel  # the C path's test helpers
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64]
 # as tests/test_fused.py: float64 / float32 bounds, a few storage ulps for bf16 / fp16
@@ -83,16 +83,7 @@ def _run_pair(make_a, make_b, ps, steps, no_grad=(4,), late=()):
 
 
 def _assert_same(oa, ob, tol):
-    pa = [p for g in oa.param_groups for p in g["params"]]
-    pb = [p for g in ob.param_groups for p in g["params"]]
-    for p, q in zip(pa, pb):
-        assert _rel(p, q) <= tol, (p.shape, _rel(p, q))
-        sa, sb = oa.state.get(p, {}), ob.state.get(q, {})
-        assert list(sa) == list(sb)
-        for k in sa:
-            assert sa[k].dtype == sb[k].dtype and sa[k].shape == sb[k].shape, k
-            assert sa[k].stride() == sb[k].stride(), k
-            assert _rel(sa[k], sb[k]) <= tol, (k, _rel(sa[k], sb[k]))
+    _assert_params_and_state(oa, ob, tol, strides=True)
 
 
 def _reference(entry_or_cls, **kw):

@@ -112,8 +112,8 @@ def _rel(x, y) -> float:
     return (x - y).abs().max().item() / scale
 
 
-def _assert_same(oa, ob, dtype):
-    tol = TOL[dtype]
+def _assert_params_and_state(oa, ob, tol, strides=False):
+    """Params and per-param state of two optimizers agree within ``tol`` (relative)."""
     pa = [p for g in oa.param_groups for p in g["params"]]
     pb = [p for g in ob.param_groups for p in g["params"]]
     for p, q in zip(pa, pb):
@@ -122,7 +122,14 @@ def _assert_same(oa, ob, dtype):
         assert list(sa) == list(sb)
         for k in sa:
             assert sa[k].dtype == sb[k].dtype and sa[k].shape == sb[k].shape, k
+            if strides:
+                assert sa[k].stride() == sb[k].stride(), k
             assert _rel(sa[k], sb[k]) <= tol, (k, _rel(sa[k], sb[k]))
+
+
+def _assert_same(oa, ob, dtype):
+    tol = TOL[dtype]
+    _assert_params_and_state(oa, ob, tol)
     da, db = oa.state_dict(), ob.state_dict()
     assert da["state"].keys() == db["state"].keys()
     for i in da["state"]:
