@@ -27,7 +27,7 @@ from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from optimlab.registry import ENTRIES
+from optimlab.registry import TORCH_ENTRIES as ENTRIES
 
 BEFORE, AFTER = 10, 25
 FLAGS = ("fused", "foreach", "capturable", "differentiable")

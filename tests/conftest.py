@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from optimlab.registry import ENTRIES
+from optimlab.registry import RULE_ENTRIES, TORCH_ENTRIES
 
-#: (entry, variant) for every registry entry and every variant it declares
-CASES = [pytest.param(e, v, id=f"{e.name}-{i}") for e in ENTRIES for i, v in enumerate(e.variants)]
-ENTRY_PARAMS = [pytest.param(e, id=e.name) for e in ENTRIES]
+#: (entry, variant) for every registry entry with a torch.optim twin and every variant it
+#: declares: the tests that compare with torch.optim (trajectories, state_dict, errors)
+CASES = [pytest.param(e, v, id=f"{e.name}-{i}") for e in TORCH_ENTRIES for i, v in enumerate(e.variants)]
+ENTRY_PARAMS = [pytest.param(e, id=e.name) for e in TORCH_ENTRIES]
+#: every entry run by the engine (with or without a torch twin): fused vs reference path
+RULE_CASES = [pytest.param(e, v, id=f"{e.name}-{i}") for e in RULE_ENTRIES for i, v in enumerate(e.variants)]
+RULE_PARAMS = [pytest.param(e, id=e.name) for e in RULE_ENTRIES]
 
 
 def accepts(cls, name: str) -> bool:

@@ -19,7 +19,7 @@ from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, se
 import checkpoint_workers as W
 from conftest import ENTRY_PARAMS, accepts, rel_err, tolerance
 from dist_harness import run_group
-from optimlab.registry import ENTRIES
+from optimlab.registry import TORCH_ENTRIES as ENTRIES
 
 DIRECTIONS = ("torch_to_optimlab", "optimlab_to_torch")
 BIAS_CORRECTION = [p for p in ENTRY_PARAMS if accepts(p.values[0].cls, "bias_correction")]

@@ -22,7 +22,8 @@ import optimlab
 from optimlab import fused
 from optimlab.fused import foreach
 from optimlab._math import abs_, maximum
-from optimlab.registry import ENTRIES
+from optimlab.registry import RULE_ENTRIES as ENTRIES
+from optimlab.registry import TORCH_ENTRIES
 from test_fused import _assert_params_and_state, _clone, _rel  # the C path's test helpers
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64]
@@ -208,7 +209,7 @@ def test_hyperparameter_changes_between_steps():
 _NO_COMPILER = textwrap.dedent("""
     import json, warnings, torch, optimlab
     from optimlab import fused
-    from optimlab.registry import ENTRIES
+    from optimlab.registry import TORCH_ENTRIES as ENTRIES
     warnings.simplefilter("always")
     out = []
     for entry in ENTRIES:
@@ -247,7 +248,7 @@ def test_no_compiler_takes_foreach_and_equals_torch(tmp_path):
     r = subprocess.run([sys.executable, "-c", _NO_COMPILER], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads(r.stdout)
-    assert len(rows) == sum(len(e.variants) for e in ENTRIES)
+    assert len(rows) == sum(len(e.variants) for e in TORCH_ENTRIES)
     for name, variant, worst, no_kernel, warned in rows:
         assert no_kernel, (name, variant)
         assert worst <= 1e-9, (name, variant, worst)

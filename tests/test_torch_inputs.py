@@ -13,7 +13,8 @@ from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_
 
 import optimlab
 from conftest import ENTRY_PARAMS, accepts, rel_err, tolerance
-from optimlab.registry import ENTRIES, REGISTRY
+from optimlab.registry import REGISTRY
+from optimlab.registry import TORCH_ENTRIES as ENTRIES
 
 #: optim_db's entries for which optimlab has a class of the same name
 SHARED = [pytest.param(info, getattr(optimlab, info.name), id=info.name)

@@ -12,7 +12,7 @@ from torch import nn
 
 import optimlab
 from conftest import ENTRY_PARAMS, accepts, tolerance
-from optimlab.registry import ENTRIES
+from optimlab.registry import TORCH_ENTRIES as ENTRIES
 
 #: constructor argument -> (bad values, how its message names the valid range)
 BAD = {

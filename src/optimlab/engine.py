@@ -5,7 +5,7 @@
 keys, the learning rate, ``maximize``, coupled/decoupled weight decay, dtypes, complex
 parameters, and the choice between the fused kernel and the reference path.
 
-The whole per-parameter step is :func:`update`, written once. The reference path runs it
+The whole per-parameter step is :func:`optimlab.rules.update`, written once. The reference path runs it
 on tensors; the fused path (:mod:`optimlab.fused`) traces it symbolically and compiles it.
 ``differentiable=True`` (autograd through the step, as torch.optim's) always takes the
 reference path, with grad mode on.
@@ -23,44 +23,12 @@ from torch.optim import Optimizer
 from torch.optim import optimizer as _torch_optimizer
 
 from . import checkpoint
-from .rules import Rule
+from .rules import Rule, update  # noqa: F401  (update: the step the reference path runs)
+from .rules.base import hyperparameters  # noqa: F401  (the group as the rules read it)
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _grad = operator.attrgetter("grad")
 _is_none = functools.partial(operator.is_, None)
-
-# Group keys that older torch versions (or other optimizers) may not have written.
-_LEGACY_DEFAULTS = {
-    "maximize": False,
-    "foreach": None,
-    "fused": None,
-    "capturable": False,
-    "differentiable": False,
-    "decoupled_weight_decay": False,
-    "bias_correction": True,
-}
-
-
-def update(rule_fn, p, g, s, h):
-    """One step for one parameter; returns the new parameter value.
-
-        g <- -g                          if maximize
-        g <- g / grad_scale              GradScaler's scale, unscaled in the step (torch's fused protocol)
-        p <- p * (1 - lr * wd)           decoupled weight decay (AdamW, Loshchilov & Hutter 2019)
-        g <- g + wd * p                  coupled (L2) weight decay otherwise
-        p <- p - lr * rule(g, s, h)
-    """
-    if h.maximize:
-        g = -g
-    if h.grad_scale is not None:
-        g = g / h.grad_scale
-    if h.weight_decay != 0:
-        if h.decoupled_weight_decay:
-            p = p * (1 - h.lr * h.weight_decay)
-        else:
-            g = g + h.weight_decay * p
-    return p - h.lr * rule_fn(g, s, h)
-
 
 def _observed(optimizer) -> bool:
     """Whether anything watches a step: step hooks (global or the optimizer's) or a profiler."""
@@ -83,29 +51,6 @@ def _hooked(step):
 
     wrapper.hooked = True  # torch.optim.Optimizer would wrap it again otherwise
     return wrapper
-
-
-def hyperparameters(group: dict) -> SimpleNamespace:
-    """The group's hyperparameters as attributes, with a float ``lr``.
-
-    A ``differentiable`` group keeps Tensor ``lr``/``weight_decay``/``betas`` as 0-dim
-    tensors (torch.optim's ``_to_scalar``), so autograd records their use.
-    """
-    h = {**_LEGACY_DEFAULTS, **{k: v for k, v in group.items() if k != "params"}}
-    scalar = _squeezed if h["differentiable"] else _item
-    for key in ("lr", "weight_decay"):
-        h[key] = scalar(h[key])
-    h["betas"] = tuple(map(scalar, h.get("betas", ())))
-    h.setdefault("grad_scale", None)
-    return SimpleNamespace(**h)
-
-
-def _item(x):
-    return x.item() if isinstance(x, torch.Tensor) else x
-
-
-def _squeezed(x):
-    return x.squeeze() if isinstance(x, torch.Tensor) else x
 
 
 def scalar_dtype() -> torch.dtype:

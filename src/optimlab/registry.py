@@ -3,11 +3,12 @@ the docs and the lab. Register a new entry here and it is tested everywhere."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from . import optimizers as _o
+from .engine import RuleOptimizer
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,17 @@ class Entry:
     variants: tuple = ({},)
     test_lr: float = 1e-2
     aliases: tuple = ()
+    #: named sets the entry belongs to besides "all" (the lab's ``--optimizers classic``, ...)
+    tags: tuple = ()
+    #: builds the authors' published implementation (a test-only dependency), for entries
+    #: torch.optim lacks: ``reference(params, **hyperparameters) -> torch.optim.Optimizer``
+    reference: object = None
+
+    @property
+    def is_rule(self) -> bool:
+        """Whether the class is a :class:`~optimlab.engine.RuleOptimizer` (one rule, run by the
+        engine and its backends) rather than an optimizer with its own ``step``."""
+        return issubclass(self.cls, RuleOptimizer)
 
     def build(self, params, **hyperparameters):
         return self.cls(params, **{**self.preset, **hyperparameters})
@@ -44,7 +56,7 @@ class Entry:
 _WD = {"weight_decay": 0.1}
 _MAX = {"maximize": True}
 
-ENTRIES = (
+CLASSIC = (
     Entry("sgd", _o.SGD, "Plain (mini-batch) stochastic gradient descent",
           "Robbins & Monro 1951", torch_cls=torch.optim.SGD, test_lr=0.05,
           variants=({}, _WD, _MAX, {"momentum": 0.9}, {"momentum": 0.9, "dampening": 0.5},
@@ -82,6 +94,37 @@ ENTRIES = (
           variants=({}, {"momentum_decay": 0.01}, _WD,
                     {"decoupled_weight_decay": True, "weight_decay": 0.1}, _MAX)),
 )
+
+
+
+# the articles' eleven: the lab's default set
+CLASSIC = tuple(replace(e, tags=("classic",)) for e in CLASSIC)
+
+# --- the rest of torch.optim, element-wise rules (RAdam, Rprop, ASGD) -----------------------
+TORCH_ELEMENTWISE: tuple = ()
+
+
+
+# --- today's element-wise optimizers (Lion, AdaBelief, Adan) --------------------------------
+MODERN_ELEMENTWISE: tuple = ()
+
+
+
+# --- rules with reductions or matrix products (Adafactor, Muon, LAMB, LARS, Prodigy) ---------
+WITH_REDUCTIONS: tuple = ()
+
+
+
+# --- optimizers with their own step (SparseAdam, LBFGS, Schedule-Free) ----------------------
+OWN_STEP: tuple = ()
+
+
+
+ENTRIES = CLASSIC + TORCH_ELEMENTWISE + MODERN_ELEMENTWISE + WITH_REDUCTIONS + OWN_STEP
+#: entries run by the engine (one rule): the fused, multi-tensor and reference-path tests
+RULE_ENTRIES = tuple(e for e in ENTRIES if e.is_rule)
+#: rule entries with a torch.optim twin: the parity, state_dict, DCP and error-message tests
+TORCH_ENTRIES = tuple(e for e in RULE_ENTRIES if e.torch_cls is not None)
 
 REGISTRY = {entry.name: entry for entry in ENTRIES}
 _ALIASES = {alias: entry.name for entry in ENTRIES for alias in entry.aliases}

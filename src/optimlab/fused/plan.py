@@ -337,7 +337,7 @@ class Plan:
 
 def roofline_bytes(optimizer, group) -> int:
     """Bytes the rule must touch per step for this group (for benchmarks)."""
-    from ..engine import hyperparameters
+    from ..rules.base import hyperparameters
 
     h = hyperparameters(group)
     total = 0

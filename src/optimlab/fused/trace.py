@@ -1,7 +1,7 @@
-"""Symbolic tracing of :func:`optimlab.engine.update` into an expression DAG.
+"""Symbolic tracing of :func:`optimlab.rules.update` into an expression DAG.
 
 The fused kernel is not a second copy of the math: it is *generated* by running the very
-function the reference path runs (``engine.update(rule.fn, p, g, s, h)``) on symbolic
+function the reference path runs (``rules.update(rule.fn, p, g, s, h)``) on symbolic
 values. Every arithmetic operation the rule performs appends one node to a
 :class:`Graph`, in the order the reference path performs it, so the generated code
 rounds exactly where torch rounds.
@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-from .. import engine
+from ..rules import update
 
 
 class TraceError(TypeError):
@@ -200,7 +200,7 @@ def _is_number_tensor(v) -> bool:
 
 
 def trace(rule, h: SimpleNamespace, present_lazy: frozenset) -> Trace:
-    """Trace ``engine.update(rule.fn, ...)`` for hyperparameters ``h``.
+    """Trace ``rules.update(rule.fn, ...)`` for hyperparameters ``h``.
 
     ``present_lazy``: the lazily created state keys (fill ``None`` in ``rule.tensors``)
     that already exist; the others are traced as ``None``, giving the first-step kernel.
@@ -219,7 +219,7 @@ def trace(rule, h: SimpleNamespace, present_lazy: frozenset) -> Trace:
         setattr(s, key, graph.sym(graph.node("ein", name=key)) if exists else None)
     old = dict(vars(s))
 
-    new_p = engine.update(rule.fn, p, g, s, hs)
+    new_p = update(rule.fn, p, g, s, hs)
     if not isinstance(new_p, Sym):
         raise TraceError("the update did not produce a symbolic parameter")
 

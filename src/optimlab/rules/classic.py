@@ -1,49 +1,9 @@
-"""The update rules: one small pure function per optimizer, read next to its paper.
-
-Every rule has the signature ``rule(g, s, h) -> u``:
-
-* ``g`` is the gradient, already negated for ``maximize`` and with coupled (L2) weight
-  decay added by the engine;
-* ``s`` holds the rule's own state (``s.exp_avg``, ``s.step``, ...) under torch.optim's
-  state keys. The rule *rebinds* attributes of ``s`` to their new values; it never
-  mutates a tensor in place;
-* ``h`` holds the param group's hyperparameters under torch.optim's names;
-* ``u`` is the update direction. The engine applies ``p <- p - lr * u`` (and decoupled
-  weight decay), so no rule touches the learning rate or the parameter.
-
-The same function runs on torch tensors (the reference path), on Python floats and on
-the symbolic values from which the fused kernel is generated, so it may use only
-arithmetic operators and :func:`sqrt`, :func:`maximum`, :func:`abs_`. Branches may test
-boolean flags, ``x != 0`` / ``x > 0`` on hyperparameters, and ``is None`` on lazily
-created state.
-"""
+"""The classic family: SGD (momentum, Nesterov), Adagrad, RMSprop, Adadelta, Adam (AMSGrad), AdaMax, NAdam."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
-
-from ._math import abs_, maximum, sqrt
-
-
-@dataclass(frozen=True)
-class Rule:
-    """An update rule plus the state it keeps.
-
-    ``tensors(h)`` maps each per-element state key to its initial fill value, or to
-    ``None`` when the rule creates it on its first step (SGD's momentum buffer starts as
-    a copy of the gradient). ``scalars`` maps each 0-dim state key (``step``,
-    ``mu_product``) to its initial value. Keys are listed in torch.optim's order.
-    """
-
-    fn: Callable
-    tensors: Callable[[object], dict]
-    scalars: dict = field(default_factory=dict)
-    sparse_ok: bool = False
-
-    @property
-    def name(self) -> str:
-        return self.fn.__name__
+from .._math import abs_, maximum, sqrt
+from .base import Rule
 
 
 def sgd(g, s, h):

@@ -1,0 +1,18 @@
+"""The update rules: one small pure function per optimizer, read next to its paper.
+
+See :mod:`optimlab.rules.base` for the signature every rule has (``rule(g, s, h) -> u``)
+and for :func:`~optimlab.rules.base.update`, the per-parameter step that wraps it. The
+rules are split by family, one module each.
+"""
+
+from .base import Rule, update
+from .classic import (
+    ADADELTA, ADAGRAD, ADAM, ADAMAX, ALL_RULES, NADAM, RMSPROP, SGD,
+    adadelta, adagrad, adam, adamax, nadam, rmsprop, sgd,
+)
+
+__all__ = [
+    "Rule", "update", "ALL_RULES",
+    "SGD", "ADAGRAD", "RMSPROP", "ADADELTA", "ADAM", "ADAMAX", "NADAM",
+    "sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamax", "nadam",
+]

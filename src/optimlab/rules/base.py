@@ -1,0 +1,107 @@
+"""The bottom of the package: the per-parameter step and the shape of an update rule.
+
+Every rule has the signature ``rule(g, s, h) -> u``:
+
+* ``g`` is the gradient, already negated for ``maximize`` and with coupled (L2) weight
+  decay added by the engine;
+* ``s`` holds the rule's own state (``s.exp_avg``, ``s.step``, ...) under torch.optim's
+  state keys. The rule *rebinds* attributes of ``s`` to their new values; it never
+  mutates a tensor in place;
+* ``h`` holds the param group's hyperparameters under torch.optim's names;
+* ``u`` is the update direction. The engine applies ``p <- p - lr * u`` (and decoupled
+  weight decay), so no rule touches the learning rate or the parameter.
+
+The same function runs on torch tensors (the reference path), on Python floats and on
+the symbolic values from which the fused kernel is generated, so it may use only
+arithmetic operators and :func:`sqrt`, :func:`maximum`, :func:`abs_`. Branches may test
+boolean flags, ``x != 0`` / ``x > 0`` on hyperparameters, and ``is None`` on lazily
+created state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An update rule plus the state it keeps.
+
+    ``tensors(h)`` maps each per-element state key to its initial fill value, or to
+    ``None`` when the rule creates it on its first step (SGD's momentum buffer starts as
+    a copy of the gradient). ``scalars`` maps each 0-dim state key (``step``,
+    ``mu_product``) to its initial value. Keys are listed in torch.optim's order.
+    """
+
+    fn: Callable
+    tensors: Callable[[object], dict]
+    scalars: dict = field(default_factory=dict)
+    sparse_ok: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.fn.__name__
+
+
+def update(rule_fn, p, g, s, h):
+    """One step for one parameter; returns the new parameter value.
+
+        g <- -g                          if maximize
+        g <- g / grad_scale              GradScaler's scale, unscaled in the step (torch's fused protocol)
+        p <- p * (1 - lr * wd)           decoupled weight decay (AdamW, Loshchilov & Hutter 2019)
+        g <- g + wd * p                  coupled (L2) weight decay otherwise
+        p <- p - lr * rule(g, s, h)
+
+    Everything above this module (the reference path in :mod:`optimlab.engine`, the traced
+    graph in :mod:`optimlab.fused.trace` and the backends that print or run it) calls this
+    one function; nothing here imports them.
+    """
+    if h.maximize:
+        g = -g
+    if h.grad_scale is not None:
+        g = g / h.grad_scale
+    if h.weight_decay != 0:
+        if h.decoupled_weight_decay:
+            p = p * (1 - h.lr * h.weight_decay)
+        else:
+            g = g + h.weight_decay * p
+    return p - h.lr * rule_fn(g, s, h)
+
+
+# Group keys that older torch versions (or other optimizers) may not have written.
+_LEGACY_DEFAULTS = {
+    "maximize": False,
+    "foreach": None,
+    "fused": None,
+    "capturable": False,
+    "differentiable": False,
+    "decoupled_weight_decay": False,
+    "bias_correction": True,
+}
+
+
+def hyperparameters(group: dict) -> SimpleNamespace:
+    """The group's hyperparameters as attributes, with a float ``lr``.
+
+    A ``differentiable`` group keeps Tensor ``lr``/``weight_decay``/``betas`` as 0-dim
+    tensors (torch.optim's ``_to_scalar``), so autograd records their use.
+    """
+    h = {**_LEGACY_DEFAULTS, **{k: v for k, v in group.items() if k != "params"}}
+    scalar = _squeezed if h["differentiable"] else _item
+    for key in ("lr", "weight_decay"):
+        h[key] = scalar(h[key])
+    h["betas"] = tuple(map(scalar, h.get("betas", ())))
+    h.setdefault("grad_scale", None)
+    return SimpleNamespace(**h)
+
+
+def _item(x):
+    return x.item() if isinstance(x, torch.Tensor) else x
+
+
+def _squeezed(x):
+    return x.squeeze() if isinstance(x, torch.Tensor) else x
