@@ -23,6 +23,7 @@ from torch.optim import Optimizer
 from torch.optim import optimizer as _torch_optimizer
 
 from . import checkpoint
+from .fused import compiled
 from .rules import Rule, update  # noqa: F401  (update: the step the reference path runs)
 from .rules.base import hyperparameters  # noqa: F401  (the group as the rules read it)
 
@@ -35,7 +36,7 @@ def _observed(optimizer) -> bool:
     return bool(optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
                 or getattr(_torch_optimizer, "_global_optimizer_pre_hooks", True)
                 or getattr(_torch_optimizer, "_global_optimizer_post_hooks", True)
-                or torch.autograd._profiler_enabled())
+                or (not torch.compiler.is_compiling() and torch.autograd._profiler_enabled()))
 
 
 def _hooked(step):
@@ -143,16 +144,28 @@ class RuleOptimizer(Optimizer):
     @_use_grad_for_differentiable
     def step(self, closure=None):
         """Perform one optimization step; returns the closure's loss, if given."""
+        if torch.compiler.is_compiling():  # Dynamo traces: the graph printed for it to fuse
+            return compiled.step(self, closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self.step_groups(self.param_groups)
+        return loss
+
+    def _init_group(self) -> bool:
+        """torch.compile's hook: Dynamo runs a method of this name eagerly, once per
+        compilation, instead of tracing it (state, programs; see :mod:`optimlab.fused.compiled`)."""
+        return compiled.prepare(self)
+
+    def step_groups(self, groups: list) -> None:
+        """The eager step of ``groups`` (the closure, if any, has run)."""
         found_inf = getattr(self, "found_inf", None)
         if found_inf is not None and float(found_inf) != 0:
-            return loss  # GradScaler found inf/nan in the grads: skip, state untouched
+            return  # GradScaler found inf/nan in the grads: skip, state untouched
         grad_scale = getattr(self, "grad_scale", None)
         grad_scale = None if grad_scale is None else float(grad_scale)
-        for group in self.param_groups:
+        for group in groups:
             self._keep_flags(group)
             h = hyperparameters(group)
             h.grad_scale = grad_scale
@@ -178,7 +191,6 @@ class RuleOptimizer(Optimizer):
                 continue
             self._check_grads(params)
             self.unfused_step(group, params, h)
-        return loss
 
     def unfused_step(self, group: dict, params: list, h: SimpleNamespace) -> None:
         """Params (with grads) the C kernel did not take: the multi-tensor path

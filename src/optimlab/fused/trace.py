@@ -51,6 +51,7 @@ class Graph:
     def __init__(self):
         self.nodes: list[Node] = []
         self._memo: dict = {}
+        self.compared: set = set()  # hyperparameters a branch compared with 0 (their sign is in the key)
 
     def node(self, op, args=(), value=None, name=None) -> Node:
         key = (op, tuple(a.index for a in args), None if value is None else float(value).hex(), name)
@@ -117,6 +118,7 @@ class Sym:
                 "a rule may only compare a hyperparameter with the literal 0 "
                 f"(got {self.node.op} node vs {other!r})"
             )
+        self.graph.compared.add(self.node.name)
         return compare(self.node.value, 0)
 
     def __eq__(self, o): return self._guard(o, lambda a, b: a == b)

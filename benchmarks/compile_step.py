@@ -1,0 +1,186 @@
+"""``torch.compile(opt.step)`` with a per-step cosine schedule: optimlab compiled vs eager vs torch.
+
+For each optimizer and param set, one process steps (each method on its own copy of the
+params, the same grads, a ``CosineAnnealingLR`` stepped after every step):
+
+* ``optimlab eager``: the default step (the C kernel);
+* ``optimlab compiled``: ``torch.compile(opt.step)``, the rule's graph printed as
+  ``torch._foreach_*`` ops and fused by Inductor (:mod:`optimlab.fused.compiled`);
+* ``optimlab kept out``: ``torch.compile(opt.step)`` with ``compiled.KEEP_OUT = True``: the
+  eager step (C kernel) behind a graph break, the other option the issue names;
+* ``torch compiled``: ``torch.compile`` of torch.optim's step, torch's recipe (Tensor ``lr``);
+* ``torch eager best``: the fastest of torch.optim's for-loop/foreach/fused steps.
+
+50 scheduled steps first count compilations (graphs Dynamo built; ``recompiles`` are those
+after the first step), then interleaved repetitions of 10 steps time ``step()`` alone.
+
+    python benchmarks/compile_step.py            # writes its section of BENCHMARKS.md
+    python benchmarks/compile_step.py --quick    # small sizes, prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+from torch._dynamo.utils import counters
+
+sys.path.insert(0, os.path.dirname(__file__))
+import step_speed  # noqa: E402
+
+from optimlab.fused import compiled  # noqa: E402
+from optimlab.registry import REGISTRY  # noqa: E402
+
+BEGIN, END = "<!-- compile-step: begin -->", "<!-- compile-step: end -->"
+OPTIMIZERS = ("adamw", "adam", "momentum", "adagrad", "rmsprop", "nadam")
+SETS = {"20 x 256x256": [(256, 256)] * 20, "32 transformer tensors (28M)": None}
+
+
+def _graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+class Method:
+    """One optimizer on its own params, its scheduler, and its compile counts."""
+
+    def __init__(self, name, opt, params, compile_=False, keep_out=False):
+        self.name, self.opt, self.params, self.keep_out = name, opt, params, keep_out
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 50)
+        self.step = torch.compile(opt.step) if compile_ else opt.step
+        self.compiles = self.recompiles = None
+
+    def __call__(self):
+        compiled.KEEP_OUT = self.keep_out
+        self.step()
+
+    def warm(self, steps=50):
+        g0 = _graphs()
+        for i in range(steps):
+            self()
+            self.sched.step()
+            if i == 0:
+                g1 = _graphs()
+        self.compiles, self.recompiles = _graphs() - g0, _graphs() - g1
+
+
+def methods(entry, shapes):
+    gen = torch.Generator().manual_seed(0)
+    base = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [torch.randn(s, generator=gen) for s in shapes]
+
+    def params():
+        ps = [b.clone().requires_grad_() for b in base]
+        for p, g in zip(ps, grads):
+            p.grad = g.clone()
+        return ps
+
+    lr = entry.test_lr
+    out = [Method("optimlab eager", entry.build(p := params(), lr=lr), p),
+           Method("optimlab compiled", entry.build(p := params(), lr=lr), p, compile_=True),
+           Method("optimlab kept out", entry.build(p := params(), lr=lr), p, compile_=True, keep_out=True),
+           Method("torch compiled", entry.build_torch(p := params(), lr=torch.tensor(lr)), p, compile_=True)]
+    best, best_t = None, None
+    for name, opt in step_speed.torch_variants(entry, params(), {}).items():
+        t = statistics.median(step_speed.timed(opt.step) for _ in range(5))
+        if best_t is None or t < best_t:
+            best, best_t = (name, opt), t
+    out.append(Method(f"torch eager ({best[0]})", best[1], None))
+    return out
+
+
+def bench(entry, shapes, reps):
+    torch._dynamo.reset()  # every optimizer instance is a new entry in the step's cache
+    ms = methods(entry, shapes)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for m in ms:
+            m.warm()
+    ours = [w for w in caught if "optimlab" in (w.filename or "")]
+    times = {m.name: [] for m in ms}
+    for rep in range(reps):
+        for i in range(len(ms)):
+            m = ms[(i + rep) % len(ms)]
+            t = time.perf_counter()
+            for _ in range(10):
+                m()
+            times[m.name].append((time.perf_counter() - t) / 10)
+    compiled.KEEP_OUT = False
+    return ms, times, ours
+
+
+HEADER = ("| optimizer | params | optimlab eager us | optimlab compiled us (compiles/recompiles) | "
+          "optimlab kept out us (compiles/recompiles) | torch compiled us (compiles/recompiles) | "
+          "torch eager best us | compiled / eager | compiled / torch compiled |")
+
+
+def row(name, set_name, ms, times, ours) -> str:
+    med = {k: statistics.median(v) for k, v in times.items()}
+    by = {m.name: m for m in ms}
+
+    def cell(k):
+        m = by[k]
+        return f"{med[k] * 1e6:.0f} ({m.compiles}/{m.recompiles})"
+
+    eager_best = next(k for k in med if k.startswith("torch eager"))
+    ratio_e = statistics.median(c / e for c, e in zip(times["optimlab compiled"], times["optimlab eager"]))
+    ratio_t = statistics.median(c / e for c, e in zip(times["optimlab compiled"], times["torch compiled"]))
+    warn = f" ({len(ours)} optimlab warnings)" if ours else ""
+    return (f"| {name}{warn} | {set_name} | {med['optimlab eager'] * 1e6:.0f} | {cell('optimlab compiled')} | "
+            f"{cell('optimlab kept out')} | {cell('torch compiled')} | {med[eager_best] * 1e6:.0f} "
+            f"({eager_best[13:-1]}) | {ratio_e:.2f} | {ratio_t:.2f} |")
+
+
+def run(optimizers, sets, reps, scale) -> list:
+    lines = []
+    print(HEADER, flush=True)
+    for set_name, shapes in sets.items():
+        shapes = shapes or step_speed.transformer_28m()
+        shapes = [tuple(max(1, s // scale) for s in shape) for shape in shapes]
+        for name in optimizers:
+            line = row(name, set_name, *bench(REGISTRY[name], shapes, reps))
+            lines.append(line)
+            print(line, flush=True)
+    return lines
+
+
+def write_section(path, lines, started, load, wall) -> None:
+    section = [BEGIN, "## torch.compile(opt.step): compiled vs eager", "",
+               f"Machine: {step_speed.machine()}.",
+               f"Run: {started}, {wall / 60:.1f} min, load average {load[0]:.1f} before / "
+               f"{os.getloadavg()[0]:.1f} after (shared machine; medians of interleaved repetitions).", "",
+               "Generated by `python benchmarks/compile_step.py`. Per-step time of `step()` (us) after 50 steps "
+               "with a per-step `CosineAnnealingLR`; `(compiles/recompiles)`: graphs Dynamo built in those 50 "
+               "steps / of them after the first step. `compiled / eager` = optimlab compiled time / optimlab "
+               "eager time (<= 1: compiling does not slow the step). `kept out` = the eager C-kernel step "
+               "behind a graph break. torch compiled uses torch's recipe, `lr=torch.tensor(lr)`.", "",
+               HEADER, "|" + "---|" * (HEADER.count("|") - 1), *lines, "", END]
+    text = open(path).read() if os.path.exists(path) else ""
+    if BEGIN in text:
+        text = text[: text.index(BEGIN)] + text[text.index(END) + len(END):].lstrip("\n")
+    with open(path, "w") as f:
+        f.write(text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="sizes scaled down 16x, 3 reps, prints only")
+    ap.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    started, load, t0 = time.strftime("%Y-%m-%d %H:%M"), os.getloadavg(), time.perf_counter()
+    optimizers = args.optimizers.split(",")
+    lines = run(optimizers, SETS, 3 if args.quick else args.reps, 16 if args.quick else 1)
+    out = args.out or (None if args.quick else os.path.join(os.path.dirname(__file__), "..", "BENCHMARKS.md"))
+    if out:
+        write_section(out, lines, started, load, time.perf_counter() - t0)
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,360 @@
+"""The step under ``torch.compile``: the traced graph printed once more, for Dynamo to fuse.
+
+``torch.compile(opt.step)``, or a compiled function that calls ``opt.step()``, reaches
+:func:`step` (the engine's ``step`` checks ``torch.compiler.is_compiling()``). Nothing
+here calls the C kernel, builds or hashes anything, or touches a file while Dynamo
+traces: all of that happens in :func:`prepare`, which the engine exposes as the
+optimizer's ``_init_group``. Dynamo runs a method of that name *eagerly*, once per
+compilation, and then guards on the optimizer's params, grads, state and param groups
+(``torch/_dynamo/variables/optimizer.py``), exactly as it does for torch.optim.
+
+What Dynamo then traces is the rule's graph (:mod:`.trace`, the same DAG the C kernel
+and the multi-tensor path are printed from) printed as ``torch._foreach_*`` operations
+over the group's tensor lists (:func:`generate`): Inductor fuses it into one loop per
+tensor. Scalar sub-expressions (bias corrections) are computed in float64 on tensors,
+one value per param (``step`` may differ between params), and rounded to the compute
+dtype where they meet per-element values, as torch rounds a Python scalar.
+
+No recompiles when hyperparameters change every step
+----------------------------------------------------
+Dynamo specializes a float it reads from a param group: with a per-step schedule a float
+``lr`` recompiles at every step until ``recompile_limit``, as torch.optim does. So on
+the first compilation :func:`prepare` stores every numeric hyperparameter the rule uses
+but never branches on (``lr``, ``betas``, ``eps``, ``alpha``...) as a 0-dim float64
+tensor in its group, torch's own recipe (``lr=torch.tensor(...)``): torch's and
+optimlab's LR schedulers then update it in place (``fill_``), a graph input, and eager
+steps read it as a number. Hyperparameters a rule branches on (``weight_decay != 0``,
+``momentum != 0``) stay numbers: the traced graph depends on their sign. A change of
+their value compiles once more, after which Dynamo treats them as symbolic with a guard
+on the sign only. SGD with momentum compiles twice, as torch.optim's does: its first
+step creates the momentum buffer.
+
+Groups this path does not take (``differentiable=True``, sparse grads, other layouts,
+GradScaler's ``found_inf``) run the eager step for that group, behind one graph break.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .._math import abs_, maximum, sqrt
+from ..rules.base import hyperparameters
+from .foreach_codegen import _const
+from .trace import TraceError, live, trace
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64, torch.complex32: torch.float16}
+_programs: dict = {}
+#: True: the eager step behind a graph break instead (the alternative measured in
+#: ``benchmarks/compile_step.py``; not the default)
+KEEP_OUT = False
+_OPS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow", "max": "maximum"}
+_PY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}
+
+
+@torch.library.custom_op("optimlab::scalars", mutates_args=())
+def _scalars(x: torch.Tensor) -> torch.Tensor:
+    """A copy, opaque to Inductor: the scalar sub-expressions are computed once per step into
+    a buffer that the element loops read, instead of being inlined (``pow``, ``sqrt`` per
+    vector of elements) into every loop."""
+    return x.clone()
+
+
+@_scalars.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+def _barrier(values: list, n: int, dtype) -> list:
+    """The scalars meeting per-element values, for the element loops: a tensor (one value per
+    param) becomes a list of ``n`` 0-dim tensors in ``dtype``, computed once through
+    :func:`_scalars`; a Python number stays one (torch rounds it to the tensor's dtype)."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if not tensors:
+        return values
+    rows = iter(_scalars(torch.stack([v.to(dtype).expand(n) for v in tensors])).unbind(0))
+    return [list(next(rows).unbind(0)) if isinstance(v, torch.Tensor) else v for v in values]
+
+
+def _vec(x, n: int):
+    """A new 0-dim state value as ``n`` float64 values."""
+    if isinstance(x, torch.Tensor):
+        return x.to(torch.float64).expand(n)
+    return torch.full((n,), x, dtype=torch.float64)
+
+
+def _fill(like: list, c) -> list:
+    return [torch.zeros_like(t) + ci for t, ci in zip(like, c if isinstance(c, list) else [c] * len(like))]
+
+
+_NAMESPACE = {"F": torch, "_sqrt": sqrt, "_maximum": maximum, "_abs": abs_, "_barrier": _barrier,
+              "_vec": _vec, "_fill": _fill, "math": math}
+
+
+def generate(tr):
+    """``run(B, hp, si, n, dt) -> (element outputs, scalar outputs)`` printed from trace ``tr``.
+
+    ``B``: a list of tensors per buffer (``tr.buffers`` order) in compute dtype ``dt``;
+    ``hp``: the hyperparameter leaves (``tr.hps`` order), numbers or 0-dim tensors;
+    ``si``: per 0-dim state key read, its ``n`` values as a float64 tensor."""
+    outs = list(tr.elem_outputs.values()) + list(tr.scalar_outputs.values())
+    alive = live(outs)
+    hp_names = [h[0] for h in tr.hps]
+    ref: dict = {}
+    nodes = [n for n in tr.graph.nodes if n.index in alive]
+    boundary = []  # scalar nodes read by per-element nodes or stored to a buffer
+    for n in nodes:
+        if not n.scalar and n.op != "ein":
+            boundary.extend(x.index for x in n.args if x.scalar and x.index not in boundary)
+    boundary.extend(n.index for n in tr.elem_outputs.values() if n.scalar and n.index not in boundary)
+    scalar_lines, elem_lines = ["def run(B, hp, si, n, dt):"], []
+
+    def elem_arg(x):
+        return f"c{x.index}"
+
+    for n in nodes:
+        if n.op == "const":
+            ref[n.index] = _const(n.value)
+            continue
+        if n.op == "hp":
+            ref[n.index] = f"hp[{hp_names.index(n.name)}]"
+            continue
+        if n.op == "sin":
+            ref[n.index] = f"si[{tr.scalar_inputs.index(n.name)}]"
+            continue
+        if n.op == "ein":
+            ref[n.index] = f"B[{tr.buffers.index(n.name)}]"
+            continue
+        name = f"{'s' if n.scalar else 't'}{n.index}"
+        a = [ref[x.index] for x in n.args]
+        lines = scalar_lines if n.scalar else elem_lines
+        if n.scalar:  # float64 arithmetic on numbers and tensors, as the reference path's floats
+            if n.op in _PY:
+                expr = f"{a[0]} {_PY[n.op]} {a[1]}"
+            elif n.op == "max":
+                expr = f"_maximum({a[0]}, {a[1]})"
+            else:
+                expr = {"neg": f"-{a[0]}", "sqrt": f"_sqrt({a[0]})", "abs": f"_abs({a[0]})"}[n.op]
+        elif n.op in ("neg", "sqrt", "abs"):
+            expr = f"F._foreach_{n.op}({a[0]})"
+        else:
+            x, y = n.args
+            if not x.scalar:
+                expr = f"F._foreach_{_OPS[n.op]}({a[0]}, {elem_arg(y) if y.scalar else a[1]})"
+            elif n.op in ("add", "mul", "max"):
+                expr = f"F._foreach_{_OPS[n.op]}({a[1]}, {elem_arg(x)})"
+            elif n.op == "sub":  # c - x == (-x) + c exactly
+                expr = f"F._foreach_add(F._foreach_neg({a[1]}), {elem_arg(x)})"
+            else:  # c / x, c ** x: per tensor
+                c = elem_arg(x)
+                expr = (f"[{c}[i] {_PY[n.op]} _x for i, _x in enumerate({a[1]})] if isinstance({c}, list) "
+                        f"else [{c} {_PY[n.op]} _x for _x in {a[1]}]")
+        lines.append(f"    {name} = {expr}")
+        ref[n.index] = name
+    lines = scalar_lines
+    if boundary:
+        names = [f"c{i}" for i in boundary]
+        lines.append(f"    {', '.join(names)}, = _barrier([{', '.join(ref[i] for i in boundary)}], n, dt)")
+    lines.extend(elem_lines)
+    elem = []
+    for buf, n in tr.elem_outputs.items():
+        elem.append(f"_fill(B[0], {elem_arg(n)})" if n.scalar else ref[n.index])
+    scal = [f"_vec({ref[n.index]}, n)" for n in tr.scalar_outputs.values()]
+    lines.append(f"    return [{', '.join(elem)}], [{', '.join(scal)}]")
+    source = "\n".join(lines) + "\n"
+    namespace = dict(_NAMESPACE)
+    exec(compile(source, f"<optimlab compiled {id(tr):x}>", "exec"), namespace)  # our own generated text
+    return namespace["run"], source
+
+
+@dataclass(eq=False)
+class Bucket:
+    """Params of one group sharing one program: same device, dtype, state dtypes, lazy state."""
+
+    index: tuple  # positions in group["params"]
+    trace: object
+    run: object
+    compute: torch.dtype
+    complex: bool
+    copied: frozenset  # buffers not in the compute dtype: computed on copies
+
+
+@dataclass(eq=False)
+class GroupPlan:
+    buckets: list
+    hps: list  # (key, index) leaves read by any bucket, in Bucket.trace.hps terms
+    signs: list  # (key, index) of numbers a rule branched on: their sign is guarded
+
+
+def _program(rule, h, lazy: frozenset):
+    from .plan import hkey
+
+    key = (rule.fn, rule.tensors, tuple(rule.scalars.items()), hkey(h), lazy)
+    found = _programs.get(key)
+    if found is None:
+        try:
+            tr = trace(rule, h, lazy)
+            found = (tr, generate(tr)[0])
+        except TraceError as e:
+            found = e
+        _programs[key] = found
+    if isinstance(found, Exception):
+        raise found
+    return found
+
+
+def _eligible(p) -> bool:
+    g = p.grad
+    return (p.layout == torch.strided and g.layout == torch.strided
+            and (p.is_floating_point() or p.is_complex()))
+
+
+def _tensorize(group: dict, key: str, index) -> None:
+    """Store a float hyperparameter as a 0-dim float64 tensor (see the module docstring)."""
+    value = group[key]
+    if index is not None:
+        if not isinstance(value, tuple) or isinstance(value[index], (bool, torch.Tensor)):
+            return
+        v = value[index]
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            group[key] = tuple(torch.tensor(float(x), dtype=torch.float64) if i == index else x
+                               for i, x in enumerate(value))
+        return
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        group[key] = torch.tensor(float(value), dtype=torch.float64)
+
+
+def _group_plan(optimizer, group, grad_scale):
+    if group.get("differentiable"):
+        return None
+    params = [p for p in group["params"] if p.grad is not None]
+    if not all(map(_eligible, params)):
+        return None
+    h = hyperparameters(group)
+    h.grad_scale = grad_scale
+    rule = optimizer.rule
+    fills = rule.tensors(h)
+    members: dict = {}
+    for p in params:
+        st = optimizer.init_state(p, h)
+        lazy = frozenset(k for k, f in fills.items() if f is None and k in st)
+        sdtypes = tuple(st[k].dtype for k in fills if k in st) + tuple(st[k].dtype for k in rule.scalars)
+        members.setdefault((p.device, p.dtype, lazy, sdtypes), []).append(p)
+    position = {id(p): i for i, p in enumerate(group["params"])}
+    buckets, hps, signs = [], [], []
+    for (_, dtype, lazy, _), ps in members.items():
+        try:
+            tr, run = _program(rule, h, lazy)
+        except TraceError:
+            return None
+        real = _REAL.get(dtype, dtype)
+        compute = torch.float32 if real in _LOW_PRECISION else real
+        st = optimizer.state[ps[0]] if ps[0] in optimizer.state else {}
+        dtypes = {"param": dtype, "grad": ps[0].grad.dtype, **{b: st[b].dtype for b in tr.buffers if b in st}}
+        copied = frozenset(b for b, d in dtypes.items() if _REAL.get(d, d) != compute)
+        buckets.append(Bucket(tuple(position[id(p)] for p in ps), tr, run, compute, ps[0].is_complex(), copied))
+        for name, key, index in tr.hps:
+            if key != "grad_scale" and (key, index) not in hps:
+                hps.append((key, index))
+                (signs if name in tr.graph.compared else []).append((key, index))
+    for key, index in hps:
+        if (key, index) not in signs:
+            _tensorize(group, key, index)
+    return GroupPlan(buckets, hps, signs)
+
+
+def prepare(optimizer) -> bool:
+    """Eager work for one compilation (the optimizer's ``_init_group``): state, buckets,
+    programs, tensor hyperparameters; the plan is kept on the optimizer."""
+    grad_scale = getattr(optimizer, "grad_scale", None)
+    grad_scale = None if grad_scale is None else float(grad_scale)
+    plans = []
+    for group in optimizer.param_groups:
+        optimizer._keep_flags(group)
+        plans.append(_group_plan(optimizer, group, grad_scale))
+    optimizer._compiled_plans = tuple(plans)
+    return True
+
+
+def _as_real(t):
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def _hp(optimizer, group, key, index):
+    v = getattr(optimizer, "grad_scale") if key == "grad_scale" else group[key]
+    if index is not None:
+        v = v[index]
+    return v.to(torch.float64) if isinstance(v, torch.Tensor) else v
+
+
+@torch._dynamo.disable
+def _eager_group(optimizer, group) -> None:
+    """One group on the eager step (the C kernel, multi-tensor or reference path)."""
+    optimizer.step_groups([group])
+
+
+@torch._dynamo.disable
+def _eager_groups(optimizer) -> None:
+    optimizer.step_groups(optimizer.param_groups)
+
+
+def _run_bucket(optimizer, group, b: Bucket) -> None:
+    params = group["params"]
+    ps = [params[i] for i in b.index]
+    tr, dt = b.trace, b.compute
+    stateful = len(tr.buffers) > 2 or tr.scalar_inputs or tr.scalar_outputs
+    states = [optimizer.state[p] for p in ps] if stateful else [{} for _ in ps]
+    lists = []
+    for name in tr.buffers:
+        if name == "param":
+            ts = ps
+        elif name == "grad":
+            ts = [p.grad for p in ps]
+        elif name in states[0]:
+            ts = [st[name] for st in states]
+        else:  # lazily created state, only written
+            lists.append(None)
+            continue
+        ts = [_as_real(t) for t in ts] if b.complex else ts
+        lists.append([t.to(dt) for t in ts] if name in b.copied else ts)
+    hp = [_hp(optimizer, group, key, index) for _, key, index in tr.hps]
+    si = [torch.stack([st[k] for st in states]).to(torch.float64) for k in tr.scalar_inputs]
+    new, snew = b.run(lists, hp, si, len(ps), dt)
+    for name, values in zip(tr.elem_outputs, new):
+        if name == "param":
+            dest = ps
+        else:
+            for p, st in zip(ps, states):
+                if name not in st:
+                    st[name] = torch.empty_like(p, memory_format=torch.preserve_format)
+            dest = [st[name] for st in states]
+        torch._foreach_copy_([_as_real(t) for t in dest] if b.complex else dest, values)
+    for key, values in zip(tr.scalar_outputs, snew):
+        dest = [st[key] for st in states]
+        torch._foreach_copy_(dest, list(values.to(dest[0].dtype).unbind(0)))
+
+
+def step(optimizer, closure=None):
+    """The engine's ``step`` while Dynamo traces (see the module docstring)."""
+    loss = None
+    if closure is not None:
+        with torch.enable_grad():
+            loss = closure()
+    if KEEP_OUT or getattr(optimizer, "found_inf", None) is not None:
+        _eager_groups(optimizer)
+        return loss
+    optimizer._init_group()  # eager, once per compilation: Dynamo's optimizer hook
+    for group, plan in zip(optimizer.param_groups, optimizer._compiled_plans):
+        if plan is None:
+            _eager_group(optimizer, group)
+            continue
+        for key, index in plan.signs:  # guard the sign the program was traced for
+            v = group[key] if index is None else group[key][index]
+            if not isinstance(v, torch.Tensor) and (v > 0 or v < 0):
+                pass
+        for b in plan.buckets:
+            _run_bucket(optimizer, group, b)
+    return loss
