@@ -223,6 +223,7 @@ def test_low_precision_and_complex(dtype):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_inductor_adamw():
     """Inductor fuses the printed graph (the scalar sub-expressions go through one opaque
     copy so they are computed once per step): float32 within 1e-6 of eager, one graph."""

@@ -193,10 +193,13 @@ class RuleOptimizer(Optimizer):
             self.unfused_step(group, params, h)
 
     def unfused_step(self, group: dict, params: list, h: SimpleNamespace) -> None:
-        """Params (with grads) the C kernel did not take: the multi-tensor path
-        (:mod:`optimlab.fused.foreach`) unless ``foreach=False``, else the reference path."""
-        from .fused import foreach
+        """Params (with grads) the C kernel did not take: torch's own fused kernel where the
+        rule is one torch ships (:mod:`optimlab.fused.torch_kernels`, default flags only), the
+        multi-tensor path (:mod:`optimlab.fused.foreach`) unless ``foreach=False``, else the
+        reference path."""
+        from .fused import foreach, torch_kernels
 
+        params = torch_kernels.step(self, group, params, h)
         for p in foreach.step(self, group, params, h):
             self.reference_step(p, h)
 

@@ -1,0 +1,81 @@
+"""torch's fused kernels as a backend (:mod:`optimlab.fused.torch_kernels`): every registry
+entry and variant whose rule and flags match one is equal to the reference path, at the
+multi-tensor tests' tolerances, and the kernel (not the multi-tensor path) took the step."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from optimlab.fused import foreach, torch_kernels
+from optimlab.registry import RULE_ENTRIES
+from optimlab.rules.base import hyperparameters
+
+from test_foreach import TOL
+from test_fused import _assert_params_and_state
+
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.complex64]
+
+
+def _cases():
+    for entry in RULE_ENTRIES:
+        variants = list(entry.variants)
+        if "bias_correction" in inspect.signature(entry.cls).parameters:
+            variants.append({"bias_correction": False})
+        for i, variant in enumerate(variants):
+            yield pytest.param(entry, variant, id=f"{entry.name}-{i}")
+
+
+def _params(dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(37, 5), (1000,), (3,), (0,)]
+    if dtype.is_complex:
+        return [torch.randn(*s, dtype=dtype, generator=gen).requires_grad_() for s in shapes]
+    return [torch.randn(*s, generator=gen).to(dtype).requires_grad_() for s in shapes]
+
+
+def _matches(opt) -> bool:
+    h = hyperparameters(opt.param_groups[0])
+    h.grad_scale = None
+    match = torch_kernels.MATCHES.get(opt.rule.fn)
+    return match is not None and match(h) is not None
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("entry, variant", _cases())
+def test_equal_to_reference_path(entry, variant, dtype, monkeypatch):
+    monkeypatch.setenv("OPTIMLAB_DISABLE_FUSED", "1")  # as without a compiler
+    ps, qs = _params(dtype), _params(dtype)
+    ours = entry.build(ps, lr=entry.test_lr, **variant)
+    ref = entry.build(qs, lr=entry.test_lr, foreach=False, **variant)
+    if not _matches(ours):
+        pytest.skip("no torch kernel for this rule and these flags")
+    low_sgd = ours.rule.fn is torch_kernels.rules.SGD.fn and dtype in (torch.float16, torch.bfloat16)
+    real_step = foreach.step
+    took = []
+    monkeypatch.setattr(foreach, "step", lambda o, g, params, h: (o is ours and took.extend(params)) or real_step(o, g, params, h))
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(100):
+        for p, q in zip(ps, qs):
+            g = torch.randn(p.shape, dtype=dtype, generator=gen)
+            p.grad, q.grad = g, g.clone()
+        ours.step()
+        ref.step()
+    assert bool(took) == low_sgd  # the torch kernel took every param, except where excluded
+    _assert_params_and_state(ours, ref, TOL[dtype])
+
+
+def test_explicit_flags_keep_their_path(monkeypatch):
+    """``fused=False`` / ``foreach=True`` are the user's choice: the torch kernel is not used."""
+    monkeypatch.setenv("OPTIMLAB_DISABLE_FUSED", "1")
+    calls = []
+    monkeypatch.setattr(torch, "_fused_adam_", lambda *a, **k: calls.append(1))
+    from optimlab import Adam
+    for flags in ({"fused": False}, {"foreach": True}):
+        ps = _params(torch.float32)
+        for p in ps:
+            p.grad = torch.ones_like(p)
+        Adam(ps, **flags).step()
+    assert not calls
