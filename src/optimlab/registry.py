@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from . import optimizers as _o
+from . import optimizers_reductions as _r
 from .engine import RuleOptimizer
 
 
@@ -33,6 +34,10 @@ class Entry:
     #: builds the authors' published implementation (a test-only dependency), for entries
     #: torch.optim lacks: ``reference(params, **hyperparameters) -> torch.optim.Optimizer``
     reference: object = None
+    #: takes 2-D parameters only (Muon): the generic tables, whose problems have vectors,
+    #: leave it out; it is tested on matrices in tests/test_reductions.py, and the lab gives it
+    #: the 2-D params and AdamW the rest (optimlab.split_for_muon)
+    matrices_only: bool = False
 
     @property
     def is_rule(self) -> bool:
@@ -111,7 +116,17 @@ MODERN_ELEMENTWISE: tuple = ()
 
 
 # --- rules with reductions or matrix products (Adafactor, Muon, LAMB, LARS, Prodigy) ---------
-WITH_REDUCTIONS: tuple = ()
+WITH_REDUCTIONS: tuple = (
+    Entry("adafactor", _r.Adafactor, "Factored second moment, relative step size",
+          "Shazeer & Stern 2018", torch_cls=torch.optim.Adafactor, test_lr=1e-2, tags=("torch",),
+          variants=({}, {"weight_decay": 0.1}, _MAX, {"beta2_decay": -0.5, "d": 2.0},
+                    {"eps": (1e-30, 1e-3)})),
+    Entry("muon", _r.Muon, "Momentum orthogonalised by Newton-Schulz (2-D params only)",
+          "Jordan et al. 2024", torch_cls=torch.optim.Muon, test_lr=2e-3, tags=("torch", "modern"),
+          matrices_only=True,
+          variants=({}, {"nesterov": False}, {"adjust_lr_fn": "match_rms_adamw", "weight_decay": 0.0},
+                    {"momentum": 0.9, "ns_steps": 3})),
+)
 
 
 
@@ -122,7 +137,7 @@ OWN_STEP: tuple = ()
 
 ENTRIES = CLASSIC + TORCH_ELEMENTWISE + MODERN_ELEMENTWISE + WITH_REDUCTIONS + OWN_STEP
 #: entries run by the engine (one rule): the fused, multi-tensor and reference-path tests
-RULE_ENTRIES = tuple(e for e in ENTRIES if e.is_rule)
+RULE_ENTRIES = tuple(e for e in ENTRIES if e.is_rule and not e.matrices_only)
 #: rule entries with a torch.optim twin: the parity, state_dict, DCP and error-message tests
 TORCH_ENTRIES = tuple(e for e in RULE_ENTRIES if e.torch_cls is not None)
 
