@@ -169,10 +169,37 @@ def nadam(p, g, state, *, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.
     return p - lr * ((1.0 - mu) / c_g * g + mu_next / c_m * m) / denom
 
 
+def adafactor(p, g, state, *, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0,
+              weight_decay=0.0, maximize=False, **_):
+    """Shazeer & Stern 2018, Algorithms 4 (matrices, factored) and 5 (vectors), with update
+    clipping and relative step size, in torch's documented form: beta2_t = 1 - t^decay,
+    rho_t = min(lr, 1/sqrt(t)), alpha_t = max(eps2, RMS(p)) rho_t; means of g^2 instead
+    of sums; eps1 (None: float64's machine epsilon) floors mean(R) and V:
+    R = b R + (1-b) mean_j g_ij^2,  C = b C + (1-b) mean_i g_ij^2,  V = R C / max(mean_i R_i, eps1);
+    U = g / sqrt(max(V, eps1^2));  p <- p (1 - lr wd) - alpha_t / max(1, RMS(U)/d) * U."""
+    eps1, eps2 = eps
+    eps1 = np.finfo(np.float64).eps if eps1 is None else eps1
+    t = _step(state)
+    g = -g if maximize else g
+    decay = t ** beta2_decay  # 1 - beta2_t
+    alpha = max(eps2, math.sqrt(np.mean(p * p))) * min(lr, 1.0 / math.sqrt(t))
+    if g.ndim > 1:
+        r = (1 - decay) * state.get("row_var", 0.0) + decay * np.mean(g * g, axis=-1, keepdims=True)
+        c = (1 - decay) * state.get("col_var", 0.0) + decay * np.mean(g * g, axis=-2, keepdims=True)
+        state["row_var"], state["col_var"] = r, c
+        v = r * c / np.maximum(np.mean(r, axis=-2, keepdims=True), eps1)
+    else:
+        v = (1 - decay) * state.get("variance", 0.0) + decay * g * g
+        state["variance"] = v
+    u = g / np.sqrt(np.maximum(v, eps1 * eps1))
+    clip = max(1.0, math.sqrt(np.mean(u * u)) / d)
+    return p * (1.0 - lr * weight_decay) - alpha / clip * u
+
+
 #: torch.optim class name -> reference rule
 RULES = {
     "SGD": sgd, "Adagrad": adagrad, "RMSprop": rmsprop, "Adadelta": adadelta, "Adam": adam,
-    "AdamW": adamw, "Adamax": adamax, "NAdam": nadam,
+    "AdamW": adamw, "Adamax": adamax, "NAdam": nadam, "Adafactor": adafactor,
 }
 
 

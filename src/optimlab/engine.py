@@ -85,9 +85,12 @@ class RuleOptimizer(Optimizer):
     _step_supports_amp_scaling: ClassVar[bool] = True
 
     def __setstate__(self, state):
+        # torch's __setstate__ adds "differentiable" to the defaults; a class without that
+        # argument (Adafactor, Muon) must not get it in its groups
+        defaults = dict(state.get("defaults") or self.__dict__.get("defaults") or {})
         super().__setstate__(state)
         for group in self.param_groups:
-            for key, value in self.defaults.items():
+            for key, value in (defaults or self.defaults).items():
                 group.setdefault(key, value)
         for param_state in self.state.values():
             for key, value in list(param_state.items()):

@@ -138,6 +138,9 @@ OWN_STEP: tuple = ()
 ENTRIES = CLASSIC + TORCH_ELEMENTWISE + MODERN_ELEMENTWISE + WITH_REDUCTIONS + OWN_STEP
 #: entries run by the engine (one rule): the fused, multi-tensor and reference-path tests
 RULE_ENTRIES = tuple(e for e in ENTRIES if e.is_rule and not e.matrices_only)
+#: rule entries whose rule is element-wise: the C kernel's and the multi-tensor path's tests
+#: (a rule with reductions or matrix products runs on tensors; the tracer refuses it)
+ELEMENTWISE_ENTRIES = tuple(e for e in RULE_ENTRIES if e.cls.rule.elementwise)
 #: rule entries with a torch.optim twin: the parity, state_dict, DCP and error-message tests
 TORCH_ENTRIES = tuple(e for e in RULE_ENTRIES if e.torch_cls is not None)
 
