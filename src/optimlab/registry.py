@@ -138,7 +138,7 @@ OWN_STEP: tuple = (
           test_lr=0.5, aliases=("l-bfgs",), tags=("torch",), needs_closure=True,
           variants=({"max_iter": 2}, {"max_iter": 3, "line_search_fn": "strong_wolfe"},
                     {"max_iter": 4, "history_size": 5, "line_search_fn": "strong_wolfe"},
-                    {"max_iter": 1, "history_size": 3}, {}),
+                    {"max_iter": 1, "history_size": 3}, {}, {"line_search_fn": "strong_wolfe"}),
           # one gradient evaluation per step, as every other optimizer in a comparison gets;
           # torch's default (20 iterations, 25 evaluations) would get 20x the budget
           lab_preset={"max_iter": 1}),
