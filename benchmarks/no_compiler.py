@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import step_speed  # noqa: E402
 
 from optimlab import fused  # noqa: E402
-from optimlab.fused import foreach  # noqa: E402
+from optimlab.fused import foreach, torch_kernels  # noqa: E402
 from optimlab.registry import ENTRIES  # noqa: E402
 
 BEGIN, END = "<!-- no-compiler: begin -->", "<!-- no-compiler: end -->"
@@ -52,7 +52,8 @@ def bench_entry(entry, params, reps, reference: bool) -> dict:
             step()
             step()  # a lazily created state (SGD's momentum buffer) changes the program once
     plans = fused._plans.get(ours, {})
-    assert all(p.kernel_errors for p in plans.values()) and foreach._plans.get(ours), "not the foreach path"
+    assert all(p.kernel_errors for p in plans.values()) and (
+        foreach._plans.get(ours) or ours.rule.fn in torch_kernels.MATCHES), "not the foreach path"
     for name, opt in step_speed.torch_variants(entry, params, {}).items():
         methods[f"torch {name}"] = opt.step
     names, times = list(methods), {}
@@ -85,7 +86,7 @@ def row(mix, name, r) -> str:
             f"{r['best'][6:]} | {r['vs_best']:.2f}x ({r['iqr'][0]:.2f}-{r['iqr'][1]:.2f}) |")
 
 
-def run(mixes, reps, scale) -> list:
+def run(mixes, reps, scale, only=()) -> list:
     lines = []
     for mix in mixes:
         title, shapes_fn = step_speed.MIXES[mix]
@@ -96,6 +97,8 @@ def run(mixes, reps, scale) -> list:
             p.grad = torch.randn(p.shape, generator=gen)
         print(f"\n== mix {mix}: {title}, {reps[mix]} reps\n{HEADER}", flush=True)
         for entry in ENTRIES:
+            if only and entry.name not in only:
+                continue
             line = row(mix, entry.name, summarize(bench_entry(entry, params, reps[mix], mix == "C")))
             lines.append(line)
             print(line, flush=True)
@@ -127,8 +130,13 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="mixes scaled down 100x, 3 reps, prints only")
     ap.add_argument("--mixes", default="AC")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only", default="", help="comma-separated entry names (prints only)")
     args = ap.parse_args(argv)
     started, load, t0 = time.strftime("%Y-%m-%d %H:%M"), os.getloadavg(), time.perf_counter()
+    only = tuple(filter(None, args.only.split(",")))
+    if only:
+        run(args.mixes, {m: 5 for m in "ABCD"}, 1, only)
+        return
     if args.quick:
         lines = run(args.mixes, {m: 3 for m in "ABCD"}, 100)
     else:
