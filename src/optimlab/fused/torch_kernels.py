@@ -20,8 +20,8 @@ The matching is by rule and flags, listed in :data:`MATCHES`:
 * :data:`~optimlab.rules.ADAGRAD` -> ``torch._fused_adagrad_``.
 
 Taken only with ``fused=None`` and ``foreach=None`` (the defaults: the user chose no
-implementation), for CPU params whose grads and state share their dtype, dense and
-strided, without GradScaler's ``grad_scale`` (those take the multi-tensor path). Complex
+implementation), for contiguous CPU params whose grads and state share their dtype and
+layout, without GradScaler's ``grad_scale`` (those take the multi-tensor path). Complex
 params are stepped as real views, as everywhere in optimlab.
 """
 
@@ -75,7 +75,8 @@ def _takes(p, state, keys) -> bool:
     g = p.grad
     return (p.device.type == "cpu" and p.layout == torch.strided and g.layout == torch.strided
             and p.dtype in _TYPES and g.dtype == p.dtype and g.device == p.device
-            and all(k not in state or state[k].dtype == p.dtype for k in keys)
+            and p.is_contiguous() and g.is_contiguous()  # the kernels index flat memory
+            and all(k not in state or (state[k].dtype == p.dtype and state[k].is_contiguous()) for k in keys)
             and ("step" not in state or state["step"].dtype == torch.float32))
 
 
