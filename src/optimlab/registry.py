@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from . import optimizers as _o
+from . import optimizers_modern as _m
 from .engine import RuleOptimizer
 
 
@@ -51,6 +52,25 @@ class Entry:
             kwargs.setdefault("momentum", 0.9)
             kwargs.setdefault("nesterov", self.cls is _o.NAG)
         return self.torch_cls(params, **kwargs)
+
+    def build_reference(self, params, **hyperparameters):
+        """The authors' published implementation, with the preset applied."""
+        return self.reference(params, **{**self.preset, **hyperparameters})
+
+
+def published(module: str, name: str, **renames):
+    """A ``reference`` builder: ``module.name`` (a test-only dependency, imported when called),
+    taking optimlab's hyperparameter names; ``renames`` maps optimlab's name to the reference's
+    where they differ (``decoupled_weight_decay="weight_decouple"``)."""
+
+    def build(params, **hyperparameters):
+        import importlib
+
+        cls = getattr(importlib.import_module(module), name)
+        return cls(params, **{renames.get(k, k): v for k, v in hyperparameters.items()})
+
+    build.__qualname__ = f"published({module}.{name})"
+    return build
 
 
 _WD = {"weight_decay": 0.1}
@@ -106,7 +126,19 @@ TORCH_ELEMENTWISE: tuple = ()
 
 
 # --- today's element-wise optimizers (Lion, AdaBelief, Adan) --------------------------------
-MODERN_ELEMENTWISE: tuple = ()
+MODERN_ELEMENTWISE: tuple = (
+    Entry("adabelief", _m.AdaBelief, "Adam with the belief (g - m)^2 as second moment",
+          "Zhuang et al. 2020", test_lr=1e-2, tags=("modern",),
+          reference=published("pytorch_optimizer", "AdaBelief",
+                              decoupled_weight_decay="weight_decouple", amsgrad="ams_bound"),
+          variants=({}, _WD, {"decoupled_weight_decay": False, "weight_decay": 0.1},
+                    {"amsgrad": True, "betas": (0.9, 0.9)}, _MAX, {"eps": 1e-8})),
+    Entry("adan", _m.Adan, "Adaptive Nesterov momentum from gradient differences",
+          "Xie et al. 2022", test_lr=1e-2, tags=("modern",),
+          reference=published("pytorch_optimizer", "Adan", no_prox="weight_decouple"),
+          variants=({}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "no_prox": True}, _MAX,
+                    {"betas": (0.9, 0.8, 0.95)})),
+)
 
 
 

@@ -5,14 +5,16 @@ and for :func:`~optimlab.rules.base.update`, the per-parameter step that wraps i
 rules are split by family, one module each.
 """
 
-from .base import Rule, update
+from .base import Rule, update, updates_param
 from .classic import (
     ADADELTA, ADAGRAD, ADAM, ADAMAX, ALL_RULES, NADAM, RMSPROP, SGD,
     adadelta, adagrad, adam, adamax, nadam, rmsprop, sgd,
 )
+from .modern import ADABELIEF, ADAN, MODERN_RULES, adabelief, adan
 
 __all__ = [
-    "Rule", "update", "ALL_RULES",
+    "Rule", "update", "updates_param", "ALL_RULES",
     "SGD", "ADAGRAD", "RMSPROP", "ADADELTA", "ADAM", "ADAMAX", "NADAM",
     "sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamax", "nadam",
+    "ADABELIEF", "ADAN", "MODERN_RULES", "adabelief", "adan",
 ]

@@ -11,6 +11,11 @@ Every rule has the signature ``rule(g, s, h) -> u``:
 * ``u`` is the update direction. The engine applies ``p <- p - lr * u`` (and decoupled
   weight decay), so no rule touches the learning rate or the parameter.
 
+A rule marked with :func:`updates_param` is ``rule(p, g, s, h) -> p_new`` instead: it reads
+the parameter and applies the learning rate and weight decay itself, for algorithms whose
+parameter is one of their iterates (Schedule-Free's ``y``) or whose weight decay is neither
+of the engine's two conventions (Adan's proximal step).
+
 The same function runs on torch tensors (the reference path), on Python floats and on
 the symbolic values from which the fused kernel is generated, so it may use only
 arithmetic operators and :func:`sqrt`, :func:`maximum`, :func:`abs_`. Branches may test
@@ -47,6 +52,17 @@ class Rule:
         return self.fn.__name__
 
 
+def updates_param(fn):
+    """Mark ``fn`` as a rule that returns the new parameter: ``fn(p, g, s, h) -> p_new``.
+
+    The engine still negates ``g`` for ``maximize`` and unscales GradScaler's gradients;
+    the rule applies ``lr`` and weight decay itself. The kernels are generated from it
+    like from any rule (the parameter is one more per-element input).
+    """
+    fn.updates_param = True
+    return fn
+
+
 def update(rule_fn, p, g, s, h):
     """One step for one parameter; returns the new parameter value.
 
@@ -55,6 +71,7 @@ def update(rule_fn, p, g, s, h):
         p <- p * (1 - lr * wd)           decoupled weight decay (AdamW, Loshchilov & Hutter 2019)
         g <- g + wd * p                  coupled (L2) weight decay otherwise
         p <- p - lr * rule(g, s, h)
+        p <- rule(p, g, s, h)            instead of the last three lines, for an @updates_param rule
 
     Everything above this module (the reference path in :mod:`optimlab.engine`, the traced
     graph in :mod:`optimlab.fused.trace` and the backends that print or run it) calls this
@@ -64,6 +81,8 @@ def update(rule_fn, p, g, s, h):
         g = -g
     if h.grad_scale is not None:
         g = g / h.grad_scale
+    if getattr(rule_fn, "updates_param", False):
+        return rule_fn(p, g, s, h)
     if h.weight_decay != 0:
         if h.decoupled_weight_decay:
             p = p * (1 - h.lr * h.weight_decay)
