@@ -169,11 +169,60 @@ def nadam(p, g, state, *, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.
     return p - lr * ((1.0 - mu) / c_g * g + mu_next / c_m * m) / denom
 
 
-#: torch.optim class name -> reference rule
+def adabelief(p, g, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, weight_decay=0.0,
+              amsgrad=False, decoupled_weight_decay=True, maximize=False, **_):
+    """Zhuang et al. 2020, Algorithm 2:
+    m = b1 m + (1-b1) g;  s = b2 s + (1-b2) (g - m)^2 + eps;
+    p <- p - lr * (m / (1-b1^t)) / (sqrt(s / (1-b2^t)) + eps).
+    AMSGrad: the denominator uses the running maximum of s (s itself is not clipped)."""
+    b1, b2 = betas
+    t = _step(state)
+    p, g = _decay(p, g, lr, weight_decay, decoupled_weight_decay, maximize)
+    m = b1 * state.get("exp_avg", np.zeros_like(p)) + (1.0 - b1) * g
+    s = b2 * state.get("exp_avg_var", np.zeros_like(p)) + (1.0 - b2) * (g - m) ** 2 + eps
+    state["exp_avg"], state["exp_avg_var"] = m, s
+    if amsgrad:
+        s = np.maximum(state.get("max_exp_avg_var", np.zeros_like(p)), s)
+        state["max_exp_avg_var"] = s
+    m_hat, s_hat = m / (1.0 - b1 ** t), s / (1.0 - b2 ** t)
+    return p - lr * m_hat / (np.sqrt(s_hat) + eps)
+
+
+def adan(p, g, state, *, lr=1e-3, betas=(0.98, 0.92, 0.99), eps=1e-8, weight_decay=0.0,
+         no_prox=False, maximize=False, **_):
+    """Xie et al. 2022, Algorithm 1, in the paper's notation (c_i = 1 - beta_i):
+    m = (1-c1) m + c1 g;  v = (1-c2) v + c2 (g - g_prev);  n = (1-c3) n + c3 (g + (1-c2)(g - g_prev))^2;
+    p <- (p - lr (m_hat + (1-c2) v_hat) / (sqrt(n_hat) + eps)) / (1 + lr wd),
+    with the authors' code's zero start and bias corrections (hat: / (1 - (1-c)^t)) and
+    g_prev = g at the first step; ``no_prox``: p (1 - lr wd) in place of the division."""
+    c1, c2, c3 = (1.0 - b for b in betas)
+    t = _step(state)
+    g = -g if maximize else g
+    g_prev = state.get("pre_grad", g)
+    m = (1.0 - c1) * state.get("exp_avg", np.zeros_like(p)) + c1 * g
+    v = (1.0 - c2) * state.get("exp_avg_diff", np.zeros_like(p)) + c2 * (g - g_prev)
+    n = (1.0 - c3) * state.get("exp_avg_sq", np.zeros_like(p)) + c3 * (g + (1.0 - c2) * (g - g_prev)) ** 2
+    state.update(exp_avg=m, exp_avg_diff=v, exp_avg_sq=n, pre_grad=g)
+    m_hat, v_hat, n_hat = (x / (1.0 - (1.0 - c) ** t) for x, c in ((m, c1), (v, c2), (n, c3)))
+    step = lr * (m_hat + (1.0 - c2) * v_hat) / (np.sqrt(n_hat) + eps)
+    if no_prox:
+        return p * (1.0 - lr * weight_decay) - step
+    return (p - step) / (1.0 + lr * weight_decay)
+
+
+#: torch.optim class name (for entries with a torch twin) or registry name -> reference rule
 RULES = {
     "SGD": sgd, "Adagrad": adagrad, "RMSprop": rmsprop, "Adadelta": adadelta, "Adam": adam,
     "AdamW": adamw, "Adamax": adamax, "NAdam": nadam,
+    "adabelief": adabelief, "adan": adan,
 }
+
+
+def rule_for(entry):
+    """The reference rule of a registry entry: by its name, else by its torch twin's class."""
+    if entry.name in RULES:
+        return RULES[entry.name]
+    return RULES[entry.torch_cls.__name__]
 
 
 class Quadratic:

@@ -70,6 +70,7 @@ def published(module: str, name: str, **renames):
         return cls(params, **{renames.get(k, k): v for k, v in hyperparameters.items()})
 
     build.__qualname__ = f"published({module}.{name})"
+    build.renames = renames
     return build
 
 
@@ -132,7 +133,7 @@ MODERN_ELEMENTWISE: tuple = (
           reference=published("pytorch_optimizer", "AdaBelief",
                               decoupled_weight_decay="weight_decouple", amsgrad="ams_bound"),
           variants=({}, _WD, {"decoupled_weight_decay": False, "weight_decay": 0.1},
-                    {"amsgrad": True, "betas": (0.9, 0.9)}, _MAX, {"eps": 1e-8})),
+                    {"amsgrad": True, "betas": (0.9, 0.9)}, _MAX, {"eps": 1e-4})),
     Entry("adan", _m.Adan, "Adaptive Nesterov momentum from gradient differences",
           "Xie et al. 2022", test_lr=1e-2, tags=("modern",),
           reference=published("pytorch_optimizer", "Adan", no_prox="weight_decouple"),
