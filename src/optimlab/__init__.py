@@ -9,7 +9,7 @@ from . import rules, schedules
 from .groups import param_groups
 from .lr_scheduler import LRScheduler
 from .optimizers import NAG, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Momentum, NAdam, RMSprop
-from .optimizers_modern import AdaBelief, Adan
+from .optimizers_modern import AdaBelief, Adan, ScheduleFreeAdamW, ScheduleFreeSGD
 from .registry import REGISTRY, create, lookup, names
 
 __version__ = "0.1.0"
@@ -18,5 +18,5 @@ __all__ = [
     "SGD", "Momentum", "NAG", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax",
     "NAdam", "LRScheduler", "param_groups", "create", "lookup", "names", "REGISTRY",
     "rules", "schedules", "__version__",
-    "AdaBelief", "Adan",
+    "AdaBelief", "Adan", "ScheduleFreeAdamW", "ScheduleFreeSGD",
 ]

@@ -154,6 +154,8 @@ class RuleOptimizer(Optimizer):
         grad_scale = None if grad_scale is None else float(grad_scale)
         for group in self.param_groups:
             self._keep_flags(group)
+            if self.rule.group_fn is not None:
+                self.advance_group(group)
             h = hyperparameters(group)
             h.grad_scale = grad_scale
             use_fused = (group.get("fused") is not False and group.get("foreach") is not True
@@ -179,6 +181,13 @@ class RuleOptimizer(Optimizer):
             self._check_grads(params)
             self.unfused_step(group, params, h)
         return loss
+
+    def advance_group(self, group: dict) -> None:
+        """Run the rule's ``group_fn`` once for this step and write its scalars to the group."""
+        g = hyperparameters(group)
+        self.rule.group_fn(g)
+        for key in self.rule.group_scalars:
+            group[key] = getattr(g, key)
 
     def unfused_step(self, group: dict, params: list, h: SimpleNamespace) -> None:
         """Params (with grads) the C kernel did not take: the multi-tensor path

@@ -143,6 +143,21 @@ MODERN_ELEMENTWISE: tuple = (
 
 
 
+# Schedule-Free: the paper's Algorithm 1 is the authors' AdamWScheduleFreePaper (their
+# AdamWScheduleFree moves Adam's bias correction into the denominator)
+_SF_SCHEDULE = ({"warmup_steps": 20}, {"r": 1.0, "weight_lr_power": 0.0})
+MODERN_ELEMENTWISE += (
+    Entry("schedule_free_adamw", _m.ScheduleFreeAdamW, "AdamW without a schedule: interpolation "
+          "and averaging (train()/eval())", "Defazio et al. 2024", test_lr=1e-2, tags=("modern",),
+          reference=published("schedulefree", "AdamWScheduleFreePaper"),
+          variants=({}, *_SF_SCHEDULE, {"weight_decay": 0.1}, _MAX, {"betas": (0.5, 0.99)})),
+    Entry("schedule_free_sgd", _m.ScheduleFreeSGD, "SGD without a schedule: interpolation and "
+          "averaging (train()/eval())", "Defazio et al. 2024", test_lr=0.05, tags=("modern",),
+          reference=published("schedulefree", "SGDScheduleFree"),
+          variants=({}, *_SF_SCHEDULE, {"weight_decay": 0.1}, _MAX, {"momentum": 0.5})),
+)
+
+
 # --- rules with reductions or matrix products (Adafactor, Muon, LAMB, LARS, Prodigy) ---------
 WITH_REDUCTIONS: tuple = ()
 

@@ -10,11 +10,15 @@ from .classic import (
     ADADELTA, ADAGRAD, ADAM, ADAMAX, ALL_RULES, NADAM, RMSPROP, SGD,
     adadelta, adagrad, adam, adamax, nadam, rmsprop, sgd,
 )
-from .modern import ADABELIEF, ADAN, MODERN_RULES, adabelief, adan
+from .modern import (
+    ADABELIEF, ADAN, MODERN_RULES, SCHEDULE_FREE_ADAMW, SCHEDULE_FREE_SGD,
+    adabelief, adan, schedule_free_adamw, schedule_free_sgd,
+)
 
 __all__ = [
     "Rule", "update", "updates_param", "ALL_RULES",
     "SGD", "ADAGRAD", "RMSPROP", "ADADELTA", "ADAM", "ADAMAX", "NADAM",
     "sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamax", "nadam",
-    "ADABELIEF", "ADAN", "MODERN_RULES", "adabelief", "adan",
+    "ADABELIEF", "ADAN", "SCHEDULE_FREE_ADAMW", "SCHEDULE_FREE_SGD", "MODERN_RULES",
+    "adabelief", "adan", "schedule_free_adamw", "schedule_free_sgd",
 ]

@@ -40,12 +40,21 @@ class Rule:
     ``None`` when the rule creates it on its first step (SGD's momentum buffer starts as
     a copy of the gradient). ``scalars`` maps each 0-dim state key (``step``,
     ``mu_product``) to its initial value. Keys are listed in torch.optim's order.
+
+    ``group_fn(h)``, where a rule has one, advances scalar state shared by the whole param
+    group (Schedule-Free's running sum of weights): once per step, before any parameter's
+    update, on Python numbers, it rebinds the ``group_scalars`` keys of ``h``, which the
+    engine writes back to the param group (where the class's defaults put their initial
+    values, and where ``state_dict`` saves them). The per-parameter rule then reads them
+    as hyperparameters.
     """
 
     fn: Callable
     tensors: Callable[[object], dict]
     scalars: dict = field(default_factory=dict)
     sparse_ok: bool = False
+    group_fn: Callable | None = None
+    group_scalars: tuple = ()
 
     @property
     def name(self) -> str:

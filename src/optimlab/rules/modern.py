@@ -74,6 +74,94 @@ def adan(p, g, s, h):
     return (p - h.lr * u) / (1 + h.lr * h.weight_decay)
 
 
+def schedule_free_sgd_schedule(h):
+    """Schedule-Free's group-level scalars, once per step, before the parameters' updates.
+
+        lr_t    = lr * min(1, t / warmup_steps)
+        w_t     = t^r * (max_{i<=t} lr_i)^weight_lr_power
+        c_{t+1} = w_t / sum_{i<=t} w_i                    (read by the per-parameter rule)
+
+    Kept in the param group under the authors' names (``k`` = t after the step,
+    ``scheduled_lr`` = lr_t, ``lr_max``, ``weight_sum``). With ``r = 0`` and
+    ``weight_lr_power = 2`` this is the paper's ``c_{t+1} = lr_t^2 / sum_i lr_i^2`` while
+    ``lr_t`` does not decrease.
+    """
+    _advance(h, h.lr * _warmup(h))
+
+
+def schedule_free_adamw_schedule(h):
+    """As :func:`schedule_free_sgd_schedule`, with Adam's bias correction in the step size:
+    ``lr_t = lr * min(1, t / warmup_steps) * sqrt(1 - beta2^t)`` (Algorithm 1, line 8)."""
+    _advance(h, h.lr * _warmup(h) * sqrt(1 - h.betas[1] ** (h.k + 1)))
+
+
+def _warmup(h):
+    t = h.k + 1
+    return t / h.warmup_steps if t < h.warmup_steps else 1.0
+
+
+def _advance(h, lr_t):
+    h.k = h.k + 1
+    h.scheduled_lr = lr_t
+    h.lr_max = max(h.lr_max, lr_t)
+    h.weight_sum = h.weight_sum + h.k**h.r * h.lr_max**h.weight_lr_power
+
+
+def _averaging_weight(h):
+    """c_{t+1} = w_t / sum_{i<=t} w_i from the group's scalars (0 while every lr was 0)."""
+    if h.weight_sum == 0:
+        return 0.0
+    return h.k**h.r * h.lr_max**h.weight_lr_power / h.weight_sum
+
+
+@updates_param
+def schedule_free_adamw(y, g, s, h):
+    """Schedule-Free AdamW: interpolate, step ``z`` with Adam's scaling, average into ``x``.
+
+        y_t     = (1 - beta1) z_t + beta1 x_t            the parameter (train mode)
+        v_t     = beta2 v_{t-1} + (1 - beta2) g_t^2       (g_t at y_t)
+        d_t     = g_t / (sqrt(v_t) + eps) + wd y_t
+        z_{t+1} = z_t - lr_t d_t
+        x_{t+1} = (1 - c_{t+1}) x_t + c_{t+1} z_{t+1}
+      hence  y_{t+1} = (1 - c) y_t + c z_t + lr_t (beta1 (1 - c) - 1) d_t   (x never stored)
+
+    ``lr_t`` and ``c_{t+1}`` are the group's (:func:`schedule_free_adamw_schedule`);
+    z_1 = x_1 = y_1.
+    Defazio et al. 2024, "The Road Less Scheduled", Algorithm 1, as written there (and in the
+    authors' ``AdamWScheduleFreePaper``): ``schedulefree.AdamWScheduleFree`` instead divides
+    ``v_t`` by ``1 - beta2^t`` inside the root and leaves it out of ``lr_t``.
+    """
+    beta1, beta2 = h.betas
+    z = y if s.z is None else s.z
+    s.exp_avg_sq = beta2 * s.exp_avg_sq + (1 - beta2) * g * g
+    d = g / (sqrt(s.exp_avg_sq) + h.eps)
+    if h.weight_decay != 0:
+        d = d + h.weight_decay * y
+    c = _averaging_weight(h)
+    s.z = z - h.scheduled_lr * d
+    return (1 - c) * y + c * z + h.scheduled_lr * (beta1 * (1 - c) - 1) * d
+
+
+@updates_param
+def schedule_free_sgd(y, g, s, h):
+    """Schedule-Free SGD: :func:`schedule_free_adamw` with ``d_t = g_t + wd y_t``.
+
+        y_t = (1 - momentum) z_t + momentum x_t;   z_{t+1} = z_t - lr_t d_t;
+        x_{t+1} = (1 - c_{t+1}) x_t + c_{t+1} z_{t+1}
+
+    Defazio et al. 2024, "The Road Less Scheduled", eq. (1)-(3) with warmup and weighting.
+    """
+    z = y if s.z is None else s.z
+    d = g
+    if h.weight_decay != 0:
+        d = d + h.weight_decay * y
+    c = _averaging_weight(h)
+    s.z = z - h.scheduled_lr * d
+    return (1 - c) * y + c * z + h.scheduled_lr * (h.momentum * (1 - c) - 1) * d
+
+
+_SCHEDULE = ("k", "scheduled_lr", "lr_max", "weight_sum")
+
 ADABELIEF = Rule(
     adabelief,
     lambda h: {"exp_avg": 0.0, "exp_avg_var": 0.0} | ({"max_exp_avg_var": 0.0} if h.amsgrad else {}),
@@ -84,5 +172,9 @@ ADAN = Rule(
     lambda h: {"exp_avg": 0.0, "exp_avg_sq": 0.0, "exp_avg_diff": 0.0, "pre_grad": None},
     {"step": 0.0},
 )
+SCHEDULE_FREE_ADAMW = Rule(schedule_free_adamw, lambda h: {"exp_avg_sq": 0.0, "z": None},
+                          group_fn=schedule_free_adamw_schedule, group_scalars=_SCHEDULE)
+SCHEDULE_FREE_SGD = Rule(schedule_free_sgd, lambda h: {"z": None},
+                         group_fn=schedule_free_sgd_schedule, group_scalars=_SCHEDULE)
 
-MODERN_RULES = (ADABELIEF, ADAN)
+MODERN_RULES = (ADABELIEF, ADAN, SCHEDULE_FREE_ADAMW, SCHEDULE_FREE_SGD)
