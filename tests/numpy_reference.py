@@ -210,11 +210,53 @@ def adan(p, g, state, *, lr=1e-3, betas=(0.98, 0.92, 0.99), eps=1e-8, weight_dec
     return (p - step) / (1.0 + lr * weight_decay)
 
 
+def _schedule_free(p, g, state, direction, beta, *, lr, warmup_steps, r, weight_lr_power,
+                   adam_beta2=None):
+    """Defazio et al. 2024, Algorithm 1, with x, y, z all kept (y is the parameter):
+    lr_t = lr min(1, t/T) [sqrt(1 - b2^t)];  z <- z - lr_t d(g, y);
+    c = w_t / sum w_i, w_t = t^r max_{i<=t}(lr_i)^P;  x <- (1-c) x + c z;  y = (1-beta) z + beta x.
+    The per-step scalars are kept per parameter here (every parameter steps every time)."""
+    t = _step(state)
+    x, z = state.get("x", p), state.get("z", p)
+    lr_t = lr * min(1.0, t / warmup_steps if warmup_steps else 1.0)
+    if adam_beta2 is not None:
+        lr_t *= math.sqrt(1.0 - adam_beta2 ** t)
+    z = z - lr_t * direction
+    state["lr_max"] = max(state.get("lr_max", -1.0), lr_t)
+    w = t ** r * state["lr_max"] ** weight_lr_power
+    state["weight_sum"] = state.get("weight_sum", 0.0) + w
+    c = w / state["weight_sum"] if state["weight_sum"] else 0.0
+    x = (1.0 - c) * x + c * z
+    state["x"], state["z"] = x, z
+    return (1.0 - beta) * z + beta * x
+
+
+def schedule_free_adamw(p, g, state, *, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                        warmup_steps=0, r=0.0, weight_lr_power=2.0, maximize=False, **_):
+    """Schedule-Free AdamW: d = g / (sqrt(v) + eps) + wd y, v = b2 v + (1-b2) g^2 (v unbiased
+    through lr_t's sqrt(1 - b2^t))."""
+    g = -g if maximize else g
+    v = betas[1] * state.get("exp_avg_sq", np.zeros_like(p)) + (1.0 - betas[1]) * g * g
+    state["exp_avg_sq"] = v
+    direction = g / (np.sqrt(v) + eps) + weight_decay * p
+    return _schedule_free(p, g, state, direction, betas[0], lr=lr, warmup_steps=warmup_steps, r=r,
+                          weight_lr_power=weight_lr_power, adam_beta2=betas[1])
+
+
+def schedule_free_sgd(p, g, state, *, lr=1.0, momentum=0.9, weight_decay=0.0, warmup_steps=0,
+                      r=0.0, weight_lr_power=2.0, maximize=False, **_):
+    """Schedule-Free SGD: d = g + wd y."""
+    g = -g if maximize else g
+    return _schedule_free(p, g, state, g + weight_decay * p, momentum, lr=lr,
+                          warmup_steps=warmup_steps, r=r, weight_lr_power=weight_lr_power)
+
+
 #: torch.optim class name (for entries with a torch twin) or registry name -> reference rule
 RULES = {
     "SGD": sgd, "Adagrad": adagrad, "RMSprop": rmsprop, "Adadelta": adadelta, "Adam": adam,
     "AdamW": adamw, "Adamax": adamax, "NAdam": nadam,
     "adabelief": adabelief, "adan": adan,
+    "schedule_free_adamw": schedule_free_adamw, "schedule_free_sgd": schedule_free_sgd,
 }
 
 
