@@ -129,7 +129,7 @@ class RuleOptimizer(Optimizer):
             return {}
         state = self.state[p]
         if not state:
-            for key, value in self.rule.scalars.items():
+            for key, value in self.rule.scalar_fills(h).items():
                 state[key] = torch.tensor(value, dtype=scalar_dtype())
             for key, fill in self.rule.tensors(h).items():
                 if fill is not None:
@@ -235,7 +235,7 @@ class RuleOptimizer(Optimizer):
             setattr(s, key, load(state[key], differentiable) if key in state else None)
         old = dict(vars(s))
 
-        new_p = update(self.rule.fn, load(p, differentiable), load(grad), s, h)
+        new_p = update(self.rule, load(p, differentiable), load(grad), s, h)
         as_real(p).copy_(new_p)
 
         for key in self.rule.scalars:

@@ -5,7 +5,7 @@ and for :func:`~optimlab.rules.base.update`, the per-parameter step that wraps i
 rules are split by family, one module each.
 """
 
-from .base import Rule, update, updates_param
+from .base import Rule, update
 from .classic import (
     ADADELTA, ADAGRAD, ADAM, ADAMAX, ALL_RULES, NADAM, RMSPROP, SGD,
     adadelta, adagrad, adam, adamax, nadam, rmsprop, sgd,
@@ -16,7 +16,7 @@ from .modern import (
 )
 
 __all__ = [
-    "Rule", "update", "updates_param", "ALL_RULES",
+    "Rule", "update", "ALL_RULES",
     "SGD", "ADAGRAD", "RMSPROP", "ADADELTA", "ADAM", "ADAMAX", "NADAM",
     "sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamax", "nadam",
     "ADABELIEF", "ADAN", "SCHEDULE_FREE_ADAMW", "SCHEDULE_FREE_SGD", "MODERN_RULES",

@@ -11,16 +11,21 @@ Every rule has the signature ``rule(g, s, h) -> u``:
 * ``u`` is the update direction. The engine applies ``p <- p - lr * u`` (and decoupled
   weight decay), so no rule touches the learning rate or the parameter.
 
-A rule marked with :func:`updates_param` is ``rule(p, g, s, h) -> p_new`` instead: it reads
-the parameter and applies the learning rate and weight decay itself, for algorithms whose
-parameter is one of their iterates (Schedule-Free's ``y``) or whose weight decay is neither
-of the engine's two conventions (Adan's proximal step).
+A rule whose step is not ``lr`` times a direction (Rprop's per-element step sizes, ASGD's
+own decaying ``eta``) is a *whole-step* rule (``Rule(..., whole_step=True)``): it is
+called as ``rule(p, g, s, h)`` and returns the new parameter value; the engine still
+applies ``maximize``, the grad scale and weight decay before it, unless the rule applies
+weight decay itself (``own_weight_decay=True``: Adan's proximal step, Schedule-Free's
+decay at ``y`` inside its normalised step).
 
 The same function runs on torch tensors (the reference path), on Python floats and on
 the symbolic values from which the fused kernel is generated, so it may use only
-arithmetic operators and :func:`sqrt`, :func:`maximum`, :func:`abs_`. Branches may test
-boolean flags, ``x != 0`` / ``x > 0`` on hyperparameters, and ``is None`` on lazily
-created state.
+arithmetic operators, comparisons and the functions of :mod:`optimlab._math`
+(:func:`sqrt`, :func:`maximum`, :func:`minimum`, :func:`abs_`, :func:`sign`,
+:func:`clamp`, :func:`where`). Python branches (``if``) may test boolean flags,
+``x != 0`` / ``x > 0`` on hyperparameters, and ``is None`` on lazily created state; a
+branch on a value computed from state or gradients is a ``where`` (RAdam's
+``where(rho_t > 5, ...)``), which computes both sides.
 """
 
 from __future__ import annotations
@@ -39,7 +44,10 @@ class Rule:
     ``tensors(h)`` maps each per-element state key to its initial fill value, or to
     ``None`` when the rule creates it on its first step (SGD's momentum buffer starts as
     a copy of the gradient). ``scalars`` maps each 0-dim state key (``step``,
-    ``mu_product``) to its initial value. Keys are listed in torch.optim's order.
+    ``mu_product``) to its initial value, or to a function of ``h`` giving it (ASGD's
+    ``eta`` starts at ``lr``). Keys are listed in torch.optim's order. ``whole_step``:
+    the rule returns the new parameter (see the module docstring); ``own_weight_decay``:
+    a whole-step rule that applies ``weight_decay`` itself.
 
     ``group_fn(h)``, where a rule has one, advances scalar state shared by the whole param
     group (Schedule-Free's running sum of weights): once per step, before any parameter's
@@ -53,34 +61,30 @@ class Rule:
     tensors: Callable[[object], dict]
     scalars: dict = field(default_factory=dict)
     sparse_ok: bool = False
+    whole_step: bool = False
+    own_weight_decay: bool = False
     group_fn: Callable | None = None
     group_scalars: tuple = ()
+
+    def scalar_fills(self, h) -> dict:
+        """The initial values of the 0-dim state for hyperparameters ``h``."""
+        return {k: v(h) if callable(v) else v for k, v in self.scalars.items()}
 
     @property
     def name(self) -> str:
         return self.fn.__name__
 
 
-def updates_param(fn):
-    """Mark ``fn`` as a rule that returns the new parameter: ``fn(p, g, s, h) -> p_new``.
-
-    The engine still negates ``g`` for ``maximize`` and unscales GradScaler's gradients;
-    the rule applies ``lr`` and weight decay itself. The kernels are generated from it
-    like from any rule (the parameter is one more per-element input).
-    """
-    fn.updates_param = True
-    return fn
-
-
-def update(rule_fn, p, g, s, h):
-    """One step for one parameter; returns the new parameter value.
+def update(rule, p, g, s, h):
+    """One step for one parameter with ``rule`` (a :class:`Rule`, or a bare rule function);
+    returns the new parameter value.
 
         g <- -g                          if maximize
         g <- g / grad_scale              GradScaler's scale, unscaled in the step (torch's fused protocol)
         p <- p * (1 - lr * wd)           decoupled weight decay (AdamW, Loshchilov & Hutter 2019)
         g <- g + wd * p                  coupled (L2) weight decay otherwise
-        p <- p - lr * rule(g, s, h)
-        p <- rule(p, g, s, h)            instead of the last three lines, for an @updates_param rule
+        p <- p - lr * rule(g, s, h)      or, for a whole-step rule, p <- rule(p, g, s, h)
+                                         (which applies weight decay itself if own_weight_decay)
 
     Everything above this module (the reference path in :mod:`optimlab.engine`, the traced
     graph in :mod:`optimlab.fused.trace` and the backends that print or run it) calls this
@@ -90,18 +94,20 @@ def update(rule_fn, p, g, s, h):
         g = -g
     if h.grad_scale is not None:
         g = g / h.grad_scale
-    if getattr(rule_fn, "updates_param", False):
-        return rule_fn(p, g, s, h)
-    if h.weight_decay != 0:
+    if h.weight_decay != 0 and not getattr(rule, "own_weight_decay", False):
         if h.decoupled_weight_decay:
             p = p * (1 - h.lr * h.weight_decay)
         else:
             g = g + h.weight_decay * p
-    return p - h.lr * rule_fn(g, s, h)
+    if getattr(rule, "whole_step", False):
+        return rule.fn(p, g, s, h)
+    return p - h.lr * getattr(rule, "fn", rule)(g, s, h)
 
 
-# Group keys that older torch versions (or other optimizers) may not have written.
+# Group keys that older torch versions (or other optimizers) may not have written, or that
+# a class lacks (Rprop has no weight decay), at their neutral values.
 _LEGACY_DEFAULTS = {
+    "weight_decay": 0,
     "maximize": False,
     "foreach": None,
     "fused": None,

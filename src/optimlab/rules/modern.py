@@ -7,7 +7,7 @@ Each rule is written from its paper's algorithm box; where the authors' publishe
 from __future__ import annotations
 
 from .._math import maximum, sqrt
-from .base import Rule, updates_param
+from .base import Rule
 
 
 def adabelief(g, s, h):
@@ -38,7 +38,6 @@ def adabelief(g, s, h):
     return (s.exp_avg / bias_correction1) / (sqrt(var) / sqrt(bias_correction2) + h.eps)
 
 
-@updates_param
 def adan(p, g, s, h):
     """Adan: adaptive Nesterov momentum from moments of the gradient and its difference.
 
@@ -114,7 +113,6 @@ def _averaging_weight(h):
     return h.k**h.r * h.lr_max**h.weight_lr_power / h.weight_sum
 
 
-@updates_param
 def schedule_free_adamw(y, g, s, h):
     """Schedule-Free AdamW: interpolate, step ``z`` with Adam's scaling, average into ``x``.
 
@@ -142,22 +140,19 @@ def schedule_free_adamw(y, g, s, h):
     return (1 - c) * y + c * z + h.scheduled_lr * (beta1 * (1 - c) - 1) * d
 
 
-@updates_param
 def schedule_free_sgd(y, g, s, h):
-    """Schedule-Free SGD: :func:`schedule_free_adamw` with ``d_t = g_t + wd y_t``.
+    """Schedule-Free SGD: :func:`schedule_free_adamw` with the gradient as the direction.
 
-        y_t = (1 - momentum) z_t + momentum x_t;   z_{t+1} = z_t - lr_t d_t;
+        y_t = (1 - momentum) z_t + momentum x_t;   z_{t+1} = z_t - lr_t g_t;
         x_{t+1} = (1 - c_{t+1}) x_t + c_{t+1} z_{t+1}
 
+    ``g_t`` includes the engine's L2 weight decay ``wd y_t``, as the authors' code.
     Defazio et al. 2024, "The Road Less Scheduled", eq. (1)-(3) with warmup and weighting.
     """
     z = y if s.z is None else s.z
-    d = g
-    if h.weight_decay != 0:
-        d = d + h.weight_decay * y
     c = _averaging_weight(h)
-    s.z = z - h.scheduled_lr * d
-    return (1 - c) * y + c * z + h.scheduled_lr * (h.momentum * (1 - c) - 1) * d
+    s.z = z - h.scheduled_lr * g
+    return (1 - c) * y + c * z + h.scheduled_lr * (h.momentum * (1 - c) - 1) * g
 
 
 _SCHEDULE = ("k", "scheduled_lr", "lr_max", "weight_sum")
@@ -170,11 +165,15 @@ ADABELIEF = Rule(
 ADAN = Rule(
     adan,
     lambda h: {"exp_avg": 0.0, "exp_avg_sq": 0.0, "exp_avg_diff": 0.0, "pre_grad": None},
-    {"step": 0.0},
+    {"step": 0.0}, whole_step=True, own_weight_decay=True,
 )
-SCHEDULE_FREE_ADAMW = Rule(schedule_free_adamw, lambda h: {"exp_avg_sq": 0.0, "z": None},
-                          group_fn=schedule_free_adamw_schedule, group_scalars=_SCHEDULE)
-SCHEDULE_FREE_SGD = Rule(schedule_free_sgd, lambda h: {"z": None},
-                         group_fn=schedule_free_sgd_schedule, group_scalars=_SCHEDULE)
+SCHEDULE_FREE_ADAMW = Rule(
+    schedule_free_adamw, lambda h: {"exp_avg_sq": 0.0, "z": None}, whole_step=True,
+    own_weight_decay=True, group_fn=schedule_free_adamw_schedule, group_scalars=_SCHEDULE,
+)
+SCHEDULE_FREE_SGD = Rule(
+    schedule_free_sgd, lambda h: {"z": None}, whole_step=True,
+    group_fn=schedule_free_sgd_schedule, group_scalars=_SCHEDULE,
+)
 
 MODERN_RULES = (ADABELIEF, ADAN, SCHEDULE_FREE_ADAMW, SCHEDULE_FREE_SGD)
