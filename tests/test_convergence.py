@@ -34,6 +34,8 @@ CONFIG = {
                             "rosenbrock": (0.1, 2000, {}, 1e-4, 0.1)},
     "schedule_free_sgd": {"quadratic": (0.1, 2000, {}, 1e-6, 0.02),
                           "rosenbrock": (0.01, 2000, {}, 1e-3, 0.2)},
+    # relative steps (rho_t = min(lr, 1/sqrt(t)) times RMS(p)) are slow in the valley
+    "adafactor": {"rosenbrock": (1e-2, 4000, {}, 1e-2, 0.5)},
 }
 
 

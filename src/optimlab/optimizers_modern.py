@@ -115,11 +115,11 @@ class _ScheduleFree(RuleOptimizer):
                     p.lerp_(z.to(p.device), weight)
             group["train_mode"] = train
 
-    def advance_group(self, group: dict) -> None:
+    def estimate_step(self, group: dict, h) -> bool:
         """A step is taken at ``y``: refused in eval mode (before anything is updated)."""
         if not all(g["train_mode"] for g in self.param_groups):
             raise RuntimeError(_NOT_IN_TRAIN_MODE)
-        super().advance_group(group)
+        return super().estimate_step(group, h)
 
 
 def _check_schedule(warmup_steps) -> None:

@@ -14,6 +14,8 @@ from .modern import (
     ADABELIEF, ADAN, MODERN_RULES, SCHEDULE_FREE_ADAMW, SCHEDULE_FREE_SGD,
     adabelief, adan, schedule_free_adamw, schedule_free_sgd,
 )
+from .factored import ADAFACTOR, adafactor
+from .orthogonal import MUON, muon
 
 __all__ = [
     "Rule", "update", "ALL_RULES",
@@ -21,4 +23,5 @@ __all__ = [
     "sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamax", "nadam",
     "ADABELIEF", "ADAN", "SCHEDULE_FREE_ADAMW", "SCHEDULE_FREE_SGD", "MODERN_RULES",
     "adabelief", "adan", "schedule_free_adamw", "schedule_free_sgd",
+    "ADAFACTOR", "adafactor", "MUON", "muon",
 ]

@@ -7,7 +7,7 @@ Each rule is written from its paper's algorithm box; where the authors' publishe
 from __future__ import annotations
 
 from .._math import maximum, sqrt
-from .base import Rule
+from .base import Rule, conventions
 
 
 def adabelief(g, s, h):
@@ -38,6 +38,7 @@ def adabelief(g, s, h):
     return (s.exp_avg / bias_correction1) / (sqrt(var) / sqrt(bias_correction2) + h.eps)
 
 
+@conventions(whole_step=True, weight_decay="rule")
 def adan(p, g, s, h):
     """Adan: adaptive Nesterov momentum from moments of the gradient and its difference.
 
@@ -73,7 +74,7 @@ def adan(p, g, s, h):
     return (p - h.lr * u) / (1 + h.lr * h.weight_decay)
 
 
-def schedule_free_sgd_schedule(h):
+def schedule_free_sgd_schedule(totals, group) -> bool:
     """Schedule-Free's group-level scalars, once per step, before the parameters' updates.
 
         lr_t    = lr * min(1, t / warmup_steps)
@@ -81,29 +82,33 @@ def schedule_free_sgd_schedule(h):
         c_{t+1} = w_t / sum_{i<=t} w_i                    (read by the per-parameter rule)
 
     Kept in the param group under the authors' names (``k`` = t after the step,
-    ``scheduled_lr`` = lr_t, ``lr_max``, ``weight_sum``). With ``r = 0`` and
+    ``scheduled_lr`` = lr_t, ``lr_max``, ``weight_sum``): the rule's ``combine`` (no
+    ``totals``: nothing is summed over the parameters). With ``r = 0`` and
     ``weight_lr_power = 2`` this is the paper's ``c_{t+1} = lr_t^2 / sum_i lr_i^2`` while
     ``lr_t`` does not decrease.
     """
-    _advance(h, h.lr * _warmup(h))
+    return _advance(group, float(group["lr"]) * _warmup(group))
 
 
-def schedule_free_adamw_schedule(h):
+def schedule_free_adamw_schedule(totals, group) -> bool:
     """As :func:`schedule_free_sgd_schedule`, with Adam's bias correction in the step size:
     ``lr_t = lr * min(1, t / warmup_steps) * sqrt(1 - beta2^t)`` (Algorithm 1, line 8)."""
-    _advance(h, h.lr * _warmup(h) * sqrt(1 - h.betas[1] ** (h.k + 1)))
+    beta2 = float(group["betas"][1])
+    return _advance(group, float(group["lr"]) * _warmup(group) * sqrt(1 - beta2 ** (group["k"] + 1)))
 
 
-def _warmup(h):
-    t = h.k + 1
-    return t / h.warmup_steps if t < h.warmup_steps else 1.0
+def _warmup(group):
+    t = group["k"] + 1
+    return t / group["warmup_steps"] if t < group["warmup_steps"] else 1.0
 
 
-def _advance(h, lr_t):
-    h.k = h.k + 1
-    h.scheduled_lr = lr_t
-    h.lr_max = max(h.lr_max, lr_t)
-    h.weight_sum = h.weight_sum + h.k**h.r * h.lr_max**h.weight_lr_power
+def _advance(group, lr_t) -> bool:
+    group["k"] = t = group["k"] + 1
+    group["scheduled_lr"] = lr_t
+    group["lr_max"] = max(group["lr_max"], lr_t)
+    weight = t ** group["r"] * group["lr_max"] ** group["weight_lr_power"]
+    group["weight_sum"] = group["weight_sum"] + weight
+    return True
 
 
 def _averaging_weight(h):
@@ -113,6 +118,7 @@ def _averaging_weight(h):
     return h.k**h.r * h.lr_max**h.weight_lr_power / h.weight_sum
 
 
+@conventions(whole_step=True, weight_decay="rule")
 def schedule_free_adamw(y, g, s, h):
     """Schedule-Free AdamW: interpolate, step ``z`` with Adam's scaling, average into ``x``.
 
@@ -155,8 +161,6 @@ def schedule_free_sgd(y, g, s, h):
     return (1 - c) * y + c * z + h.scheduled_lr * (h.momentum * (1 - c) - 1) * g
 
 
-_SCHEDULE = ("k", "scheduled_lr", "lr_max", "weight_sum")
-
 ADABELIEF = Rule(
     adabelief,
     lambda h: {"exp_avg": 0.0, "exp_avg_var": 0.0} | ({"max_exp_avg_var": 0.0} if h.amsgrad else {}),
@@ -165,15 +169,11 @@ ADABELIEF = Rule(
 ADAN = Rule(
     adan,
     lambda h: {"exp_avg": 0.0, "exp_avg_sq": 0.0, "exp_avg_diff": 0.0, "pre_grad": None},
-    {"step": 0.0}, whole_step=True, own_weight_decay=True,
+    {"step": 0.0},
 )
-SCHEDULE_FREE_ADAMW = Rule(
-    schedule_free_adamw, lambda h: {"exp_avg_sq": 0.0, "z": None}, whole_step=True,
-    own_weight_decay=True, group_fn=schedule_free_adamw_schedule, group_scalars=_SCHEDULE,
-)
-SCHEDULE_FREE_SGD = Rule(
-    schedule_free_sgd, lambda h: {"z": None}, whole_step=True,
-    group_fn=schedule_free_sgd_schedule, group_scalars=_SCHEDULE,
-)
+SCHEDULE_FREE_ADAMW = Rule(schedule_free_adamw, lambda h: {"exp_avg_sq": 0.0, "z": None},
+                          combine=schedule_free_adamw_schedule)
+SCHEDULE_FREE_SGD = Rule(schedule_free_sgd, lambda h: {"z": None}, whole_step=True,
+                         combine=schedule_free_sgd_schedule)
 
 MODERN_RULES = (ADABELIEF, ADAN, SCHEDULE_FREE_ADAMW, SCHEDULE_FREE_SGD)
