@@ -45,6 +45,7 @@ from optimlab.engine import as_real, hyperparameters
 # their constructors refuse the flag as torch's do
 CASES = [p for p in CASES if accepts(p.values[0].cls, "differentiable")]
 ENTRY_PARAMS = [p for p in ENTRY_PARAMS if accepts(p.values[0].cls, "differentiable")]
+RULE_CASES = [p for p in RULE_CASES if accepts(p.values[0].cls, "differentiable")]
 
 STEPS = 3
 N = 4
