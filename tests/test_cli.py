@@ -29,9 +29,10 @@ TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))   # in-process main() loads test_runner:noisy_quadratic
 
-# The adaptive lr search (no --lrs): several sweep rounds, then the seeds phase.
+# The adaptive lr search (no --lrs): several sweep rounds, then the seeds phase's two
+# rungs (seed 1 for every candidate lr, seed 2 for those promoted).
 TINY = ["compare", "--problem", "test_runner:noisy_quadratic", "--optimizers",
-        "sgd,adam,momentum", "--seeds", "2", "--steps", "200"]
+        "sgd,adam,momentum", "--seeds", "3", "--steps", "200"]
 
 
 def _env(**extra) -> dict:
@@ -87,14 +88,16 @@ def test_reference_run_is_complete(reference):
         assert set(COARSE) < lrs and len(lrs) >= len(COARSE) + 2
         reruns = [s for s in seeds if s.optimizer == o]
         assert 1 <= len({s.lr for s in reruns}) <= CANDIDATES
-        assert {s.seed for s in reruns} == {1}
+        assert {s.seed for s in reruns} == {1, 2}
+        promoted = {s.lr for s in reruns if s.seed == 2}
+        assert 1 <= len(promoted) <= len({s.lr for s in reruns})
     assert all(isinstance(s["at_bound"], bool) for s in summary["selections"])
     cid = summary["comparison"]
     with Store(out / cli.STORE_NAME) as store:
         assert store.comparisons() == [cid] and store.latest() == cid
         meta = store.comparison_meta(cid)
     assert meta["argv"][0] == "compare" and meta["command"].startswith("optimlab compare")
-    assert meta["grid"] == list(COARSE) and meta["seeds"] == 2
+    assert meta["grid"] == list(COARSE) and meta["seeds"] == 3
     assert meta["search"]["adaptive"] and meta["grid_spacing"] != "custom"
     assert meta["steps"] == 200 and meta["steps_per_problem"] == {"fake-quad": 200}
     assert meta["schedule"] == "constant"
