@@ -88,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "grid 1e-4..1, extended past an edge within 1e-6..10, "
                                    "refined to 4 points per decade around the best), the "
                                    "same initial weights and batch order; the best 3 lrs "
-                                   "are rerun with more seeds and the lr with the lowest "
+                                   "are rerun with a second seed, those within noise of "
+                                   "the leader with all seeds, and the lr with the lowest "
                                    "seed-mean validation loss is selected. "
                                    "Names are case-insensitive. Each comparison in --out gets "
                                    "its own report; index.html lists them.")
@@ -107,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
                    "no extension or refinement (default: the adaptive search from 1e-4 .. 1, "
                    "one per decade; the report lists every lr tried)")
     c.add_argument("--seeds", type=_int_at_least(1), default=5,
-                   help="seeds in total for each candidate lr (default: %(default)s)")
+                   help="seeds in total for the leading candidate lrs; the selected lr "
+                        "always has them all (default: %(default)s)")
     c.add_argument("--steps", type=_int_at_least(1),
                    help="steps per run (default: each problem's budget)")
     c.add_argument("--schedule", default="constant", help="lr schedule (default: constant)")
