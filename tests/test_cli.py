@@ -92,6 +92,8 @@ def test_reference_run_is_complete(reference):
         promoted = {s.lr for s in reruns if s.seed == 2}
         assert 1 <= len(promoted) <= len({s.lr for s in reruns})
     assert all(isinstance(s["at_bound"], bool) for s in summary["selections"])
+    # The selected lr is one of the promoted candidates, with every seed.
+    assert all(s["lr"] in s["promoted"] and s["seeds"] == 3 for s in summary["selections"])
     cid = summary["comparison"]
     with Store(out / cli.STORE_NAME) as store:
         assert store.comparisons() == [cid] and store.latest() == cid

@@ -223,7 +223,8 @@ def summary(records, selections=None, meta=None) -> dict:
              "seconds": r.seconds, "seconds_per_step": r.seconds_per_step,
              "final": r.final} for r in records]
     best = [{"problem": p, "optimizer": o, "lr": s.lr, "score": s.score,
-             "on_edge": s.on_edge, "at_bound": getattr(s, "at_bound", False)}
+             "on_edge": s.on_edge, "at_bound": getattr(s, "at_bound", False),
+             "seeds": s.seeds, "promoted": list(getattr(s, "promoted", ()))}
             for (p, o), s in sorted((selections or {}).items())]
     vrows = verdict_rows(records, selections, _kinds(records, meta))
     claims = [{k: c[k] for k in ("id", "claim", "verdict", "evidence")}
