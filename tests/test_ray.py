@@ -236,8 +236,9 @@ def _session(pid: int) -> list:
 
 
 def _reap(pid: int) -> list:
-    """Wait up to a minute for the session's processes to end; kill what is left."""
-    deadline = time.monotonic() + 60
+    """Wait for the session's processes to end; kill what is left after 3 minutes. (Ray's
+    two agents outlive a killed raylet by about a minute: they wait for a timeout.)"""
+    deadline = time.monotonic() + 180
     while _session(pid) and time.monotonic() < deadline:
         time.sleep(0.5)
     left = _session(pid)
