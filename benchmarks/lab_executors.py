@@ -105,7 +105,8 @@ def table(res: dict) -> str:
         out.append(f"| {w} | {n} | {n / lo:.1f} | {n / ra:.1f} | {lo / ra:.2f}× | "
                    f"{(ra - lo) / n * 1e3:+.0f} ms |")
     s = res["startup"]
-    out.append(f"| start-up (first batch included) | | {s['local']:.1f} s | {s['ray']:.1f} s | | |")
+    out.append(f"| start-up (first batch included) | | {s['local']:.1f} s | "
+               f"{s['ray']:.1f} s | | |")
     return "\n".join(out)
 
 

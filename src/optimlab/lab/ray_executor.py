@@ -175,7 +175,8 @@ class RayExecutor(Executor):
                              log_to_driver=False, logging_level=logging.WARNING)
                     where = f"the Ray cluster at {self.address}"
             except (Exception, SystemExit) as exc:   # Ray exits when it gives up on a GCS
-                raise RayExecutorError(f"cannot connect to Ray at {self.address or 'a new local instance'}: "
+                where = self.address or "a new local instance"
+                raise RayExecutorError(f"cannot connect to Ray at {where}: "
                                        f"{_one_line(exc) or type(exc).__name__}") from None
             self._owned = True
         self._ray = ray
@@ -225,7 +226,8 @@ class RayExecutor(Executor):
                 try:
                     out = ray.get(ref)
                 except ray.exceptions.RayError as exc:
-                    out = runner.failed(spec, f"the Ray task failed after {plural(self.max_retries, 'retry', 'retries')} "
+                    retries = plural(self.max_retries, "retry", "retries")
+                    out = runner.failed(spec, f"the Ray task failed after {retries} "
                                               f"({type(exc).__name__}: {_one_line(exc, 200)})")
                 if isinstance(out, _Unbuildable):
                     module = out.source.partition(":")[0]
