@@ -7,8 +7,8 @@ same batch of runs with each, interleaved, into a fresh store each time:
 * ``slice``: a slice of the default suite (rosenbrock, ill-conditioned, five-points,
   digits-logistic, digits-mlp) x SGD, Adam, RMSprop x lrs 1e-3, 1e-2, 1e-1, seed 0, each
   problem's default budget: what a comparison's runs cost;
-* ``1-step``: the same runs with 1 step each, which leaves little but the per-run
-  cost of the executor (send the spec, run, send the record back, store it).
+* ``1-step``: the same runs with 1 step each and seeds 0..4, which leaves little but the
+  per-run cost of the executor (send the spec, run, send the record back, store it).
 
 Both use ``--workers 2`` (2 runs in flight). Reported: runs per second (wall time,
 median of the repetitions), the ratio Ray / local, and the extra wall time per run on
@@ -48,8 +48,8 @@ WORKERS = 2
 def workloads(problems: dict) -> dict:
     full = [RunSpec(p, o, lr, 0, problems[p].default_steps)
             for p in problems for o in OPTIMIZERS for lr in LRS]
-    return {"slice": full, "1-step": [RunSpec(s.problem, s.optimizer, s.lr, 0, 1)
-                                      for s in full]}
+    return {"slice": full, "1-step": [RunSpec(s.problem, s.optimizer, s.lr, seed, 1)
+                                      for s in full for seed in range(5)]}
 
 
 def timed_run(ex, specs, path: Path) -> float:
@@ -67,7 +67,7 @@ def measure(reps: int, tmp: Path) -> dict:
     problems = {name: sweep._problem(name) for name in SLICE}
     sources = {name: name for name in SLICE}
     work = workloads(problems)
-    warm = [RunSpec(s.problem, s.optimizer, s.lr, 1, 1) for s in work["1-step"]]
+    warm = [RunSpec(s.problem, s.optimizer, s.lr, 99, 1) for s in work["slice"]]
     startup, executors = {}, {}
     for name in ("local", "ray"):
         t0 = time.perf_counter()
@@ -98,15 +98,18 @@ def measure(reps: int, tmp: Path) -> dict:
 
 
 def table(res: dict) -> str:
-    out = ["| runs | n | local: runs/s | Ray: runs/s | Ray ÷ local | extra wall per run on Ray |",
-           "|---|---:|---:|---:|---:|---:|"]
+    out = ["| runs | n | local: runs/s | Ray: runs/s | Ray ÷ local | wall per run, local → Ray "
+           "| batch wall, each rep: local / Ray (s) |",
+           "|---|---:|---:|---:|---:|---:|---|"]
     for w, n in res["runs"].items():
         lo, ra = res["wall"][w, "local"], res["wall"][w, "ray"]
+        reps = ", ".join(f"{a:.2f} / {b:.2f}" for a, b in zip(res["all"][w, "local"],
+                                                               res["all"][w, "ray"]))
         out.append(f"| {w} | {n} | {n / lo:.1f} | {n / ra:.1f} | {lo / ra:.2f}× | "
-                   f"{(ra - lo) / n * 1e3:+.0f} ms |")
+                   f"{lo / n * 1e3:.0f} → {ra / n * 1e3:.0f} ms | {reps} |")
     s = res["startup"]
     out.append(f"| start-up (first batch included) | | {s['local']:.1f} s | "
-               f"{s['ray']:.1f} s | | |")
+               f"{s['ray']:.1f} s | | | |")
     return "\n".join(out)
 
 
@@ -119,8 +122,10 @@ def write(res: dict, reps: int, path: str, load: float) -> None:
         f"{WORKERS} runs in flight each (`--workers {WORKERS}`), a fresh store per batch, "
         f"median wall time of {reps} interleaved repetitions. `slice`: "
         f"{', '.join(SLICE)} × {', '.join(OPTIMIZERS)} × lrs {', '.join(map(str, LRS))}, "
-        f"each problem's default budget; `1-step`: the same runs with 1 step, i.e. little "
-        f"but the executor's own cost per run. Ray {_ray_version()} (a local instance, 2 "
+        f"each problem's default budget; `1-step`: the same runs with 1 step and seeds "
+        f"0..4, i.e. little but the executor's own cost per run. `start-up`: spawning the "
+        f"pool or starting Ray, then a first batch of 1-step runs (workers start, import "
+        f"torch, build the problems). Ray {_ray_version()} (a local instance, 2 "
         f"CPUs, no dashboard), torch {torch.__version__}, Python "
         f"{platform.python_version()}, {os.cpu_count()} CPUs.",
         "",
