@@ -27,6 +27,8 @@ CONFIG = {
                  "rosenbrock": (0.1, 2000, {"weight_decay": 0.0}, 1e-12, 1e-5)},
     "adamax":   {"quadratic": (0.1, 2000, {}, 1e-8, 1e-3), "rosenbrock": (1.0, 2000, {}, 1e-4, 0.1)},
     "nadam":    {"quadratic": (0.1, 2000, {}, 1e-5, 1e-2), "rosenbrock": (0.01, 2000, {}, 1e-3, 0.3)},
+    # relative steps (rho_t = min(lr, 1/sqrt(t)) times RMS(p)) are slow in the valley
+    "adafactor": {"rosenbrock": (1e-2, 4000, {}, 1e-2, 0.5)},
 }
 
 

@@ -11,16 +11,34 @@ Every rule has the signature ``rule(g, s, h) -> u``:
 * ``u`` is the update direction. The engine applies ``p <- p - lr * u`` (and decoupled
   weight decay), so no rule touches the learning rate or the parameter.
 
+A rule whose step is not ``lr`` times a direction (Rprop's per-element step sizes, ASGD's
+own decaying ``eta``) is a *whole-step* rule (``Rule(..., whole_step=True)``): it is
+called as ``rule(p, g, s, h)`` and returns the new parameter value; the engine still
+applies ``maximize``, the grad scale and weight decay before it.
+
 The same function runs on torch tensors (the reference path), on Python floats and on
 the symbolic values from which the fused kernel is generated, so it may use only
-arithmetic operators and :func:`sqrt`, :func:`maximum`, :func:`abs_`. Branches may test
-boolean flags, ``x != 0`` / ``x > 0`` on hyperparameters, and ``is None`` on lazily
-created state.
+arithmetic operators, comparisons and the functions of :mod:`optimlab._math`
+(:func:`sqrt`, :func:`maximum`, :func:`minimum`, :func:`abs_`, :func:`sign`,
+:func:`clamp`, :func:`where`). Python branches (``if``) may test boolean flags,
+``x != 0`` / ``x > 0`` on hyperparameters, and ``is None`` on lazily created state; a
+branch on a value computed from state or gradients is a ``where`` (RAdam's
+``where(rho_t > 5, ...)``), which computes both sides.
+
+A rule that reads whole tensors (norms, row/column means, matrix products: the functions
+of :mod:`optimlab._reduce`) says so with ``Rule(..., elementwise=False)``; it runs on
+tensors (its reductions are torch calls), never through the element-wise kernel. A rule
+whose step needs a quantity summed over the whole param group (Prodigy's ``d``) has two
+phases: ``Rule.estimate`` returns per-parameter partial sums, the engine adds them up over
+the group and ``Rule.combine`` turns the totals into group-level values (stored in the
+param group, so in ``state_dict``); the per-parameter rule then reads them from ``h``.
+See :func:`conventions` for rules that need the parameter itself or apply the learning
+rate or weight decay themselves.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Callable
 
@@ -34,46 +52,134 @@ class Rule:
     ``tensors(h)`` maps each per-element state key to its initial fill value, or to
     ``None`` when the rule creates it on its first step (SGD's momentum buffer starts as
     a copy of the gradient). ``scalars`` maps each 0-dim state key (``step``,
-    ``mu_product``) to its initial value. Keys are listed in torch.optim's order.
+    ``mu_product``) to its initial value, or to a function of ``h`` giving it (ASGD's
+    ``eta`` starts at ``lr``). Keys are listed in torch.optim's order. ``whole_step``:
+    the rule returns the new parameter (see the module docstring).
     """
 
     fn: Callable
     tensors: Callable[[object], dict]
     scalars: dict = field(default_factory=dict)
     sparse_ok: bool = False
+    #: False: the rule reduces over tensors or multiplies matrices (runs on whole tensors)
+    elementwise: bool = True
+    #: phase 1 of a two-phase step: ``estimate(g, s, h, p) -> tuple`` of per-parameter partial
+    #: sums (it may update per-element state too); ``combine(totals, group) -> bool`` writes the
+    #: group-level values into the param group (False: the step stops after phase 1)
+    estimate: Callable | None = None
+    combine: Callable | None = None
+    whole_step: bool = False
+
+    def scalar_fills(self, h) -> dict:
+        """The initial values of the 0-dim state for hyperparameters ``h``."""
+        return {k: v(h) if callable(v) else v for k, v in self.scalars.items()}
 
     @property
     def name(self) -> str:
         return self.fn.__name__
 
 
-def update(rule_fn, p, g, s, h):
-    """One step for one parameter; returns the new parameter value.
+@dataclass(frozen=True)
+class Conventions:
+    """What the engine does around a rule (see :func:`update`).
+
+    ``reads_param``: the rule is called as ``rule(g, s, h, p)`` with the parameter as it was
+    before weight decay (Adafactor's RMS(p), LAMB's and LARS's ||p||). ``scales_by_lr``:
+    False when the rule returns the whole step (``p <- p - u``: Adafactor's relative step
+    size). ``weight_decay``: "flag" (``h.decoupled_weight_decay`` chooses coupled or
+    decoupled), "decoupled" (always ``p <- p (1 - lr wd)``), or "rule" (the rule applies
+    ``h.weight_decay`` itself: LAMB and LARS put it inside the trust ratio). ``whole_step``:
+    the rule is ``rule(p, g, s, h)`` and returns the new parameter (``Rule(..., whole_step=True)``
+    says the same; see the module docstring).
+    """
+
+    reads_param: bool = False
+    scales_by_lr: bool = True
+    weight_decay: str = "flag"
+    whole_step: bool = False
+
+
+_PLAIN = Conventions()
+
+
+def conventions(**kwargs):
+    """Decorator: ``@conventions(reads_param=True, ...)`` attaches :class:`Conventions` to a rule."""
+    conv = Conventions(**kwargs)
+
+    def attach(fn):
+        fn.conventions = conv
+        return fn
+
+    return attach
+
+
+def gradient(conv: Conventions, p, g, h):
+    """The gradient the rule sees and the parameter after decoupled weight decay:
 
         g <- -g                          if maximize
         g <- g / grad_scale              GradScaler's scale, unscaled in the step (torch's fused protocol)
         p <- p * (1 - lr * wd)           decoupled weight decay (AdamW, Loshchilov & Hutter 2019)
         g <- g + wd * p                  coupled (L2) weight decay otherwise
-        p <- p - lr * rule(g, s, h)
-
-    Everything above this module (the reference path in :mod:`optimlab.engine`, the traced
-    graph in :mod:`optimlab.fused.trace` and the backends that print or run it) calls this
-    one function; nothing here imports them.
     """
     if h.maximize:
         g = -g
     if h.grad_scale is not None:
         g = g / h.grad_scale
-    if h.weight_decay != 0:
-        if h.decoupled_weight_decay:
+    if h.weight_decay != 0 and conv.weight_decay != "rule":
+        if conv.weight_decay == "decoupled" or h.decoupled_weight_decay:
             p = p * (1 - h.lr * h.weight_decay)
         else:
             g = g + h.weight_decay * p
-    return p - h.lr * rule_fn(g, s, h)
+    return p, g
 
 
-# Group keys that older torch versions (or other optimizers) may not have written.
+def conventions_of(rule) -> Conventions:
+    """The :class:`Conventions` of a :class:`Rule` (or of a bare rule function)."""
+    conv = getattr(getattr(rule, "fn", rule), "conventions", _PLAIN)
+    if getattr(rule, "whole_step", False) and not conv.whole_step:
+        conv = replace(conv, whole_step=True)
+    return conv
+
+
+def estimate(rule: Rule, p, g, s, h) -> tuple:
+    """Phase 1 of a two-phase rule for one parameter: its partial sums (see :class:`Rule`)."""
+    conv = getattr(rule.estimate, "conventions", _PLAIN)
+    _, g = gradient(conv, p, g, h)
+    return rule.estimate(g, s, h, p)
+
+
+def update(rule, p, g, s, h):
+    """One step for one parameter with ``rule`` (a :class:`Rule`, or a bare rule function);
+    returns the new parameter value.
+
+        g <- -g                          if maximize
+        g <- g / grad_scale              GradScaler's scale, unscaled in the step (torch's fused protocol)
+        p <- p * (1 - lr * wd)           decoupled weight decay (AdamW, Loshchilov & Hutter 2019)
+        g <- g + wd * p                  coupled (L2) weight decay otherwise
+        p <- p - lr * rule(g, s, h)      or, for a whole-step rule, p <- rule(p, g, s, h)
+
+    Everything above this module (the reference path in :mod:`optimlab.engine`, the traced
+    graph in :mod:`optimlab.fused.trace` and the backends that print or run it) calls this
+    one function; nothing here imports them. :class:`Conventions` attached to ``rule_fn``
+    (:func:`conventions`) pass it the parameter, choose the weight decay, or drop ``lr``.
+    """
+    fn = getattr(rule, "fn", rule)
+    conv = conventions_of(rule)
+    p0 = p
+    p, g = gradient(conv, p, g, h)
+    if conv.whole_step:
+        return fn(p, g, s, h)
+    if conv.reads_param:
+        u = fn(g, s, h, p0)
+    else:
+        u = fn(g, s, h)
+    return p - h.lr * u if conv.scales_by_lr else p - u
+
+
+# Group keys that older torch versions (or other optimizers) may not have written, or that
+# a class lacks (Rprop has no weight decay), at their neutral values.
 _LEGACY_DEFAULTS = {
+    "weight_decay": 0,
     "maximize": False,
     "foreach": None,
     "fused": None,
