@@ -336,3 +336,17 @@ def test_subprocess_errors_have_no_traceback(tmp_path):
         assert proc.returncode == 2
         assert "Traceback" not in proc.stderr and proc.stdout == ""
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("optimlab: error:")
+
+
+def test_executor_ray_without_ray_is_one_line(tmp_path, monkeypatch, capsys):
+    """--executor ray where Ray is not installed: one line naming the install command;
+    the Ray options without --executor ray: one line too."""
+    monkeypatch.setitem(sys.modules, "ray", None)   # `import ray` raises ImportError
+    assert cli.main([*TINY, "--executor", "ray", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("optimlab: error:"), err
+    assert 'pip install "optimlab[ray]"' in err
+    assert not (tmp_path / "a").exists()   # nothing written before the check
+    assert cli.main([*TINY, "--ray-address", "auto", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--ray-address needs --executor ray" in err
