@@ -231,10 +231,19 @@ def _tensorize(group: dict, key: str, index) -> None:
         group[key] = torch.tensor(float(value), dtype=torch.float64)
 
 
+def _own_hooks(optimizer) -> bool:
+    """The class changes the engine's step (schedule-free's train/eval points): its eager step."""
+    from ..engine import RuleOptimizer
+
+    cls = type(optimizer)
+    return any(getattr(cls, name, None) is not getattr(RuleOptimizer, name, None)
+               for name in ("estimate_step", "unfused_step", "reference_step", "step_groups", "init_state"))
+
+
 def _group_plan(optimizer, group, grad_scale):
     rule = optimizer.rule
     if (group.get("differentiable") or not getattr(rule, "elementwise", True)
-            or getattr(rule, "estimate", None) is not None):
+            or getattr(rule, "estimate", None) is not None or _own_hooks(optimizer)):
         return None
     params = [p for p in group["params"] if p.grad is not None]
     if not all(map(_eligible, params)):
