@@ -17,7 +17,7 @@ import torch
 
 import optimlab
 from optimlab import _math, fused
-from optimlab._math import clamp, maximum, minimum, sign, sqrt, where
+from optimlab._math import as_default_dtype, clamp, maximum, minimum, sign, sqrt, where
 from optimlab.engine import RuleOptimizer
 from optimlab.fused.trace import TraceError, trace
 from optimlab.rules import Rule
@@ -70,7 +70,7 @@ def test_where_on_tensors_needs_a_tensor_branch():
 OUTPUTS = ["sign", "minimum", "maximum", "minimum_number", "clamp", "clamp_min", "clamp_max",
            "clamp_zeros", "clamp_zeros_swapped",
            *[f"where_{op}" for op in CMP], "where_scalar_hp", "select", "select_number",
-           "scalar_where"]
+           "scalar_where", "rounded"]
 SIGNED_ZEROS_UNDEFINED = {"minimum", "maximum", "minimum_number"}  # torch's own differ by loop
 
 
@@ -98,6 +98,7 @@ def _probe(p, g, s, h):
     s.select_number = where(late, g, 7.0)
     # scalar-only select; the branch it does not take is NaN (sqrt of a negative number)
     s.scalar_where = g * where(s.step <= 2, sqrt(2 - s.step), 3.0)
+    s.rounded = as_default_dtype(g) * as_default_dtype(1 / (2 + s.step))  # per element, scalar
     return p
 
 
@@ -123,6 +124,7 @@ def _expected(p, g, step) -> dict:
         "where_scalar_hp": torch.where(g < BOUND, g, HI),
         "select": g if late else p, "select_number": g if late else torch.full_like(g, 7.0),
         "scalar_where": g * (3.0 if late else math.sqrt(2 - step)),
+        "rounded": g.to(torch.get_default_dtype()).to(g.dtype) * torch.tensor(1 / (2 + step)).item(),
     }
 
 

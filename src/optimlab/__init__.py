@@ -9,12 +9,13 @@ from . import rules, schedules
 from .groups import param_groups
 from .lr_scheduler import LRScheduler
 from .optimizers import NAG, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Momentum, NAdam, RMSprop
+from .optimizers_torch_extra import ASGD, RAdam, Rprop
 from .registry import REGISTRY, create, lookup, names
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SGD", "Momentum", "NAG", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax",
-    "NAdam", "LRScheduler", "param_groups", "create", "lookup", "names", "REGISTRY",
+    "NAdam", "RAdam", "Rprop", "ASGD", "LRScheduler", "param_groups", "create", "lookup", "names", "REGISTRY",
     "rules", "schedules", "__version__",
 ]

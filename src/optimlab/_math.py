@@ -121,3 +121,13 @@ def where(cond, a, b):
             raise TypeError("where(mask, a, b) on tensors needs a tensor branch to give the dtype")
         return torch.where(cond, a, b)
     return a if cond else b
+
+
+def as_default_dtype(x):
+    """``x`` rounded to torch's default dtype, as ``torch.as_tensor(x)`` stores a Python float
+    (torch.optim.ASGD writes its 0-dim ``eta``/``mu`` so, whatever their own dtype)."""
+    if isinstance(x, torch.Tensor):
+        return x.to(torch.get_default_dtype()).to(x.dtype)
+    if hasattr(x, "__optimlab_as_default_dtype__"):
+        return x.__optimlab_as_default_dtype__()
+    return torch.tensor(x, dtype=torch.get_default_dtype()).item()

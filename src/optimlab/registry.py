@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from . import optimizers as _o
+from . import optimizers_torch_extra as _t
 from .engine import RuleOptimizer
 
 
@@ -101,7 +102,18 @@ CLASSIC = (
 CLASSIC = tuple(replace(e, tags=("classic",)) for e in CLASSIC)
 
 # --- the rest of torch.optim, element-wise rules (RAdam, Rprop, ASGD) -----------------------
-TORCH_ELEMENTWISE: tuple = ()
+TORCH_ELEMENTWISE: tuple = tuple(replace(e, tags=("torch",)) for e in (
+    Entry("radam", _t.RAdam, "Adam with a rectified, warm-started adaptive step", "Liu et al. 2020",
+          torch_cls=torch.optim.RAdam, test_lr=1e-2,
+          variants=({}, _WD, {"decoupled_weight_decay": True, "weight_decay": 0.1}, _MAX,
+                    {"betas": (0.8, 0.99), "eps": 1e-6}, {"betas": (0.9, 0.6)})),
+    Entry("rprop", _t.Rprop, "Sign-based steps with a per-weight step size (full batch)",
+          "Riedmiller & Braun 1993", torch_cls=torch.optim.Rprop, test_lr=1e-2,
+          variants=({}, _MAX, {"etas": (0.3, 1.5)}, {"step_sizes": (1e-3, 0.02)})),
+    Entry("asgd", _t.ASGD, "SGD with a decaying step and iterate averaging",
+          "Polyak & Juditsky 1992", torch_cls=torch.optim.ASGD, test_lr=0.05,
+          variants=({}, _WD, _MAX, {"t0": 20}, {"lambd": 0.01, "alpha": 0.5, "t0": 50})),
+))
 
 
 

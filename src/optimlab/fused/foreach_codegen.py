@@ -35,11 +35,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .._math import abs_, clamp, maximum, minimum, sign, sqrt
+from .._math import abs_, as_default_dtype, clamp, maximum, minimum, sign, sqrt
 from .trace import MASKS, Node, Trace, TraceError, live
 
 _PY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}
 _UNARY = {"neg": "neg", "sqrt": "sqrt", "abs": "abs", "sign": "sign"}
+_CAST = {"float32": "_float32"}
 _BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow", "max": "maximum",
            "min": "minimum", "clamp_min": "clamp_min", "clamp_max": "clamp_max"}
 _FLIPPED = {"gt": "lt", "ge": "le", "lt": "gt", "le": "ge", "eq": "eq", "ne": "ne"}
@@ -79,7 +80,7 @@ def _select(cond: bool, a, b) -> list:
 
 _NAMESPACE = {"F": torch, "_sqrt": sqrt, "_maximum": maximum, "_minimum": minimum, "_abs": abs_,
               "_sign": sign, "_clamp": clamp, "_fdiv": _fdiv, "_full": _full, "_compare": _compare,
-              "_where": _where, "_select": _select, "math": math}
+              "_where": _where, "_select": _select, "_float32": as_default_dtype, "math": math}
 
 
 def _const(v: float) -> str:
@@ -156,7 +157,8 @@ class _Printer:
                 expr = {"neg": f"-{a[0]}", "sqrt": f"_sqrt({a[0]})", "abs": f"_abs({a[0]})",
                         "sign": f"_sign({a[0]})", "max": f"_maximum({a[0]}, {a[1]})",
                         "min": f"_minimum({a[0]}, {a[1]})", "clamp_min": f"_clamp({a[0]}, {a[1]}, None)",
-                        "clamp_max": f"_clamp({a[0]}, None, {a[1]})"}[n.op]
+                        "clamp_max": f"_clamp({a[0]}, None, {a[1]})",
+                        "float32": f"_float32({a[0]})"}[n.op]
             lines.append(f"    s{n.index} = {expr}")
         bnd = ", ".join(self.sref(b) for b in self.boundary)
         outs = ", ".join(self.sref(n) for n in self.tr.scalar_outputs.values())
@@ -275,6 +277,10 @@ class _Printer:
         if op in _UNARY:
             x = args[0]
             return [self.emit(n, _UNARY[op], ref(x), x if dead(x, pos) else None, slot)]
+        if op == "float32":  # a float32 round trip (the kernel's default dtype is float32 here)
+            x = args[0]
+            return [self.emit(n, "mul", f"{ref(x)}, 1.0", None, slot),
+                    f"    for _t in t{n.index}: _t.copy_(_t.float())"]
         if op == "where":  # a fresh list: never written in place into a branch
             cond, a, b = args
             fn = "_select" if cond.scalar else "_where"

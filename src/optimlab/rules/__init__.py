@@ -10,9 +10,11 @@ from .classic import (
     ADADELTA, ADAGRAD, ADAM, ADAMAX, ALL_RULES, NADAM, RMSPROP, SGD,
     adadelta, adagrad, adam, adamax, nadam, rmsprop, sgd,
 )
+from .torch_extra import ASGD, RADAM, RPROP, asgd, radam, rprop
 
 __all__ = [
     "Rule", "update", "ALL_RULES",
     "SGD", "ADAGRAD", "RMSPROP", "ADADELTA", "ADAM", "ADAMAX", "NADAM",
     "sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamax", "nadam",
+    "RADAM", "RPROP", "ASGD", "radam", "rprop", "asgd",
 ]
