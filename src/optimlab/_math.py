@@ -119,6 +119,12 @@ def where(cond, a, b):
     if isinstance(cond, torch.Tensor):
         if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
             raise TypeError("where(mask, a, b) on tensors needs a tensor branch to give the dtype")
+        if cond.dim() == 0:
+            # one condition (a scalar computed from Tensor hyperparameters, or a 0-dim param):
+            # pick the branch, as torch.optim's `if`, so that autograd never differentiates
+            # the other one (a NaN there would give NaN gradients through torch.where)
+            x, other = (a, b) if cond else (b, a)
+            return x if isinstance(x, torch.Tensor) else torch.full_like(other, x)
         return torch.where(cond, a, b)
     return a if cond else b
 

@@ -129,10 +129,15 @@ class RuleOptimizer(Optimizer):
             return {}
         state = self.state[p]
         if not state:
+            # a fill computed from a Tensor hyperparameter (differentiable=True: ASGD's eta and
+            # Rprop's step size start at lr) keeps its graph
             for key, value in self.rule.scalar_fills(h).items():
-                state[key] = torch.tensor(value, dtype=scalar_dtype())
+                state[key] = (value.to(scalar_dtype()).clone() if torch.is_tensor(value)
+                              else torch.tensor(value, dtype=scalar_dtype()))
             for key, fill in self.rule.tensors(h).items():
-                if fill is not None:
+                if torch.is_tensor(fill):
+                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format).add(fill)
+                elif fill is not None:
                     # a complex parameter is stepped as (re, im) pairs: both halves start at
                     # the fill (torch's Adagrad: sum = v + vj)
                     fill = complex(fill, fill) if p.is_complex() else fill

@@ -63,19 +63,23 @@ def _full(like: list, value: float) -> list:
 def _compare(op: str, a, b) -> list:
     """A mask: ``torch.<op>`` per tensor; ``a`` is a list, ``b`` a list or a number."""
     fn = getattr(torch, op)
-    return [fn(x, y) for x, y in zip(a, b)] if isinstance(b, list) else [fn(x, b) for x in a]
+    return [fn(x, y) for x, y in zip(a, b)] if _is_list(b) else [fn(x, b) for x in a]
+
+
+def _is_list(x) -> bool:
+    return isinstance(x, (list, tuple))  # torch._foreach_* ops return either
 
 
 def _where(mask, a, b) -> list:
     """``torch.where`` per tensor; a branch is a list or a number (the other is a list)."""
     return [torch.where(m, x, y) for m, x, y in
-            zip(mask, a if isinstance(a, list) else [a] * len(mask), b if isinstance(b, list) else [b] * len(mask))]
+            zip(mask, a if _is_list(a) else [a] * len(mask), b if _is_list(b) else [b] * len(mask))]
 
 
 def _select(cond: bool, a, b) -> list:
     """A scalar condition picks a whole branch: a copy of its list, or a list filled with its number."""
     x, other = (a, b) if cond else (b, a)
-    return [t.clone() for t in x] if isinstance(x, list) else _full(other, x)
+    return [t.clone() for t in x] if _is_list(x) else _full(other, x)
 
 
 _NAMESPACE = {"F": torch, "_sqrt": sqrt, "_maximum": maximum, "_minimum": minimum, "_abs": abs_,
