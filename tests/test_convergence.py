@@ -32,6 +32,8 @@ CONFIG = {
     "radam":    {"quadratic": (0.1, 2000, {}, 1e-12, 1e-5), "rosenbrock": (0.01, 2000, {}, 0.05, 1.0)},
     "rprop":    {"quadratic": (0.01, 2000, {}, 1e-10, 1e-4), "rosenbrock": (0.01, 2000, {}, 1e-4, 0.1)},
     "asgd":     {"quadratic": (0.1, 2000, {}, 1e-8, 1e-2), "rosenbrock": (1e-3, 2000, {}, 0.05, 1.0)},
+    # relative steps (rho_t = min(lr, 1/sqrt(t)) times RMS(p)) are slow in the valley
+    "adafactor": {"rosenbrock": (1e-2, 4000, {}, 1e-2, 0.5)},
 }
 
 

@@ -20,7 +20,7 @@ import optimlab
 from optimlab import fused
 from optimlab.fused import build
 from optimlab.fused import plan as plan_mod
-from optimlab.registry import RULE_ENTRIES as ENTRIES
+from optimlab.registry import ELEMENTWISE_ENTRIES as ENTRIES  # the rules with a kernel
 
 pytestmark = pytest.mark.skipif(
     shutil.which(build.cxx_compiler()[0]) is None or shutil.which(build.compiler()[0]) is None,

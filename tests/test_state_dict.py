@@ -4,6 +4,8 @@ dicts written by older torch versions."""
 
 from __future__ import annotations
 
+import inspect
+
 import copy
 import io
 import json
@@ -22,7 +24,8 @@ from numpy_reference import Quadratic
 BEFORE, AFTER = 25, 25
 TORCH_STATE_KEYS = {"step", "momentum_buffer", "sum", "square_avg", "grad_avg", "acc_delta",
                     "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_inf", "mu_product",
-                    "prev", "step_size", "eta", "mu", "ax"}
+                    "prev", "step_size", "eta", "mu", "ax",
+                    "row_var", "col_var", "variance"}
 
 
 def _problem(variant):
@@ -238,7 +241,9 @@ def test_legacy_state_dict_loads_and_steps(entry, variant, source):
                                                transform=_as_legacy)
     assert rel_err(resumed, uninterrupted) <= tolerance(entry)
     for group in opt.param_groups:
-        assert group["maximize"] is False and group["differentiable"] is False
+        # (classes without the flag, such as Adafactor, do not get it, as in torch)
+        assert group["maximize"] is False and group.get("differentiable", False) is False
+        assert ("differentiable" in group) == ("differentiable" in inspect.signature(entry.cls).parameters)
     for st in opt.state.values():
         for key in ("step", "mu_product"):
             if key in st:

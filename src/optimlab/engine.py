@@ -24,6 +24,7 @@ from torch.optim import optimizer as _torch_optimizer
 
 from . import checkpoint
 from .rules import Rule, update  # noqa: F401  (update: the step the reference path runs)
+from .rules.base import estimate
 from .rules.base import hyperparameters  # noqa: F401  (the group as the rules read it)
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -84,9 +85,12 @@ class RuleOptimizer(Optimizer):
     _step_supports_amp_scaling: ClassVar[bool] = True
 
     def __setstate__(self, state):
+        # torch's __setstate__ adds "differentiable" to the defaults; a class without that
+        # argument (Adafactor, Muon) must not get it in its groups
+        defaults = dict(state.get("defaults") or self.__dict__.get("defaults") or {})
         super().__setstate__(state)
         for group in self.param_groups:
-            for key, value in self.defaults.items():
+            for key, value in (defaults or self.defaults).items():
                 group.setdefault(key, value)
         for param_state in self.state.values():
             for key, value in list(param_state.items()):
@@ -135,7 +139,11 @@ class RuleOptimizer(Optimizer):
                 state[key] = (value.to(scalar_dtype()).clone() if torch.is_tensor(value)
                               else torch.tensor(value, dtype=scalar_dtype()))
             for key, fill in self.rule.tensors(h).items():
-                if torch.is_tensor(fill):
+                if callable(fill):  # a state whose shape is not the param's (Adafactor's row_var)
+                    value = fill(p)
+                    if value is not None:
+                        state[key] = value
+                elif torch.is_tensor(fill):
                     state[key] = torch.zeros_like(p, memory_format=torch.preserve_format).add(fill)
                 elif fill is not None:
                     # a complex parameter is stepped as (re, im) pairs: both halves start at
@@ -161,8 +169,13 @@ class RuleOptimizer(Optimizer):
             self._keep_flags(group)
             h = hyperparameters(group)
             h.grad_scale = grad_scale
+            if self.rule.estimate is not None:  # a two-phase rule: group-level sums first
+                if not self.estimate_step(group, h):
+                    continue
+                h = hyperparameters(group)
+                h.grad_scale = grad_scale
             use_fused = (group.get("fused") is not False and group.get("foreach") is not True
-                         and not group.get("differentiable"))
+                         and not group.get("differentiable") and self.rule.elementwise)
             if use_fused:
                 from . import fused
                 from .fused import shards
@@ -190,8 +203,25 @@ class RuleOptimizer(Optimizer):
         (:mod:`optimlab.fused.foreach`) unless ``foreach=False``, else the reference path."""
         from .fused import foreach
 
-        for p in foreach.step(self, group, params, h):
+        rest = foreach.step(self, group, params, h) if self.rule.elementwise else params
+        for p in rest:
             self.reference_step(p, h)
+
+    def estimate_step(self, group: dict, h: SimpleNamespace) -> bool:
+        """Phase 1 of a two-phase rule (see :class:`~optimlab.rules.Rule`): the per-parameter
+        partial sums of ``rule.estimate`` over the group's params with grads, added up in
+        double, handed to ``rule.combine``, which writes the group-level values into
+        ``group``. Returns False when the step stops there."""
+        params = [p for p in group["params"] if p.grad is not None]
+        self._check_grads(params)
+        totals = None
+        for p in params:
+            parts = self._on_tensors(p, h, lambda q, g, s: estimate(self.rule, q, g, s, h))
+            parts = [float(x) for x in parts]
+            totals = parts if totals is None else [a + b for a, b in zip(totals, parts)]
+        if totals is None:
+            return False
+        return self.rule.combine(totals, group)
 
     def _check_grads(self, params):
         for p in params:
@@ -209,6 +239,12 @@ class RuleOptimizer(Optimizer):
         place with ``copy_``, so the graph runs through them into the next step, and a
         scalar state that requires grad (NAdam's ``mu_product``) stays a tensor.
         """
+        new_p = self._on_tensors(p, h, lambda q, g, s: update(self.rule, q, g, s, h))
+        as_real(p).copy_(new_p)
+
+    def _on_tensors(self, p: torch.Tensor, h: SimpleNamespace, run):
+        """``run(p, g, s)`` on ``p``'s tensors and state (see :meth:`reference_step`); the
+        state ``run`` rebinds in ``s`` is written back. Returns what ``run`` returns."""
         state = self.init_state(p, h)
         grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
         compute = torch.float32 if p.dtype in _LOW_PRECISION else None
@@ -231,8 +267,7 @@ class RuleOptimizer(Optimizer):
             setattr(s, key, load(state[key], differentiable) if key in state else None)
         old = dict(vars(s))
 
-        new_p = update(self.rule, load(p, differentiable), load(grad), s, h)
-        as_real(p).copy_(new_p)
+        result = run(load(p, differentiable), load(grad), s)
 
         for key in self.rule.scalars:
             value = getattr(s, key)
@@ -244,3 +279,4 @@ class RuleOptimizer(Optimizer):
             if key not in state:
                 state[key] = torch.empty_like(p, memory_format=torch.preserve_format)
             as_real(state[key]).copy_(value)
+        return result

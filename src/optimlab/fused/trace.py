@@ -237,6 +237,9 @@ def trace(rule, h: SimpleNamespace, present_lazy: frozenset) -> Trace:
     ``present_lazy``: the lazily created state keys (fill ``None`` in ``rule.tensors``)
     that already exist; the others are traced as ``None``, giving the first-step kernel.
     """
+    if not rule.elementwise:
+        raise TraceError(f"{rule.name} reads whole tensors (reductions, matrix products): "
+                         "it has no element-wise kernel")
     graph = Graph()
     hps: list = []
     hs = _sym_hyperparameters(graph, h, hps)

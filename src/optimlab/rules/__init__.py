@@ -11,10 +11,13 @@ from .classic import (
     adadelta, adagrad, adam, adamax, nadam, rmsprop, sgd,
 )
 from .torch_extra import ASGD, RADAM, RPROP, asgd, radam, rprop
+from .factored import ADAFACTOR, adafactor
+from .orthogonal import MUON, muon
 
 __all__ = [
     "Rule", "update", "ALL_RULES",
     "SGD", "ADAGRAD", "RMSPROP", "ADADELTA", "ADAM", "ADAMAX", "NADAM",
     "sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamax", "nadam",
     "RADAM", "RPROP", "ASGD", "radam", "rprop", "asgd",
+    "ADAFACTOR", "adafactor", "MUON", "muon",
 ]

@@ -24,11 +24,21 @@ arithmetic operators, comparisons and the functions of :mod:`optimlab._math`
 ``x != 0`` / ``x > 0`` on hyperparameters, and ``is None`` on lazily created state; a
 branch on a value computed from state or gradients is a ``where`` (RAdam's
 ``where(rho_t > 5, ...)``), which computes both sides.
+
+A rule that reads whole tensors (norms, row/column means, matrix products: the functions
+of :mod:`optimlab._reduce`) says so with ``Rule(..., elementwise=False)``; it runs on
+tensors (its reductions are torch calls), never through the element-wise kernel. A rule
+whose step needs a quantity summed over the whole param group (Prodigy's ``d``) has two
+phases: ``Rule.estimate`` returns per-parameter partial sums, the engine adds them up over
+the group and ``Rule.combine`` turns the totals into group-level values (stored in the
+param group, so in ``state_dict``); the per-parameter rule then reads them from ``h``.
+See :func:`conventions` for rules that need the parameter itself or apply the learning
+rate or weight decay themselves.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Callable
 
@@ -51,6 +61,13 @@ class Rule:
     tensors: Callable[[object], dict]
     scalars: dict = field(default_factory=dict)
     sparse_ok: bool = False
+    #: False: the rule reduces over tensors or multiplies matrices (runs on whole tensors)
+    elementwise: bool = True
+    #: phase 1 of a two-phase step: ``estimate(g, s, h, p) -> tuple`` of per-parameter partial
+    #: sums (it may update per-element state too); ``combine(totals, group) -> bool`` writes the
+    #: group-level values into the param group (False: the step stops after phase 1)
+    estimate: Callable | None = None
+    combine: Callable | None = None
     whole_step: bool = False
 
     def scalar_fills(self, h) -> dict:
@@ -60,6 +77,75 @@ class Rule:
     @property
     def name(self) -> str:
         return self.fn.__name__
+
+
+@dataclass(frozen=True)
+class Conventions:
+    """What the engine does around a rule (see :func:`update`).
+
+    ``reads_param``: the rule is called as ``rule(g, s, h, p)`` with the parameter as it was
+    before weight decay (Adafactor's RMS(p), LAMB's and LARS's ||p||). ``scales_by_lr``:
+    False when the rule returns the whole step (``p <- p - u``: Adafactor's relative step
+    size). ``weight_decay``: "flag" (``h.decoupled_weight_decay`` chooses coupled or
+    decoupled), "decoupled" (always ``p <- p (1 - lr wd)``), or "rule" (the rule applies
+    ``h.weight_decay`` itself: LAMB and LARS put it inside the trust ratio). ``whole_step``:
+    the rule is ``rule(p, g, s, h)`` and returns the new parameter (``Rule(..., whole_step=True)``
+    says the same; see the module docstring).
+    """
+
+    reads_param: bool = False
+    scales_by_lr: bool = True
+    weight_decay: str = "flag"
+    whole_step: bool = False
+
+
+_PLAIN = Conventions()
+
+
+def conventions(**kwargs):
+    """Decorator: ``@conventions(reads_param=True, ...)`` attaches :class:`Conventions` to a rule."""
+    conv = Conventions(**kwargs)
+
+    def attach(fn):
+        fn.conventions = conv
+        return fn
+
+    return attach
+
+
+def gradient(conv: Conventions, p, g, h):
+    """The gradient the rule sees and the parameter after decoupled weight decay:
+
+        g <- -g                          if maximize
+        g <- g / grad_scale              GradScaler's scale, unscaled in the step (torch's fused protocol)
+        p <- p * (1 - lr * wd)           decoupled weight decay (AdamW, Loshchilov & Hutter 2019)
+        g <- g + wd * p                  coupled (L2) weight decay otherwise
+    """
+    if h.maximize:
+        g = -g
+    if h.grad_scale is not None:
+        g = g / h.grad_scale
+    if h.weight_decay != 0 and conv.weight_decay != "rule":
+        if conv.weight_decay == "decoupled" or h.decoupled_weight_decay:
+            p = p * (1 - h.lr * h.weight_decay)
+        else:
+            g = g + h.weight_decay * p
+    return p, g
+
+
+def conventions_of(rule) -> Conventions:
+    """The :class:`Conventions` of a :class:`Rule` (or of a bare rule function)."""
+    conv = getattr(getattr(rule, "fn", rule), "conventions", _PLAIN)
+    if getattr(rule, "whole_step", False) and not conv.whole_step:
+        conv = replace(conv, whole_step=True)
+    return conv
+
+
+def estimate(rule: Rule, p, g, s, h) -> tuple:
+    """Phase 1 of a two-phase rule for one parameter: its partial sums (see :class:`Rule`)."""
+    conv = getattr(rule.estimate, "conventions", _PLAIN)
+    _, g = gradient(conv, p, g, h)
+    return rule.estimate(g, s, h, p)
 
 
 def update(rule, p, g, s, h):
@@ -74,20 +160,20 @@ def update(rule, p, g, s, h):
 
     Everything above this module (the reference path in :mod:`optimlab.engine`, the traced
     graph in :mod:`optimlab.fused.trace` and the backends that print or run it) calls this
-    one function; nothing here imports them.
+    one function; nothing here imports them. :class:`Conventions` attached to ``rule_fn``
+    (:func:`conventions`) pass it the parameter, choose the weight decay, or drop ``lr``.
     """
-    if h.maximize:
-        g = -g
-    if h.grad_scale is not None:
-        g = g / h.grad_scale
-    if h.weight_decay != 0:
-        if h.decoupled_weight_decay:
-            p = p * (1 - h.lr * h.weight_decay)
-        else:
-            g = g + h.weight_decay * p
-    if getattr(rule, "whole_step", False):
-        return rule.fn(p, g, s, h)
-    return p - h.lr * getattr(rule, "fn", rule)(g, s, h)
+    fn = getattr(rule, "fn", rule)
+    conv = conventions_of(rule)
+    p0 = p
+    p, g = gradient(conv, p, g, h)
+    if conv.whole_step:
+        return fn(p, g, s, h)
+    if conv.reads_param:
+        u = fn(g, s, h, p0)
+    else:
+        u = fn(g, s, h)
+    return p - h.lr * u if conv.scales_by_lr else p - u
 
 
 # Group keys that older torch versions (or other optimizers) may not have written, or that

@@ -1,0 +1,89 @@
+"""Reductions and matrix products for update rules that read whole tensors.
+
+The element-wise vocabulary of a rule (operators, :mod:`optimlab._math`) is extended here
+by what LAMB, LARS, Adafactor, Muon and Prodigy need:
+
+* per-tensor reductions: :func:`norm`, :func:`rms`, :func:`sum_`, :func:`dot`, and
+  :func:`mean` over the whole tensor or along one dimension (Adafactor's row and column
+  means of g^2, kept with ``keepdim`` so they broadcast back);
+* matrix products on 2-D tensors: :func:`mm`, :func:`addmm`, :func:`transpose`;
+* :func:`lerp` and :func:`low_precision`, the two operations Muon's reference (torch.optim)
+  performs in a specific rounding that a parity test must reproduce.
+
+A rule that uses them declares ``Rule(..., elementwise=False)``: it runs on tensors, where
+each of these is one torch call (no sync: a reduction stays a 0-dim tensor on the
+tensor's device), and the tracer of the element-wise kernel refuses it. Group-level
+sums (Prodigy's) are not written here: a rule returns its per-parameter partial sums
+from ``Rule.estimate`` and the engine adds them up (see :mod:`optimlab.rules.base`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _tensor(x, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}() reads a whole tensor; got {type(x).__name__} (a rule using it "
+                        "must be declared Rule(..., elementwise=False))")
+    return x
+
+
+def norm(x) -> torch.Tensor:
+    """Euclidean norm of the whole tensor, ||x||_2 (``torch.linalg.vector_norm``)."""
+    return torch.linalg.vector_norm(_tensor(x, "norm"))
+
+
+def rms(x) -> torch.Tensor:
+    """Root mean square ||x||_2 / sqrt(numel(x)) (Adafactor's RMS)."""
+    return norm(x) / x.numel() ** 0.5
+
+
+def sum_(x) -> torch.Tensor:
+    """Sum of all elements (``sum`` is a builtin name, hence the underscore)."""
+    return torch.sum(_tensor(x, "sum_"))
+
+
+def dot(a, b) -> torch.Tensor:
+    """<a, b> over all elements of two tensors of one shape."""
+    return torch.dot(_tensor(a, "dot").reshape(-1), _tensor(b, "dot").reshape(-1))
+
+
+def mean(x, dim=None) -> torch.Tensor:
+    """Mean over the whole tensor, or along ``dim`` keeping it as a size-1 dimension."""
+    x = _tensor(x, "mean")
+    return x.mean() if dim is None else x.mean(dim=dim, keepdim=True)
+
+
+def mean_square(x, dim: int) -> torch.Tensor:
+    """mean(x^2) along ``dim`` (kept), as ||x||^2 / n without a full-size x^2 temporary
+    (torch.optim.Adafactor's form, whose rounding a parity test reproduces)."""
+    x = _tensor(x, "mean_square")
+    return torch.norm(x, dim=dim, keepdim=True).square_().div_(x.size(dim))
+
+
+def mm(a, b) -> torch.Tensor:
+    """Matrix product a @ b of 2-D tensors."""
+    return torch.mm(_tensor(a, "mm"), _tensor(b, "mm"))
+
+
+def addmm(c, a, b, beta=1.0, alpha=1.0) -> torch.Tensor:
+    """beta * c + alpha * (a @ b) in one call (one rounding per element, as ``torch.addmm``)."""
+    return torch.addmm(_tensor(c, "addmm"), a, b, beta=beta, alpha=alpha)
+
+
+def transpose(x) -> torch.Tensor:
+    """The transpose of a 2-D tensor (a view)."""
+    return _tensor(x, "transpose").T
+
+
+def lerp(a, b, weight):
+    """a + weight * (b - a), with ``torch.lerp``'s rounding on tensors."""
+    if isinstance(a, torch.Tensor):
+        return torch.lerp(a, b, weight)
+    return a + weight * (b - a)
+
+
+def low_precision(x) -> torch.Tensor:
+    """x rounded to bfloat16 (Muon's Newton-Schulz iteration runs there, as in torch.optim)."""
+    return _tensor(x, "low_precision").bfloat16()

@@ -1,0 +1,134 @@
+"""Rules that read whole tensors (reductions, matrix products) and two-phase rules.
+
+Muon takes 2-D parameters only, so the generic tables (whose parity problem has a vector)
+leave it out (``Entry.matrices_only``); here it is compared with torch.optim.Muon on a
+quadratic over two matrices (a wide and a tall one, so both Newton-Schulz orientations
+run), in two param groups, float64, every variant, and its state_dict loads both ways.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import optimlab
+from conftest import drive, make_params, rel_err, two_groups
+from numpy_reference import Quadratic
+from optimlab.fused.trace import TraceError, trace
+from optimlab.registry import REGISTRY
+
+STEPS = 120
+MUON = REGISTRY["muon"]
+MUON_CASES = [pytest.param(v, id=f"muon-{i}") for i, v in enumerate(MUON.variants)]
+
+
+def _matrices(**kw):
+    return Quadratic(dim=20, shapes=((2, 6), (4, 2)), **kw)
+
+
+def _muon_pair(variant, steps=STEPS):
+    problem = _matrices()
+    ours, theirs = make_params(problem), make_params(problem)
+    lr = MUON.test_lr
+    opt = MUON.build(two_groups(ours, lr), lr=lr, **variant)
+    ref = MUON.build_torch(two_groups(theirs, lr), lr=lr, **variant)
+    return problem, (opt, ours, drive(opt, ours, problem, steps)), (ref, theirs, drive(ref, theirs, problem, steps))
+
+
+@pytest.mark.parametrize("variant", MUON_CASES)
+def test_muon_trajectory_matches_torch(variant):
+    problem, (opt, ours, a), (ref, theirs, b) = _muon_pair(variant)
+    assert problem.loss(b[-1]) < problem.loss(problem.x0)
+    assert rel_err(a, b) <= 1e-6
+    for p, q in zip(ours, theirs):
+        assert list(opt.state[p]) == list(ref.state[q]) == ["momentum_buffer"]
+        torch.testing.assert_close(opt.state[p]["momentum_buffer"], ref.state[q]["momentum_buffer"],
+                                   rtol=1e-6, atol=1e-12)
+    assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == \
+        [{k: v for k, v in g.items() if k != "params"} for g in ref.param_groups]
+
+
+@pytest.mark.parametrize("save_torch", [True, False], ids=["torch_to_optimlab", "optimlab_to_torch"])
+def test_muon_state_dict_both_ways(save_torch):
+    """Five steps in one implementation, its state_dict loaded into the other, five more."""
+    problem = _matrices()
+    first, second = (MUON.build_torch, MUON.build) if save_torch else (MUON.build, MUON.build_torch)
+    params = make_params(problem)
+    opt = first(params, lr=MUON.test_lr)
+    drive(opt, params, problem, 5)
+    sd = copy.deepcopy(opt.state_dict())
+    resumed = second(params, lr=MUON.test_lr)
+    resumed.load_state_dict(sd)
+    a = drive(resumed, params, problem, 5, start=5)
+    ref_params = make_params(problem)
+    ref = first(ref_params, lr=MUON.test_lr)
+    b = drive(ref, ref_params, problem, 10)[5:]
+    assert rel_err(a, b) <= 1e-6
+
+
+def test_muon_refuses_like_torch():
+    v = torch.zeros(3, requires_grad=True)
+    for build in (optimlab.Muon, torch.optim.Muon):
+        with pytest.raises(ValueError, match="Muon only supports 2D parameters whereas we found"):
+            build([v])
+        with pytest.raises(ValueError, match="Adjust learning rate function bad is not supported"):
+            build([torch.zeros(2, 2, requires_grad=True)], adjust_lr_fn="bad")
+        p = torch.zeros(2, 2, dtype=torch.complex64, requires_grad=True)
+        p.grad = torch.ones_like(p)
+        with pytest.raises(RuntimeError, match="Muon does not support complex parameters"):
+            build([p]).step()
+        q = torch.ones(2, 3, requires_grad=True)
+        q.grad = torch.ones_like(q)
+        with pytest.raises(ValueError, match="Number of steps must be less than 100"):
+            build([q], ns_steps=100).step()
+
+
+def test_split_for_muon():
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 8), torch.nn.LayerNorm(8),
+                                torch.nn.Linear(8, 3))
+    matrices, rest = optimlab.split_for_muon(model.parameters())
+    assert [tuple(p.shape) for p in matrices] == [(10, 4), (8, 4), (3, 8)]
+    assert len(rest) == 4  # two biases, the norm's weight and bias
+    named, rest = optimlab.split_for_muon(
+        (("embed." + n if i == 0 else n), p) for i, (n, p) in enumerate(model.named_parameters()))
+    assert [tuple(p.shape) for p in named] == [(8, 4), (3, 8)]
+    optimlab.Muon(named)  # every param the split gives Muon is 2-D
+
+
+@pytest.mark.parametrize("name", ["adafactor", "muon"])
+def test_tracer_refuses_whole_tensor_rules_cleanly(name):
+    """No C kernel is generated for a rule with reductions: the tracer says so (TraceError,
+    which the fused path turns into a fallback) before running a line of it."""
+    entry = REGISTRY[name]
+    p = torch.zeros(3, 2, requires_grad=True)
+    h = optimlab.engine.hyperparameters(entry.build([p]).param_groups[0])
+    with pytest.raises(TraceError, match="reads whole tensors"):
+        trace(entry.cls.rule, h, frozenset())
+
+
+def test_adafactor_foreach_true_equals_torch_foreach():
+    """``foreach=True`` (torch's multi-tensor Adafactor) is accepted and gives torch's result."""
+    problem = Quadratic(shapes=((3, 4), (8,)))
+    ours, theirs = make_params(problem), make_params(problem)
+    opt = optimlab.Adafactor(ours, foreach=True)
+    ref = torch.optim.Adafactor(theirs, foreach=True)
+    assert rel_err(drive(opt, ours, problem, STEPS), drive(ref, theirs, problem, STEPS)) <= 1e-6
+
+
+def test_adafactor_factors_every_matrix_over_its_last_two_dims():
+    p = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    q = p.detach().clone().requires_grad_()
+    opt, ref = optimlab.Adafactor([p], weight_decay=0.1), torch.optim.Adafactor([q], weight_decay=0.1)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(STEPS):
+        p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+        q.grad = p.grad.clone()
+        opt.step()
+        ref.step()
+    assert opt.state[p]["row_var"].shape == (2, 3, 1) and opt.state[p]["col_var"].shape == (2, 1, 4)
+    for k in ("row_var", "col_var"):
+        torch.testing.assert_close(opt.state[p][k], ref.state[q][k], rtol=1e-10, atol=0)
+    assert np.abs((p - q).detach().numpy()).max() <= 1e-10 * q.abs().max().item()
