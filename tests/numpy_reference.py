@@ -255,12 +255,31 @@ def adafactor(p, g, state, *, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0
     return p * (1.0 - lr * weight_decay) - alpha / clip * u
 
 
-#: torch.optim class name -> reference rule
+def lion(p, g, state, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False, **_):
+    """Chen et al. 2023, Program 1: update = sign(interp(g, m, b1)) + wd * w;
+    w <- w - lr * update;  m <- interp(g, m, b2), with interp(g, m, b) = b m + (1 - b) g."""
+    b1, b2 = betas
+    g = -g if maximize else g
+    m = state.get("exp_avg", np.zeros_like(p))
+    update = np.sign(b1 * m + (1.0 - b1) * g) + weight_decay * p
+    state["exp_avg"] = b2 * m + (1.0 - b2) * g
+    return p - lr * update
+
+
+#: torch.optim class name (for entries with a torch twin) or registry name -> reference rule
 RULES = {
     "SGD": sgd, "Adagrad": adagrad, "RMSprop": rmsprop, "Adadelta": adadelta, "Adam": adam,
     "AdamW": adamw, "Adamax": adamax, "NAdam": nadam, "RAdam": radam, "Rprop": rprop, "ASGD": asgd,
     "Adafactor": adafactor,
+    "lion": lion,
 }
+
+
+def rule_for(entry):
+    """The reference rule of a registry entry: by its name, else by its torch twin's class."""
+    if entry.name in RULES:
+        return RULES[entry.name]
+    return RULES[entry.torch_cls.__name__]
 
 
 class Quadratic:

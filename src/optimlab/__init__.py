@@ -12,7 +12,7 @@ from .lbfgs import LBFGS
 from .sparse_adam import SparseAdam
 from .lr_scheduler import LRScheduler
 from .optimizers import NAG, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Momentum, NAdam, RMSprop
-from .optimizers_torch_extra import ASGD, RAdam, Rprop
+from .optimizers_torch_extra import ASGD, Lion, RAdam, Rprop
 from .optimizers_reductions import Adafactor, Muon, split_for_muon
 from .registry import REGISTRY, create, lookup, names, sets
 
@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SGD", "Momentum", "NAG", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax",
-    "NAdam", "RAdam", "Rprop", "ASGD", "SparseAdam", "LBFGS", "Combined", "muon_param_groups",
+    "NAdam", "RAdam", "Rprop", "ASGD", "Lion", "SparseAdam", "LBFGS", "Combined", "muon_param_groups",
     "with_adamw_for_the_rest", "LRScheduler", "param_groups", "create", "lookup", "names", "sets",
     "REGISTRY",
     "rules", "schedules", "__version__",

@@ -1,14 +1,17 @@
-"""torch.optim's RAdam, Rprop and ASGD: torch 2.13's signatures, defaults and messages.
+"""torch.optim's RAdam, Rprop and ASGD (torch 2.13's signatures, defaults and messages),
+and Lion (the arguments of its authors' ``lion-pytorch``).
 
 As in :mod:`optimlab.optimizers`, each class validates its arguments and names its rule
-(:mod:`optimlab.rules.torch_extra`); the engine does the rest, the fused kernel included.
+(:mod:`optimlab.rules.torch_extra`, :mod:`optimlab.rules.sign_based`); the engine does the
+rest, the fused kernel included.
 """
 
 from __future__ import annotations
 
 from . import rules
 from .engine import RuleOptimizer
-from .optimizers import _check, _check_betas, _check_eps, _check_lr, _check_weight_decay
+from .optimizers import (_check, _check_betas, _check_eps, _check_fused, _check_lr,
+                         _check_weight_decay)
 
 
 class RAdam(RuleOptimizer):
@@ -78,4 +81,29 @@ class ASGD(RuleOptimizer):
         defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay,
                         foreach=foreach, maximize=maximize, differentiable=differentiable,
                         capturable=capturable)
+        super().__init__(params, defaults)
+
+
+class Lion(RuleOptimizer):
+    """Lion (Chen et al. 2023): the sign of interpolated momentum, decoupled weight decay.
+
+    Update rule: :func:`optimlab.rules.lion`. Arguments as ``lion_pytorch.Lion`` (the
+    authors'): ``lr=1e-4`` (3-10x smaller than AdamW's), ``betas=(0.9, 0.99)`` each in [0, 1),
+    ``weight_decay=0.0`` (decoupled, ``p <- p (1 - lr wd)``: 3-10x larger than AdamW's);
+    plus ``maximize``, ``foreach``, ``fused`` and ``differentiable`` as torch.optim's.
+    Its state is ``exp_avg``, as the reference's.
+
+    >>> opt = optimlab.Lion(model.parameters(), lr=3e-5, weight_decay=0.1)
+    """
+
+    rule = rules.LION
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False,
+                 foreach=None, fused=None, differentiable=False):
+        _check_lr(lr)
+        _check_betas(betas)
+        _check_weight_decay(weight_decay)
+        _check_fused(fused, differentiable, foreach)
+        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize,
+                        foreach=foreach, fused=fused, differentiable=differentiable)
         super().__init__(params, defaults)

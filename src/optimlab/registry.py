@@ -66,6 +66,26 @@ class Entry:
             kwargs.setdefault("nesterov", self.cls is _o.NAG)
         return self.torch_cls(params, **kwargs)
 
+    def build_reference(self, params, **hyperparameters):
+        """The authors' published implementation, with the preset applied."""
+        return self.reference(params, **{**self.preset, **hyperparameters})
+
+
+def published(module: str, name: str, **renames):
+    """A ``reference`` builder: ``module.name`` (a test-only dependency, imported when called),
+    taking optimlab's hyperparameter names; ``renames`` maps optimlab's name to the reference's
+    where they differ (``decoupled_weight_decay="weight_decouple"``)."""
+
+    def build(params, **hyperparameters):
+        import importlib
+
+        cls = getattr(importlib.import_module(module), name)
+        return cls(params, **{renames.get(k, k): v for k, v in hyperparameters.items()})
+
+    build.__qualname__ = f"published({module}.{name})"
+    build.renames = renames
+    return build
+
 
 _WD = {"weight_decay": 0.1}
 _MAX = {"maximize": True}
@@ -131,7 +151,14 @@ TORCH_ELEMENTWISE: tuple = tuple(replace(e, tags=("torch",)) for e in (
 
 
 # --- today's element-wise optimizers (Lion, AdaBelief, Adan) --------------------------------
-MODERN_ELEMENTWISE: tuple = ()
+MODERN_ELEMENTWISE: tuple = (
+    # lion-pytorch's own decoupled_weight_decay=True (wd divided by the initial lr) is not the
+    # paper's Program 1 (lr * wd); left at its default False, it is
+    Entry("lion", _t.Lion, "Sign of interpolated momentum, found by program search",
+          "Chen et al. 2023", test_lr=1e-2, tags=("modern",),
+          reference=published("lion_pytorch", "Lion"),
+          variants=({}, {"weight_decay": 0.1}, {"betas": (0.95, 0.98)}, _MAX)),
+)
 
 
 

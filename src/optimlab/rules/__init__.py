@@ -11,6 +11,7 @@ from .classic import (
     adadelta, adagrad, adam, adamax, nadam, rmsprop, sgd,
 )
 from .torch_extra import ASGD, RADAM, RPROP, asgd, radam, rprop
+from .sign_based import LION, lion
 from .factored import ADAFACTOR, adafactor
 from .orthogonal import MUON, muon
 
@@ -18,6 +19,6 @@ __all__ = [
     "Rule", "update", "ALL_RULES",
     "SGD", "ADAGRAD", "RMSPROP", "ADADELTA", "ADAM", "ADAMAX", "NADAM",
     "sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamax", "nadam",
-    "RADAM", "RPROP", "ASGD", "radam", "rprop", "asgd",
+    "RADAM", "RPROP", "ASGD", "radam", "rprop", "asgd", "LION", "lion",
     "ADAFACTOR", "adafactor", "MUON", "muon",
 ]
