@@ -202,3 +202,23 @@ def test_masks_only_select():
 
 def test_math_module_exports():
     assert {"sign", "minimum", "clamp", "where", "maximum", "sqrt", "abs_"} <= set(vars(_math))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_sign_programs_on_the_multi_tensor_path_round_as_the_reference_path(dtype):
+    """Lion's sign(beta1 m + (1 - beta1) g): a fused lerp there would be an ulp off, enough to
+    flip a sign near 0, so the multi-tensor program is printed op by op: bit-equal params."""
+    gen = torch.Generator().manual_seed(0)
+    a = [torch.randn(257, generator=gen).to(dtype).requires_grad_() for _ in range(3)]
+    b = [p.detach().clone().requires_grad_() for p in a]
+    oa = optimlab.Lion(a, lr=1e-2, betas=(0.95, 0.98), foreach=True, fused=False)
+    ob = optimlab.Lion(b, lr=1e-2, betas=(0.95, 0.98), foreach=False, fused=False)
+    oa.reference_step = lambda p, h: pytest.fail("the reference path was taken")
+    for _ in range(100):
+        for p, q in zip(a, b):
+            p.grad = torch.randn(p.shape, generator=gen).to(dtype)
+            q.grad = p.grad.clone()
+        oa.step()
+        ob.step()
+    for p, q in zip(a, b):
+        assert torch.equal(p, q) and torch.equal(oa.state[p]["exp_avg"], ob.state[q]["exp_avg"])

@@ -22,6 +22,8 @@ over memory instead of two or three. These change rounding by an ulp per step (s
 factors are folded in double, ``lerp`` uses a different formula), within the fused
 tests' tolerances; everything else follows the DAG's order, as the reference path does.
 
+A program with a per-element ``sign`` or comparison is printed without these forms: an
+ulp there can flip a sign (Lion) or a branch (Rprop), so it rounds as the reference path.
 torch has no multi-tensor comparison or select: a mask is a list of bool tensors (one
 ``torch.gt`` ... per tensor) and a ``where`` one ``torch.where`` per tensor; a ``where``
 on a scalar condition copies the branch it picks (a fresh list, so later in-place ops
@@ -133,6 +135,10 @@ class _Printer:
         self.bvar = {f"b{i}": name for i, name in enumerate(tr.buffers)}
         self.writable = {f"b{i}" for i, name in enumerate(tr.buffers)
                          if name in tr.elem_outputs or name in writable}
+        # a sign or comparison of per-element values turns an ulp into a different branch
+        # (Lion's sign(beta1 m + (1 - beta1) g) near 0): such programs round as the
+        # reference path does, one op per node, with no fused forms
+        self.exact = any(n.op == "sign" or n.op in MASKS for n in self.elem)
 
     # ---- scalars
     def sref(self, x: Node) -> str:
@@ -232,7 +238,7 @@ class _Printer:
     def element_source(self) -> str:
         plans, absorbed = {}, set()
         for r in self.elem:
-            if r.op in ("add", "sub"):
+            if r.op in ("add", "sub") and not self.exact:
                 m = self.match(r)
                 if m is not None:
                     plans[r.index] = m
