@@ -171,6 +171,9 @@ WITH_REDUCTIONS: tuple = (
     Entry("muon", _r.Muon, "Momentum orthogonalised by Newton-Schulz (2-D params only)",
           "Jordan et al. 2024", torch_cls=torch.optim.Muon, test_lr=2e-3, tags=("torch", "modern"),
           matrices_only=True,
+          # the lab tunes one lr for Muon and the AdamW on the other params: Moonshot's
+          # adjustment (Liu et al. 2025) matches Muon's update RMS to AdamW's, so one lr fits both
+          lab_preset={"adjust_lr_fn": "match_rms_adamw"},
           variants=({}, {"nesterov": False}, {"adjust_lr_fn": "match_rms_adamw", "weight_decay": 0.0},
                     {"momentum": 0.9, "ns_steps": 3})),
 )
