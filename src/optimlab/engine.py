@@ -169,7 +169,7 @@ class RuleOptimizer(Optimizer):
             self._keep_flags(group)
             h = hyperparameters(group)
             h.grad_scale = grad_scale
-            if self.rule.estimate is not None:  # a two-phase rule: group-level sums first
+            if self.rule.combine is not None:  # group-level values first (sums, or a schedule)
                 if not self.estimate_step(group, h):
                     continue
                 h = hyperparameters(group)
@@ -211,7 +211,10 @@ class RuleOptimizer(Optimizer):
         """Phase 1 of a two-phase rule (see :class:`~optimlab.rules.Rule`): the per-parameter
         partial sums of ``rule.estimate`` over the group's params with grads, added up in
         double, handed to ``rule.combine``, which writes the group-level values into
-        ``group``. Returns False when the step stops there."""
+        ``group``. Returns False when the step stops there. A rule with ``combine`` but no
+        ``estimate`` (group-level scalar state: Schedule-Free) gets ``combine((), group)``."""
+        if self.rule.estimate is None:
+            return self.rule.combine((), group)
         params = [p for p in group["params"] if p.grad is not None]
         self._check_grads(params)
         totals = None

@@ -9,6 +9,7 @@ import torch
 
 from . import optimizers as _o
 from . import optimizers_torch_extra as _t
+from . import optimizers_modern as _m
 from . import optimizers_reductions as _r
 from .engine import RuleOptimizer
 from .lbfgs import LBFGS
@@ -158,8 +159,34 @@ MODERN_ELEMENTWISE: tuple = (
           "Chen et al. 2023", test_lr=1e-2, tags=("modern",),
           reference=published("lion_pytorch", "Lion"),
           variants=({}, {"weight_decay": 0.1}, {"betas": (0.95, 0.98)}, _MAX)),
+    Entry("adabelief", _m.AdaBelief, "Adam with the belief (g - m)^2 as second moment",
+          "Zhuang et al. 2020", test_lr=1e-2, tags=("modern",),
+          reference=published("pytorch_optimizer", "AdaBelief",
+                              decoupled_weight_decay="weight_decouple", amsgrad="ams_bound"),
+          variants=({}, _WD, {"decoupled_weight_decay": False, "weight_decay": 0.1},
+                    {"amsgrad": True, "betas": (0.9, 0.9)}, _MAX, {"eps": 1e-4})),
+    Entry("adan", _m.Adan, "Adaptive Nesterov momentum from gradient differences",
+          "Xie et al. 2022", test_lr=1e-2, tags=("modern",),
+          reference=published("pytorch_optimizer", "Adan", no_prox="weight_decouple"),
+          variants=({}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "no_prox": True}, _MAX,
+                    {"betas": (0.9, 0.8, 0.95)})),
 )
 
+
+
+# Schedule-Free: the paper's Algorithm 1 is the authors' AdamWScheduleFreePaper (their
+# AdamWScheduleFree moves Adam's bias correction into the denominator)
+_SF_SCHEDULE = ({"warmup_steps": 20}, {"r": 1.0, "weight_lr_power": 0.0})
+MODERN_ELEMENTWISE += (
+    Entry("schedule_free_adamw", _m.ScheduleFreeAdamW, "AdamW without a schedule: interpolation "
+          "and averaging (train()/eval())", "Defazio et al. 2024", test_lr=1e-2, tags=("modern",),
+          reference=published("schedulefree", "AdamWScheduleFreePaper"),
+          variants=({}, *_SF_SCHEDULE, {"weight_decay": 0.1}, _MAX, {"betas": (0.5, 0.99)})),
+    Entry("schedule_free_sgd", _m.ScheduleFreeSGD, "SGD without a schedule: interpolation and "
+          "averaging (train()/eval())", "Defazio et al. 2024", test_lr=0.05, tags=("modern",),
+          reference=published("schedulefree", "SGDScheduleFree"),
+          variants=({}, *_SF_SCHEDULE, {"weight_decay": 0.1}, _MAX, {"momentum": 0.5})),
+)
 
 
 # --- rules with reductions or matrix products (Adafactor, Muon, LAMB, LARS, Prodigy) ---------

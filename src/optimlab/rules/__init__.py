@@ -12,6 +12,10 @@ from .classic import (
 )
 from .torch_extra import ASGD, RADAM, RPROP, asgd, radam, rprop
 from .sign_based import LION, lion
+from .modern import (
+    ADABELIEF, ADAN, MODERN_RULES, SCHEDULE_FREE_ADAMW, SCHEDULE_FREE_SGD,
+    adabelief, adan, schedule_free_adamw, schedule_free_sgd,
+)
 from .factored import ADAFACTOR, adafactor
 from .orthogonal import MUON, muon
 
@@ -20,5 +24,7 @@ __all__ = [
     "SGD", "ADAGRAD", "RMSPROP", "ADADELTA", "ADAM", "ADAMAX", "NADAM",
     "sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamax", "nadam",
     "RADAM", "RPROP", "ASGD", "radam", "rprop", "asgd", "LION", "lion",
+    "ADABELIEF", "ADAN", "SCHEDULE_FREE_ADAMW", "SCHEDULE_FREE_SGD", "MODERN_RULES",
+    "adabelief", "adan", "schedule_free_adamw", "schedule_free_sgd",
     "ADAFACTOR", "adafactor", "MUON", "muon",
 ]

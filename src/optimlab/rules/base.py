@@ -31,7 +31,9 @@ tensors (its reductions are torch calls), never through the element-wise kernel.
 whose step needs a quantity summed over the whole param group (Prodigy's ``d``) has two
 phases: ``Rule.estimate`` returns per-parameter partial sums, the engine adds them up over
 the group and ``Rule.combine`` turns the totals into group-level values (stored in the
-param group, so in ``state_dict``); the per-parameter rule then reads them from ``h``.
+param group, so in ``state_dict``); the per-parameter rule then reads them from ``h``. A
+``combine`` without an ``estimate`` is group-level scalar state alone: it runs once per step
+with no totals (Schedule-Free's schedule and running sum of weights).
 See :func:`conventions` for rules that need the parameter itself or apply the learning
 rate or weight decay themselves.
 """
@@ -65,7 +67,8 @@ class Rule:
     elementwise: bool = True
     #: phase 1 of a two-phase step: ``estimate(g, s, h, p) -> tuple`` of per-parameter partial
     #: sums (it may update per-element state too); ``combine(totals, group) -> bool`` writes the
-    #: group-level values into the param group (False: the step stops after phase 1)
+    #: group-level values into the param group (False: the step stops after phase 1); without
+    #: ``estimate``, ``combine((), group)`` runs once per step before the per-parameter rule
     estimate: Callable | None = None
     combine: Callable | None = None
     whole_step: bool = False
