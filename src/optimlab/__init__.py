@@ -9,7 +9,7 @@ from . import rules, schedules
 from .groups import param_groups
 from .lr_scheduler import LRScheduler
 from .optimizers import NAG, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Momentum, NAdam, RMSprop
-from .optimizers_reductions import Adafactor, Muon, split_for_muon
+from .optimizers_reductions import LAMB, LARS, Adafactor, Muon, Prodigy, split_for_muon
 from .registry import REGISTRY, create, lookup, names
 
 __version__ = "0.1.0"
@@ -18,5 +18,5 @@ __all__ = [
     "SGD", "Momentum", "NAG", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax",
     "NAdam", "LRScheduler", "param_groups", "create", "lookup", "names", "REGISTRY",
     "rules", "schedules", "__version__",
-    "Adafactor", "Muon", "split_for_muon",
+    "Adafactor", "Muon", "split_for_muon", "LAMB", "LARS", "Prodigy",
 ]

@@ -11,11 +11,14 @@ from .classic import (
     adadelta, adagrad, adam, adamax, nadam, rmsprop, sgd,
 )
 from .factored import ADAFACTOR, adafactor
+from .layerwise import LAMB, LARS, lamb, lars
+from .learning_rate_free import PRODIGY, prodigy, prodigy_distance, prodigy_estimate
 from .orthogonal import MUON, muon
 
 __all__ = [
     "Rule", "update", "ALL_RULES",
     "SGD", "ADAGRAD", "RMSPROP", "ADADELTA", "ADAM", "ADAMAX", "NADAM",
     "sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamax", "nadam",
-    "ADAFACTOR", "adafactor", "MUON", "muon",
+    "ADAFACTOR", "adafactor", "MUON", "muon", "LARS", "lars", "LAMB", "lamb",
+    "PRODIGY", "prodigy", "prodigy_estimate", "prodigy_distance",
 ]

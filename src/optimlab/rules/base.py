@@ -22,8 +22,9 @@ of :mod:`optimlab._reduce`) says so with ``Rule(..., elementwise=False)``; it ru
 tensors (its reductions are torch calls), never through the element-wise kernel. A rule
 whose step needs a quantity summed over the whole param group (Prodigy's ``d``) has two
 phases: ``Rule.estimate`` returns per-parameter partial sums, the engine adds them up over
-the group and ``Rule.combine`` turns the totals into group-level values (stored in the
-param group, so in ``state_dict``); the per-parameter rule then reads them from ``h``.
+the group, ``Rule.combine`` turns the totals into group-level values, the per-parameter
+rule steps, and the new values are stored in the param group (so in ``state_dict``),
+where the next step's ``h`` reads them.
 See :func:`conventions` for rules that need the parameter itself or apply the learning
 rate or weight decay themselves.
 """
@@ -54,8 +55,9 @@ class Rule:
     #: False: the rule reduces over tensors or multiplies matrices (runs on whole tensors)
     elementwise: bool = True
     #: phase 1 of a two-phase step: ``estimate(g, s, h, p) -> tuple`` of per-parameter partial
-    #: sums (it may update per-element state too); ``combine(totals, group) -> bool`` writes the
-    #: group-level values into the param group (False: the step stops after phase 1)
+    #: sums (it may update per-element state too); ``combine(totals, h) -> dict | None``: the
+    #: group-level values the totals give, written into the param group after phase 2 (so the
+    #: step itself reads this step's values); None: the step stops after phase 1
     estimate: Callable | None = None
     combine: Callable | None = None
 
