@@ -169,6 +169,8 @@ class RuleOptimizer(Optimizer):
                 continue
             after = self.estimate_step(group, h)  # a two-phase rule: group-level sums first
             if after is not None:
+                for key in self.rule.estimate_keys:
+                    h.__dict__.pop(key, None)
                 self._step_group(group, h)
                 group.update(after)
         return loss

@@ -60,6 +60,9 @@ class Rule:
     #: step itself reads this step's values); None: the step stops after phase 1
     estimate: Callable | None = None
     combine: Callable | None = None
+    #: group keys only ``estimate`` and ``combine`` read (running sums, diagnostics): the
+    #: per-parameter rule does not see them, so their changes never re-key its kernel
+    estimate_keys: tuple = ()
 
     @property
     def name(self) -> str:

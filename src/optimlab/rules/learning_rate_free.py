@@ -95,4 +95,5 @@ def _copy(p):
 
 
 PRODIGY = Rule(prodigy, lambda h: {"s": 0.0, "p0": _copy} | ({"exp_avg": 0.0} if h.betas[0] > 0 else {})
-               | {"exp_avg_sq": 0.0}, estimate=prodigy_estimate, combine=prodigy_distance)
+               | {"exp_avg_sq": 0.0}, estimate=prodigy_estimate, combine=prodigy_distance,
+               estimate_keys=("d_numerator", "d_denom", "d_hat", "d_max", "d0", "d_coef", "growth_rate"))
