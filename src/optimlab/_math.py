@@ -1,13 +1,21 @@
 """Element-wise math used by the update rules, for every kind of value they see.
 
-A rule is written once with ordinary operators plus the three functions below. The
-same code then runs on
+A rule is written once with ordinary operators plus the functions below. The same code
+then runs on
   * torch tensors (the reference path, :mod:`optimlab.engine`),
   * Python floats (scalar sub-expressions such as bias corrections),
   * symbolic values (:mod:`optimlab.fused.trace`), from which the fused kernel is generated.
 
-Symbolic values implement ``__optimlab_sqrt__`` / ``__optimlab_maximum__`` /
-``__optimlab_abs__`` so this module never needs to import the tracer.
+Comparisons (``x > y``, ``x == y``, ...) are the ordinary operators: a bool tensor on
+tensors, a bool on floats, a symbolic mask in a trace. A mask is only for :func:`where`.
+
+Every function equals its torch counterpart on all inputs, NaN, infinities and signed
+zeros included (``sign(nan) = 0``, ``sign(-0.0) = +0.0``; ``clamp`` keeps ``-0.0`` inside
+its bounds); on floats too, where ``sqrt`` of a negative number is NaN, as in C, so that
+an expression computed for the branch :func:`where` does not take cannot raise.
+
+Symbolic values implement ``__optimlab_<name>__`` hooks so this module never needs to
+import the tracer.
 """
 
 from __future__ import annotations
@@ -18,24 +26,28 @@ import torch
 
 
 def sqrt(x):
-    """Square root: ``torch.sqrt`` on tensors, ``math.sqrt`` on numbers."""
+    """Square root: ``torch.sqrt`` on tensors, ``math.sqrt`` on numbers (NaN below zero)."""
     if isinstance(x, torch.Tensor):
         return torch.sqrt(x)
     if hasattr(x, "__optimlab_sqrt__"):
         return x.__optimlab_sqrt__()
-    return math.sqrt(x)
+    return math.sqrt(x) if x >= 0 else math.nan
+
+
+def _as_tensors(a, b):
+    """A number next to a tensor, taken in the tensor's dtype, as torch takes a Python scalar
+    (not the default dtype: float64 tensors would meet a float32-rounded number)."""
+    if not isinstance(a, torch.Tensor):
+        a = torch.as_tensor(a, dtype=b.dtype, device=b.device)
+    if not isinstance(b, torch.Tensor):
+        b = torch.as_tensor(b, dtype=a.dtype, device=a.device)
+    return a, b
 
 
 def maximum(a, b):
     """Element-wise maximum that propagates NaN, like ``torch.maximum``."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        # a number is taken in the tensor's dtype, as torch takes a Python scalar (not the
-        # default dtype: float64 tensors would meet a float32-rounded number)
-        if not isinstance(a, torch.Tensor):
-            a = torch.as_tensor(a, dtype=b.dtype, device=b.device)
-        if not isinstance(b, torch.Tensor):
-            b = torch.as_tensor(b, dtype=a.dtype, device=a.device)
-        return torch.maximum(a, b)
+        return torch.maximum(*_as_tensors(a, b))
     if hasattr(a, "__optimlab_maximum__"):
         return a.__optimlab_maximum__(b)
     if hasattr(b, "__optimlab_maximum__"):
@@ -45,6 +57,19 @@ def maximum(a, b):
     return max(a, b)
 
 
+def minimum(a, b):
+    """Element-wise minimum that propagates NaN, like ``torch.minimum``."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.minimum(*_as_tensors(a, b))
+    if hasattr(a, "__optimlab_minimum__"):
+        return a.__optimlab_minimum__(b)
+    if hasattr(b, "__optimlab_minimum__"):
+        return b.__optimlab_minimum__(a)
+    if a != a or b != b:
+        return math.nan
+    return min(a, b)
+
+
 def abs_(x):
     """Absolute value (``abs`` is a builtin name, hence the underscore)."""
     if isinstance(x, torch.Tensor):
@@ -52,3 +77,47 @@ def abs_(x):
     if hasattr(x, "__optimlab_abs__"):
         return x.__optimlab_abs__()
     return abs(x)
+
+
+def sign(x):
+    """-1, 0 or +1 like ``torch.sign``: ``sign(nan) = 0`` and ``sign(-0.0) = +0.0``."""
+    if isinstance(x, torch.Tensor):
+        return torch.sign(x)
+    if hasattr(x, "__optimlab_sign__"):
+        return x.__optimlab_sign__()
+    return float((x > 0) - (x < 0))
+
+
+def clamp(x, lo=None, hi=None):
+    """``torch.clamp(x, lo, hi)``: ``lo`` if ``x < lo``, then ``hi`` if above ``hi``
+    (so ``hi`` wins when ``lo > hi``); NaN stays NaN and ``x`` is kept on ties (-0.0 too).
+    The bounds are numbers (or scalar expressions such as hyperparameters); None: no bound."""
+    if isinstance(x, torch.Tensor):
+        return torch.clamp(x, lo, hi)
+    for v in (x, lo, hi):
+        if hasattr(v, "__optimlab_clamp__"):
+            return v.__optimlab_clamp__(x, lo, hi)
+    if lo is not None and x < lo:
+        x = lo
+    if hi is not None and x > hi:
+        x = hi
+    return x
+
+
+def where(cond, a, b):
+    """``a`` where ``cond`` holds, else ``b`` (``torch.where``).
+
+    ``cond`` is a comparison: a bool (a scalar condition such as RAdam's ``rho_t > 5``,
+    evaluated once per tensor) picks a whole branch; a bool tensor picks per element, and
+    then at least one branch must be a tensor (it gives the result's dtype). Both branches
+    are always computed, so a rule must not rely on the other branch being skipped.
+    """
+    if isinstance(cond, bool):
+        return a if cond else b
+    if hasattr(cond, "__optimlab_where__"):
+        return cond.__optimlab_where__(a, b)
+    if isinstance(cond, torch.Tensor):
+        if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+            raise TypeError("where(mask, a, b) on tensors needs a tensor branch to give the dtype")
+        return torch.where(cond, a, b)
+    return a if cond else b

@@ -133,7 +133,7 @@ class RuleOptimizer(Optimizer):
             return {}
         state = self.state[p]
         if not state:
-            for key, value in self.rule.scalars.items():
+            for key, value in self.rule.scalar_fills(h).items():
                 state[key] = torch.tensor(value, dtype=scalar_dtype())
             for key, fill in self.rule.tensors(h).items():
                 if callable(fill):  # a state whose shape is not the param's (Adafactor's row_var)
@@ -241,7 +241,7 @@ class RuleOptimizer(Optimizer):
         place with ``copy_``, so the graph runs through them into the next step, and a
         scalar state that requires grad (NAdam's ``mu_product``) stays a tensor.
         """
-        new_p = self._on_tensors(p, h, lambda q, g, s: update(self.rule.fn, q, g, s, h))
+        new_p = self._on_tensors(p, h, lambda q, g, s: update(self.rule, q, g, s, h))
         as_real(p).copy_(new_p)
 
     def _on_tensors(self, p: torch.Tensor, h: SimpleNamespace, run):

@@ -4,7 +4,7 @@ Why generated, not hand-written
 -------------------------------
 Every rule exists once, as the readable function in :mod:`optimlab.rules`. The fused
 kernel is produced by *tracing* the very function the reference path runs,
-``rules.update(rule.fn, p, g, s, h)``, on symbolic values (:mod:`.trace`) and printing
+``rules.update(rule, p, g, s, h)``, on symbolic values (:mod:`.trace`) and printing
 the resulting expression DAG as C (:mod:`.codegen`). There is no third copy of the math
 to drift: a new rule, or a new flag on an old one, is fused the moment it is written,
 and the parity tests compare the two executions of the same definition. The kernel

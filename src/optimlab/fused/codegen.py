@@ -19,7 +19,7 @@ The one op that differs is ``sqrt``: IEEE-exact here, within an ulp in torch (MK
 
 from __future__ import annotations
 
-from .trace import Node, Trace, live
+from .trace import MASKS, Node, Trace, live
 
 # storage type, compute type, load expression, store expression ('{}' = value)
 DTYPES = {
@@ -86,12 +86,22 @@ def _expr(n: Node, ref, compute: str) -> str:
         return f"{a[0]} {_BINARY[n.op]} {a[1]}"
     if n.op == "pow":
         return f"pow{f}({a[0]}, {a[1]})"
+    if n.op in MASKS:  # 1 or 0 in the compute type; IEEE comparisons (false with a NaN but !=)
+        return f"({compute})({a[0]} {MASKS[n.op]} {a[1]})"
     return {
         "neg": lambda: f"-{a[0]}",
         "sqrt": lambda: f"__builtin_sqrt{f}({a[0]})",
         "abs": lambda: f"__builtin_fabs{f}({a[0]})",
-        # NaN-propagating like torch.maximum; ties return the second operand (as vmaxps)
+        # NaN-propagating like torch.maximum/minimum; ties return the second operand
+        # (as vmaxps/vminps, torch's vectorised loop)
         "max": lambda: f"(({a[0]} != {a[0]} || {a[0]} > {a[1]}) ? {a[0]} : {a[1]})",
+        "min": lambda: f"(({a[0]} != {a[0]} || {a[0]} < {a[1]}) ? {a[0]} : {a[1]})",
+        # torch.sign: sign(NaN) = 0, sign(-0.0) = +0.0
+        "sign": lambda: f"({compute})(({a[0]} > 0) - ({a[0]} < 0))",
+        # torch.clamp's halves: x is kept on ties (-0.0 stays) and when NaN
+        "clamp_min": lambda: f"({a[0]} < {a[1]} ? {a[1]} : {a[0]})",
+        "clamp_max": lambda: f"({a[0]} > {a[1]} ? {a[1]} : {a[0]})",
+        "where": lambda: f"({a[0]} != 0 ? {a[1]} : {a[2]})",
     }[n.op]()
 
 

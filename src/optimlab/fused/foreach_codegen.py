@@ -21,6 +21,11 @@ scaled products and quotients into ``_foreach_addcmul_`` / ``_foreach_addcdiv_``
 over memory instead of two or three. These change rounding by an ulp per step (scalar
 factors are folded in double, ``lerp`` uses a different formula), within the fused
 tests' tolerances; everything else follows the DAG's order, as the reference path does.
+
+torch has no multi-tensor comparison or select: a mask is a list of bool tensors (one
+``torch.gt`` ... per tensor) and a ``where`` one ``torch.where`` per tensor; a ``where``
+on a scalar condition copies the branch it picks (a fresh list, so later in-place ops
+cannot reach the branch's own slot).
 """
 
 from __future__ import annotations
@@ -30,11 +35,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .._math import abs_, maximum, sqrt
-from .trace import Node, Trace, live
+from .._math import abs_, clamp, maximum, minimum, sign, sqrt
+from .trace import MASKS, Node, Trace, TraceError, live
 
 _PY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}
-_UNARY = {"neg": "neg", "sqrt": "sqrt", "abs": "abs"}
+_UNARY = {"neg": "neg", "sqrt": "sqrt", "abs": "abs", "sign": "sign"}
+_BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow", "max": "maximum",
+           "min": "minimum", "clamp_min": "clamp_min", "clamp_max": "clamp_max"}
+_FLIPPED = {"gt": "lt", "ge": "le", "lt": "gt", "le": "ge", "eq": "eq", "ne": "ne"}
 
 
 def _fdiv(a: float, b: float) -> float:
@@ -51,8 +59,27 @@ def _full(like: list, value: float) -> list:
     return [torch.full_like(t, value) for t in like]
 
 
-_NAMESPACE = {"F": torch, "_sqrt": sqrt, "_maximum": maximum, "_abs": abs_, "_fdiv": _fdiv,
-              "_full": _full, "math": math}
+def _compare(op: str, a, b) -> list:
+    """A mask: ``torch.<op>`` per tensor; ``a`` is a list, ``b`` a list or a number."""
+    fn = getattr(torch, op)
+    return [fn(x, y) for x, y in zip(a, b)] if isinstance(b, list) else [fn(x, b) for x in a]
+
+
+def _where(mask, a, b) -> list:
+    """``torch.where`` per tensor; a branch is a list or a number (the other is a list)."""
+    return [torch.where(m, x, y) for m, x, y in
+            zip(mask, a if isinstance(a, list) else [a] * len(mask), b if isinstance(b, list) else [b] * len(mask))]
+
+
+def _select(cond: bool, a, b) -> list:
+    """A scalar condition picks a whole branch: a copy of its list, or a list filled with its number."""
+    x, other = (a, b) if cond else (b, a)
+    return [t.clone() for t in x] if isinstance(x, list) else _full(other, x)
+
+
+_NAMESPACE = {"F": torch, "_sqrt": sqrt, "_maximum": maximum, "_minimum": minimum, "_abs": abs_,
+              "_sign": sign, "_clamp": clamp, "_fdiv": _fdiv, "_full": _full, "_compare": _compare,
+              "_where": _where, "_select": _select, "math": math}
 
 
 def _const(v: float) -> str:
@@ -120,9 +147,16 @@ class _Printer:
             a = [self.sref(x) for x in n.args]
             if n.op in _PY:
                 expr = f"{a[0]} {_PY[n.op]} {a[1]}"
-            else:
-                expr = {"neg": f"-{a[0]}", "sqrt": f"_sqrt({a[0]})",
-                        "abs": f"_abs({a[0]})", "max": f"_maximum({', '.join(a)})"}[n.op]
+            elif n.op in MASKS:
+                expr = f"{a[0]} {MASKS[n.op]} {a[1]}"
+            elif n.op == "where":
+                expr = f"{a[1]} if {a[0]} else {a[2]}"
+            else:  # the functions of optimlab._math, as the reference path calls them
+                a += ["None"] * (2 - len(a))
+                expr = {"neg": f"-{a[0]}", "sqrt": f"_sqrt({a[0]})", "abs": f"_abs({a[0]})",
+                        "sign": f"_sign({a[0]})", "max": f"_maximum({a[0]}, {a[1]})",
+                        "min": f"_minimum({a[0]}, {a[1]})", "clamp_min": f"_clamp({a[0]}, {a[1]}, None)",
+                        "clamp_max": f"_clamp({a[0]}, None, {a[1]})"}[n.op]
             lines.append(f"    s{n.index} = {expr}")
         bnd = ", ".join(self.sref(b) for b in self.boundary)
         outs = ", ".join(self.sref(n) for n in self.tr.scalar_outputs.values())
@@ -241,9 +275,21 @@ class _Printer:
         if op in _UNARY:
             x = args[0]
             return [self.emit(n, _UNARY[op], ref(x), x if dead(x, pos) else None, slot)]
+        if op == "where":  # a fresh list: never written in place into a branch
+            cond, a, b = args
+            fn = "_select" if cond.scalar else "_where"
+            slot[n.index] = f"t{n.index}"
+            return [f"    t{n.index} = {fn}({ref(cond)}, {ref(a)}, {ref(b)})"]
         a, b = args
-        fn = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow", "max": "maximum"}[op]
-        commutative = op in ("add", "mul", "max")
+        if op in MASKS:  # a list of bool tensors, in an 'm' slot that nothing writes in place
+            if a.scalar:
+                op, a, b = _FLIPPED[op], b, a
+            slot[n.index] = f"m{n.index}"
+            return [f"    m{n.index} = _compare({op!r}, {ref(a)}, {ref(b)})"]
+        fn = _BINARY[op]
+        if a.scalar and op in ("clamp_min", "clamp_max"):
+            raise TraceError("clamp of a scalar by per-element bounds")
+        commutative = op in ("add", "mul", "max", "min")
         if a.scalar and commutative:
             a, b = b, a
         if not a.scalar:  # list op list, or list op scalar: in place into a (or b, if commutative)

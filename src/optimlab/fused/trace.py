@@ -1,7 +1,7 @@
 """Symbolic tracing of :func:`optimlab.rules.update` into an expression DAG.
 
 The fused kernel is not a second copy of the math: it is *generated* by running the very
-function the reference path runs (``rules.update(rule.fn, p, g, s, h)``) on symbolic
+function the reference path runs (``rules.update(rule, p, g, s, h)``) on symbolic
 values. Every arithmetic operation the rule performs appends one node to a
 :class:`Graph`, in the order the reference path performs it, so the generated code
 rounds exactly where torch rounds.
@@ -12,16 +12,20 @@ double once per tensor, like the Python floats of the reference path; per-elemen
 run in the kernel's compute type, and a scalar operand is rounded to that type where it
 meets a per-element one, as torch does with a Python scalar.
 
-Rules may branch only on Python bools, on ``x != 0`` / ``x > 0`` (and the other
-comparisons with the literal ``0``) of a *hyperparameter*, and on ``state is None``.
-Comparisons with zero are answered from the hyperparameter's concrete value; the caller
-puts the sign of every numeric hyperparameter into the kernel's cache key, so such a
-guard can never go stale. Any other ``bool()`` of a symbolic value raises
+Rules may branch (a Python ``if``) only on Python bools, on ``x != 0`` / ``x > 0`` (and
+the other comparisons with the literal ``0``) of a *hyperparameter*, and on ``state is
+None``. Comparisons with zero are answered from the hyperparameter's concrete value; the
+caller puts the sign of every numeric hyperparameter into the kernel's cache key, so such
+a guard can never go stale. Any other comparison is a *mask* node (``gt ge lt le eq
+ne``), whose only use is the condition of a ``where`` node: a scalar mask (RAdam's
+``rho_t > 5`` on the step) selects once per tensor in double, like any scalar node, a
+per-element mask selects per element. Any other ``bool()`` of a symbolic value raises
 :class:`TraceError`.
 """
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -35,7 +39,9 @@ class TraceError(TypeError):
 @dataclass(eq=False)
 class Node:
     """One operation. ``op`` is 'const', 'hp', 'sin' (scalar state), 'ein' (per-element
-    input), or an operator: add sub mul div pow neg sqrt max abs."""
+    input), or an operator: add sub mul div pow neg sqrt max min abs sign, clamp_min
+    clamp_max (torch.clamp's two halves), a comparison in :data:`MASKS` (1 or 0), or
+    where (condition, a, b)."""
 
     op: str
     args: tuple
@@ -67,6 +73,10 @@ class Graph:
         return Sym(self, node)
 
 
+#: comparison ops: their nodes are masks, only for a ``where``'s condition
+MASKS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "==", "ne": "!="}
+
+
 def _is_zero_literal(x) -> bool:
     return type(x) in (int, float) and x == 0
 
@@ -92,7 +102,12 @@ class Sym:
         return self.graph.node("const", value=float(x))
 
     def _op(self, op, *args) -> "Sym":
-        return Sym(self.graph, self.graph.node(op, tuple(self._lift(a) for a in args)))
+        nodes = tuple(self._lift(a) for a in args)
+        for i, n in enumerate(nodes):
+            if (n.op in MASKS) != (op == "where" and i == 0):
+                raise TraceError("a comparison is a mask for where(mask, a, b), not a number"
+                                 if n.op in MASKS else "where(mask, a, b) needs a comparison as its mask")
+        return Sym(self.graph, self.graph.node(op, nodes))
 
     def __add__(self, o): return self._op("add", self, o)
     def __radd__(self, o): return self._op("add", o, self)
@@ -110,25 +125,38 @@ class Sym:
     def __optimlab_sqrt__(self): return self._op("sqrt", self)
     def __optimlab_abs__(self): return self._op("abs", self)
     def __optimlab_maximum__(self, o): return self._op("max", self, o)
+    def __optimlab_minimum__(self, o): return self._op("min", self, o)
+    def __optimlab_sign__(self): return self._op("sign", self)
+    def __optimlab_where__(self, a, b): return self._op("where", self, a, b)
 
-    def _guard(self, other, compare):
-        if self.node.op != "hp" or not _is_zero_literal(other):
-            raise TraceError(
-                "a rule may only compare a hyperparameter with the literal 0 "
-                f"(got {self.node.op} node vs {other!r})"
-            )
-        return compare(self.node.value, 0)
+    def __optimlab_clamp__(self, x, lo, hi):
+        x = x if isinstance(x, Sym) else self._wrap(x)
+        if lo is not None:
+            x = x._op("clamp_min", x, lo)
+        if hi is not None:
+            x = x._op("clamp_max", x, hi)
+        return x
 
-    def __eq__(self, o): return self._guard(o, lambda a, b: a == b)
-    def __ne__(self, o): return self._guard(o, lambda a, b: a != b)
-    def __gt__(self, o): return self._guard(o, lambda a, b: a > b)
-    def __ge__(self, o): return self._guard(o, lambda a, b: a >= b)
-    def __lt__(self, o): return self._guard(o, lambda a, b: a < b)
-    def __le__(self, o): return self._guard(o, lambda a, b: a <= b)
+    def _wrap(self, v) -> "Sym":
+        return Sym(self.graph, self._lift(v))
+
+    def _compare(self, op, other):
+        """A hyperparameter against the literal 0: a Python bool (a guard, see the module
+        docstring); anything else: a mask node."""
+        if self.node.op == "hp" and _is_zero_literal(other):
+            return getattr(operator, op)(self.node.value, 0)
+        return self._op(op, self, other)
+
+    def __eq__(self, o): return self._compare("eq", o)
+    def __ne__(self, o): return self._compare("ne", o)
+    def __gt__(self, o): return self._compare("gt", o)
+    def __ge__(self, o): return self._compare("ge", o)
+    def __lt__(self, o): return self._compare("lt", o)
+    def __le__(self, o): return self._compare("le", o)
 
     def __bool__(self):
         raise TraceError("a rule branched on a symbolic value; only bools, `x != 0` on "
-                         "hyperparameters and `state is None` may be tested")
+                         "hyperparameters and `state is None` may be tested (use where(mask, a, b))")
 
     def __repr__(self):
         return f"Sym({self.node.op}#{self.node.index})"
@@ -200,7 +228,7 @@ def _is_number_tensor(v) -> bool:
 
 
 def trace(rule, h: SimpleNamespace, present_lazy: frozenset) -> Trace:
-    """Trace ``rules.update(rule.fn, ...)`` for hyperparameters ``h``.
+    """Trace ``rules.update(rule, ...)`` for hyperparameters ``h``.
 
     ``present_lazy``: the lazily created state keys (fill ``None`` in ``rule.tensors``)
     that already exist; the others are traced as ``None``, giving the first-step kernel.
@@ -222,7 +250,7 @@ def trace(rule, h: SimpleNamespace, present_lazy: frozenset) -> Trace:
         setattr(s, key, graph.sym(graph.node("ein", name=key)) if exists else None)
     old = dict(vars(s))
 
-    new_p = update(rule.fn, p, g, s, hs)
+    new_p = update(rule, p, g, s, hs)
     if not isinstance(new_p, Sym):
         raise TraceError("the update did not produce a symbolic parameter")
 

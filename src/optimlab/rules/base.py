@@ -11,11 +11,19 @@ Every rule has the signature ``rule(g, s, h) -> u``:
 * ``u`` is the update direction. The engine applies ``p <- p - lr * u`` (and decoupled
   weight decay), so no rule touches the learning rate or the parameter.
 
+A rule whose step is not ``lr`` times a direction (Rprop's per-element step sizes, ASGD's
+own decaying ``eta``) is a *whole-step* rule (``Rule(..., whole_step=True)``): it is
+called as ``rule(p, g, s, h)`` and returns the new parameter value; the engine still
+applies ``maximize``, the grad scale and weight decay before it.
+
 The same function runs on torch tensors (the reference path), on Python floats and on
 the symbolic values from which the fused kernel is generated, so it may use only
-arithmetic operators and :func:`sqrt`, :func:`maximum`, :func:`abs_`. Branches may test
-boolean flags, ``x != 0`` / ``x > 0`` on hyperparameters, and ``is None`` on lazily
-created state.
+arithmetic operators, comparisons and the functions of :mod:`optimlab._math`
+(:func:`sqrt`, :func:`maximum`, :func:`minimum`, :func:`abs_`, :func:`sign`,
+:func:`clamp`, :func:`where`). Python branches (``if``) may test boolean flags,
+``x != 0`` / ``x > 0`` on hyperparameters, and ``is None`` on lazily created state; a
+branch on a value computed from state or gradients is a ``where`` (RAdam's
+``where(rho_t > 5, ...)``), which computes both sides.
 
 A rule that reads whole tensors (norms, row/column means, matrix products: the functions
 of :mod:`optimlab._reduce`) says so with ``Rule(..., elementwise=False)``; it runs on
@@ -45,13 +53,16 @@ class Rule:
     ``tensors(h)`` maps each per-element state key to its initial fill value, or to
     ``None`` when the rule creates it on its first step (SGD's momentum buffer starts as
     a copy of the gradient). ``scalars`` maps each 0-dim state key (``step``,
-    ``mu_product``) to its initial value. Keys are listed in torch.optim's order.
+    ``mu_product``) to its initial value, or to a function of ``h`` giving it (ASGD's
+    ``eta`` starts at ``lr``). Keys are listed in torch.optim's order. ``whole_step``:
+    the rule returns the new parameter (see the module docstring).
     """
 
     fn: Callable
     tensors: Callable[[object], dict]
     scalars: dict = field(default_factory=dict)
     sparse_ok: bool = False
+    whole_step: bool = False
     #: False: the rule reduces over tensors or multiplies matrices (runs on whole tensors)
     elementwise: bool = True
     #: phase 1 of a two-phase step: ``estimate(g, s, h, p) -> tuple`` of per-parameter partial
@@ -63,6 +74,10 @@ class Rule:
     #: group keys only ``estimate`` and ``combine`` read (running sums, diagnostics): the
     #: per-parameter rule does not see them, so their changes never re-key its kernel
     estimate_keys: tuple = ()
+
+    def scalar_fills(self, h) -> dict:
+        """The initial values of the 0-dim state for hyperparameters ``h``."""
+        return {k: v(h) if callable(v) else v for k, v in self.scalars.items()}
 
     @property
     def name(self) -> str:
@@ -127,32 +142,35 @@ def estimate(rule: Rule, p, g, s, h) -> tuple:
     return rule.estimate(g, s, h, p)
 
 
-def update(rule_fn, p, g, s, h):
-    """One step for one parameter; returns the new parameter value.
+def update(rule, p, g, s, h):
+    """One step for one parameter with ``rule`` (a :class:`Rule`, or a bare rule function);
+    returns the new parameter value.
 
         g <- -g                          if maximize
         g <- g / grad_scale              GradScaler's scale, unscaled in the step (torch's fused protocol)
         p <- p * (1 - lr * wd)           decoupled weight decay (AdamW, Loshchilov & Hutter 2019)
         g <- g + wd * p                  coupled (L2) weight decay otherwise
-        p <- p - lr * rule(g, s, h)
+        p <- p - lr * rule(g, s, h)      or, for a whole-step rule, p <- rule(p, g, s, h)
 
     Everything above this module (the reference path in :mod:`optimlab.engine`, the traced
     graph in :mod:`optimlab.fused.trace` and the backends that print or run it) calls this
-    one function; nothing here imports them. :class:`Conventions` attached to ``rule_fn``
+    one function; nothing here imports them. :class:`Conventions` attached to the rule's function
     (:func:`conventions`) pass it the parameter, choose the weight decay, or drop ``lr``.
     """
-    conv = getattr(rule_fn, "conventions", _PLAIN)
+    fn = getattr(rule, "fn", rule)
+    conv = getattr(fn, "conventions", _PLAIN)
     p0 = p
     p, g = gradient(conv, p, g, h)
-    if conv.reads_param:
-        u = rule_fn(g, s, h, p0)
-    else:
-        u = rule_fn(g, s, h)
+    if getattr(rule, "whole_step", False):
+        return fn(p, g, s, h)
+    u = fn(g, s, h, p0) if conv.reads_param else fn(g, s, h)
     return p - h.lr * u if conv.scales_by_lr else p - u
 
 
-# Group keys that older torch versions (or other optimizers) may not have written.
+# Group keys that older torch versions (or other optimizers) may not have written, or that
+# a class lacks (Rprop has no weight decay), at their neutral values.
 _LEGACY_DEFAULTS = {
+    "weight_decay": 0,
     "maximize": False,
     "foreach": None,
     "fused": None,
