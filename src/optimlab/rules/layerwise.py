@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-
-from .._math import sqrt
+from .._math import clamp, sqrt, where
 from .._reduce import norm
 from .base import Rule, conventions
-
-
-def _trust(ok, ratio):
-    """``ratio`` where ``ok`` holds, else 1 (0-dim tensors: no host sync)."""
-    return torch.where(ok, ratio, torch.ones_like(ratio))
 
 
 @conventions(reads_param=True, weight_decay="rule")
@@ -34,7 +27,7 @@ def lars(g, s, h, p):
     else:
         w_norm, g_norm = norm(p), norm(g)
         denominator = g_norm + h.weight_decay * w_norm
-        ratio = _trust((w_norm > 0) & (denominator > 0), h.trust_coefficient * w_norm / denominator)
+        ratio = where((w_norm > 0) & (denominator > 0), h.trust_coefficient * w_norm / denominator, 1.0)
         u = ratio * (g + h.weight_decay * p)
     if h.momentum > 0:
         s.momentum_buffer = h.momentum * s.momentum_buffer + (1 - h.dampening) * u
@@ -67,9 +60,8 @@ def lamb(g, s, h, p):
         r = s.exp_avg / (sqrt(s.exp_avg_sq) + h.eps)
     if h.weight_decay != 0:
         r = r + h.weight_decay * p
-    phi = norm(p).clamp(max=h.clamp_value)
-    r_norm = norm(r)
-    return _trust((phi != 0) & (r_norm != 0), phi / (r_norm + h.eps)) * r
+    phi, r_norm = clamp(norm(p), 0.0, h.clamp_value), norm(r)
+    return where((phi != 0) & (r_norm != 0), phi / (r_norm + h.eps), 1.0) * r
 
 
 LARS = Rule(lars, lambda h: {"momentum_buffer": 0.0} if h.momentum > 0 else {}, elementwise=False)
