@@ -335,3 +335,139 @@ def run_reference(rule, problem, groups, steps, start=0, x=None, states=None):
         x = np.concatenate(new)
         traj.append(x)
     return np.array(traj), states
+
+
+# --------------------------------------------------------------------------------- L-BFGS
+def _cubic_min(a, b, lo, hi):
+    """Minimizer of the cubic through points a, b = (t, f, f'), clipped to [lo, hi]
+    (Nocedal & Wright eq. 3.59); the midpoint when the cubic has no minimizer."""
+    (t1, f1, d1_), (t2, f2, d2_) = (a, b) if a[0] <= b[0] else (b, a)
+    d1 = d1_ + d2_ - 3.0 * (f1 - f2) / (t1 - t2)
+    disc = d1 * d1 - d1_ * d2_
+    if disc < 0:
+        return (lo + hi) / 2.0
+    d2 = math.sqrt(disc)
+    t = t2 - (t2 - t1) * (d2_ + d2 - d1) / (d2_ - d1_ + 2.0 * d2)
+    return min(max(t, lo), hi)
+
+
+def _line_search(phi, f0, g0, dphi0, t, d_max, c1=1e-4, c2=0.9, tol=1e-9, max_ls=25):
+    """Strong-Wolfe line search: Nocedal & Wright Algorithm 3.5 (bracketing, with cubic
+    extrapolation into [t + 0.01 (t - t_prev), 10 t]) and Algorithm 3.6 (zoom, by cubic
+    interpolation kept 10% inside the bracket when it stalls), minFunc's safeguards.
+    ``phi(t) -> (f, g, g.d)``; returns (t, f, g, evaluations)."""
+    def sufficient(t, f):
+        return f <= f0 + c1 * t * dphi0
+
+    def curvature(dphi):
+        return abs(dphi) <= -c2 * dphi0
+
+    prev = (0.0, f0, g0, dphi0)
+    cur = (t, *phi(t))
+    n, it = 1, 0
+    bracket = None
+    while it < max_ls:
+        if not sufficient(cur[0], cur[1]) or (it > 1 and cur[1] >= prev[1]):
+            bracket = [prev, cur]
+            break
+        if curvature(cur[3]):
+            return cur[0], cur[1], cur[2], n
+        if cur[3] >= 0:
+            bracket = [prev, cur]
+            break
+        t_new = _cubic_min((prev[0], prev[1], prev[3]), (cur[0], cur[1], cur[3]),
+                           cur[0] + 0.01 * (cur[0] - prev[0]), 10.0 * cur[0])
+        prev, cur = cur, (t_new, *phi(t_new))
+        n, it = n + 1, it + 1
+    if bracket is None:
+        bracket = [(0.0, f0, g0, None), cur]
+    # zoom: lo = the end with the lower f (the first on ties), hi the other
+    lo, hi = (0, 1) if bracket[0][1] <= bracket[1][1] else (1, 0)
+    stalled = False
+    while it < max_ls:
+        a, b = bracket
+        width = abs(b[0] - a[0])
+        if width * d_max < tol:
+            break
+        left, right = min(a[0], b[0]), max(a[0], b[0])
+        t = _cubic_min((a[0], a[1], a[3]), (b[0], b[1], b[3]), left, right)
+        margin = 0.1 * (right - left)
+        if min(right - t, t - left) < margin:
+            if stalled or t >= right or t <= left:
+                t = right - margin if abs(t - right) < abs(t - left) else left + margin
+                stalled = False
+            else:
+                stalled = True
+        else:
+            stalled = False
+        new = (t, *phi(t))
+        n, it = n + 1, it + 1
+        if not sufficient(t, new[1]) or new[1] >= bracket[lo][1]:
+            bracket[hi] = new
+            lo, hi = (0, 1) if bracket[0][1] <= bracket[1][1] else (1, 0)
+            continue
+        found = curvature(new[3])
+        if not found and new[3] * (bracket[hi][0] - bracket[lo][0]) >= 0:
+            bracket[hi] = bracket[lo]
+        bracket[lo] = new
+        if found:
+            break
+    best = bracket[lo]
+    return best[0], best[1], best[2], n
+
+
+def lbfgs_step(fg, x, state, *, lr=1.0, max_iter=20, max_eval=None, tolerance_grad=1e-7,
+               tolerance_change=1e-9, history_size=100, line_search_fn=None):
+    """One ``torch.optim.LBFGS.step``: up to ``max_iter`` iterations of L-BFGS (Nocedal &
+    Wright Algorithm 7.5, direction by the two-loop recursion of Algorithm 7.4, initial
+    Hessian gamma I with gamma = s.y / y.y, eq. 7.20; pairs with y.s <= 1e-10 skipped) on
+    ``fg(x) -> (f, g)``. ``state`` persists across steps (pairs, last d and t, previous g
+    and f). Returns the new x."""
+    max_eval = max_iter * 5 // 4 if max_eval is None else max_eval
+    state.setdefault("n_iter", 0)
+    f, g = fg(x)
+    evals = 1
+    if np.abs(g).max() <= tolerance_grad:
+        return x
+    for k in range(1, max_iter + 1):
+        state["n_iter"] += 1
+        if state["n_iter"] == 1:
+            d, state["pairs"], state["gamma"] = -g, [], 1.0
+        else:
+            y, s = g - state["prev_g"], state["t"] * state["d"]
+            if y @ s > 1e-10:
+                state["pairs"] = (state["pairs"] + [(s, y, 1.0 / (y @ s))])[-history_size:]
+                state["gamma"] = (y @ s) / (y @ y)
+            q, alphas = -g, []
+            for s_i, y_i, rho_i in reversed(state["pairs"]):
+                alphas.append(rho_i * (s_i @ q))
+                q = q - alphas[-1] * y_i
+            r = state["gamma"] * q
+            for (s_i, y_i, rho_i), a_i in zip(state["pairs"], reversed(alphas)):
+                r = r + (a_i - rho_i * (y_i @ r)) * s_i
+            d = r
+        state["prev_g"], state["prev_f"] = g, f
+        t = min(1.0, 1.0 / np.abs(g).sum()) * lr if state["n_iter"] == 1 else lr
+        state["d"], state["t"] = d, t
+        gtd = g @ d
+        if gtd > -tolerance_change:
+            break
+        if line_search_fn == "strong_wolfe":
+            def phi(t_):
+                f_, g_ = fg(x + t_ * d)
+                return f_, g_, g_ @ d
+            t, f, g, n = _line_search(phi, f, g, gtd, t, np.abs(d).max(), max_ls=max_eval - evals)
+            state["t"] = t
+            x = x + t * d
+            optimal = np.abs(g).max() <= tolerance_grad
+        else:
+            x, n, optimal = x + t * d, 0, False
+            if k != max_iter:
+                f, g = fg(x)
+                n, optimal = 1, np.abs(g).max() <= tolerance_grad
+        evals += n
+        if k == max_iter or evals >= max_eval or optimal:
+            break
+        if np.abs(t * d).max() <= tolerance_change or abs(f - state["prev_f"]) < tolerance_change:
+            break
+    return x

@@ -376,3 +376,24 @@ def test_load_custom(custom_module):
 def test_load_custom_bad_specs(custom_module, spec, message):
     with pytest.raises(ValueError, match=message):
         problems.load_custom(spec.format(mod=custom_module))
+
+
+@pytest.mark.parametrize("name", ["digits-logistic", "digits-mlp", "sparse-bow"])
+def test_evaluation_shares_one_forward_for_loss_and_metric(name):
+    """``evaluate`` computes the loss and the metric from one forward pass, with the same
+    values as two separate passes."""
+    p = problems.get(name)
+    model = p.model(3)
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    out = p.evaluate(model, "val")
+    assert len(calls) == 1
+    data = sparse.bow_data() if name == "sparse-bow" else classification.digits_data()
+    x, y = data["val"]
+    with torch.no_grad():
+        separate_loss = p.evaluate_loss(model, "val")
+        logits = model(x)
+    assert out["loss"] == separate_loss
+    assert len(calls) == 3
+    pred = (logits.squeeze(-1) > 0).to(y.dtype) if logits.shape[-1] == 1 else logits.argmax(1)
+    assert out["metric"] == float((pred == y).float().mean())

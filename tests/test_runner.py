@@ -86,7 +86,7 @@ def test_ok_run(quad):
     assert rec.status == "ok"
     c = rec.curves
     assert len({len(v) for v in c.values()}) == 1
-    assert c["step"][0] == 0 and c["step"][-1] == 100 and len(c["step"]) == 51
+    assert c["step"][0] == 0 and c["step"][-1] == 100 and len(c["step"]) == runner.EVAL_POINTS + 1
     assert c["lr"] == [0.05] * len(c["step"])
     f = rec.final
     assert f["train_loss"] < c["train_loss"][0] / 100
@@ -126,7 +126,7 @@ def test_diverged_run_keeps_the_curve_up_to_divergence(quad):
     at = rec.final["diverged_at"]
     assert 0 < at < 400
     c = rec.curves
-    assert len({len(v) for v in c.values()}) == 1 and 1 < len(c["step"]) < 51
+    assert len({len(v) for v in c.values()}) == 1 and 1 < len(c["step"]) < runner.EVAL_POINTS + 1
     assert max(c["step"]) <= at
     assert all(math.isfinite(v) for v in c["train_loss"] + c["val_loss"])
     assert rec.final["train_loss"] == rec.final["val_loss"] == rec.final["test_loss"] == math.inf
@@ -135,7 +135,7 @@ def test_diverged_run_keeps_the_curve_up_to_divergence(quad):
 
 
 def test_error_runs_are_recorded():
-    rec = runner.run(_spec(steps=50), noisy_quadratic(fail_at=20))
+    rec = runner.run(_spec(steps=runner.EVAL_POINTS), noisy_quadratic(fail_at=20))
     assert rec.status == "error" and "boom" in rec.final["error"]
     assert rec.curves["step"] == list(range(21))  # evaluated every step until the failure
     assert rec.final["val_loss"] == math.inf

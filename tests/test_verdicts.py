@@ -155,7 +155,7 @@ def test_html_answer_and_table(built):
     js = built["json"]
     noise = js["noise"]
     # The tied group, best first, in words.
-    assert ", ".join(noise["tied"]) + " — indistinguishable (paired t, Holm" in ans
+    assert ", ".join(noise["tied"]) + " — indistinguishable (paired max-t, step-down" in ans
     assert "no verdict" in ans
     assert "adam — significantly best" in ans
     for p in ("noise", "gap"):
@@ -166,7 +166,7 @@ def test_html_answer_and_table(built):
     assert "no verdict" in table
     # Protocol states the method.
     proto = _section(page, "protocol")
-    assert "Student-t" in proto and "Holm" in proto and "paired" in proto
+    assert "Student-t" in proto and "max-t" in proto and "paired" in proto
 
 
 def test_summary_md_no_verdict_and_groups(built):
@@ -205,7 +205,7 @@ def test_no_single_winner_over_many_planted_null_stores():
         singles += vs["noise"].significant
         found += vs["gap"].tied == ["adam"]
         assert vs["dead"].status == V.NO_VERDICT
-    assert singles <= 0.1 * draws
+    assert singles <= 0.05 * draws
     assert found == draws
 
 

@@ -6,17 +6,21 @@ written once as readable rules and run by a fused kernel, plus a lab that compar
 """
 
 from . import rules, schedules
+from .combined import Combined, muon_param_groups, with_adamw_for_the_rest
 from .groups import param_groups
+from .lbfgs import LBFGS
+from .sparse_adam import SparseAdam
 from .lr_scheduler import LRScheduler
 from .optimizers import NAG, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Momentum, NAdam, RMSprop
 from .optimizers_reductions import LAMB, LARS, Adafactor, Muon, Prodigy, split_for_muon
-from .registry import REGISTRY, create, lookup, names
+from .registry import REGISTRY, create, lookup, names, sets
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SGD", "Momentum", "NAG", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "Adamax",
-    "NAdam", "LRScheduler", "param_groups", "create", "lookup", "names", "REGISTRY",
+    "NAdam", "SparseAdam", "LBFGS", "Combined", "muon_param_groups", "with_adamw_for_the_rest",
+    "LRScheduler", "param_groups", "create", "lookup", "names", "sets", "REGISTRY",
     "rules", "schedules", "__version__",
     "Adafactor", "Muon", "split_for_muon", "LAMB", "LARS", "Prodigy",
 ]

@@ -10,6 +10,8 @@ import torch
 from . import optimizers as _o
 from . import optimizers_reductions as _r
 from .engine import RuleOptimizer
+from .lbfgs import LBFGS
+from .sparse_adam import SparseAdam
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,16 @@ class Entry:
     #: builds the authors' published implementation (a test-only dependency), for entries
     #: torch.optim lacks: ``reference(params, **hyperparameters) -> torch.optim.Optimizer``
     reference: object = None
-    #: takes 2-D parameters only (Muon): the generic tables, whose problems have vectors,
-    #: leave it out; it is tested on matrices in tests/test_reductions.py, and the lab gives it
-    #: the 2-D params and AdamW the rest (optimlab.split_for_muon)
+    #: ``step`` needs a closure that re-evaluates the loss (LBFGS); the lab's runner passes one
+    needs_closure: bool = False
+    #: takes sparse gradients only (SparseAdam); the lab hands it its dense grads in sparse
+    #: layout, so entries with an exactly zero gradient are skipped
+    sparse_grads: bool = False
+    #: takes 2-D parameters only (Muon): ``create`` on a model, and the lab, give it the
+    #: model's 2-D weights and AdamW the rest (:func:`optimlab.muon_param_groups`)
     matrices_only: bool = False
+    #: what the lab passes instead of the class defaults, with the reason in a comment
+    lab_preset: dict = field(default_factory=dict)
 
     @property
     def is_rule(self) -> bool:
@@ -198,7 +206,21 @@ WITH_REDUCTIONS: tuple = (
 
 
 # --- optimizers with their own step (SparseAdam, LBFGS, Schedule-Free) ----------------------
-OWN_STEP: tuple = ()
+OWN_STEP: tuple = (
+    Entry("sparse_adam", SparseAdam, "Adam on the entries a sparse gradient touches, dense state",
+          "Kingma & Ba 2015; torch.optim.SparseAdam", torch_cls=torch.optim.SparseAdam,
+          test_lr=1e-2, aliases=("sparseadam",), tags=("torch",), sparse_grads=True,
+          variants=({}, _MAX, {"betas": (0.8, 0.99), "eps": 1e-6})),
+    Entry("lbfgs", LBFGS, "Limited-memory BFGS, optionally with a strong-Wolfe line search",
+          "Liu & Nocedal 1989; Nocedal & Wright 2006, Alg. 7.5", torch_cls=torch.optim.LBFGS,
+          test_lr=0.5, aliases=("l-bfgs",), tags=("torch",), needs_closure=True,
+          variants=({"max_iter": 2}, {"max_iter": 3, "line_search_fn": "strong_wolfe"},
+                    {"max_iter": 4, "history_size": 5, "line_search_fn": "strong_wolfe"},
+                    {"max_iter": 1, "history_size": 3}, {}, {"line_search_fn": "strong_wolfe"}),
+          # one gradient evaluation per step, as every other optimizer in a comparison gets;
+          # torch's default (20 iterations, 25 evaluations) would get 20x the budget
+          lab_preset={"max_iter": 1}),
+)
 
 
 
@@ -210,6 +232,8 @@ RULE_ENTRIES = tuple(e for e in ENTRIES if e.is_rule and not e.matrices_only)
 ELEMENTWISE_ENTRIES = tuple(e for e in RULE_ENTRIES if e.cls.rule.elementwise)
 #: rule entries with a torch.optim twin: the parity, state_dict, DCP and error-message tests
 TORCH_ENTRIES = tuple(e for e in RULE_ENTRIES if e.torch_cls is not None)
+#: entries with their own ``step`` and a torch.optim twin (SparseAdam, LBFGS): tests/test_own_step.py
+OWN_TORCH_ENTRIES = tuple(e for e in ENTRIES if not e.is_rule and e.torch_cls is not None)
 
 REGISTRY = {entry.name: entry for entry in ENTRIES}
 _ALIASES = {alias: entry.name for entry in ENTRIES for alias in entry.aliases}
@@ -230,6 +254,25 @@ def lookup(name: str) -> Entry:
     return REGISTRY[key]
 
 
+#: the baselines a "modern" comparison measures the new optimizers against
+MODERN_BASELINES = ("adamw", "momentum")
+
+
+def sets() -> dict[str, list[str]]:
+    """The named optimizer sets (``optimlab compare --optimizers classic|modern|torch|all``).
+
+    classic: the articles' eleven (tag "classic", the lab's default); modern: AdamW and SGD
+    with momentum as baselines plus every entry tagged "modern"; torch: every entry with a
+    torch.optim twin; all: every entry.
+    """
+    return {
+        "classic": [e.name for e in ENTRIES if "classic" in e.tags],
+        "modern": [e.name for e in ENTRIES if e.name in MODERN_BASELINES or "modern" in e.tags],
+        "torch": [e.name for e in ENTRIES if e.torch_cls is not None],
+        "all": names(),
+    }
+
+
 def create(name: str, params_or_model, **hyperparameters) -> torch.optim.Optimizer:
     """Build an optimizer by name, Keras-style.
 
@@ -237,10 +280,17 @@ def create(name: str, params_or_model, **hyperparameters) -> torch.optim.Optimiz
     trainable parameters are grouped by :func:`optimlab.param_groups` (no weight decay on
     biases and normalisation weights). Unknown hyperparameters raise ``TypeError``.
 
+    An entry that takes 2-D parameters only (Muon), given a model, gets the model's 2-D
+    weights and AdamW the rest, both at the same ``lr`` (:func:`optimlab.with_adamw_for_the_rest`).
+
     >>> opt = optimlab.create("adamw", model, lr=3e-4, weight_decay=0.05)
     """
     entry = lookup(name)
     params = params_or_model
+    if isinstance(params_or_model, torch.nn.Module) and entry.matrices_only:
+        from .combined import with_adamw_for_the_rest
+
+        return with_adamw_for_the_rest(entry.build, params_or_model, **hyperparameters)
     if isinstance(params_or_model, torch.nn.Module):
         from .groups import param_groups
 

@@ -98,8 +98,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="a custom problem factory (repeatable)")
     c.add_argument("--suite", choices=("default", "full"),
                    help="problem suite when no problem is named (default: default)")
-    c.add_argument("--optimizers", type=_names,
-                   help="comma-separated optimizer names (default: all registered)")
+    c.add_argument("--optimizers", type=_names, metavar="NAMES",
+                   help="comma-separated optimizer names and named sets, mixed freely: "
+                        + "; ".join(f"{k} ({', '.join(v) if k != 'all' else 'every one'})"
+                                    for k, v in _optimizer_sets().items())
+                        + " (default: classic, the articles' eleven)")
     c.add_argument("--lrs", type=_lrs, help="comma-separated learning rates: a fixed grid, "
                    "no extension or refinement (default: the adaptive search from 1e-4 .. 1, "
                    "one per decade; the report lists every lr tried)")
@@ -157,13 +160,25 @@ def _problem_sources(args) -> tuple:
     return _unique(sources), suite
 
 
+def _optimizer_sets() -> dict:
+    """{set name: registry names}: ``optimlab.sets()`` (classic, modern, torch, all)."""
+    return optimlab.sets()
+
+
 def _optimizer_names(given) -> list:
-    """Registry names of the optimizers asked for (case-insensitive, aliases allowed)."""
+    """Registry names of the optimizers asked for (case-insensitive, aliases allowed), a
+    named set standing for its members; the default is the classic set."""
     from optimlab.registry import ENTRIES
 
-    known = optimlab.names() + sorted(a for e in ENTRIES for a in e.aliases)
-    return _unique(optimlab.lookup(canonical(n, known, "optimizer")).name
-                   for n in (given or optimlab.names()))
+    sets = _optimizer_sets()
+    known = optimlab.names() + sorted(a for e in ENTRIES for a in e.aliases) + list(sets)
+    out = []
+    for name in given or ["classic"]:
+        key = canonical(name, known, "optimizer")
+        out += sets[key] if key in sets else [optimlab.lookup(key).name]
+    if not out:
+        raise ValueError(f"no optimizers in {', '.join(given)} (the set is empty in this build)")
+    return _unique(out)
 
 
 def _schedule_name(name: str) -> str:

@@ -5,11 +5,16 @@ Procedure (per (problem, optimizer); only the learning rate is tuned):
 1. the lr search (:mod:`.search`) scores every lr it visits with one run, seed 0, phase
    "sweep";
 2. the best ``CANDIDATES`` lrs of that sweep (lowest seed-0 final validation loss, ties to
-   the smaller lr; failed runs are never candidates) are rerun with seeds 1..N-1
-   (phase "seeds");
-3. the selected lr is the candidate with the lowest **mean final validation loss over its
-   seeds**. A seed that diverged or failed makes the mean +inf; candidates that all have
-   failures are ordered by their number of failed seeds, then by the mean of the rest.
+   the smaller lr; failed runs are never candidates) are rerun in two rungs of successive
+   halving (phase "seeds"; Jamieson & Talwalkar 2016): every candidate gets seeds
+   1..RUNG_SEEDS-1; then only the rung's leader and the candidates **within noise** of it
+   (seed-mean excess below PROMOTE_T standard errors of the paired difference over those
+   seeds) get the remaining seeds up to N;
+3. the selected lr is, among the candidates of the last rung (those with the most seeds,
+   so N seeds once the seeds phase is done), the one with the lowest **mean final
+   validation loss over its seeds**. A seed that diverged or failed makes the mean +inf;
+   candidates that all have failures are ordered by their number of failed seeds, then by
+   the mean of the rest.
 
 The test split is never used, and no choice rests on one seed once the seeds phase has
 run. A candidate's mean is over every seed stored for it (seed 0 and the reruns), so
@@ -34,6 +39,12 @@ INF = float("inf")
 
 #: Candidate lrs rerun with more seeds per (problem, optimizer).
 CANDIDATES = 3
+#: Seeds (0..RUNG_SEEDS-1) every candidate gets before the halving.
+RUNG_SEEDS = 3
+#: "Within noise" of the leader: seed-mean excess < PROMOTE_T standard errors of the
+#: paired difference (with 3 seeds, about a one-sided 10% test: generous on purpose, a
+#: candidate dropped here can no longer be selected).
+PROMOTE_T = 2.0
 
 
 @dataclass(frozen=True)
@@ -45,7 +56,8 @@ class Selection:
     lr searched (the search may not bracket the optimum); grid: every lr tried (sorted);
     at_bound: lr is at a hard bound of the search (``search.LOWER``/``UPPER``);
     seeds: runs behind ``score``; candidates: ((lr, seed-mean val loss), ...) of the
-    candidates, best first.
+    candidates, best first (those of the last rung first); promoted: the candidates that
+    get every seed (see :func:`promoted`), () until each has seeds 0..RUNG_SEEDS-1.
     """
 
     lr: float
@@ -55,6 +67,7 @@ class Selection:
     at_bound: bool = False
     seeds: int = 1
     candidates: tuple = ()
+    promoted: tuple = ()
 
 
 def score(record) -> float:
@@ -120,8 +133,37 @@ def _rank_key(lr: float, per_seed: dict) -> tuple:
     return (mean, failed, rest, lr)
 
 
+def _within_noise(cand: dict, lead: dict) -> bool:
+    """Whether ``cand`` ({seed: score}) is within noise of ``lead`` on their common seeds."""
+    fc = sum(1 for v in cand.values() if not math.isfinite(v))
+    fl = sum(1 for v in lead.values() if not math.isfinite(v))
+    if fc or fl:   # failures are not noise: only an equal count keeps a candidate
+        return fc == fl
+    d = [cand[s] - lead[s] for s in sorted(cand) if s in lead]
+    n = len(d)
+    mean = sum(d) / n
+    if n < 2:
+        return mean <= 0.0
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+    # rel. 1e-12: equal scores (a deterministic problem) differ only by rounding.
+    return mean <= PROMOTE_T * sd / math.sqrt(n) + 1e-12 * abs(sum(lead.values()) / n)
+
+
+def promoted(per_seed: dict, rung: int = RUNG_SEEDS) -> tuple:
+    """The candidates that get every seed (sorted lrs): the leader on seeds 0..rung-1 and
+    those within noise of it (see the module docstring); () while a candidate lacks one
+    of those seeds. Only those seeds are looked at, so later seeds never change it."""
+    if not per_seed or any(s not in d for d in per_seed.values() for s in range(rung)):
+        return ()
+    first = {lr: {s: d[s] for s in range(rung)} for lr, d in per_seed.items()}
+    lead = min(first, key=lambda lr: _rank_key(lr, first[lr]))
+    return tuple(sorted(lr for lr in first
+                        if lr == lead or _within_noise(first[lr], first[lead])))
+
+
 def select_best(records, k: int = CANDIDATES) -> dict:
-    """{(problem, optimizer): Selection}: the candidate with the best seed-mean val loss."""
+    """{(problem, optimizer): Selection}: among the candidates of the last rung (the most
+    seeds), the one with the best seed-mean val loss."""
     by_seed = seed_scores(records)
     out = {}
     for (p, o), sweep in sweep_scores(records).items():
@@ -134,14 +176,17 @@ def select_best(records, k: int = CANDIDATES) -> dict:
                                                                                   {0: INF})),
                                     candidates=())
             continue
-        keyed = sorted(_rank_key(lr, by_seed.get((p, o, lr), {0: sweep[lr]})) for lr in cands)
-        mean, _, _, lr = keyed[0]
+        per = {lr: by_seed.get((p, o, lr), {0: sweep[lr]}) for lr in cands}
+        # The last rung first: a candidate left at fewer seeds is never selected.
+        keyed = sorted(((-len(per[lr]),) + _rank_key(lr, per[lr]) for lr in cands))
+        _, mean, _, _, lr = keyed[0]
         out[(p, o)] = Selection(
             lr=lr, score=mean,
             # A one-point grid brackets nothing, so it counts as on the edge too.
             on_edge=lr == grid[0] or lr == grid[-1], grid=grid, at_bound=S.at_bound(lr),
             seeds=len(by_seed.get((p, o, lr), {0: None})),
-            candidates=tuple((c_lr, c_mean) for c_mean, _, _, c_lr in keyed))
+            candidates=tuple((c_lr, c_mean) for _, c_mean, _, _, c_lr in keyed),
+            promoted=promoted(per))
     return out
 
 

@@ -21,7 +21,7 @@ class RunSpec:
     schedule: str = "constant"
     hyperparameters: tuple = ()   # sorted (key, value) pairs beyond lr; () = defaults
     phase: str = "sweep"          # "sweep" (lr grid, seed 0) or "seeds" (best lr, more seeds)
-    eval_every: int = 0           # 0: the runner picks ~50 evaluation points
+    eval_every: int = 0           # 0: the runner picks ~EVAL_POINTS (25) evaluation points
 
     @property
     def run_id(self) -> str:

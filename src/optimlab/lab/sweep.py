@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from . import runner
 from . import search as S
 from .problems.base import Problem
-from .selection import CANDIDATES, score as _score
+from .selection import CANDIDATES, PROMOTE_T, RUNG_SEEDS, score as _score
 from .spec import RunSpec
 from .store import Store
 from .wording import plural
@@ -159,8 +159,11 @@ class Plan:
         return out
 
     def seed_specs(self, selections: dict) -> list:
-        """Phase "seeds": the candidate lrs of each (problem, optimizer) (see
-        :mod:`.selection`), seeds 1..N-1; none when every lr failed."""
+        """Phase "seeds", successive halving (see :mod:`.selection`): every candidate lr
+        of each (problem, optimizer) gets seeds 1..RUNG_SEEDS-1, and the promoted ones
+        (known once that rung is stored) seeds RUNG_SEEDS..N-1; none when every lr
+        failed."""
+        rung = min(RUNG_SEEDS, self.seeds)
         out = []
         for p in self.sources:
             for o in self.optimizers:
@@ -169,8 +172,12 @@ class Plan:
                     continue
                 lrs = [lr for lr, _ in sel.candidates] or \
                     ([sel.lr] if math.isfinite(sel.score) else [])
+                # A lone lr (no candidates recorded) is trivially the leader.
+                full = sel.promoted if sel.candidates else lrs
                 out += [self._spec(p, o, lr, seed, "seeds")
-                        for lr in sorted(lrs) for seed in range(1, self.seeds)]
+                        for lr in sorted(lrs) for seed in range(1, rung)]
+                out += [self._spec(p, o, lr, seed, "seeds")
+                        for lr in sorted(full) for seed in range(rung, self.seeds)]
         return out
 
     def bias_specs(self, selections: dict | None = None) -> list:
@@ -218,7 +225,7 @@ class Plan:
                            "bounds": [S.LOWER, S.UPPER] if self.adaptive else
                            [min(self.lrs), max(self.lrs)],
                            "per_decade_refined": S.PER_DECADE if self.adaptive else None,
-                           "candidates": CANDIDATES},
+                           "candidates": CANDIDATES, "rung_seeds": RUNG_SEEDS},
                 # One number when every problem has the same budget, else None (see
                 # steps_per_problem): the report reads "steps" as an int.
                 "steps": budgets.pop() if len(budgets) == 1 else None,
@@ -226,8 +233,11 @@ class Plan:
                 "hyperparameters": "defaults; only the learning rate is tuned",
                 "selection": f"lr search on seed 0 ({S.describe(self.adaptive)}); the "
                              f"{CANDIDATES} best lrs by seed-0 validation loss are rerun "
-                             f"to {self.seeds} seeds in total and the lr with the lowest "
-                             f"seed-mean final validation loss is selected (never test); "
+                             f"to {min(RUNG_SEEDS, self.seeds)} seeds, those within noise of "
+                             f"the leader (excess < {PROMOTE_T:g} standard errors of the "
+                             f"paired difference) to {self.seeds} seeds in total, and the "
+                             f"lr with the lowest seed-mean final validation loss among "
+                             f"them is selected (never test); "
                              f"an lr at the edge of what was searched is flagged on_edge, "
                              f"one at a hard bound at_bound"}
 
@@ -410,14 +420,24 @@ def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
             if rnd > S.MAX_ROUNDS:   # cannot happen: every round adds lattice points
                 raise SweepError("the lr search did not converge")
         selections = _select(records(), sweep)
-        seeds = plan.seed_specs(selections)
-        store.set_meta("runs", sorted(s.run_id for s in plan.all_specs(selections)))
-        if seeds:
-            n = len(ex.pending(seeds))
-            log(f"phase seeds: {plural(len(seeds), 'run')} ({len(seeds) - n} already stored), "
-                f"seeds 1..{plan.seeds - 1} of the best {CANDIDATES} lrs per pair")
-            ex.run(seeds, "seeds")
-        selections = _select(records(), sweep + seeds)
+        seeds = []
+        # Two rungs: every candidate to RUNG_SEEDS seeds, then the promoted ones to all;
+        # each rung's specs follow from the stored records, so a resume replays them.
+        for rung in (1, 2):
+            specs = plan.seed_specs(selections)
+            store.set_meta("runs", sorted(s.run_id for s in plan.all_specs(selections)))
+            done = {x.run_id for x in seeds}
+            todo = [s for s in specs if s.run_id not in done]
+            if todo:
+                n = len(ex.pending(todo))
+                lo, hi = min(s.seed for s in todo), max(s.seed for s in todo)
+                what = (f"the best {CANDIDATES} lrs per pair" if rung == 1 else
+                        "the candidates within noise of each pair's leader")
+                log(f"phase seeds, rung {rung}: {plural(len(todo), 'run')} "
+                    f"({len(todo) - n} already stored), seeds {lo}..{hi} of {what}")
+                ex.run(todo, f"seeds {rung}")
+            seeds = specs
+            selections = _select(records(), sweep + seeds)
         store.set_meta("runs", sorted(s.run_id for s in plan.all_specs(selections)))
         bias = plan.bias_specs(selections)
         if bias:

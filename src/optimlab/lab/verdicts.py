@@ -7,7 +7,7 @@ terminal table all read from here, so they cannot disagree.
 Runs come only from ``analysis.select_best`` / ``analysis.best_runs`` (the selected lr
 of each (problem, optimizer), all its seeds); a seed's score is ``analysis.score``
 (final validation loss, inf for a failed run). The statistics are in
-:mod:`optimlab.lab.stats` (Student-t intervals, paired t-tests vs the best, Holm).
+:mod:`optimlab.lab.stats` (Student-t intervals, step-down max-t tests vs the best).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from . import stats as S
 ALPHA = 0.05
 LEVEL = 0.95
 #: Short method tag for answers and tables.
-TAG = f"paired t, Holm, {int(LEVEL * 100)}%"
+TAG = f"paired max-t, step-down, {int(LEVEL * 100)}%"
 NO_VERDICT = "no verdict"
 
 
@@ -45,7 +45,7 @@ def verdicts(records, selections=None, alpha: float = ALPHA) -> dict:
 
 def deltas(vs: dict, sc: dict) -> dict:
     """{(problem, optimizer): (stats.CI of the paired difference optimizer - best on the
-    seeds where both trained, Holm-adjusted p vs best)} for every non-best optimizer of
+    seeds where both trained, adjusted p vs best)} for every non-best optimizer of
     a problem with a verdict. The per-optimizer intervals can overlap while this one
     excludes 0: seeds share initial weights and batches, and the pairing removes that
     shared part of the spread."""
@@ -101,7 +101,7 @@ def per_kind(ranks: dict, kinds: dict, vs: dict, selections: dict) -> dict:
 
 
 def sentence(v) -> str:
-    """The verdict in words, e.g. 'adam, rmsprop — indistinguishable (paired t, Holm, 95%)'."""
+    """The verdict in words, e.g. 'adam, rmsprop — indistinguishable (paired max-t, step-down, 95%)'."""
     if v.status == NO_VERDICT:
         return "no verdict — every run failed"
     if v.significant:

@@ -39,7 +39,7 @@ rate or weight decay themselves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Callable
 
@@ -62,7 +62,6 @@ class Rule:
     tensors: Callable[[object], dict]
     scalars: dict = field(default_factory=dict)
     sparse_ok: bool = False
-    whole_step: bool = False
     #: False: the rule reduces over tensors or multiplies matrices (runs on whole tensors)
     elementwise: bool = True
     #: phase 1 of a two-phase step: ``estimate(g, s, h, p) -> tuple`` of per-parameter partial
@@ -74,6 +73,7 @@ class Rule:
     #: group keys only ``estimate`` and ``combine`` read (running sums, diagnostics): the
     #: per-parameter rule does not see them, so their changes never re-key its kernel
     estimate_keys: tuple = ()
+    whole_step: bool = False
 
     def scalar_fills(self, h) -> dict:
         """The initial values of the 0-dim state for hyperparameters ``h``."""
@@ -93,12 +93,15 @@ class Conventions:
     False when the rule returns the whole step (``p <- p - u``: Adafactor's relative step
     size). ``weight_decay``: "flag" (``h.decoupled_weight_decay`` chooses coupled or
     decoupled), "decoupled" (always ``p <- p (1 - lr wd)``), or "rule" (the rule applies
-    ``h.weight_decay`` itself: LAMB and LARS put it inside the trust ratio).
+    ``h.weight_decay`` itself: LAMB and LARS put it inside the trust ratio). ``whole_step``:
+    the rule is ``rule(p, g, s, h)`` and returns the new parameter (``Rule(..., whole_step=True)``
+    says the same; see the module docstring).
     """
 
     reads_param: bool = False
     scales_by_lr: bool = True
     weight_decay: str = "flag"
+    whole_step: bool = False
 
 
 _PLAIN = Conventions()
@@ -135,6 +138,14 @@ def gradient(conv: Conventions, p, g, h):
     return p, g
 
 
+def conventions_of(rule) -> Conventions:
+    """The :class:`Conventions` of a :class:`Rule` (or of a bare rule function)."""
+    conv = getattr(getattr(rule, "fn", rule), "conventions", _PLAIN)
+    if getattr(rule, "whole_step", False) and not conv.whole_step:
+        conv = replace(conv, whole_step=True)
+    return conv
+
+
 def estimate(rule: Rule, p, g, s, h) -> tuple:
     """Phase 1 of a two-phase rule for one parameter: its partial sums (see :class:`Rule`)."""
     conv = getattr(rule.estimate, "conventions", _PLAIN)
@@ -158,12 +169,15 @@ def update(rule, p, g, s, h):
     (:func:`conventions`) pass it the parameter, choose the weight decay, or drop ``lr``.
     """
     fn = getattr(rule, "fn", rule)
-    conv = getattr(fn, "conventions", _PLAIN)
+    conv = conventions_of(rule)
     p0 = p
     p, g = gradient(conv, p, g, h)
-    if getattr(rule, "whole_step", False):
+    if conv.whole_step:
         return fn(p, g, s, h)
-    u = fn(g, s, h, p0) if conv.reads_param else fn(g, s, h)
+    if conv.reads_param:
+        u = fn(g, s, h, p0)
+    else:
+        u = fn(g, s, h)
     return p - h.lr * u if conv.scales_by_lr else p - u
 
 

@@ -132,7 +132,7 @@ def results_table(ctx) -> str:
                 f'<td>{"—" if sens is None else f"{sens.width:.2f}"}</td>'
                 f'<td>{"—" if t is None else f"{t:.2f}×"}</td></tr>')
     head = ("<tr><th>optimizer</th><th>best lr</th><th>val loss</th>"
-            "<th title='paired by seed: mean of (this − best), 95% t-interval; Holm p'>"
+            "<th title='paired by seed: mean of (this − best), 95% t-interval; step-down max-t adjusted p'>"
             "Δ vs best (p)</th><th>test loss</th>"
             "<th>test metric</th><th>gap to optimum</th><th>steps to target</th>"
             "<th>seeds</th><th>lr width (dec.)</th><th>time/step vs SGD</th></tr>")
@@ -141,10 +141,11 @@ def results_table(ctx) -> str:
                    "selected lr (failed seeds counted, not averaged); seeds = n. "
                    "<b>★</b> best, <b>≈</b> statistically indistinguishable from it "
                    f"({esc(TAG)}; shaded rows = the tied group). Δ vs best: "
-                   "mean ± 95% CI of the per-seed difference to the best, with its Holm "
+                   "mean ± 95% CI of the per-seed difference to the best, with its adjusted "
                    "p; intervals of two optimizers may overlap while Δ excludes 0, since "
                    "seeds share initial weights and batches. The Δ interval is per "
-                   "comparison; the Holm p, corrected for all comparisons with the best, "
+                   "comparison; the adjusted p (step-down max-t over all comparisons with "
+                   "the best, the choice of the best included) "
                    "decides the tied group. "
                    "<span class='edge'>⚠ edge</span>: the best lr is at the end of "
                    "the grid, widen it. lr width: decades of lr whose val loss is within "

@@ -76,9 +76,12 @@ def protocol(ctx) -> list:
          f"Every optimizer ran the same learning-rate grid ({grid_s}); ")
         + "same initial weights and batch order for all (both fixed by the seed).",
         f"The best lrs of the seed-0 search (up to "
-        f"{(m.get('search') or {}).get('candidates', 1)} per pair) were rerun with {seeds} "
-        "seed(s) in total, and the lr with the lowest seed-mean final validation loss is "
-        "selected; the test split is never used for any choice. Metrics are mean ± "
+        f"{(m.get('search') or {}).get('candidates', 1)} per pair) were rerun in two rungs "
+        f"of successive halving: all of them to "
+        f"{(m.get('search') or {}).get('rung_seeds', seeds)} seeds, then the leader and "
+        f"those within noise of it (paired difference under 2 standard errors) to {seeds} "
+        "seeds in total; among these, the lr with the lowest seed-mean final validation "
+        "loss is selected. The test split is never used for any choice. Metrics are mean ± "
         "half-width of the 95% Student-t interval over the selected lr's seeds.",
         "Diverged or failed runs are kept and counted: they score +inf and are never "
         "selected.",

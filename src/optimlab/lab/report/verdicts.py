@@ -30,7 +30,7 @@ def mark(v, o) -> str:
 
 
 def delta_td(ctx, p, o) -> str:
-    """<td> with the paired difference to the best, '± CI' and the Holm p."""
+    """<td> with the paired difference to the best, '± CI' and the adjusted p."""
     d = ctx.get("deltas", {}).get((p, o))
     if d is None:
         return "<td>—</td>"
