@@ -277,8 +277,16 @@ RULES = {
     "SGD": sgd, "Adagrad": adagrad, "RMSprop": rmsprop, "Adadelta": adadelta, "Adam": adam,
     "AdamW": adamw, "Adamax": adamax, "NAdam": nadam, "Adafactor": adafactor,
 }
-#: optimizers without a torch.optim twin: registry name -> reference rule (per parameter)
-MODERN_RULES = {"lamb": lamb, "lars": lars}
+
+
+def prodigy_alone(p, g, state, **hp):
+    """:func:`prodigy` for a parameter alone in its param group (the parity problem's two
+    groups), keeping the group's d, r and k in the parameter's own state."""
+    return prodigy([p], [g], [state], state.setdefault("group", {}), **hp)[0]
+
+
+# optimizers without a torch.optim twin, by registry name
+RULES.update({"lamb": lamb, "lars": lars, "prodigy": prodigy_alone})
 
 
 class Quadratic:
