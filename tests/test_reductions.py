@@ -86,18 +86,6 @@ def test_muon_refuses_like_torch():
             build([q], ns_steps=100).step()
 
 
-def test_split_for_muon():
-    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 8), torch.nn.LayerNorm(8),
-                                torch.nn.Linear(8, 3))
-    matrices, rest = optimlab.split_for_muon(model.parameters())
-    assert [tuple(p.shape) for p in matrices] == [(10, 4), (8, 4), (3, 8)]
-    assert len(rest) == 4  # two biases, the norm's weight and bias
-    named, rest = optimlab.split_for_muon(
-        (("embed." + n if i == 0 else n), p) for i, (n, p) in enumerate(model.named_parameters()))
-    assert [tuple(p.shape) for p in named] == [(8, 4), (3, 8)]
-    optimlab.Muon(named)  # every param the split gives Muon is 2-D
-
-
 @pytest.mark.parametrize("name", ["adafactor", "muon"])
 def test_tracer_refuses_whole_tensor_rules_cleanly(name):
     """No C kernel is generated for a rule with reductions: the tracer says so (TraceError,
@@ -135,7 +123,7 @@ def test_adafactor_factors_every_matrix_over_its_last_two_dims():
 
 
 # ------------------------------------------------ LAMB, LARS, Prodigy: published references
-from conftest import flat, fused_modes  # noqa: E402
+from conftest import fused_modes  # noqa: E402
 from numpy_reference import RULES, run_reference  # noqa: E402
 from optimlab.registry import WITH_REDUCTIONS  # noqa: E402
 

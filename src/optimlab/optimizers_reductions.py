@@ -79,11 +79,10 @@ class Muon(_WholeTensorChecks):
     0.2 sqrt(max(A, B))). Every parameter must be 2-D (a ``ValueError`` otherwise, as torch).
 
     Muon is for the 2-D weights of hidden layers; torch's documentation optimizes every
-    other parameter (biases, norms, embeddings, and by common practice the first and last
-    layers) with AdamW. :func:`split_for_muon` does the split:
+    other parameter (biases, norms, embeddings) with AdamW: :func:`optimlab.muon_param_groups`
+    makes that split and :class:`optimlab.Combined` steps both as one optimizer.
 
-    >>> matrices, rest = optimlab.split_for_muon(model.parameters())
-    >>> opts = [optimlab.Muon(matrices, lr=0.02), optimlab.AdamW(rest, lr=3e-4, weight_decay=0.01)]
+    >>> opt = optimlab.with_adamw_for_the_rest(optimlab.Muon, model, lr=0.02)
     """
 
     rule = rules.MUON
@@ -109,23 +108,6 @@ class Muon(_WholeTensorChecks):
                 if p.ndim != 2:
                     raise ValueError("Muon only supports 2D parameters whereas we found a "
                                      f"parameter with size: {p.size()}")
-
-
-def split_for_muon(params) -> tuple[list, list]:
-    """(2-D params for :class:`Muon`, every other param for AdamW), torch's convention.
-
-    ``params``: tensors, or ``(name, tensor)`` pairs (``model.named_parameters()``), in which
-    case embeddings and output heads (names containing "embed", "lm_head" or "head") also go
-    to AdamW, as the Muon authors recommend. Params without ``requires_grad`` are dropped.
-    """
-    matrices, rest = [], []
-    for item in params:
-        name, p = item if isinstance(item, tuple) else ("", item)
-        if not p.requires_grad:
-            continue
-        is_io = any(k in name for k in ("embed", "lm_head", "head"))
-        (matrices if p.ndim == 2 and not is_io else rest).append(p)
-    return matrices, rest
 
 
 class LARS(RuleOptimizer):
