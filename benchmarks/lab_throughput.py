@@ -4,8 +4,10 @@ For each problem of the default suite, one process (one thread, as the lab's wor
 times, interleaved over a few repetitions:
 
 * ``lab``: ``optimlab.lab.runner.run`` of Adam at lr 1e-2, seed 0, the problem's default
-  step budget: seeded model, ~50 evaluation points (train and val loss), the final test
-  evaluation, timings and the record;
+  step budget: seeded model, ~``runner.EVAL_POINTS`` (25) evaluation points (train and
+  val loss), the final test evaluation, timings and the record;
+* ``lab, 50 evals``: the same run evaluated at ~50 points, as the lab did before
+  (``eval_every = steps // 50``), so the cost of the evaluation points shows side by side;
 * ``lab, no evals``: the same run with evaluations only at steps 0 and the end
   (``eval_every = steps``), which isolates the evaluation cost;
 * ``plain``: a textbook loop over the same model and batches with ``torch.optim.Adam``:
@@ -74,6 +76,9 @@ def measure(names, reps: int) -> list:
         spec = RunSpec(name, "adam", 1e-2, 0, steps)
         methods = {
             "lab": lambda: runner.run(spec, problem),
+            "lab, 50 evals": lambda: runner.run(
+                RunSpec(name, "adam", 1e-2, 0, steps, eval_every=max(1, steps // 50)),
+                problem),
             "lab, no evals": lambda: runner.run(
                 RunSpec(name, "adam", 1e-2, 0, steps, eval_every=steps), problem),
             "plain": lambda: plain_loop(problem, steps,
@@ -97,10 +102,10 @@ def measure(names, reps: int) -> list:
 
 
 def table(rows) -> str:
-    methods = ("lab", "lab, no evals", "plain", "plain, optimlab")
+    methods = ("lab", "lab, 50 evals", "lab, no evals", "plain", "plain, optimlab")
     out = ["| problem | steps | build (s) | " + " | ".join(
-        f"{m}: runs/s (steps/s)" for m in methods) + " | lab ÷ plain |",
-        "|---|---:|---:|" + "---:|" * len(methods) + "---:|"]
+        f"{m}: runs/s (steps/s)" for m in methods) + " | lab ÷ plain | lab ÷ lab, 50 evals |",
+        "|---|---:|---:|" + "---:|" * len(methods) + "---:|---:|"]
     tot = {m: 0.0 for m in methods}
     steps_total = 0
     for r in rows:
@@ -111,13 +116,15 @@ def table(rows) -> str:
             cells.append(f"{1 / cpu:.2f} ({r['steps'] / cpu:,.0f})")
         steps_total += r["steps"]
         out.append(f"| {r['problem']} | {r['steps']} | {r['build'][0]:.2f} | "
-                   + " | ".join(cells) + f" | {r['lab'][0] / r['plain'][0]:.2f}× |")
+                   + " | ".join(cells) + f" | {r['lab'][0] / r['plain'][0]:.2f}× | "
+                   f"{r['lab'][0] / r['lab, 50 evals'][0]:.2f}× |")
     n = len(rows)
     out.append("| **all (one run each)** | " + f"{steps_total} | "
                + f"{sum(r['build'][0] for r in rows):.2f} | "
                + " | ".join(f"{n / tot[m]:.2f} ({steps_total / tot[m]:,.0f})"
                             for m in methods)
-               + f" | {tot['lab'] / tot['plain']:.2f}× |")
+               + f" | {tot['lab'] / tot['plain']:.2f}× | "
+               f"{tot['lab'] / tot['lab, 50 evals']:.2f}× |")
     return "\n".join(out)
 
 
@@ -130,8 +137,9 @@ def write(rows, reps: int, path: str, load: float) -> None:
         f"seed 0, each problem's default budget; median CPU time of {reps} interleaved "
         f"repetitions (the machine is shared, so CPU time rather than wall time). "
         f"torch {torch.__version__}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs. `lab`: the full run (≈51 evaluations of train and val "
-        f"loss, final test evaluation, record); `lab, no evals`: evaluations at the start "
+        f"{os.cpu_count()} CPUs. `lab`: the full run (≈{runner.EVAL_POINTS + 1} evaluations "
+        f"of train and val loss, final test evaluation, record); `lab, 50 evals`: the same "
+        f"with ≈51 evaluations, as before; `lab, no evals`: evaluations at the start "
         f"and the end only; `plain`: zero_grad/loss/backward/step with torch.optim.Adam "
         f"and one final validation pass; `plain, optimlab`: the same with optimlab's Adam. "
         f"`build`: constructing the problem (data, optimum), paid once per worker process.",

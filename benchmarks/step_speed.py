@@ -22,6 +22,7 @@ shapes (124M).
 
     python benchmarks/step_speed.py            # full run, writes BENCHMARKS.md (~7 min)
     python benchmarks/step_speed.py --quick    # smoke run: small mixes, prints only
+    python benchmarks/step_speed.py --only adan,adabelief --out /tmp/x.md   # some entries
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ def label(entry, variant) -> str:
 
 def torch_variants(entry, params, variant, skip=()):
     """torch.optim's implementations of the same optimizer (those that construct and step);
-    for an optimizer torch lacks, the authors' published one (as "torch default")."""
+    for an optimizer torch.optim lacks, the authors' published one (:func:`reference_variants`)."""
+    if entry.torch_cls is None:
+        return reference_variants(entry, params, variant, skip)
     kwargs = {k: v for k, v in variant.items() if k != "bias_correction"}
     out = {}
     if entry.torch_cls is None:
@@ -132,6 +135,28 @@ def must_touch(opt, group) -> int:
     return total
 
 
+def reference_variants(entry, params, variant, skip=()):
+    """The authors' implementation (``Entry.reference``): its for-loop and foreach paths
+    where it has a ``foreach`` flag, else its default, keyed ``"ref ..."``; put in train mode
+    where it has one (Schedule-Free)."""
+    if entry.reference is None:
+        return {}
+    kwargs = {k: v for k, v in variant.items() if k != "bias_correction"}
+    out = {}
+    for name, extra in (("for-loop", {"foreach": False}), ("foreach", {"foreach": True}), ("default", {})):
+        if f"ref {name}" in skip or (name == "default" and out):
+            continue
+        try:
+            opt = entry.build_reference(params, **kwargs, **extra)
+            if hasattr(opt, "train"):
+                opt.train()
+            opt.step()  # warm-up; raises where the reference lacks this path or flag
+            out[name] = opt
+        except (RuntimeError, TypeError, ValueError, ImportError):
+            pass
+    return {f"ref {name}": opt for name, opt in out.items()}
+
+
 def timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -152,7 +177,7 @@ def bench_config(entry, variant, params, probe, reps, fused_adam_ref, rounds=3):
         ours.step()
         methods = {"optimlab": ours.step, "probe": probe}
         for name, opt in torch_variants(entry, params, variant, skip=dropped).items():
-            methods[f"torch {name}"] = opt.step
+            methods[name if name.startswith("ref ") else f"torch {name}"] = opt.step
         if fused_adam_ref:  # mix C's target is relative to torch's fused Adam
             ref = torch.optim.Adam(params, fused=True)
             ref.step()
@@ -164,7 +189,7 @@ def bench_config(entry, variant, params, probe, reps, fused_adam_ref, rounds=3):
                 times.setdefault(n, []).append(timed(methods[n]))
         if rnd == 0:  # a torch implementation 1.5x slower than torch's best can't be the best
             med = {n: statistics.median(v) for n, v in times.items()
-                   if n.startswith("torch ") and n != "torch fused Adam"}
+                   if n.startswith(_COMPARED) and n != "torch fused Adam"}
             dropped = {n for n in med if med[n] > 1.5 * min(med.values())}
             nbytes = must_touch(ours, ours.param_groups[0])
         del ours, methods
@@ -174,17 +199,21 @@ def bench_config(entry, variant, params, probe, reps, fused_adam_ref, rounds=3):
     return times, nbytes, nelem
 
 
+#: the implementations optimlab is compared with: torch.optim's, or the authors' published one
+_COMPARED = ("torch ", "ref ")
+
+
 def summarize(times, nbytes, nelem) -> dict:
     """Medians, plus per-repetition ratios (optimlab vs the probe / torch's best measured
     back to back in the same repetition), which a busy machine disturbs far less."""
     med = {n: statistics.median(v) for n, v in times.items()}
     ours, probe = times["optimlab"], times["probe"]
     frac = statistics.median(nbytes * tp / (12 * nelem * to) for tp, to in zip(probe, ours))
-    torch_names = [n for n in med if n.startswith("torch ") and n != "torch fused Adam"]
+    torch_names = [n for n in med if n.startswith(_COMPARED) and n != "torch fused Adam"]
     best = min(torch_names, key=med.get, default=None)
     row = {"ours": med["optimlab"], "frac": frac, "bw": 12 * nelem / med["probe"] / 1e9,
            "bytes": nbytes / nelem, "best": best,
-           **{n: v for n, v in med.items() if n.startswith("torch ")}}
+           **{n: v for n, v in med.items() if n.startswith(_COMPARED)}}
     row["vs_best"] = row["vs_iqr"] = None
     if best:
         ratios = [tb / to for tb, to in zip(times[best], ours)]
@@ -274,13 +303,8 @@ def run(mixes, all_variants, reps, scale, out_rows, only=None):
             return probes[m]
 
         r = reps[mix]
-        print(f"\n== mix {mix}: {title}: {len(all_params)} tensors, {n / 1e6:.1f}M params, {r} reps", flush=True)
+        print(f"\n== mix {mix}: {title}: {len(params)} tensors, {n / 1e6:.1f}M params, {r} reps", flush=True)
         for entry, variant in configs(all_variants and mix in "AC", only):
-            # Muon takes the mix's matrices only (AdamW would take the rest)
-            params = [p for p in all_params if p.dim() == 2] if entry.matrices_only else all_params
-            if not params:
-                continue
-            probe = probe_for(sum(p.numel() for p in params))
             row = {"mix": mix, "config": label(entry, variant),
                    **summarize(*bench_config(entry, variant, params, probe, r, mix == "C"))}
             out_rows.append(row)
@@ -296,8 +320,12 @@ def fmt_ms(x) -> str:
 def fmt_row(r) -> str:
     vs = "-" if r["vs_best"] is None else f"{r['vs_best']:.2f}x ({r['vs_iqr'][0]:.2f}-{r['vs_iqr'][1]:.2f})"
     extra = f" | {r['vs_fused_adam']:.1f}x" if "vs_fused_adam" in r else ""
-    return (f"| {r['mix']} | {r['config']} | {r['bytes']:.0f} | {fmt_ms(r['ours'])} | {r['frac']:.2f} | "
-            f"{fmt_ms(r.get('torch for-loop'))} | {fmt_ms(r.get('torch foreach'))} | "
+    ref = any(k.startswith("ref ") for k in r)  # no torch.optim class: the authors' implementation
+    config = r["config"] + (" (vs ref)" if ref else "")
+    loop = r.get("ref for-loop", r.get("ref default")) if ref else r.get("torch for-loop")
+    each = r.get("ref foreach") if ref else r.get("torch foreach")
+    return (f"| {r['mix']} | {config} | {r['bytes']:.0f} | {fmt_ms(r['ours'])} | {r['frac']:.2f} | "
+            f"{fmt_ms(loop)} | {fmt_ms(each)} | "
             f"{fmt_ms(r.get('torch fused'))} | {vs} | {r['bw']:.1f}{extra} |")
 
 
@@ -313,7 +341,9 @@ def write_markdown(path, rows, overhead, first, started, load_before, load_after
              "Generated by `python benchmarks/step_speed.py`. fp32 params; `roofline frac` = (bytes the "
              "rule touches per step / probe bandwidth) / optimlab time, where the probe is `a.add_(b)` "
              "on flat tensors as large as the mix (12 B/element). `vs torch best` = fastest torch.optim "
-             "implementation / optimlab (>1: optimlab faster). Variants torch lacks "
+             "implementation / optimlab (>1: optimlab faster); rows marked `(vs ref)` (optimizers torch.optim "
+             "lacks) compare with the authors' published implementation instead (`Entry.reference`: its "
+             "for-loop, or default, and foreach paths in the torch columns). Variants torch lacks "
              "(`bias_correction=False`) are compared with torch's default flags.", ""]
     for mix in MIXES:
         mrows = [r for r in rows if r["mix"] == mix]
@@ -359,7 +389,6 @@ def main(argv=None):
     ap.add_argument("--mixes", default="ABCD")
     ap.add_argument("--out", default=None, help="markdown output (default BENCHMARKS.md; none with --quick)")
     ap.add_argument("--only", default=None, help="comma-separated registry names (default: all)")
-    ap.add_argument("--reps", type=int, default=None, help="repetitions per mix (default: 21/15/12/9)")
     args = ap.parse_args(argv)
     only = set(args.only.split(",")) if args.only else None
     started = time.strftime("%Y-%m-%d %H:%M")
@@ -367,10 +396,9 @@ def main(argv=None):
     t0 = time.perf_counter()
     rows: list = []
     if args.quick:
-        run(args.mixes, False, {m: args.reps or 4 for m in MIXES}, 100, rows, only)
+        run(args.mixes, False, {m: 4 for m in MIXES}, 100, rows, only)
     else:
-        reps = {"A": 21, "B": 15, "C": 12, "D": 9}
-        run(args.mixes, True, {m: args.reps or r for m, r in reps.items()}, 1, rows, only)
+        run(args.mixes, True, {"A": 21, "B": 15, "C": 12, "D": 9}, 1, rows, only)
     overhead = python_overhead()
     first = first_step_times()
     print(f"\noverhead: step {overhead[0] * 1e6:.0f} us, kernel {overhead[1] * 1e6:.0f} us; first step "

@@ -169,6 +169,88 @@ def nadam(p, g, state, *, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.
     return p - lr * ((1.0 - mu) / c_g * g + mu_next / c_m * m) / denom
 
 
+def adabelief(p, g, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, weight_decay=0.0,
+              amsgrad=False, decoupled_weight_decay=True, maximize=False, **_):
+    """Zhuang et al. 2020, Algorithm 2:
+    m = b1 m + (1-b1) g;  s = b2 s + (1-b2) (g - m)^2 + eps;
+    p <- p - lr * (m / (1-b1^t)) / (sqrt(s / (1-b2^t)) + eps).
+    AMSGrad: the denominator uses the running maximum of s (s itself is not clipped)."""
+    b1, b2 = betas
+    t = _step(state)
+    p, g = _decay(p, g, lr, weight_decay, decoupled_weight_decay, maximize)
+    m = b1 * state.get("exp_avg", np.zeros_like(p)) + (1.0 - b1) * g
+    s = b2 * state.get("exp_avg_var", np.zeros_like(p)) + (1.0 - b2) * (g - m) ** 2 + eps
+    state["exp_avg"], state["exp_avg_var"] = m, s
+    if amsgrad:
+        s = np.maximum(state.get("max_exp_avg_var", np.zeros_like(p)), s)
+        state["max_exp_avg_var"] = s
+    m_hat, s_hat = m / (1.0 - b1 ** t), s / (1.0 - b2 ** t)
+    return p - lr * m_hat / (np.sqrt(s_hat) + eps)
+
+
+def adan(p, g, state, *, lr=1e-3, betas=(0.98, 0.92, 0.99), eps=1e-8, weight_decay=0.0,
+         no_prox=False, maximize=False, **_):
+    """Xie et al. 2022, Algorithm 1, in the paper's notation (c_i = 1 - beta_i):
+    m = (1-c1) m + c1 g;  v = (1-c2) v + c2 (g - g_prev);  n = (1-c3) n + c3 (g + (1-c2)(g - g_prev))^2;
+    p <- (p - lr (m_hat + (1-c2) v_hat) / (sqrt(n_hat) + eps)) / (1 + lr wd),
+    with the authors' code's zero start and bias corrections (hat: / (1 - (1-c)^t)) and
+    g_prev = g at the first step; ``no_prox``: p (1 - lr wd) in place of the division."""
+    c1, c2, c3 = (1.0 - b for b in betas)
+    t = _step(state)
+    g = -g if maximize else g
+    g_prev = state.get("pre_grad", g)
+    m = (1.0 - c1) * state.get("exp_avg", np.zeros_like(p)) + c1 * g
+    v = (1.0 - c2) * state.get("exp_avg_diff", np.zeros_like(p)) + c2 * (g - g_prev)
+    n = (1.0 - c3) * state.get("exp_avg_sq", np.zeros_like(p)) + c3 * (g + (1.0 - c2) * (g - g_prev)) ** 2
+    state.update(exp_avg=m, exp_avg_diff=v, exp_avg_sq=n, pre_grad=g)
+    m_hat, v_hat, n_hat = (x / (1.0 - (1.0 - c) ** t) for x, c in ((m, c1), (v, c2), (n, c3)))
+    step = lr * (m_hat + (1.0 - c2) * v_hat) / (np.sqrt(n_hat) + eps)
+    if no_prox:
+        return p * (1.0 - lr * weight_decay) - step
+    return (p - step) / (1.0 + lr * weight_decay)
+
+
+def _schedule_free(p, g, state, direction, beta, *, lr, warmup_steps, r, weight_lr_power,
+                   adam_beta2=None):
+    """Defazio et al. 2024, Algorithm 1, with x, y, z all kept (y is the parameter):
+    lr_t = lr min(1, t/T) [sqrt(1 - b2^t)];  z <- z - lr_t d(g, y);
+    c = w_t / sum w_i, w_t = t^r max_{i<=t}(lr_i)^P;  x <- (1-c) x + c z;  y = (1-beta) z + beta x.
+    The per-step scalars are kept per parameter here (every parameter steps every time)."""
+    t = _step(state)
+    x, z = state.get("x", p), state.get("z", p)
+    lr_t = lr * min(1.0, t / warmup_steps if warmup_steps else 1.0)
+    if adam_beta2 is not None:
+        lr_t *= math.sqrt(1.0 - adam_beta2 ** t)
+    z = z - lr_t * direction
+    state["lr_max"] = max(state.get("lr_max", -1.0), lr_t)
+    w = t ** r * state["lr_max"] ** weight_lr_power
+    state["weight_sum"] = state.get("weight_sum", 0.0) + w
+    c = w / state["weight_sum"] if state["weight_sum"] else 0.0
+    x = (1.0 - c) * x + c * z
+    state["x"], state["z"] = x, z
+    return (1.0 - beta) * z + beta * x
+
+
+def schedule_free_adamw(p, g, state, *, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                        warmup_steps=0, r=0.0, weight_lr_power=2.0, maximize=False, **_):
+    """Schedule-Free AdamW: d = g / (sqrt(v) + eps) + wd y, v = b2 v + (1-b2) g^2 (v unbiased
+    through lr_t's sqrt(1 - b2^t))."""
+    g = -g if maximize else g
+    v = betas[1] * state.get("exp_avg_sq", np.zeros_like(p)) + (1.0 - betas[1]) * g * g
+    state["exp_avg_sq"] = v
+    direction = g / (np.sqrt(v) + eps) + weight_decay * p
+    return _schedule_free(p, g, state, direction, betas[0], lr=lr, warmup_steps=warmup_steps, r=r,
+                          weight_lr_power=weight_lr_power, adam_beta2=betas[1])
+
+
+def schedule_free_sgd(p, g, state, *, lr=1.0, momentum=0.9, weight_decay=0.0, warmup_steps=0,
+                      r=0.0, weight_lr_power=2.0, maximize=False, **_):
+    """Schedule-Free SGD: d = g + wd y."""
+    g = -g if maximize else g
+    return _schedule_free(p, g, state, g + weight_decay * p, momentum, lr=lr,
+                          warmup_steps=warmup_steps, r=r, weight_lr_power=weight_lr_power)
+
+
 def adafactor(p, g, state, *, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0,
               weight_decay=0.0, maximize=False, **_):
     """Shazeer & Stern 2018, Algorithms 4 (matrices, factored) and 5 (vectors), with update
@@ -272,10 +354,12 @@ def prodigy(ps, gs, states, group, *, lr=1.0, betas=(0.9, 0.999), beta3=None, ep
     return new
 
 
-#: torch.optim class name -> reference rule
+#: torch.optim class name (for entries with a torch twin) or registry name -> reference rule
 RULES = {
     "SGD": sgd, "Adagrad": adagrad, "RMSprop": rmsprop, "Adadelta": adadelta, "Adam": adam,
     "AdamW": adamw, "Adamax": adamax, "NAdam": nadam, "Adafactor": adafactor,
+    "adabelief": adabelief, "adan": adan,
+    "schedule_free_adamw": schedule_free_adamw, "schedule_free_sgd": schedule_free_sgd,
 }
 
 
@@ -287,6 +371,13 @@ def prodigy_alone(p, g, state, **hp):
 
 # optimizers without a torch.optim twin, by registry name
 RULES.update({"lamb": lamb, "lars": lars, "prodigy": prodigy_alone})
+
+
+def rule_for(entry):
+    """The reference rule of a registry entry: by its name, else by its torch twin's class."""
+    if entry.name in RULES:
+        return RULES[entry.name]
+    return RULES[entry.torch_cls.__name__]
 
 
 class Quadratic:

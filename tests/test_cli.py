@@ -29,9 +29,10 @@ TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))   # in-process main() loads test_runner:noisy_quadratic
 
-# The adaptive lr search (no --lrs): several sweep rounds, then the seeds phase.
+# The adaptive lr search (no --lrs): several sweep rounds, then the seeds phase's two
+# rungs (seed 1 for every candidate lr, seed 2 for those promoted).
 TINY = ["compare", "--problem", "test_runner:noisy_quadratic", "--optimizers",
-        "sgd,adam,momentum", "--seeds", "2", "--steps", "200"]
+        "sgd,adam,momentum", "--seeds", "3", "--steps", "200"]
 
 
 def _env(**extra) -> dict:
@@ -87,14 +88,18 @@ def test_reference_run_is_complete(reference):
         assert set(COARSE) < lrs and len(lrs) >= len(COARSE) + 2
         reruns = [s for s in seeds if s.optimizer == o]
         assert 1 <= len({s.lr for s in reruns}) <= CANDIDATES
-        assert {s.seed for s in reruns} == {1}
+        assert {s.seed for s in reruns} == {1, 2}
+        promoted = {s.lr for s in reruns if s.seed == 2}
+        assert 1 <= len(promoted) <= len({s.lr for s in reruns})
     assert all(isinstance(s["at_bound"], bool) for s in summary["selections"])
+    # The selected lr is one of the promoted candidates, with every seed.
+    assert all(s["lr"] in s["promoted"] and s["seeds"] == 3 for s in summary["selections"])
     cid = summary["comparison"]
     with Store(out / cli.STORE_NAME) as store:
         assert store.comparisons() == [cid] and store.latest() == cid
         meta = store.comparison_meta(cid)
     assert meta["argv"][0] == "compare" and meta["command"].startswith("optimlab compare")
-    assert meta["grid"] == list(COARSE) and meta["seeds"] == 2
+    assert meta["grid"] == list(COARSE) and meta["seeds"] == 3
     assert meta["search"]["adaptive"] and meta["grid_spacing"] != "custom"
     assert meta["steps"] == 200 and meta["steps_per_problem"] == {"fake-quad": 200}
     assert meta["schedule"] == "constant"
@@ -331,3 +336,17 @@ def test_subprocess_errors_have_no_traceback(tmp_path):
         assert proc.returncode == 2
         assert "Traceback" not in proc.stderr and proc.stdout == ""
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("optimlab: error:")
+
+
+def test_executor_ray_without_ray_is_one_line(tmp_path, monkeypatch, capsys):
+    """--executor ray where Ray is not installed: one line naming the install command;
+    the Ray options without --executor ray: one line too."""
+    monkeypatch.setitem(sys.modules, "ray", None)   # `import ray` raises ImportError
+    assert cli.main([*TINY, "--executor", "ray", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("optimlab: error:"), err
+    assert 'pip install "optimlab[ray]"' in err
+    assert not (tmp_path / "a").exists()   # nothing written before the check
+    assert cli.main([*TINY, "--ray-address", "auto", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--ray-address needs --executor ray" in err

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ENTRY_PARAMS
+from conftest import RULE_PARAMS
 
 # name -> problem -> (lr, steps, extra hyperparameters, max final/initial loss, max |x - x*|)
 CONFIG = {
@@ -27,6 +27,13 @@ CONFIG = {
                  "rosenbrock": (0.1, 2000, {"weight_decay": 0.0}, 1e-12, 1e-5)},
     "adamax":   {"quadratic": (0.1, 2000, {}, 1e-8, 1e-3), "rosenbrock": (1.0, 2000, {}, 1e-4, 0.1)},
     "nadam":    {"quadratic": (0.1, 2000, {}, 1e-5, 1e-2), "rosenbrock": (0.01, 2000, {}, 1e-3, 0.3)},
+    "adabelief": {"quadratic": (0.1, 2000, {}, 1e-12, 1e-5), "rosenbrock": (0.1, 2000, {}, 1e-12, 1e-5)},
+    "adan":     {"quadratic": (0.01, 2000, {}, 1e-7, 1e-3), "rosenbrock": (0.01, 2000, {}, 1e-6, 1e-3)},
+    # Schedule-Free is measured at its average x (eval mode), which trails the last iterate
+    "schedule_free_adamw": {"quadratic": (0.1, 2000, {}, 1e-8, 1e-2),
+                            "rosenbrock": (0.1, 2000, {}, 1e-4, 0.1)},
+    "schedule_free_sgd": {"quadratic": (0.1, 2000, {}, 1e-6, 0.02),
+                          "rosenbrock": (0.01, 2000, {}, 1e-3, 0.2)},
     # relative steps (rho_t = min(lr, 1/sqrt(t)) times RMS(p)) are slow in the valley
     "adafactor": {"rosenbrock": (1e-2, 4000, {}, 1e-2, 0.5)},
 }
@@ -58,7 +65,7 @@ PROBLEMS = {"quadratic": quadratic, "rosenbrock": rosenbrock}
 
 
 @pytest.mark.parametrize("problem", list(PROBLEMS))
-@pytest.mark.parametrize("entry", ENTRY_PARAMS)
+@pytest.mark.parametrize("entry", RULE_PARAMS)
 def test_converges(entry, problem):
     f, x0, x_star = PROBLEMS[problem]()
     lr, steps, hp, max_ratio, max_dist = CONFIG.get(entry.name, {}).get(
@@ -70,6 +77,8 @@ def test_converges(entry, problem):
         opt.zero_grad()
         f(x).backward()
         opt.step()
+    if hasattr(opt, "eval"):  # Schedule-Free: the point to evaluate is the average
+        opt.eval()
     final = f(x).item()
     dist = (x.detach() - x_star).norm().item()
     assert np.isfinite(final)

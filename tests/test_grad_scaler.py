@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import CASES, accepts
+from conftest import RULE_CASES, accepts
 
 STEPS = 40
 INF_AT = (7, 8, 23)  # steps whose grads hold an inf: both scalers skip and back off
@@ -58,7 +58,7 @@ def _train(entry, variant, fused_protocol: bool, flags: dict):
     return [p.detach() for p in params], opt, scaled_grads_seen, scaler.get_scale()
 
 
-@pytest.mark.parametrize("entry, variant", [c.values for c in CASES], ids=[c.id for c in CASES])
+@pytest.mark.parametrize("entry, variant", [c.values for c in RULE_CASES], ids=[c.id for c in RULE_CASES])
 @pytest.mark.parametrize("flags", [{}, {"fused": False}], ids=["default", "fused_off"])
 def test_fused_protocol_equals_the_plain_path(entry, variant, flags):
     if flags and not accepts(entry.cls, "fused"):

@@ -356,7 +356,8 @@ def test_lbfgs_matches_the_numpy_reference(entry, variant, problem):
 def test_lbfgs_strong_wolfe_solves_rosenbrock():
     problem = Rosenbrock()
     params = problem.params()
-    opt = optimlab.LBFGS(params, line_search_fn="strong_wolfe")
+    opt = optimlab.LBFGS(params, line_search_fn="strong_wolfe", tolerance_grad=1e-10,
+                         tolerance_change=1e-14)
     drive(opt, params, problem, 10)
     np.testing.assert_allclose(problem.flat(params).detach().numpy(), np.ones(20), atol=1e-6)
 

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (CASES, ENTRY_PARAMS, accepts, drive, fused_modes, make_params, rel_err,
-                      tolerance, two_groups)
-from numpy_reference import RULES, Quadratic, run_reference
+from conftest import (CASES, ENTRY_PARAMS, RULE_CASES, accepts, drive, fused_modes, make_params,
+                      rel_err, tolerance, two_groups)
+from numpy_reference import Quadratic, rule_for, run_reference
 
 STEPS = 100
 
 
 def _reference(entry, opt, problem, steps=STEPS):
-    rule = RULES[entry.torch_cls.__name__]
+    rule = rule_for(entry)
     groups = [dict(g) for g in opt.param_groups]
     return run_reference(rule, problem, groups, steps)[0]
 
@@ -39,8 +39,10 @@ def test_reference_matches_torch(entry, variant):
 
 
 def _bias_variants():
+    """Every engine-run entry (with or without a torch twin), every variant, plus
+    ``bias_correction`` both ways where the class has it."""
     out = []
-    for p in CASES:
+    for p in RULE_CASES:
         entry, variant = p.values
         if accepts(entry.cls, "bias_correction"):
             for bc in (True, False):

@@ -217,10 +217,13 @@ def test_compare_selects_on_seed_means_and_skips_stored_runs(quad, tmp_path, mon
         cands = sorted(lr for _, lr in ranked[:CANDIDATES])
         reruns = [r for r in seed_recs if r.spec.optimizer == o]
         assert sorted({r.spec.lr for r in reruns}) == cands
-        assert sorted(r.spec.seed for r in reruns) == sorted([1, 2] * len(cands))
-        # The selected lr has the lowest mean over seeds 0..2 among the candidates.
+        # Successive halving: seed 1 for every candidate, seed 2 for the promoted only.
+        assert sorted(r.spec.lr for r in reruns if r.spec.seed == 1) == cands
+        full = sorted(r.spec.lr for r in reruns if r.spec.seed == 2)
+        assert full == list(sel.promoted) and sel.lr in full
+        # The selected lr has the lowest mean over seeds 0..2 among the promoted.
         means = {lr: sum(r.final["val_loss"] for r in mine + reruns if r.spec.lr == lr) / 3
-                 for lr in cands}
+                 for lr in full}
         assert sel.lr == min(means, key=lambda lr: (means[lr], lr))
         assert sel.score == pytest.approx(means[sel.lr]) and sel.seeds == 3
     n = len(store)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CASES, drive, make_params, rel_err, tolerance, two_groups
+from conftest import CASES, RULE_CASES, drive, make_params, rel_err, tolerance, two_groups
 from numpy_reference import Quadratic
 
 BEFORE, AFTER = 25, 25
@@ -57,14 +57,14 @@ def _interrupted(entry, variant, save_torch, load_torch, transform=lambda sd: sd
     return resumed, uninterrupted, second
 
 
-@pytest.mark.parametrize("entry, variant", CASES)
+@pytest.mark.parametrize("entry, variant", RULE_CASES)  # every engine-run entry
 def test_round_trip(entry, variant):
     resumed, uninterrupted, opt = _interrupted(entry, variant, False, False,
                                                transform=copy.deepcopy)
     np.testing.assert_array_equal(resumed, uninterrupted)
 
 
-@pytest.mark.parametrize("entry, variant", CASES)
+@pytest.mark.parametrize("entry, variant", RULE_CASES)  # every engine-run entry
 def test_state_dict_reloads_to_an_equal_state_dict(entry, variant):
     problem = _problem(variant)
     params = make_params(problem)
@@ -108,7 +108,7 @@ def _through_torch_save(sd):
     return torch.load(buffer, weights_only=True)
 
 
-@pytest.mark.parametrize("entry, variant", CASES)
+@pytest.mark.parametrize("entry, variant", RULE_CASES)  # every engine-run entry
 def test_torch_save_load_weights_only(entry, variant):
     resumed, uninterrupted, _ = _interrupted(entry, variant, False, False,
                                              transform=_through_torch_save)

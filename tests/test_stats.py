@@ -1,4 +1,4 @@
-"""Tests of optimlab.lab.stats: intervals, paired tests, Holm, verdicts, ranks, claims."""
+"""Tests of optimlab.lab.stats: intervals, paired tests, max-t verdicts, ranks, claims."""
 
 import math
 import random
@@ -80,7 +80,7 @@ def test_mean_ci_coverage_near_nominal():
     assert abs(hits / trials - 0.95) < 0.02
 
 
-# ------------------------------------------------------------------ paired / holm
+# ------------------------------------------------------------------ paired
 
 def test_paired_on_common_seeds_in_seed_order():
     a = {0: 1.0, 1: 2.0, 2: 5.0, 7: 1.0}
@@ -97,13 +97,6 @@ def test_paired_t_by_hand():
     assert S.paired_t([1.0]) == 1.0                      # one pair shows nothing
     assert S.paired_t([0.5, 0.5, 0.5]) == 0.0           # constant positive shift
     assert S.paired_t([0.0, 0.0]) == 1.0                 # identical
-
-
-def test_holm_by_hand():
-    adj = S.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.5})
-    # sorted 0.01, 0.03, 0.04, 0.5 -> 0.04, 0.09, max(0.09, 0.08)=0.09, max(.., 0.5)
-    assert adj == pytest.approx({"a": 0.04, "c": 0.09, "b": 0.09, "d": 0.5})
-    assert S.holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}
 
 
 # ------------------------------------------------------------------ verdicts
@@ -124,7 +117,7 @@ def test_no_real_difference_rarely_declares_a_single_winner():
         v = S.compare_to_best(_noise_problem(rng))
         assert v.status == "verdict" and v.best in v.tied
         singles += v.significant
-    # Under the null the family-wise error rate of Holm is <= alpha = 0.05 per problem,
+    # Under the null the family-wise error rate is <= alpha = 0.05 per problem,
     # and declaring a single winner needs *every* comparison rejected: far rarer.
     assert singles / draws <= 0.05
     # Some rejection does happen (a test that never rejects would pass the line above).

@@ -4,7 +4,6 @@ for unknown keywords, unknown names, and sparse gradients."""
 from __future__ import annotations
 
 import inspect
-
 import re
 
 import numpy as np
@@ -13,7 +12,8 @@ import torch
 from torch import nn
 
 import optimlab
-from conftest import ENTRY_PARAMS, accepts, tolerance
+from conftest import RULE_PARAMS, accepts, tolerance
+from optimlab.registry import RULE_ENTRIES
 from optimlab.registry import TORCH_ENTRIES as ENTRIES
 
 #: constructor argument -> (bad values, how its message names the valid range)
@@ -66,6 +66,25 @@ def test_bad_hyperparameter_raises_like_torch(entry, arg, value, valid_range):
     assert re.search(valid_range, ours), f"message does not name the valid range: {ours!r}"
 
 
+#: entries torch.optim lacks: no torch message to start with, so theirs is optimlab's style
+OWN_BAD_CASES = [pytest.param(e, arg, v, id=f"{e.name}-{arg}={v}")
+                 for e in RULE_ENTRIES if e.torch_cls is None
+                 for arg, (values, _) in BAD.items() if accepts(e.cls, arg) for v in values]
+
+
+@pytest.mark.parametrize("entry, arg, value", OWN_BAD_CASES)
+def test_bad_hyperparameter_without_torch_twin(entry, arg, value):
+    """The message says what was wrong (the argument and value) and what is valid."""
+    if arg == "betas":  # as many betas as the class takes (Adan: three)
+        default = inspect.signature(entry.cls).parameters["betas"].default
+        value = tuple(value) + tuple(default[len(value):])
+    message = _message(entry.build, **{arg: value})
+    bad = [x for x in value if not 0 <= x < 1] if arg == "betas" else [value]
+    assert (arg.rstrip("s") if arg == "betas" else arg) in message.replace("learning rate", "lr")
+    assert any(repr(x) in message for x in bad), message
+    assert re.search(r"must be (>=|in)", message), message
+
+
 def test_messages_look_like_torch():
     assert re.match(r"Invalid learning rate: -1\.0", _message(optimlab.SGD, lr=-1.0))
     assert re.match(r"Invalid beta parameter at index 1: 1\.0",
@@ -84,7 +103,7 @@ def test_nesterov_needs_momentum_and_no_dampening(entry, bad):
     assert "momentum" in ours and "dampening" in ours
 
 
-@pytest.mark.parametrize("entry", ENTRY_PARAMS)
+@pytest.mark.parametrize("entry", RULE_PARAMS)
 def test_unknown_keyword_is_a_type_error(entry):
     with pytest.raises(TypeError, match="not_a_hyperparameter"):
         entry.build(_params(), not_a_hyperparameter=1)
@@ -92,7 +111,7 @@ def test_unknown_keyword_is_a_type_error(entry):
         optimlab.create(entry.name, _params(), not_a_hyperparameter=1)
 
 
-@pytest.mark.parametrize("entry", ENTRY_PARAMS)
+@pytest.mark.parametrize("entry", RULE_PARAMS)
 def test_create_by_name(entry):
     for name in (entry.name, entry.name.upper(), *entry.aliases):
         opt = optimlab.create(name, _params(), lr=0.5)
@@ -158,7 +177,8 @@ def test_sparse_gradients(entry, variant):
     assert not torch.equal(ours[[1, 2]], initial[[1, 2]])
 
 
-@pytest.mark.parametrize("name", ["adam", "rmsprop", "adadelta", "adamax", "nadam"])
+@pytest.mark.parametrize("name", ["adam", "rmsprop", "adadelta", "adamax", "nadam"]
+                         + [e.name for e in RULE_ENTRIES if e.torch_cls is None and not e.cls.rule.sparse_ok])
 def test_sparse_gradients_rejected(name):
     with pytest.raises(RuntimeError, match="(?i)sparse"):
         _embedding_run(optimlab.lookup(name).build, {})

@@ -164,15 +164,21 @@ class RuleOptimizer(Optimizer):
             self._keep_flags(group)
             h = hyperparameters(group)
             h.grad_scale = grad_scale
-            if self.rule.estimate is None:
+            if self.rule.combine is None:
                 self._step_group(group, h)
                 continue
-            after = self.estimate_step(group, h)  # a two-phase rule: group-level sums first
-            if after is not None:
-                for key in self.rule.estimate_keys:
-                    h.__dict__.pop(key, None)
+            after = self.estimate_step(group, h)  # group-level values first (sums, or a schedule)
+            if not after:
+                continue
+            if after is True:  # group-level scalar state, already written into the group
+                h = hyperparameters(group)
+                h.grad_scale = grad_scale
                 self._step_group(group, h)
-                group.update(after)
+                continue
+            for key in self.rule.estimate_keys:  # a two-phase rule: sums written after the step
+                h.__dict__.pop(key, None)
+            self._step_group(group, h)
+            group.update(after)
         return loss
 
     def _step_group(self, group: dict, h: SimpleNamespace) -> None:
@@ -213,7 +219,11 @@ class RuleOptimizer(Optimizer):
         """Phase 1 of a two-phase rule (see :class:`~optimlab.rules.Rule`): the per-parameter
         partial sums of ``rule.estimate`` over the group's params with grads, added up in
         double, handed to ``rule.combine``; returns the group values it gives (written into
-        ``group`` after phase 2), or None when the step stops here."""
+        ``group`` after phase 2), or None when the step stops here. A rule with ``combine``
+        but no ``estimate`` (group-level scalar state: Schedule-Free) gets
+        ``combine((), group)``, which writes into ``group`` and returns True."""
+        if self.rule.estimate is None:
+            return self.rule.combine((), group)
         params = [p for p in group["params"] if p.grad is not None]
         self._check_grads(params)
         totals = None

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from . import optimizers as _o
+from . import optimizers_modern as _m
 from . import optimizers_reductions as _r
 from .engine import RuleOptimizer
 from .lbfgs import LBFGS
@@ -65,6 +66,26 @@ class Entry:
             kwargs.setdefault("nesterov", self.cls is _o.NAG)
         return self.torch_cls(params, **kwargs)
 
+    def build_reference(self, params, **hyperparameters):
+        """The authors' published implementation, with the preset applied."""
+        return self.reference(params, **{**self.preset, **hyperparameters})
+
+
+def published(module: str, name: str, **renames):
+    """A ``reference`` builder: ``module.name`` (a test-only dependency, imported when called),
+    taking optimlab's hyperparameter names; ``renames`` maps optimlab's name to the reference's
+    where they differ (``decoupled_weight_decay="weight_decouple"``)."""
+
+    def build(params, **hyperparameters):
+        import importlib
+
+        cls = getattr(importlib.import_module(module), name)
+        return cls(params, **{renames.get(k, k): v for k, v in hyperparameters.items()})
+
+    build.__qualname__ = f"published({module}.{name})"
+    build.renames = renames
+    return build
+
 
 _WD = {"weight_decay": 0.1}
 _MAX = {"maximize": True}
@@ -119,8 +140,35 @@ TORCH_ELEMENTWISE: tuple = ()
 
 
 # --- today's element-wise optimizers (Lion, AdaBelief, Adan) --------------------------------
-MODERN_ELEMENTWISE: tuple = ()
+MODERN_ELEMENTWISE: tuple = (
+    Entry("adabelief", _m.AdaBelief, "Adam with the belief (g - m)^2 as second moment",
+          "Zhuang et al. 2020", test_lr=1e-2, tags=("modern",),
+          reference=published("pytorch_optimizer", "AdaBelief",
+                              decoupled_weight_decay="weight_decouple", amsgrad="ams_bound"),
+          variants=({}, _WD, {"decoupled_weight_decay": False, "weight_decay": 0.1},
+                    {"amsgrad": True, "betas": (0.9, 0.9)}, _MAX, {"eps": 1e-4})),
+    Entry("adan", _m.Adan, "Adaptive Nesterov momentum from gradient differences",
+          "Xie et al. 2022", test_lr=1e-2, tags=("modern",),
+          reference=published("pytorch_optimizer", "Adan", no_prox="weight_decouple"),
+          variants=({}, {"weight_decay": 0.1}, {"weight_decay": 0.1, "no_prox": True}, _MAX,
+                    {"betas": (0.9, 0.8, 0.95)})),
+)
 
+
+
+# Schedule-Free: the paper's Algorithm 1 is the authors' AdamWScheduleFreePaper (their
+# AdamWScheduleFree moves Adam's bias correction into the denominator)
+_SF_SCHEDULE = ({"warmup_steps": 20}, {"r": 1.0, "weight_lr_power": 0.0})
+MODERN_ELEMENTWISE += (
+    Entry("schedule_free_adamw", _m.ScheduleFreeAdamW, "AdamW without a schedule: interpolation "
+          "and averaging (train()/eval())", "Defazio et al. 2024", test_lr=1e-2, tags=("modern",),
+          reference=published("schedulefree", "AdamWScheduleFreePaper"),
+          variants=({}, *_SF_SCHEDULE, {"weight_decay": 0.1}, _MAX, {"betas": (0.5, 0.99)})),
+    Entry("schedule_free_sgd", _m.ScheduleFreeSGD, "SGD without a schedule: interpolation and "
+          "averaging (train()/eval())", "Defazio et al. 2024", test_lr=0.05, tags=("modern",),
+          reference=published("schedulefree", "SGDScheduleFree"),
+          variants=({}, *_SF_SCHEDULE, {"weight_decay": 0.1}, _MAX, {"momentum": 0.5})),
+)
 
 
 # --- rules with reductions or matrix products (Adafactor, Muon, LAMB, LARS, Prodigy) ---------
@@ -185,6 +233,9 @@ WITH_REDUCTIONS: tuple = (
     Entry("muon", _r.Muon, "Momentum orthogonalised by Newton-Schulz (2-D params only)",
           "Jordan et al. 2024", torch_cls=torch.optim.Muon, test_lr=2e-3, tags=("torch", "modern"),
           matrices_only=True,
+          # the lab tunes one lr for Muon and the AdamW on the other params: Moonshot's
+          # adjustment (Liu et al. 2025) matches Muon's update RMS to AdamW's, so one lr fits both
+          lab_preset={"adjust_lr_fn": "match_rms_adamw"},
           variants=({}, {"nesterov": False}, {"adjust_lr_fn": "match_rms_adamw", "weight_decay": 0.0},
                     {"momentum": 0.9, "ns_steps": 3})),
     Entry("lamb", _r.LAMB, "Adam's direction with a layer-wise trust ratio",

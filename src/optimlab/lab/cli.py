@@ -10,6 +10,9 @@ same command resumes the same comparison) and its own meta and report
 (``report-<id>.html``, ``summary-<id>.md``); ``report.html``/``summary.md`` are the
 latest comparison's and ``index.html`` lists them all. Runs are shared between them.
 Problem, optimizer and schedule names are case-insensitive; a typo gets "did you mean".
+
+``--executor ray`` runs each run as a Ray task (:mod:`.ray_executor`); the store is
+still written only here, on the driver, so everything above holds on a cluster too.
 """
 
 from __future__ import annotations
@@ -57,6 +60,16 @@ def _int_at_least(low: int):
     return parse
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
 def _names(text: str) -> list:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
@@ -88,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "grid 1e-4..1, extended past an edge within 1e-6..10, "
                                    "refined to 4 points per decade around the best), the "
                                    "same initial weights and batch order; the best 3 lrs "
-                                   "are rerun with more seeds and the lr with the lowest "
+                                   "are rerun with a second seed, those within noise of "
+                                   "the leader with all seeds, and the lr with the lowest "
                                    "seed-mean validation loss is selected. "
                                    "Names are case-insensitive. Each comparison in --out gets "
                                    "its own report; index.html lists them.")
@@ -107,12 +121,25 @@ def _parser() -> argparse.ArgumentParser:
                    "no extension or refinement (default: the adaptive search from 1e-4 .. 1, "
                    "one per decade; the report lists every lr tried)")
     c.add_argument("--seeds", type=_int_at_least(1), default=5,
-                   help="seeds in total for each candidate lr (default: %(default)s)")
+                   help="seeds in total for the leading candidate lrs; the selected lr "
+                        "always has them all (default: %(default)s)")
     c.add_argument("--steps", type=_int_at_least(1),
                    help="steps per run (default: each problem's budget)")
     c.add_argument("--schedule", default="constant", help="lr schedule (default: constant)")
     c.add_argument("--workers", type=_int_at_least(1), default=sweep.default_workers(),
-                   help=f"parallel worker processes (default: {sweep.default_workers()})")
+                   help=f"parallel worker processes, or Ray tasks in flight (default: "
+                        f"{sweep.default_workers()})")
+    c.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where runs execute: local worker processes (default) or Ray tasks "
+                        "(pip install \"optimlab[ray]\"); the store stays in --out either way")
+    c.add_argument("--ray-address", metavar="ADDRESS",
+                   help="with --executor ray: join this cluster (auto, HOST:PORT of the head "
+                        "node, or ray://HOST:PORT) instead of starting a local Ray instance")
+    c.add_argument("--ray-cpus-per-run", type=_positive, metavar="N",
+                   help="with --executor ray: CPUs each run's task asks for (default: 1)")
+    c.add_argument("--ray-retries", type=_int_at_least(0), metavar="N",
+                   help="with --executor ray: retries of a run whose worker died before it "
+                        "is recorded as failed (default: 3)")
     c.add_argument("--out", default="optimlab-results", help="output directory "
                    "(default: ./optimlab-results)")
     c.add_argument("--json", action="store_true",
@@ -221,7 +248,8 @@ def summary(records, selections=None, meta=None) -> dict:
              "seconds": r.seconds, "seconds_per_step": r.seconds_per_step,
              "final": r.final} for r in records]
     best = [{"problem": p, "optimizer": o, "lr": s.lr, "score": s.score,
-             "on_edge": s.on_edge, "at_bound": getattr(s, "at_bound", False)}
+             "on_edge": s.on_edge, "at_bound": getattr(s, "at_bound", False),
+             "seeds": s.seeds, "promoted": list(getattr(s, "promoted", ()))}
             for (p, o), s in sorted((selections or {}).items())]
     vrows = verdict_rows(records, selections, _kinds(records, meta))
     claims = [{k: c[k] for k in ("id", "claim", "verdict", "evidence")}
@@ -277,6 +305,7 @@ def _build_report(out: Path, comparisons=None, missing=False, announce=True) -> 
 
 
 def cmd_compare(args, argv) -> int:
+    _check_executor_args(args)
     sources, suite = _problem_sources(args)
     optimizers = _optimizer_names(args.optimizers)
     schedule = _schedule_name(args.schedule)
@@ -291,8 +320,10 @@ def cmd_compare(args, argv) -> int:
     except OSError as exc:
         raise OSError(f"cannot write to the output directory {out} "
                       f"({exc.strerror or exc}); choose another with --out") from None
-    store = Store(out / STORE_NAME)
+    store, executor = Store(out / STORE_NAME), None
     try:
+        progress = sys.stderr.isatty()
+        executor = _executor(args, store, plan, progress)
         described = plan.describe()
         cid = comparison_id(described)
         others = [c for c in store.comparisons() if c != cid]
@@ -309,14 +340,15 @@ def cmd_compare(args, argv) -> int:
         store.set_meta("suite", suite)
         store.set_meta("versions", runner.versions())
         store.set_meta("workers", args.workers)
+        store.set_meta("executor", args.executor if args.ray_address is None
+                       else f"ray {args.ray_address}")
         if "created" not in old:
             store.set_meta("created", _now())
-        progress = sys.stderr.isatty()
         # With --json, stdout is reserved for the summary: anything else goes to stderr.
         quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
         with quiet:
             selections = sweep.compare(plan, store, workers=args.workers, progress=progress,
-                                       log=_say)
+                                       log=_say, executor=executor)
             ids = {s.run_id for s in plan.all_specs(selections)}
             store.set_meta("runs", sorted(ids))
             store.set_meta("finished", _now())
@@ -344,7 +376,39 @@ def cmd_compare(args, argv) -> int:
             sys.stdout.write("\n")
         return status
     finally:
+        if executor is not None:   # compare closed it; not if it never got there
+            executor.close(cancel=True)
         store.close()
+
+
+def _check_executor_args(args) -> None:
+    if args.executor != "ray":
+        given = [flag for flag, value in (("--ray-address", args.ray_address),
+                                          ("--ray-retries", args.ray_retries),
+                                          ("--ray-cpus-per-run", args.ray_cpus_per_run))
+                 if value is not None]
+        if given:
+            raise _UsageError(f"{', '.join(given)} needs --executor ray")
+        return
+    from .ray_executor import _import_ray, check_address
+
+    _import_ray()   # one line naming the install command when Ray is missing
+    if args.ray_address is not None:
+        check_address(args.ray_address)
+
+
+def _executor(args, store, plan, progress):
+    """The Ray executor, connected (None: the local one, which compare builds)."""
+    if args.executor != "ray":
+        return None
+    from .ray_executor import DEFAULT_RETRIES, RayExecutor
+
+    executor = RayExecutor(store, plan.sources, args.workers, progress, plan.problems,
+                           address=args.ray_address, cpus_per_run=args.ray_cpus_per_run or 1.0,
+                           max_retries=DEFAULT_RETRIES if args.ray_retries is None
+                           else args.ray_retries, log=_say)
+    executor.connect()
+    return executor
 
 
 def cmd_problems(args) -> int:

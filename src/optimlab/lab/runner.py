@@ -133,6 +133,20 @@ def _param_groups(model: torch.nn.Module, params: list, spec: RunSpec):
     return optimlab.param_groups(model, lr=spec.lr, layer_decay=float(decay), no_decay=False)
 
 
+def _no_result(diverged_at=None, error=None) -> dict:
+    return {"train_loss": INF, "val_loss": INF, "test_loss": INF, "train_metric": None,
+            "val_metric": None, "test_metric": None, "gap": None,
+            "steps_to_target": None, "diverged_at": diverged_at, "error": error}
+
+
+def failed(spec: RunSpec, error: str) -> RunRecord:
+    """The record of a run that never returned (e.g. its worker process kept dying):
+    status "error" with ``error`` as the reason; a later sweep retries it."""
+    curves = {"step": [], "train_loss": [], "val_loss": [], "val_metric": [], "lr": []}
+    return RunRecord(spec=spec, status="error", final=_no_result(error=error), curves=curves,
+                     seconds=0.0, seconds_per_step=0.0, trajectory=None, versions=versions())
+
+
 def run(spec: RunSpec, problem: Problem) -> RunRecord:
     """Train ``spec`` on ``problem``; status "ok", "diverged" or "error" (never raises
     for failures inside training)."""
@@ -233,9 +247,7 @@ def _run(spec: RunSpec, problem: Problem) -> RunRecord:
     except Exception as exc:  # any failure inside training is an outcome, not a crash
         status, error = "error", f"{type(exc).__name__}: {exc}"
 
-    final = {"train_loss": INF, "val_loss": INF, "test_loss": INF, "train_metric": None,
-             "val_metric": None, "test_metric": None, "gap": None,
-             "steps_to_target": None, "diverged_at": diverged_at, "error": error}
+    final = _no_result(diverged_at, error)
     if status == "ok":
         try:
             with _EvalParams(opt):

@@ -22,8 +22,7 @@ Method (stated in the report)
   a t-test, so they follow fixed rules (see :func:`compare_to_best`).
 
 References: Student (1908); Westfall & Young, "Resampling-Based Multiple Testing"
-(Wiley 1993), step-down maxT; Holm, "A simple sequentially rejective multiple test
-procedure", Scand. J. Statist. 6 (1979); Numerical Recipes 3rd ed. §6.4 (incomplete
+(Wiley 1993), step-down maxT; Numerical Recipes 3rd ed. §6.4 (incomplete
 beta by continued fraction).
 """
 
@@ -35,7 +34,7 @@ from functools import lru_cache
 
 INF = float("inf")
 
-__all__ = ["RTOL", "CI", "Verdict", "mean_ci", "paired", "paired_t", "holm", "compare_to_best",
+__all__ = ["RTOL", "CI", "Verdict", "mean_ci", "paired", "paired_t", "compare_to_best",
            "tie_ranks", "claim_test", "t_sf", "t_ppf", "METHOD"]
 
 #: One sentence describing the method, for the report's protocol text.
@@ -210,18 +209,6 @@ def paired_t(diffs, mu: float = 0.0, alternative: str = "greater") -> float:
         return 0.0 if sign * (m - mu) > 0 else 1.0
     t = (m - mu) / (sd / math.sqrt(n))
     return t_sf(sign * t, n - 1)
-
-
-def holm(pvalues: dict) -> dict:
-    """Holm step-down adjusted p-values: with p sorted ascending,
-    adj_(i) = max_{j<=i} min(1, (m - j + 1) p_(j)). Reject where adj < alpha."""
-    items = sorted(pvalues.items(), key=lambda kv: (kv[1], str(kv[0])))
-    m = len(items)
-    out, running = {}, 0.0
-    for i, (k, p) in enumerate(items):
-        running = max(running, min(1.0, (m - i) * p))
-        out[k] = running
-    return out
 
 
 # ------------------------------------------------------------------ verdicts

@@ -73,8 +73,8 @@ CREATE TABLE IF NOT EXISTS comparison_meta (
 
 #: Meta keys that record how and when a comparison ran, not what it compares; they do
 #: not enter its id.
-BOOKKEEPING = frozenset({"command", "argv", "suite", "versions", "workers", "created",
-                         "started", "finished", "runs", "latest", "comparison"})
+BOOKKEEPING = frozenset({"command", "argv", "suite", "versions", "workers", "executor",
+                         "created", "started", "finished", "runs", "latest", "comparison"})
 
 _ORDER = "ORDER BY problem, optimizer, phase, lr, seed, run_id"
 

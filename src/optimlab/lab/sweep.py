@@ -265,7 +265,15 @@ def _work(spec: RunSpec, source: str):
 
 class Executor:
     """Runs specs not yet in ``store``: in this process (workers=1) or in a pool of
-    spawned worker processes, storing each record as soon as it arrives."""
+    spawned worker processes, storing each record as soon as it arrives.
+
+    Subclasses (the Ray executor, :mod:`.ray_executor`) replace :meth:`_execute` and
+    :meth:`close`; what to run (:meth:`pending`) and storing (:meth:`_keep`, only ever on
+    this process) stay here.
+    """
+
+    #: How the runs are executed, for the store's meta and the phase log lines.
+    name = "local"
 
     def __init__(self, store: Store, sources: dict, workers: int = 1, progress: bool = False,
                  problems: dict | None = None):
@@ -312,15 +320,23 @@ class Executor:
         if not todo:
             return 0
         with _progress(self.progress, label, len(todo)) as advance:
-            if self.workers <= 1:
-                for spec in todo:
-                    problem = self.problems.get(spec.problem) or _problem(
-                        self.sources[spec.problem])
-                    self._keep(runner.run(spec, problem))
-                    advance()
-            else:
-                self._run_pool(todo, advance)
+            self._execute(todo, advance)
         return len(todo)
+
+    def describe(self) -> str:
+        """The parallelism, for the phase log lines: "2 workers"."""
+        return plural(self.workers, "worker")
+
+    def _execute(self, todo, advance) -> None:
+        """Run ``todo`` (specs not stored yet), calling :meth:`_keep` then ``advance``
+        for each record as it arrives."""
+        if self.workers <= 1:
+            for spec in todo:
+                problem = self.problems.get(spec.problem) or _problem(self.sources[spec.problem])
+                self._keep(runner.run(spec, problem))
+                advance()
+        else:
+            self._run_pool(todo, advance)
 
     def _keep(self, record) -> None:
         self.store.put(record)
@@ -383,11 +399,13 @@ def _select(records, specs) -> dict:
 
 
 def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
-            log=None) -> dict:
+            log=None, executor: Executor | None = None) -> dict:
     """The whole protocol: the lr search (rounds until every search is done), the seeds
     of the candidate lrs, selection on seed means, then the bias-correction phase.
 
-    Returns the selections ``{(problem, optimizer): Selection}``.
+    ``executor``: how the runs are executed (default: the local :class:`Executor` with
+    ``workers`` processes); it is entered and closed here. Returns the selections
+    ``{(problem, optimizer): Selection}``.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     # Stored runs are read once (a resumed comparison); new ones are kept in memory as
@@ -398,7 +416,9 @@ def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
         known.update(ex.finished)
         return list(known.values())
 
-    with Executor(store, plan.sources, workers, progress, plan.problems) as ex:
+    if executor is None:
+        executor = Executor(store, plan.sources, workers, progress, plan.problems)
+    with executor as ex:
         rnd = 0
         while True:
             states = plan.search(r for r in records() if r.spec.phase == "sweep")
@@ -414,7 +434,7 @@ def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
                 "extension/refinement"
             log(f"phase sweep, round {rnd} ({name}): {plural(len(todo), 'run')}, "
                 f"{plural(len(plan.optimizers), 'optimizer')} x "
-                f"{plural(len(plan.sources), 'problem')}, {plural(workers, 'worker')} "
+                f"{plural(len(plan.sources), 'problem')}, {ex.describe()} "
                 f"({plural(len(sweep), 'lr')} searched so far)")
             ex.run(todo, f"sweep {rnd}")
             if rnd > S.MAX_ROUNDS:   # cannot happen: every round adds lattice points

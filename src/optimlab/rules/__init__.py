@@ -10,6 +10,10 @@ from .classic import (
     ADADELTA, ADAGRAD, ADAM, ADAMAX, ALL_RULES, NADAM, RMSPROP, SGD,
     adadelta, adagrad, adam, adamax, nadam, rmsprop, sgd,
 )
+from .modern import (
+    ADABELIEF, ADAN, MODERN_RULES, SCHEDULE_FREE_ADAMW, SCHEDULE_FREE_SGD,
+    adabelief, adan, schedule_free_adamw, schedule_free_sgd,
+)
 from .factored import ADAFACTOR, adafactor
 from .layerwise import LAMB, LARS, lamb, lars
 from .learning_rate_free import PRODIGY, prodigy, prodigy_distance, prodigy_estimate
@@ -19,6 +23,8 @@ __all__ = [
     "Rule", "update", "ALL_RULES",
     "SGD", "ADAGRAD", "RMSPROP", "ADADELTA", "ADAM", "ADAMAX", "NADAM",
     "sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamax", "nadam",
+    "ADABELIEF", "ADAN", "SCHEDULE_FREE_ADAMW", "SCHEDULE_FREE_SGD", "MODERN_RULES",
+    "adabelief", "adan", "schedule_free_adamw", "schedule_free_sgd",
     "ADAFACTOR", "adafactor", "MUON", "muon", "LARS", "lars", "LAMB", "lamb",
     "PRODIGY", "prodigy", "prodigy_estimate", "prodigy_distance",
 ]

@@ -32,7 +32,9 @@ whose step needs a quantity summed over the whole param group (Prodigy's ``d``) 
 phases: ``Rule.estimate`` returns per-parameter partial sums, the engine adds them up over
 the group, ``Rule.combine`` turns the totals into group-level values, the per-parameter
 rule steps, and the new values are stored in the param group (so in ``state_dict``),
-where the next step's ``h`` reads them.
+where the next step's ``h`` reads them. A ``combine`` without an ``estimate`` is
+group-level scalar state alone: ``combine((), group)`` writes into the group once per step,
+before the per-parameter rule (Schedule-Free's schedule and running sum of weights).
 See :func:`conventions` for rules that need the parameter itself or apply the learning
 rate or weight decay themselves.
 """
@@ -67,7 +69,8 @@ class Rule:
     #: phase 1 of a two-phase step: ``estimate(g, s, h, p) -> tuple`` of per-parameter partial
     #: sums (it may update per-element state too); ``combine(totals, h) -> dict | None``: the
     #: group-level values the totals give, written into the param group after phase 2 (so the
-    #: step itself reads this step's values); None: the step stops after phase 1
+    #: step itself reads this step's values); None: the step stops after phase 1. Without
+    #: ``estimate``, ``combine((), group) -> bool`` writes into the group before the rule runs
     estimate: Callable | None = None
     combine: Callable | None = None
     #: group keys only ``estimate`` and ``combine`` read (running sums, diagnostics): the

@@ -35,6 +35,8 @@ class Problem:
     evaluate_loss: optional (model, split) -> float, the same loss as ``evaluate`` but
         without the metric; the runner uses it where the metric is not kept (the train
         split at intermediate evaluation points). None: ``evaluate`` is used.
+    gpus: GPUs one run wants (the problem puts its model and batches on them); the Ray
+        executor reserves them for each task. 0 for CPU problems.
     """
 
     name: str
@@ -52,6 +54,7 @@ class Problem:
     bounds: tuple | None = None
     minima: tuple = field(default_factory=tuple)
     evaluate_loss: Callable[[torch.nn.Module, str], float] | None = None
+    gpus: float = 0.0
 
     @property
     def is_2d(self) -> bool:
