@@ -303,8 +303,13 @@ def run(mixes, all_variants, reps, scale, out_rows, only=None):
             return probes[m]
 
         r = reps[mix]
-        print(f"\n== mix {mix}: {title}: {len(params)} tensors, {n / 1e6:.1f}M params, {r} reps", flush=True)
+        print(f"\n== mix {mix}: {title}: {len(all_params)} tensors, {n / 1e6:.1f}M params, {r} reps", flush=True)
         for entry, variant in configs(all_variants and mix in "AC", only):
+            # Muon takes the mix's matrices only (AdamW would take the rest)
+            params = [p for p in all_params if p.dim() == 2] if entry.matrices_only else all_params
+            if not params:
+                continue
+            probe = probe_for(sum(p.numel() for p in params))
             row = {"mix": mix, "config": label(entry, variant),
                    **summarize(*bench_config(entry, variant, params, probe, r, mix == "C"))}
             out_rows.append(row)
@@ -389,6 +394,7 @@ def main(argv=None):
     ap.add_argument("--mixes", default="ABCD")
     ap.add_argument("--out", default=None, help="markdown output (default BENCHMARKS.md; none with --quick)")
     ap.add_argument("--only", default=None, help="comma-separated registry names (default: all)")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions per mix (default: 21/15/12/9)")
     args = ap.parse_args(argv)
     only = set(args.only.split(",")) if args.only else None
     started = time.strftime("%Y-%m-%d %H:%M")
@@ -396,9 +402,10 @@ def main(argv=None):
     t0 = time.perf_counter()
     rows: list = []
     if args.quick:
-        run(args.mixes, False, {m: 4 for m in MIXES}, 100, rows, only)
+        run(args.mixes, False, {m: args.reps or 4 for m in MIXES}, 100, rows, only)
     else:
-        run(args.mixes, True, {"A": 21, "B": 15, "C": 12, "D": 9}, 1, rows, only)
+        reps = {"A": 21, "B": 15, "C": 12, "D": 9}
+        run(args.mixes, True, {m: args.reps or k for m, k in reps.items()}, 1, rows, only)
     overhead = python_overhead()
     first = first_step_times()
     print(f"\noverhead: step {overhead[0] * 1e6:.0f} us, kernel {overhead[1] * 1e6:.0f} us; first step "

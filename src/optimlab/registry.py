@@ -172,7 +172,7 @@ MODERN_ELEMENTWISE += (
 
 
 # --- rules with reductions or matrix products (Adafactor, Muon, LAMB, LARS, Prodigy) ---------
-def _lamb_reference(params, bias_correction=True, clamp_value=10.0, **hyperparameters):
+def _lamb_reference(params, bias_correction=False, clamp_value=10.0, **hyperparameters):
     """pytorch_optimizer.Lamb in the paper's form where it has one: weight decay inside the
     trust ratio (``weight_decouple=False``); ``adam_debias=True`` drops its division of the
     step by 1 - beta1^t, so it equals ``bias_correction=False`` (it cannot correct v: the
