@@ -197,9 +197,9 @@ class Prodigy(RuleOptimizer):
     def __init__(self, params, lr=1.0, betas=(0.9, 0.999), beta3=None, eps=1e-8, weight_decay=0,
                  decouple=True, use_bias_correction=False, safeguard_warmup=False, d0=1e-6,
                  d_coef=1.0, growth_rate=float("inf"), *, maximize=False, foreach=None, fused=None):
-        _check(0.0 < d0, f"Invalid d0 value: {d0} (d0 must be > 0)")
-        _check(0.0 < lr, f"Invalid learning rate: {lr} (lr must be > 0)")
-        _check(0.0 < eps, f"Invalid epsilon value: {eps} (eps must be > 0)")
+        _check(0.0 < d0, f"Invalid d0 value: {d0} (d0 must be in (0, inf))")
+        _check(0.0 < lr, f"Invalid learning rate: {lr} (lr must be in (0, inf))")
+        _check(0.0 < eps, f"Invalid epsilon value: {eps} (eps must be in (0, inf))")
         _check_betas(betas)
         _check(beta3 is None or 0.0 <= beta3 < 1.0, f"Invalid beta3 value: {beta3} (must be in [0, 1))")
         _check_weight_decay(weight_decay)
