@@ -354,12 +354,83 @@ def prodigy(ps, gs, states, group, *, lr=1.0, betas=(0.9, 0.999), beta3=None, ep
     return new
 
 
+def radam(p, g, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+          decoupled_weight_decay=False, maximize=False, **_):
+    """Liu et al. 2020, Algorithm 2: the SMA length rho_t = rho_inf - 2 t b2^t / (1 - b2^t),
+    rho_inf = 2/(1-b2) - 1. If rho_t > 5 the adaptive step is used, rectified by
+    r_t = sqrt((rho_t-4)(rho_t-2) rho_inf / ((rho_inf-4)(rho_inf-2) rho_t)):
+        p <- p - lr * m/(1-b1^t) * r_t * sqrt(1-b2^t) / (sqrt(v) + eps)     (eps as torch)
+    else the un-adapted momentum step p <- p - lr * m/(1-b1^t)."""
+    b1, b2 = betas
+    t = _step(state)
+    p, g = _decay(p, g, lr, weight_decay, decoupled_weight_decay, maximize)
+    m = b1 * state.get("exp_avg", np.zeros_like(p)) + (1.0 - b1) * g
+    v = b2 * state.get("exp_avg_sq", np.zeros_like(p)) + (1.0 - b2) * g * g
+    state["exp_avg"], state["exp_avg_sq"] = m, v
+    m_hat = m / (1.0 - b1 ** t)
+    rho_inf = 2.0 / (1.0 - b2) - 1.0
+    rho_t = rho_inf - 2.0 * t * b2 ** t / (1.0 - b2 ** t)
+    if rho_t <= 5.0:
+        return p - lr * m_hat
+    r = math.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+    return p - lr * r * m_hat * math.sqrt(1.0 - b2 ** t) / (np.sqrt(v) + eps)
+
+
+def rprop(p, g, state, *, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), maximize=False, **_):
+    """Riedmiller & Braun 1993 (Rprop without weight-backtracking, "Rprop-"): per weight,
+    if g_t g_{t-1} > 0 the step size D grows by eta+ (at most D_max), if < 0 it shrinks by
+    eta- (at least D_min) and the gradient is taken as 0 (no step now, no change of sign
+    next time); then p <- p - sign(g) D. D starts at lr."""
+    eta_minus, eta_plus = etas
+    d_min, d_max = step_sizes
+    _step(state)
+    g = -g if maximize else g.copy()
+    prev = state.get("prev", np.zeros_like(p))
+    size = state.get("step_size", np.full_like(p, lr))
+    same, flip = g * prev > 0, g * prev < 0
+    size = np.where(same, np.minimum(size * eta_plus, d_max), size)
+    size = np.where(flip, np.maximum(size * eta_minus, d_min), size)
+    size = np.clip(size, d_min, d_max)  # torch also clamps an unchanged step size
+    g[flip] = 0.0
+    state["prev"], state["step_size"] = g, size
+    return p - np.sign(g) * size
+
+
+def asgd(p, g, state, *, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0,
+         maximize=False, **_):
+    """Polyak & Juditsky 1992 averaging of SGD iterates, with torch's (Bottou 2012) schedule:
+    p <- p (1 - lambd eta_t) - eta_t g;  ax <- ax + mu_t (p - ax);
+    eta_{t+1} = lr / (1 + lambd lr t)^alpha,  mu_{t+1} = 1 / max(1, t - t0);  eta_1 = lr, mu_1 = 1.
+    torch keeps eta and mu in float32 0-dim state; here they are float64."""
+    t = _step(state)
+    g = _grad(p, g, weight_decay, maximize)
+    eta, mu = state.get("eta", lr), state.get("mu", 1.0)
+    p = p * (1.0 - lambd * eta) - eta * g
+    ax = state.get("ax", np.zeros_like(p))
+    state["ax"] = ax + mu * (p - ax)
+    state["eta"] = lr / (1.0 + lambd * lr * t) ** alpha
+    state["mu"] = 1.0 / max(1.0, t - t0)
+    return p
+
+
+def lion(p, g, state, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False, **_):
+    """Chen et al. 2023, Program 1: update = sign(interp(g, m, b1)) + wd * w;
+    w <- w - lr * update;  m <- interp(g, m, b2), with interp(g, m, b) = b m + (1 - b) g."""
+    b1, b2 = betas
+    g = -g if maximize else g
+    m = state.get("exp_avg", np.zeros_like(p))
+    update = np.sign(b1 * m + (1.0 - b1) * g) + weight_decay * p
+    state["exp_avg"] = b2 * m + (1.0 - b2) * g
+    return p - lr * update
+
+
 #: torch.optim class name (for entries with a torch twin) or registry name -> reference rule
 RULES = {
     "SGD": sgd, "Adagrad": adagrad, "RMSprop": rmsprop, "Adadelta": adadelta, "Adam": adam,
     "AdamW": adamw, "Adamax": adamax, "NAdam": nadam, "Adafactor": adafactor,
     "adabelief": adabelief, "adan": adan,
     "schedule_free_adamw": schedule_free_adamw, "schedule_free_sgd": schedule_free_sgd,
+    "RAdam": radam, "Rprop": rprop, "ASGD": asgd, "lion": lion,
 }
 
 

@@ -27,6 +27,11 @@ CONFIG = {
                  "rosenbrock": (0.1, 2000, {"weight_decay": 0.0}, 1e-12, 1e-5)},
     "adamax":   {"quadratic": (0.1, 2000, {}, 1e-8, 1e-3), "rosenbrock": (1.0, 2000, {}, 1e-4, 0.1)},
     "nadam":    {"quadratic": (0.1, 2000, {}, 1e-5, 1e-2), "rosenbrock": (0.01, 2000, {}, 1e-3, 0.3)},
+    # RAdam's first steps are plain momentum steps (no adaptive scaling): Rosenbrock's steep
+    # walls need a small lr; ASGD's eta decays (lambd), so it ends short of the minimiser
+    "radam":    {"quadratic": (0.1, 2000, {}, 1e-12, 1e-5), "rosenbrock": (0.01, 2000, {}, 0.05, 1.0)},
+    "rprop":    {"quadratic": (0.01, 2000, {}, 1e-10, 1e-4), "rosenbrock": (0.01, 2000, {}, 1e-4, 0.1)},
+    "asgd":     {"quadratic": (0.1, 2000, {}, 1e-8, 1e-2), "rosenbrock": (1e-3, 2000, {}, 0.05, 1.0)},
     "adabelief": {"quadratic": (0.1, 2000, {}, 1e-12, 1e-5), "rosenbrock": (0.1, 2000, {}, 1e-12, 1e-5)},
     "adan":     {"quadratic": (0.01, 2000, {}, 1e-7, 1e-3), "rosenbrock": (0.01, 2000, {}, 1e-6, 1e-3)},
     # Schedule-Free is measured at its average x (eval mode), which trails the last iterate

@@ -27,7 +27,11 @@ Where torch.optim's own differentiable step breaks, the reference is adapted, no
   state handed over as clones: torch's ``_diff_fn`` composed step after step.
 * Adagrad, RMSprop, Adadelta and Adamax reject a Tensor ``lr`` in their arithmetic
   (``argument 'value' must be Number, not Tensor``): there optimlab's hypergradient is
-  compared with central differences of torch's meta loss (float hyperparameters).
+  compared with central differences of torch's meta loss (float hyperparameters); so
+  where torch cannot take a Tensor ``lr`` at all (Rprop's ``full_like``) or cuts it out of
+  its graph (ASGD reads ``eta`` with ``.item()``).
+* Rprop's step depends on the gradient only through its sign: d p / d g is zero, torch's
+  too; only the Jacobians' agreement is checked there.
 """
 
 from __future__ import annotations
@@ -50,6 +54,11 @@ RULE_CASES = [p for p in RULE_CASES if accepts(p.values[0].cls, "differentiable"
 STEPS = 3
 N = 4
 INPLACE = "modified by an inplace operation"
+#: the step depends on the gradient only through sign(): d p / d g is zero (torch's too)
+SIGN_BASED = (torch.optim.Rprop,)
+#: torch's step reads a state it derived from a Tensor hyperparameter as a float (ASGD's
+#: eta), so the hyperparameter is not in its graph: the reference is then finite differences
+UNUSED = "appears to not have been used in the graph"
 COMPLEX_CASES = [pytest.param(e, e.variants[0], id=f"{e.name}-complex") for e in
                  (p.values[0] for p in ENTRY_PARAMS)]
 
@@ -147,7 +156,8 @@ def _assert_jacobians_match(entry, variant, is_complex):
             err = (a - b).abs().max().item()
             assert err <= 1e-6 * scale, f"d output {out} / d input {inp}: {err:.3g}"
     # the step is differentiated at all: d p / d g_1 is not zero
-    assert j_ours[0][1 + len(seed_keys)].abs().max() > 0
+    if entry.torch_cls not in SIGN_BASED:
+        assert j_ours[0][1 + len(seed_keys)].abs().max() > 0
 
 
 @pytest.mark.parametrize("entry, variant", CASES)
@@ -173,7 +183,7 @@ def test_low_precision_params_differentiate_in_float32(entry, dtype):
     low = jacobian(lambda *a: f(*(x.to(dtype) for x in a))[0].double(), inputs)
     for a, b in zip(low, exact):
         assert (a - b).abs().max() <= 3e-2 * b.abs().max()
-    assert low[1 + len(seed_keys)].abs().max() > 0
+    assert low[1 + len(seed_keys)].abs().max() > 0 or entry.torch_cls in SIGN_BASED
 
 
 @pytest.mark.parametrize("entry, variant", RULE_CASES)  # build only: every engine-run entry
@@ -251,6 +261,9 @@ def _torch_hypergradient(theirs, names, seeds, values):
     except TypeError as e:
         assert "must be Number, not Tensor" in str(e)
         return None
+    except RuntimeError as e:
+        assert UNUSED in str(e)
+        return None
 
 
 def _torch_finite_differences(theirs, names, seeds, values, rel=1e-4):
@@ -277,7 +290,8 @@ def _check_hypergradients(entry, variant, hp: dict) -> str:
     names = list(hp)
     values = [torch.tensor(v, requires_grad=True) for v in hp.values()]
     f = _hyper_fn(ours, names, seeds)
-    got = torch.autograd.grad(f(*values), values)
+    # RAdam's first steps do not use beta2 at all (nor does torch's): its gradient is 0
+    got = torch.autograd.grad(f(*values), values, materialize_grads=True)
     assert got[0].abs() > 0  # lr always matters (beta2 may not: Adamax's max can ignore it)
     assert torch.autograd.gradcheck(f, tuple(values))
     expected, reference, rtol = _torch_hypergradient(theirs, names, seeds, values), "autograd", 1e-6
@@ -298,7 +312,9 @@ def test_tensor_lr_hypergradient(entry, variant):
 @pytest.mark.parametrize("entry", ENTRY_PARAMS)
 def test_all_tensor_hyperparameters_get_hypergradients(entry):
     """lr, weight_decay and betas as Tensors requiring grad (torch's *_all_hyperparams tests)."""
-    hp = {"lr": entry.test_lr, "weight_decay": 0.1}
+    hp = {"lr": entry.test_lr}
+    if accepts(entry.cls, "weight_decay"):  # Rprop has none
+        hp["weight_decay"] = 0.1
     if accepts(entry.cls, "betas"):
         hp |= {"beta1": 0.9, "beta2": 0.99}
     reference = _check_hypergradients(entry, {}, hp)

@@ -167,7 +167,7 @@ def _hparams(entry, draw):
     variant = dict(draw(st.sampled_from(entry.variants)))
     variant["lr"] = draw(st.floats(1e-4, 0.1))
     variant["maximize"] = draw(st.booleans())
-    if draw(st.booleans()):
+    if draw(st.booleans()) and "weight_decay" in inspect.signature(entry.cls).parameters:  # not Rprop
         variant["weight_decay"] = draw(st.sampled_from([0.0, 1e-3, 0.05]))
     return variant
 

@@ -17,7 +17,7 @@ import torch
 
 import optimlab
 from optimlab import _math, fused
-from optimlab._math import clamp, maximum, minimum, sign, sqrt, where
+from optimlab._math import as_default_dtype, clamp, maximum, minimum, sign, sqrt, where
 from optimlab.engine import RuleOptimizer
 from optimlab.fused.trace import TraceError, trace
 from optimlab.rules import Rule
@@ -70,7 +70,7 @@ def test_where_on_tensors_needs_a_tensor_branch():
 OUTPUTS = ["sign", "minimum", "maximum", "minimum_number", "clamp", "clamp_min", "clamp_max",
            "clamp_zeros", "clamp_zeros_swapped",
            *[f"where_{op}" for op in CMP], "where_scalar_hp", "select", "select_number",
-           "scalar_where"]
+           "scalar_where", "rounded"]
 SIGNED_ZEROS_UNDEFINED = {"minimum", "maximum", "minimum_number"}  # torch's own differ by loop
 
 
@@ -98,6 +98,7 @@ def _probe(p, g, s, h):
     s.select_number = where(late, g, 7.0)
     # scalar-only select; the branch it does not take is NaN (sqrt of a negative number)
     s.scalar_where = g * where(s.step <= 2, sqrt(2 - s.step), 3.0)
+    s.rounded = as_default_dtype(g) * as_default_dtype(1 / (2 + s.step))  # per element, scalar
     return p
 
 
@@ -123,6 +124,7 @@ def _expected(p, g, step) -> dict:
         "where_scalar_hp": torch.where(g < BOUND, g, HI),
         "select": g if late else p, "select_number": g if late else torch.full_like(g, 7.0),
         "scalar_where": g * (3.0 if late else math.sqrt(2 - step)),
+        "rounded": g.to(torch.get_default_dtype()).to(g.dtype) * torch.tensor(1 / (2 + step)).item(),
     }
 
 
@@ -200,3 +202,23 @@ def test_masks_only_select():
 
 def test_math_module_exports():
     assert {"sign", "minimum", "clamp", "where", "maximum", "sqrt", "abs_"} <= set(vars(_math))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_sign_programs_on_the_multi_tensor_path_round_as_the_reference_path(dtype):
+    """Lion's sign(beta1 m + (1 - beta1) g): a fused lerp there would be an ulp off, enough to
+    flip a sign near 0, so the multi-tensor program is printed op by op: bit-equal params."""
+    gen = torch.Generator().manual_seed(0)
+    a = [torch.randn(257, generator=gen).to(dtype).requires_grad_() for _ in range(3)]
+    b = [p.detach().clone().requires_grad_() for p in a]
+    oa = optimlab.Lion(a, lr=1e-2, betas=(0.95, 0.98), foreach=True, fused=False)
+    ob = optimlab.Lion(b, lr=1e-2, betas=(0.95, 0.98), foreach=False, fused=False)
+    oa.reference_step = lambda p, h: pytest.fail("the reference path was taken")
+    for _ in range(100):
+        for p, q in zip(a, b):
+            p.grad = torch.randn(p.shape, generator=gen).to(dtype)
+            q.grad = p.grad.clone()
+        oa.step()
+        ob.step()
+    for p, q in zip(a, b):
+        assert torch.equal(p, q) and torch.equal(oa.state[p]["exp_avg"], ob.state[q]["exp_avg"])

@@ -24,6 +24,7 @@ from numpy_reference import Quadratic
 BEFORE, AFTER = 25, 25
 TORCH_STATE_KEYS = {"step", "momentum_buffer", "sum", "square_avg", "grad_avg", "acc_delta",
                     "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_inf", "mu_product",
+                    "prev", "step_size", "eta", "mu", "ax",
                     "row_var", "col_var", "variance"}
 
 

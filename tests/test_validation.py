@@ -28,16 +28,30 @@ BAD = {
     "rho": ([-0.1, 1.1], r"\[0, 1\]"),
     "alpha": ([-0.1, 1.1], r"\[0, 1\]"),
     "betas": ([(-0.1, 0.999), (1.0, 0.999), (0.9, 1.0), (0.9, -0.5)], r"\[0, 1\)"),
+    "etas": ([(0.0, 1.2), (1.0, 1.2), (0.5, 1.0)], r"0 < etaminus < 1 < etaplus"),
 }
+
+
+def _torch_checks(entry, arg) -> bool:
+    """Whether torch validates ``arg`` at all: ASGD takes any ``alpha`` (its schedule's
+    power), RMSprop checks only alpha's lower bound. Ours follows torch."""
+    for value in BAD[arg][0]:
+        try:
+            entry.build_torch([torch.zeros(1, requires_grad=True)], **{arg: value})
+        except ValueError:
+            return True
+    return False
+
+
 def _takes_number(cls, arg) -> bool:
     """``arg`` is a plain number (Adafactor's ``eps`` is a pair, checked in test_torch_inputs)."""
     default = inspect.signature(cls).parameters[arg].default
-    return not (isinstance(default, tuple) and arg != "betas")
+    return not (isinstance(default, tuple) and arg not in ("betas", "etas"))
 
 
 BAD_CASES = [pytest.param(e, arg, v, rng, id=f"{e.name}-{arg}={v}")
              for e in ENTRIES for arg, (values, rng) in BAD.items()
-             if accepts(e.cls, arg) and _takes_number(e.cls, arg)
+             if accepts(e.cls, arg) and _takes_number(e.cls, arg) and _torch_checks(e, arg)
              for v in values]
 
 
@@ -182,3 +196,14 @@ def test_sparse_gradients(entry, variant):
 def test_sparse_gradients_rejected(name):
     with pytest.raises(RuntimeError, match="(?i)sparse"):
         _embedding_run(optimlab.lookup(name).build, {})
+
+
+UNCHECKED = [pytest.param(e, arg, id=f"{e.name}-{arg}") for e in ENTRIES for arg in BAD
+             if accepts(e.cls, arg) and _takes_number(e.cls, arg) and not _torch_checks(e, arg)]
+
+
+@pytest.mark.parametrize("entry, arg", UNCHECKED)
+def test_what_torch_accepts_is_accepted(entry, arg):
+    """Values torch takes without complaint (ASGD's alpha) are taken here too."""
+    for value in BAD[arg][0]:
+        entry.build(_params(), **{arg: value})

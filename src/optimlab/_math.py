@@ -119,5 +119,21 @@ def where(cond, a, b):
     if isinstance(cond, torch.Tensor):
         if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
             raise TypeError("where(mask, a, b) on tensors needs a tensor branch to give the dtype")
+        if cond.dim() == 0:
+            # one condition (a scalar computed from Tensor hyperparameters, or a 0-dim param):
+            # pick the branch, as torch.optim's `if`, so that autograd never differentiates
+            # the other one (a NaN there would give NaN gradients through torch.where)
+            x, other = (a, b) if cond else (b, a)
+            return x if isinstance(x, torch.Tensor) else torch.full_like(other, x)
         return torch.where(cond, a, b)
     return a if cond else b
+
+
+def as_default_dtype(x):
+    """``x`` rounded to torch's default dtype, as ``torch.as_tensor(x)`` stores a Python float
+    (torch.optim.ASGD writes its 0-dim ``eta``/``mu`` so, whatever their own dtype)."""
+    if isinstance(x, torch.Tensor):
+        return x.to(torch.get_default_dtype()).to(x.dtype)
+    if hasattr(x, "__optimlab_as_default_dtype__"):
+        return x.__optimlab_as_default_dtype__()
+    return torch.tensor(x, dtype=torch.get_default_dtype()).item()

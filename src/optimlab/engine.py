@@ -133,13 +133,18 @@ class RuleOptimizer(Optimizer):
             return {}
         state = self.state[p]
         if not state:
+            # a fill computed from a Tensor hyperparameter (differentiable=True: ASGD's eta and
+            # Rprop's step size start at lr) keeps its graph
             for key, value in self.rule.scalar_fills(h).items():
-                state[key] = torch.tensor(value, dtype=scalar_dtype())
+                state[key] = (value.to(scalar_dtype()).clone() if torch.is_tensor(value)
+                              else torch.tensor(value, dtype=scalar_dtype()))
             for key, fill in self.rule.tensors(h).items():
                 if callable(fill):  # a state whose shape is not the param's (Adafactor's row_var)
                     value = fill(p)
                     if value is not None:
                         state[key] = value
+                elif torch.is_tensor(fill):
+                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format).add(fill)
                 elif fill is not None:
                     # a complex parameter is stepped as (re, im) pairs: both halves start at
                     # the fill (torch's Adagrad: sum = v + vj)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from . import optimizers as _o
+from . import optimizers_torch_extra as _t
 from . import optimizers_modern as _m
 from . import optimizers_reductions as _r
 from .engine import RuleOptimizer
@@ -135,12 +136,29 @@ CLASSIC = (
 CLASSIC = tuple(replace(e, tags=("classic",)) for e in CLASSIC)
 
 # --- the rest of torch.optim, element-wise rules (RAdam, Rprop, ASGD) -----------------------
-TORCH_ELEMENTWISE: tuple = ()
+TORCH_ELEMENTWISE: tuple = tuple(replace(e, tags=("torch",)) for e in (
+    Entry("radam", _t.RAdam, "Adam with a rectified, warm-started adaptive step", "Liu et al. 2020",
+          torch_cls=torch.optim.RAdam, test_lr=1e-2,
+          variants=({}, _WD, {"decoupled_weight_decay": True, "weight_decay": 0.1}, _MAX,
+                    {"betas": (0.8, 0.99), "eps": 1e-6}, {"betas": (0.9, 0.6)})),
+    Entry("rprop", _t.Rprop, "Sign-based steps with a per-weight step size (full batch)",
+          "Riedmiller & Braun 1993", torch_cls=torch.optim.Rprop, test_lr=1e-2,
+          variants=({}, _MAX, {"etas": (0.3, 1.5)}, {"step_sizes": (1e-3, 0.02)})),
+    Entry("asgd", _t.ASGD, "SGD with a decaying step and iterate averaging",
+          "Polyak & Juditsky 1992", torch_cls=torch.optim.ASGD, test_lr=0.05,
+          variants=({}, _WD, _MAX, {"t0": 20}, {"lambd": 0.01, "alpha": 0.5, "t0": 50})),
+))
 
 
 
 # --- today's element-wise optimizers (Lion, AdaBelief, Adan) --------------------------------
 MODERN_ELEMENTWISE: tuple = (
+    # lion-pytorch's own decoupled_weight_decay=True (wd divided by the initial lr) is not the
+    # paper's Program 1 (lr * wd); left at its default False, it is
+    Entry("lion", _t.Lion, "Sign of interpolated momentum, found by program search",
+          "Chen et al. 2023", test_lr=1e-2, tags=("modern",),
+          reference=published("lion_pytorch", "Lion"),
+          variants=({}, {"weight_decay": 0.1}, {"betas": (0.95, 0.98)}, _MAX)),
     Entry("adabelief", _m.AdaBelief, "Adam with the belief (g - m)^2 as second moment",
           "Zhuang et al. 2020", test_lr=1e-2, tags=("modern",),
           reference=published("pytorch_optimizer", "AdaBelief",

@@ -102,6 +102,7 @@ def _expr(n: Node, ref, compute: str) -> str:
         "clamp_min": lambda: f"({a[0]} < {a[1]} ? {a[1]} : {a[0]})",
         "clamp_max": lambda: f"({a[0]} > {a[1]} ? {a[1]} : {a[0]})",
         "where": lambda: f"({a[0]} != 0 ? {a[1]} : {a[2]})",
+        "float32": lambda: f"({compute})(float)({a[0]})",
     }[n.op]()
 
 

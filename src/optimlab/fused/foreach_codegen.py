@@ -22,6 +22,8 @@ over memory instead of two or three. These change rounding by an ulp per step (s
 factors are folded in double, ``lerp`` uses a different formula), within the fused
 tests' tolerances; everything else follows the DAG's order, as the reference path does.
 
+A program with a per-element ``sign`` or comparison is printed without these forms: an
+ulp there can flip a sign (Lion) or a branch (Rprop), so it rounds as the reference path.
 torch has no multi-tensor comparison or select: a mask is a list of bool tensors (one
 ``torch.gt`` ... per tensor) and a ``where`` one ``torch.where`` per tensor; a ``where``
 on a scalar condition copies the branch it picks (a fresh list, so later in-place ops
@@ -35,11 +37,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .._math import abs_, clamp, maximum, minimum, sign, sqrt
+from .._math import abs_, as_default_dtype, clamp, maximum, minimum, sign, sqrt
 from .trace import MASKS, Node, Trace, TraceError, live
 
 _PY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}
 _UNARY = {"neg": "neg", "sqrt": "sqrt", "abs": "abs", "sign": "sign"}
+_CAST = {"float32": "_float32"}
 _BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow", "max": "maximum",
            "min": "minimum", "clamp_min": "clamp_min", "clamp_max": "clamp_max"}
 _FLIPPED = {"gt": "lt", "ge": "le", "lt": "gt", "le": "ge", "eq": "eq", "ne": "ne"}
@@ -62,24 +65,28 @@ def _full(like: list, value: float) -> list:
 def _compare(op: str, a, b) -> list:
     """A mask: ``torch.<op>`` per tensor; ``a`` is a list, ``b`` a list or a number."""
     fn = getattr(torch, op)
-    return [fn(x, y) for x, y in zip(a, b)] if isinstance(b, list) else [fn(x, b) for x in a]
+    return [fn(x, y) for x, y in zip(a, b)] if _is_list(b) else [fn(x, b) for x in a]
+
+
+def _is_list(x) -> bool:
+    return isinstance(x, (list, tuple))  # torch._foreach_* ops return either
 
 
 def _where(mask, a, b) -> list:
     """``torch.where`` per tensor; a branch is a list or a number (the other is a list)."""
     return [torch.where(m, x, y) for m, x, y in
-            zip(mask, a if isinstance(a, list) else [a] * len(mask), b if isinstance(b, list) else [b] * len(mask))]
+            zip(mask, a if _is_list(a) else [a] * len(mask), b if _is_list(b) else [b] * len(mask))]
 
 
 def _select(cond: bool, a, b) -> list:
     """A scalar condition picks a whole branch: a copy of its list, or a list filled with its number."""
     x, other = (a, b) if cond else (b, a)
-    return [t.clone() for t in x] if isinstance(x, list) else _full(other, x)
+    return [t.clone() for t in x] if _is_list(x) else _full(other, x)
 
 
 _NAMESPACE = {"F": torch, "_sqrt": sqrt, "_maximum": maximum, "_minimum": minimum, "_abs": abs_,
               "_sign": sign, "_clamp": clamp, "_fdiv": _fdiv, "_full": _full, "_compare": _compare,
-              "_where": _where, "_select": _select, "math": math}
+              "_where": _where, "_select": _select, "_float32": as_default_dtype, "math": math}
 
 
 def _const(v: float) -> str:
@@ -128,6 +135,10 @@ class _Printer:
         self.bvar = {f"b{i}": name for i, name in enumerate(tr.buffers)}
         self.writable = {f"b{i}" for i, name in enumerate(tr.buffers)
                          if name in tr.elem_outputs or name in writable}
+        # a sign or comparison of per-element values turns an ulp into a different branch
+        # (Lion's sign(beta1 m + (1 - beta1) g) near 0): such programs round as the
+        # reference path does, one op per node, with no fused forms
+        self.exact = any(n.op == "sign" or n.op in MASKS for n in self.elem)
 
     # ---- scalars
     def sref(self, x: Node) -> str:
@@ -156,7 +167,8 @@ class _Printer:
                 expr = {"neg": f"-{a[0]}", "sqrt": f"_sqrt({a[0]})", "abs": f"_abs({a[0]})",
                         "sign": f"_sign({a[0]})", "max": f"_maximum({a[0]}, {a[1]})",
                         "min": f"_minimum({a[0]}, {a[1]})", "clamp_min": f"_clamp({a[0]}, {a[1]}, None)",
-                        "clamp_max": f"_clamp({a[0]}, None, {a[1]})"}[n.op]
+                        "clamp_max": f"_clamp({a[0]}, None, {a[1]})",
+                        "float32": f"_float32({a[0]})"}[n.op]
             lines.append(f"    s{n.index} = {expr}")
         bnd = ", ".join(self.sref(b) for b in self.boundary)
         outs = ", ".join(self.sref(n) for n in self.tr.scalar_outputs.values())
@@ -226,7 +238,7 @@ class _Printer:
     def element_source(self) -> str:
         plans, absorbed = {}, set()
         for r in self.elem:
-            if r.op in ("add", "sub"):
+            if r.op in ("add", "sub") and not self.exact:
                 m = self.match(r)
                 if m is not None:
                     plans[r.index] = m
@@ -275,6 +287,10 @@ class _Printer:
         if op in _UNARY:
             x = args[0]
             return [self.emit(n, _UNARY[op], ref(x), x if dead(x, pos) else None, slot)]
+        if op == "float32":  # a float32 round trip (the kernel's default dtype is float32 here)
+            x = args[0]
+            return [self.emit(n, "mul", f"{ref(x)}, 1.0", None, slot),
+                    f"    for _t in t{n.index}: _t.copy_(_t.float())"]
         if op == "where":  # a fresh list: never written in place into a branch
             cond, a, b = args
             fn = "_select" if cond.scalar else "_where"

@@ -66,8 +66,9 @@ _kernels: dict = {}
 
 
 def hkey(h) -> tuple:
-    """The flag/zero pattern of the hyperparameters: what a trace may branch on."""
-    out = []
+    """The flag/zero pattern of the hyperparameters, and torch's default dtype: what a
+    trace may branch on."""
+    out = [torch.get_default_dtype()]
     for k, v in vars(h).items():
         if v is True or v is False:
             out.append((k, v))

@@ -29,6 +29,8 @@ import operator
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+import torch
+
 from ..rules import update
 
 
@@ -40,7 +42,7 @@ class TraceError(TypeError):
 class Node:
     """One operation. ``op`` is 'const', 'hp', 'sin' (scalar state), 'ein' (per-element
     input), or an operator: add sub mul div pow neg sqrt max min abs sign, clamp_min
-    clamp_max (torch.clamp's two halves), a comparison in :data:`MASKS` (1 or 0), or
+    clamp_max (torch.clamp's two halves), float32 (a rounding), a comparison in :data:`MASKS` (1 or 0), or
     where (condition, a, b)."""
 
     op: str
@@ -128,6 +130,10 @@ class Sym:
     def __optimlab_minimum__(self, o): return self._op("min", self, o)
     def __optimlab_sign__(self): return self._op("sign", self)
     def __optimlab_where__(self, a, b): return self._op("where", self, a, b)
+
+    def __optimlab_as_default_dtype__(self):
+        # the default dtype is in the kernel's cache key (plan.hkey)
+        return self if torch.get_default_dtype() == torch.float64 else self._op("float32", self)
 
     def __optimlab_clamp__(self, x, lo, hi):
         x = x if isinstance(x, Sym) else self._wrap(x)
@@ -222,8 +228,6 @@ def _sym_hyperparameters(graph: Graph, h: SimpleNamespace, hps: list) -> SimpleN
 
 
 def _is_number_tensor(v) -> bool:
-    import torch
-
     return isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_complex()
 
 

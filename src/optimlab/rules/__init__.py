@@ -10,6 +10,8 @@ from .classic import (
     ADADELTA, ADAGRAD, ADAM, ADAMAX, ALL_RULES, NADAM, RMSPROP, SGD,
     adadelta, adagrad, adam, adamax, nadam, rmsprop, sgd,
 )
+from .torch_extra import ASGD, RADAM, RPROP, asgd, radam, rprop
+from .sign_based import LION, lion
 from .modern import (
     ADABELIEF, ADAN, MODERN_RULES, SCHEDULE_FREE_ADAMW, SCHEDULE_FREE_SGD,
     adabelief, adan, schedule_free_adamw, schedule_free_sgd,
@@ -23,6 +25,7 @@ __all__ = [
     "Rule", "update", "ALL_RULES",
     "SGD", "ADAGRAD", "RMSPROP", "ADADELTA", "ADAM", "ADAMAX", "NADAM",
     "sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamax", "nadam",
+    "RADAM", "RPROP", "ASGD", "radam", "rprop", "asgd", "LION", "lion",
     "ADABELIEF", "ADAN", "SCHEDULE_FREE_ADAMW", "SCHEDULE_FREE_SGD", "MODERN_RULES",
     "adabelief", "adan", "schedule_free_adamw", "schedule_free_sgd",
     "ADAFACTOR", "adafactor", "MUON", "muon", "LARS", "lars", "LAMB", "lamb",
