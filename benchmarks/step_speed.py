@@ -74,7 +74,9 @@ def configs(all_variants: bool, only=None):
     for entry in ENTRIES:
         if only and entry.name not in only:
             continue
-        variants = list(entry.variants) if all_variants else [{}]
+        # the first variant: {} for torch's classes; for LAMB/LARS/Prodigy the one their
+        # published reference implements (the paper differences switched off)
+        variants = list(entry.variants) if all_variants else [entry.variants[0]]
         if all_variants and "bias_correction" in inspect.signature(entry.cls).parameters:
             variants.append({"bias_correction": False})
         for variant in variants:
@@ -93,10 +95,19 @@ def torch_variants(entry, params, variant, skip=()):
         return reference_variants(entry, params, variant, skip)
     kwargs = {k: v for k, v in variant.items() if k != "bias_correction"}
     out = {}
+    if entry.torch_cls is None:
+        if entry.reference is not None and "torch default" not in skip:
+            opt = entry.reference(params, **variant)
+            opt.step()
+            out["default"] = opt
+        return out
     params_of = inspect.signature(entry.torch_cls).parameters
+    plain = "foreach" not in params_of and "fused" not in params_of  # Muon: one implementation
     for name, extra in (("for-loop", {"foreach": False}), ("foreach", {"foreach": True}),
-                        ("fused", {"fused": True})):
-        if next(iter(extra)) not in params_of or f"torch {name}" in skip:
+                        ("fused", {"fused": True}), ("default", {})):
+        if (name == "default") != plain or f"torch {name}" in skip:
+            continue
+        if extra and next(iter(extra)) not in params_of:
             continue
         try:
             opt = entry.build_torch(params, **kwargs, **extra)
@@ -105,6 +116,23 @@ def torch_variants(entry, params, variant, skip=()):
         except (RuntimeError, TypeError, ValueError):
             pass
     return out
+
+
+def must_touch(opt, group) -> int:
+    """Bytes the rule must touch per step: the traced kernel's for an element-wise rule; for a
+    rule with reductions or a group-level phase, one pass over its element-wise inputs and
+    outputs (param and per-element state read and written, grad read; Prodigy's p0 only
+    read), what a fusion of its element-wise passes would reach."""
+    rule = opt.rule
+    if rule.elementwise and rule.estimate is None:
+        return roofline_bytes(opt, group)
+    total = 0
+    for p in group["params"]:
+        state = opt.state.get(p, {})
+        full = [k for k, v in state.items() if torch.is_tensor(v) and v.shape == p.shape]
+        per_element = 3 + sum(1 if k == "p0" else 2 for k in full)
+        total += per_element * p.numel() * p.element_size()
+    return total
 
 
 def reference_variants(entry, params, variant, skip=()):
@@ -163,7 +191,7 @@ def bench_config(entry, variant, params, probe, reps, fused_adam_ref, rounds=3):
             med = {n: statistics.median(v) for n, v in times.items()
                    if n.startswith(_COMPARED) and n != "torch fused Adam"}
             dropped = {n for n in med if med[n] > 1.5 * min(med.values())}
-            nbytes = roofline_bytes(ours, ours.param_groups[0])
+            nbytes = must_touch(ours, ours.param_groups[0])
         del ours, methods
         ref = None
         gc.collect()
@@ -262,20 +290,31 @@ def run(mixes, all_variants, reps, scale, out_rows, only=None):
         if scale != 1:
             shapes = [tuple(max(1, s // scale) for s in shape) for shape in shapes]
         gen = torch.Generator().manual_seed(0)
-        params = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
-        for p in params:
+        all_params = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+        for p in all_params:
             p.grad = torch.randn(p.shape, generator=gen)
-        n = sum(p.numel() for p in params)
-        a, b = torch.randn(n), torch.randn(n)
-        probe = lambda: a.add_(b)  # noqa: E731
+        n = sum(p.numel() for p in all_params)
+        probes = {}
+
+        def probe_for(m):  # a.add_(b) on as many elements as the params stepped
+            if m not in probes:
+                a, b = torch.randn(m), torch.randn(m)
+                probes[m] = lambda: a.add_(b)
+            return probes[m]
+
         r = reps[mix]
-        print(f"\n== mix {mix}: {title}: {len(params)} tensors, {n / 1e6:.1f}M params, {r} reps", flush=True)
+        print(f"\n== mix {mix}: {title}: {len(all_params)} tensors, {n / 1e6:.1f}M params, {r} reps", flush=True)
         for entry, variant in configs(all_variants and mix in "AC", only):
+            # Muon takes the mix's matrices only (AdamW would take the rest)
+            params = [p for p in all_params if p.dim() == 2] if entry.matrices_only else all_params
+            if not params:
+                continue
+            probe = probe_for(sum(p.numel() for p in params))
             row = {"mix": mix, "config": label(entry, variant),
                    **summarize(*bench_config(entry, variant, params, probe, r, mix == "C"))}
             out_rows.append(row)
             print(fmt_row(row), flush=True)
-        del params, a, b
+        del all_params, probes
         gc.collect()
 
 
@@ -355,6 +394,7 @@ def main(argv=None):
     ap.add_argument("--mixes", default="ABCD")
     ap.add_argument("--out", default=None, help="markdown output (default BENCHMARKS.md; none with --quick)")
     ap.add_argument("--only", default=None, help="comma-separated registry names (default: all)")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions per mix (default: 21/15/12/9)")
     args = ap.parse_args(argv)
     only = set(args.only.split(",")) if args.only else None
     started = time.strftime("%Y-%m-%d %H:%M")
@@ -362,9 +402,10 @@ def main(argv=None):
     t0 = time.perf_counter()
     rows: list = []
     if args.quick:
-        run(args.mixes, False, {m: 4 for m in MIXES}, 100, rows, only)
+        run(args.mixes, False, {m: args.reps or 4 for m in MIXES}, 100, rows, only)
     else:
-        run(args.mixes, True, {"A": 21, "B": 15, "C": 12, "D": 9}, 1, rows, only)
+        reps = {"A": 21, "B": 15, "C": 12, "D": 9}
+        run(args.mixes, True, {m: args.reps or k for m, k in reps.items()}, 1, rows, only)
     overhead = python_overhead()
     first = first_step_times()
     print(f"\noverhead: step {overhead[0] * 1e6:.0f} us, kernel {overhead[1] * 1e6:.0f} us; first step "

@@ -278,6 +278,82 @@ def adafactor(p, g, state, *, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0
     return p * (1.0 - lr * weight_decay) - alpha / clip * u
 
 
+def lamb(p, g, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0,
+         clamp_value=10.0, bias_correction=True, maximize=False, **_):
+    """You et al. 2020, Algorithm 2: Adam's moments (bias-corrected), r = m^/(sqrt(v^) + eps),
+    then x <- x - lr phi(||x||) / ||r + lambda x|| (r + lambda x), phi(z) = min(z, clamp_value);
+    eps next to the norm and a ratio of 1 where a norm is 0 (guards the paper leaves out)."""
+    b1, b2 = betas
+    t = _step(state)
+    g = -g if maximize else g
+    m = b1 * state.get("exp_avg", np.zeros_like(p)) + (1.0 - b1) * g
+    v = b2 * state.get("exp_avg_sq", np.zeros_like(p)) + (1.0 - b2) * g * g
+    state["exp_avg"], state["exp_avg_sq"] = m, v
+    c1, c2 = (1.0 - b1 ** t, 1.0 - b2 ** t) if bias_correction else (1.0, 1.0)
+    r = (m / c1) / (np.sqrt(v / c2) + eps) + weight_decay * p
+    phi, r_norm = min(np.linalg.norm(p), clamp_value), np.linalg.norm(r)
+    ratio = phi / (r_norm + eps) if phi > 0 and r_norm > 0 else 1.0
+    return p - lr * ratio * r
+
+
+def lars(p, g, state, *, lr=1e-3, weight_decay=0.0, momentum=0.9, dampening=0.0,
+         trust_coefficient=1e-3, nesterov=False, exclude_vectors=False, maximize=False, **_):
+    """You, Gitman & Ginsburg 2017, Algorithm 1, with the global lr inside the momentum:
+    lambda = eta ||w|| / (||g|| + beta ||w||);  v <- m v + (1 - dampening) lr lambda (g + beta w);
+    w <- w - v  (Nesterov: w <- w - lr lambda (g + beta w) - m v). exclude_vectors: tensors of
+    dimension < 2 take lambda = 1 and beta = 0."""
+    g = -g if maximize else g
+    if exclude_vectors and p.ndim < 2:
+        u = g
+    else:
+        w_norm, g_norm = np.linalg.norm(p), np.linalg.norm(g)
+        den = g_norm + weight_decay * w_norm
+        ratio = trust_coefficient * w_norm / den if w_norm > 0 and den > 0 else 1.0
+        u = ratio * (g + weight_decay * p)
+    if momentum == 0:
+        return p - lr * u
+    v = momentum * state.get("momentum_buffer", np.zeros_like(p)) + (1.0 - dampening) * lr * u
+    state["momentum_buffer"] = v
+    return p - (lr * u + momentum * v if nesterov else v)
+
+
+def prodigy(ps, gs, states, group, *, lr=1.0, betas=(0.9, 0.999), beta3=None, eps=1e-8,
+            weight_decay=0.0, decouple=True, use_bias_correction=False, safeguard_warmup=False,
+            d0=1e-6, d_coef=1.0, growth_rate=math.inf, maximize=False, **_):
+    """Mishchenko & Defazio 2024, Algorithm 3 (Adam version), over one param group (lists of
+    parameters/gradients/states; ``group`` holds d, d_max, r and k):
+    m <- b1 m + (1-b1) d g;  v <- b2 v + (1-b2) d^2 g^2;
+    r <- b3 r + (1-b3) gamma d^2 <g, x0 - x>;  s <- b3 s + (1-b3) gamma d^2 g  (sums over the group);
+    x <- x - gamma d m / (sqrt(v) + d eps)   (beta1 = 0: m = d g);
+    d <- max(d, d_coef r / ||s||_1), capped at d * growth_rate after the first increase.
+    gamma = lr, times sqrt(1 - b2^(k+1)) / (1 - b1^(k+1)) with bias correction; safeguard_warmup
+    drops gamma from s; weight decay: decoupled x <- x - gamma d lambda x, else L2."""
+    b1, b2 = betas
+    b3 = math.sqrt(b2) if beta3 is None else beta3
+    d, k = group.get("d", d0), group.get("k", 0)
+    gamma = lr * (math.sqrt(1 - b2 ** (k + 1)) / (1 - b1 ** (k + 1)) if use_bias_correction else 1.0)
+    r = b3 * group.get("r", 0.0)
+    s_norm, new = 0.0, []
+    for p, g, st in zip(ps, gs, states):
+        g = -g if maximize else g
+        if weight_decay != 0 and not decouple:
+            g = g + weight_decay * p
+        x0 = st.setdefault("p0", p.copy())
+        r += (1 - b3) * gamma * d * d * float(np.dot(g.ravel(), (x0 - p).ravel()))
+        s = b3 * st.get("s", np.zeros_like(p)) + (1 - b3) * (1.0 if safeguard_warmup else gamma) * d * d * g
+        m = b1 * st.get("exp_avg", np.zeros_like(p)) + (1 - b1) * d * g
+        v = b2 * st.get("exp_avg_sq", np.zeros_like(p)) + (1 - b2) * d * d * g * g
+        st["s"], st["exp_avg"], st["exp_avg_sq"] = s, m, v
+        s_norm += float(np.abs(s).sum())
+        step = gamma * d * (m if b1 > 0 else d * g) / (np.sqrt(v) + d * eps)
+        new.append(p - step - (gamma * d * weight_decay * p if decouple else 0.0))
+    d_hat = d_coef * r / s_norm
+    d_max = max(group.get("d_max", d0), d_hat)
+    group.update(r=r, d_max=d_max, k=k + 1,
+                 d=min(d_max, (max(d, d_hat) if d == d0 else d) * growth_rate))
+    return new
+
+
 def radam(p, g, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
           decoupled_weight_decay=False, maximize=False, **_):
     """Liu et al. 2020, Algorithm 2: the SMA length rho_t = rho_inf - 2 t b2^t / (1 - b2^t),
@@ -356,6 +432,16 @@ RULES = {
     "schedule_free_adamw": schedule_free_adamw, "schedule_free_sgd": schedule_free_sgd,
     "RAdam": radam, "Rprop": rprop, "ASGD": asgd, "lion": lion,
 }
+
+
+def prodigy_alone(p, g, state, **hp):
+    """:func:`prodigy` for a parameter alone in its param group (the parity problem's two
+    groups), keeping the group's d, r and k in the parameter's own state."""
+    return prodigy([p], [g], [state], state.setdefault("group", {}), **hp)[0]
+
+
+# optimizers without a torch.optim twin, by registry name
+RULES.update({"lamb": lamb, "lars": lars, "prodigy": prodigy_alone})
 
 
 def rule_for(entry):

@@ -41,6 +41,10 @@ CONFIG = {
                           "rosenbrock": (0.01, 2000, {}, 1e-3, 0.2)},
     # relative steps (rho_t = min(lr, 1/sqrt(t)) times RMS(p)) are slow in the valley
     "adafactor": {"rosenbrock": (1e-2, 4000, {}, 1e-2, 0.5)},
+    # trust ratios: steps proportional to ||w||, so the trust coefficient sets the step size
+    "lars":     {"quadratic": (3e-3, 2000, {"trust_coefficient": 1.0}, 1e-4, 0.05),
+                 "rosenbrock": (3e-3, 2000, {"trust_coefficient": 1.0}, 1e-3, 0.05)},
+    "lamb":     {"rosenbrock": (3e-2, 2000, {}, 1e-2, 0.5)},
 }
 
 

@@ -24,7 +24,7 @@ from optimlab.fused import foreach
 from optimlab._math import abs_, maximum
 from optimlab.registry import ELEMENTWISE_ENTRIES as ENTRIES  # the rules with a kernel
 from optimlab.registry import TORCH_ENTRIES
-from test_fused import _assert_params_and_state, _clone, _rel  # the C path's test helpers
+from test_fused import _assert_params_and_state, _clone, _rel, group_sums  # the C path's test helpers
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64]
 # as tests/test_fused.py: float64 / float32 bounds, a few storage ulps for bf16 / fp16
@@ -108,10 +108,11 @@ def _foreach(entry_or_cls, **kw):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("entry,variant", list(_cases()))
 def test_registry_parity(entry, variant, dtype):
+    group_sums(entry, dtype)  # Prodigy: float16 skipped, 10x tolerance (see test_fused)
     kw = {"lr": entry.test_lr, **variant}
     oa, ob = _run_pair(_foreach(entry, **kw), _reference(entry, **kw), _params(dtype), 100, late=(1,))
     assert not fused._plans.get(oa), "foreach=True must not use the C kernel"
-    _assert_same(oa, ob, TOL[dtype])
+    _assert_same(oa, ob, TOL[dtype] * (10 if entry.cls.rule.estimate is not None else 1))
 
 
 def test_generated_program_is_the_traced_graph_as_foreach_calls():

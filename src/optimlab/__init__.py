@@ -14,7 +14,7 @@ from .lr_scheduler import LRScheduler
 from .optimizers import NAG, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Momentum, NAdam, RMSprop
 from .optimizers_torch_extra import ASGD, Lion, RAdam, Rprop
 from .optimizers_modern import AdaBelief, Adan, ScheduleFreeAdamW, ScheduleFreeSGD
-from .optimizers_reductions import Adafactor, Muon, split_for_muon
+from .optimizers_reductions import LAMB, LARS, Adafactor, Muon, Prodigy
 from .registry import REGISTRY, create, lookup, names, sets
 
 __version__ = "0.1.0"
@@ -26,5 +26,5 @@ __all__ = [
     "REGISTRY",
     "rules", "schedules", "__version__",
     "AdaBelief", "Adan", "ScheduleFreeAdamW", "ScheduleFreeSGD",
-    "Adafactor", "Muon", "split_for_muon",
+    "Adafactor", "Muon", "LAMB", "LARS", "Prodigy",
 ]

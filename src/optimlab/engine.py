@@ -182,33 +182,46 @@ class RuleOptimizer(Optimizer):
             self._keep_flags(group)
             h = hyperparameters(group)
             h.grad_scale = grad_scale
-            if self.rule.combine is not None:  # group-level values first (sums, or a schedule)
-                if not self.estimate_step(group, h):
-                    continue
+            if self.rule.combine is None:
+                self._step_group(group, h)
+                continue
+            after = self.estimate_step(group, h)  # group-level values first (sums, or a schedule)
+            if not after:
+                continue
+            if after is True:  # group-level scalar state, already written into the group
                 h = hyperparameters(group)
                 h.grad_scale = grad_scale
-            use_fused = (group.get("fused") is not False and group.get("foreach") is not True
-                         and not group.get("differentiable") and self.rule.elementwise)
-            if use_fused:
-                from . import fused
-                from .fused import shards
+                self._step_group(group, h)
+                continue
+            for key in self.rule.estimate_keys:  # a two-phase rule: sums written after the step
+                h.__dict__.pop(key, None)
+            self._step_group(group, h)
+            group.update(after)
 
-                if fused.try_steady_step(self, group, h):
-                    continue
-                if shards.any_dtensor(group["params"]):  # FSDP2, tensor parallel
-                    shards.step(self, group, h)
-                    continue
-            params = group["params"]
-            grads = list(map(_grad, params))
-            if any(map(_is_none, grads)):  # not `None in grads`: that calls Tensor.__eq__
-                params = [p for p, g in zip(params, grads) if g is not None]
-                grads = [g for g in grads if g is not None]
-            if not params:
-                continue
-            if use_fused and fused.try_step(self, group, params, grads, h):  # checks grads when needed
-                continue
-            self._check_grads(params)
-            self.unfused_step(group, params, h)
+    def _step_group(self, group: dict, h: SimpleNamespace) -> None:
+        """One group's step: the steady or planned C kernel, FSDP2 shards, or the unfused paths."""
+        use_fused = (group.get("fused") is not False and group.get("foreach") is not True
+                     and not group.get("differentiable") and self.rule.elementwise)
+        if use_fused:
+            from . import fused
+            from .fused import shards
+
+            if fused.try_steady_step(self, group, h):
+                return
+            if shards.any_dtensor(group["params"]):  # FSDP2, tensor parallel
+                shards.step(self, group, h)
+                return
+        params = group["params"]
+        grads = list(map(_grad, params))
+        if any(map(_is_none, grads)):  # not `None in grads`: that calls Tensor.__eq__
+            params = [p for p, g in zip(params, grads) if g is not None]
+            grads = [g for g in grads if g is not None]
+        if not params:
+            return
+        if use_fused and fused.try_step(self, group, params, grads, h):  # checks grads when needed
+            return
+        self._check_grads(params)
+        self.unfused_step(group, params, h)
 
     def unfused_step(self, group: dict, params: list, h: SimpleNamespace) -> None:
         """Params (with grads) the C kernel did not take: torch's own fused kernel where the
@@ -222,12 +235,13 @@ class RuleOptimizer(Optimizer):
         for p in rest:
             self.reference_step(p, h)
 
-    def estimate_step(self, group: dict, h: SimpleNamespace) -> bool:
+    def estimate_step(self, group: dict, h: SimpleNamespace) -> dict | None:
         """Phase 1 of a two-phase rule (see :class:`~optimlab.rules.Rule`): the per-parameter
         partial sums of ``rule.estimate`` over the group's params with grads, added up in
-        double, handed to ``rule.combine``, which writes the group-level values into
-        ``group``. Returns False when the step stops there. A rule with ``combine`` but no
-        ``estimate`` (group-level scalar state: Schedule-Free) gets ``combine((), group)``."""
+        double, handed to ``rule.combine``; returns the group values it gives (written into
+        ``group`` after phase 2), or None when the step stops here. A rule with ``combine``
+        but no ``estimate`` (group-level scalar state: Schedule-Free) gets
+        ``combine((), group)``, which writes into ``group`` and returns True."""
         if self.rule.estimate is None:
             return self.rule.combine((), group)
         params = [p for p in group["params"] if p.grad is not None]
@@ -238,8 +252,8 @@ class RuleOptimizer(Optimizer):
             parts = [float(x) for x in parts]
             totals = parts if totals is None else [a + b for a, b in zip(totals, parts)]
         if totals is None:
-            return False
-        return self.rule.combine(totals, group)
+            return None
+        return self.rule.combine(totals, h)
 
     def _check_grads(self, params):
         for p in params:

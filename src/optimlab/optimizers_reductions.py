@@ -1,4 +1,5 @@
-"""Optimizers whose rules read whole tensors: torch.optim's Adafactor and Muon.
+"""Optimizers whose rules read whole tensors: torch.optim's Adafactor and Muon, LARS, LAMB,
+and the learning-rate-free Prodigy (a two-phase rule: group-level sums, then the step).
 
 Each class only validates its arguments (torch.optim's signatures, defaults and messages)
 and names its rule (:mod:`optimlab.rules.factored`, :mod:`optimlab.rules.orthogonal`);
@@ -12,6 +13,7 @@ import torch
 
 from . import rules
 from .engine import RuleOptimizer
+from .optimizers import _check, _check_betas, _check_eps, _check_lr, _check_weight_decay
 
 
 class _WholeTensorChecks(RuleOptimizer):
@@ -77,11 +79,10 @@ class Muon(_WholeTensorChecks):
     0.2 sqrt(max(A, B))). Every parameter must be 2-D (a ``ValueError`` otherwise, as torch).
 
     Muon is for the 2-D weights of hidden layers; torch's documentation optimizes every
-    other parameter (biases, norms, embeddings, and by common practice the first and last
-    layers) with AdamW. :func:`split_for_muon` does the split:
+    other parameter (biases, norms, embeddings) with AdamW: :func:`optimlab.muon_param_groups`
+    makes that split and :class:`optimlab.Combined` steps both as one optimizer.
 
-    >>> matrices, rest = optimlab.split_for_muon(model.parameters())
-    >>> opts = [optimlab.Muon(matrices, lr=0.02), optimlab.AdamW(rest, lr=3e-4, weight_decay=0.01)]
+    >>> opt = optimlab.with_adamw_for_the_rest(optimlab.Muon, model, lr=0.02)
     """
 
     rule = rules.MUON
@@ -109,18 +110,102 @@ class Muon(_WholeTensorChecks):
                                      f"parameter with size: {p.size()}")
 
 
-def split_for_muon(params) -> tuple[list, list]:
-    """(2-D params for :class:`Muon`, every other param for AdamW), torch's convention.
+class LARS(RuleOptimizer):
+    """LARS (You, Gitman & Ginsburg 2017): momentum SGD with a layer-wise trust ratio.
 
-    ``params``: tensors, or ``(name, tensor)`` pairs (``model.named_parameters()``), in which
-    case embeddings and output heads (names containing "embed", "lm_head" or "head") also go
-    to AdamW, as the Muon authors recommend. Params without ``requires_grad`` are dropped.
+    Update rule: :func:`optimlab.rules.lars`. Arguments as ``pytorch_optimizer.LARS``:
+    ``lr=1e-3``, ``weight_decay=0.0`` (beta, inside the trust ratio), ``momentum=0.9`` and
+    ``dampening=0.0`` in [0, 1], ``trust_coefficient=1e-3`` (eta), ``nesterov``,
+    ``maximize``; plus ``exclude_vectors=False``: the paper scales every tensor, True gives
+    tensors of dimension < 2 plain momentum SGD without weight decay (pytorch_optimizer's
+    behaviour, and the usual recipe for biases and norms). ``foreach`` is accepted as in
+    pytorch_optimizer; the rule runs one tensor at a time (its norms are per tensor).
+
+    >>> opt = optimlab.LARS(model.parameters(), lr=1.0, momentum=0.9, weight_decay=1e-4)
     """
-    matrices, rest = [], []
-    for item in params:
-        name, p = item if isinstance(item, tuple) else ("", item)
-        if not p.requires_grad:
-            continue
-        is_io = any(k in name for k in ("embed", "lm_head", "head"))
-        (matrices if p.ndim == 2 and not is_io else rest).append(p)
-    return matrices, rest
+
+    rule = rules.LARS
+
+    def __init__(self, params, lr=1e-3, weight_decay=0.0, momentum=0.9, dampening=0.0,
+                 trust_coefficient=1e-3, nesterov=False, *, exclude_vectors=False, maximize=False,
+                 foreach=None):
+        _check_lr(lr)
+        _check_weight_decay(weight_decay)
+        _check(0.0 <= momentum <= 1.0, f"Invalid momentum value: {momentum} (momentum must be in [0, 1])")
+        _check(0.0 <= dampening <= 1.0, f"Invalid dampening value: {dampening} (dampening must be in [0, 1])")
+        _check(0.0 <= trust_coefficient,
+               f"Invalid trust_coefficient value: {trust_coefficient} (trust_coefficient must be >= 0)")
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, dampening=dampening,
+                        trust_coefficient=trust_coefficient, nesterov=nesterov,
+                        exclude_vectors=exclude_vectors, maximize=maximize, foreach=foreach)
+        super().__init__(params, defaults)
+
+
+class LAMB(RuleOptimizer):
+    """LAMB (You et al. 2020, Algorithm 2): Adam's direction with a layer-wise trust ratio.
+
+    Update rule: :func:`optimlab.rules.lamb`. Arguments as ``pytorch_optimizer.Lamb``:
+    ``lr=1e-3``, ``betas=(0.9, 0.999)``, ``eps=1e-6``, ``weight_decay=0.0`` (lambda, inside
+    the trust ratio as in the paper), ``maximize``; plus ``clamp_value=10.0`` (phi(z) =
+    min(z, clamp_value)) and ``bias_correction=True`` (the paper's m / (1 - beta1^t) and
+    v / (1 - beta2^t)); ``foreach`` as in :class:`LARS`.
+
+    Where pytorch_optimizer.Lamb differs from the paper: it applies weight decay decoupled,
+    outside the trust ratio, unless ``weight_decouple=False`` (the paper's form, used here);
+    it does not correct v and divides the whole step by (1 - beta1^t) unless
+    ``adam_debias=True`` (then no correction: ``bias_correction=False`` here).
+
+    >>> opt = optimlab.LAMB(model.parameters(), lr=1e-3, weight_decay=0.01)
+    """
+
+    rule = rules.LAMB
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *,
+                 clamp_value=10.0, bias_correction=True, maximize=False, foreach=None):
+        _check_lr(lr)
+        _check_betas(betas)
+        _check_eps(eps)
+        _check_weight_decay(weight_decay)
+        _check(0.0 < clamp_value, f"Invalid clamp_value: {clamp_value} (clamp_value must be > 0)")
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        clamp_value=clamp_value, bias_correction=bias_correction, maximize=maximize,
+                        foreach=foreach)
+        super().__init__(params, defaults)
+
+
+class Prodigy(RuleOptimizer):
+    """Prodigy (Mishchenko & Defazio 2024): Adam whose step size d is estimated, not tuned.
+
+    Update rule: :func:`optimlab.rules.prodigy` with its group-level phase
+    :func:`~optimlab.rules.prodigy_estimate` / :func:`~optimlab.rules.prodigy_distance`.
+    Arguments as the authors' ``prodigyopt.Prodigy``: ``lr=1.0`` (a multiplier on d; leave
+    it at 1), ``betas=(0.9, 0.999)``, ``beta3=None`` (sqrt(beta2)), ``eps=1e-8``,
+    ``weight_decay=0``, ``decouple=True`` (AdamW-style), ``use_bias_correction=False``,
+    ``safeguard_warmup=False``, ``d0=1e-6``, ``d_coef=1.0``, ``growth_rate=inf``; plus
+    ``maximize``, ``foreach``, ``fused``. The estimate (``d``, ``d_max``, ``d_numerator``,
+    ``k``, ...) lives in each param group under prodigyopt's names.
+
+    Differences from ``prodigyopt``: each param group has its own d (prodigyopt shares one
+    across groups and refuses groups with different lrs); the eps term uses this step's d,
+    as the paper (prodigyopt: the updated one); ``p0`` and ``s`` have the parameter's shape.
+
+    >>> opt = optimlab.Prodigy(model.parameters(), lr=1.0, weight_decay=0.01)
+    """
+
+    rule = rules.PRODIGY
+
+    def __init__(self, params, lr=1.0, betas=(0.9, 0.999), beta3=None, eps=1e-8, weight_decay=0,
+                 decouple=True, use_bias_correction=False, safeguard_warmup=False, d0=1e-6,
+                 d_coef=1.0, growth_rate=float("inf"), *, maximize=False, foreach=None, fused=None):
+        _check(0.0 < d0, f"Invalid d0 value: {d0} (d0 must be in (0, inf))")
+        _check(0.0 < lr, f"Invalid learning rate: {lr} (lr must be in (0, inf))")
+        _check(0.0 < eps, f"Invalid epsilon value: {eps} (eps must be in (0, inf))")
+        _check_betas(betas)
+        _check(beta3 is None or 0.0 <= beta3 < 1.0, f"Invalid beta3 value: {beta3} (must be in [0, 1))")
+        _check_weight_decay(weight_decay)
+        defaults = dict(lr=lr, betas=betas, beta3=beta3, eps=eps, weight_decay=weight_decay,
+                        d=d0, d0=d0, d_max=d0, d_numerator=0.0, d_coef=d_coef, k=0,
+                        growth_rate=growth_rate, use_bias_correction=use_bias_correction,
+                        decouple=decouple, safeguard_warmup=safeguard_warmup, maximize=maximize,
+                        foreach=foreach, fused=fused)
+        super().__init__(params, defaults)

@@ -190,6 +190,59 @@ MODERN_ELEMENTWISE += (
 
 
 # --- rules with reductions or matrix products (Adafactor, Muon, LAMB, LARS, Prodigy) ---------
+def _lamb_reference(params, bias_correction=False, clamp_value=10.0, **hyperparameters):
+    """pytorch_optimizer.Lamb in the paper's form where it has one: weight decay inside the
+    trust ratio (``weight_decouple=False``); ``adam_debias=True`` drops its division of the
+    step by 1 - beta1^t, so it equals ``bias_correction=False`` (it cannot correct v: the
+    paper's ``bias_correction=True`` is checked against the NumPy reference)."""
+    from pytorch_optimizer import Lamb
+
+    if bias_correction:
+        raise ValueError("pytorch_optimizer.Lamb has no bias correction of v: use bias_correction=False")
+    opt = Lamb(params, weight_decouple=False, adam_debias=True, **hyperparameters)
+    opt.clamp = clamp_value
+    return opt
+
+
+def _lars_reference(params, exclude_vectors=False, **hyperparameters):
+    """pytorch_optimizer.LARS, which always gives tensors of dimension < 2 plain momentum SGD
+    (``exclude_vectors=True``; the paper's every-layer form is checked against NumPy)."""
+    from pytorch_optimizer import LARS
+
+    if not exclude_vectors:
+        raise ValueError("pytorch_optimizer.LARS always excludes vectors: use exclude_vectors=True")
+    return LARS(params, **hyperparameters)
+
+
+class _PerGroup(torch.optim.Optimizer):
+    """One reference optimizer per param group (prodigyopt shares its d across groups and
+    refuses different lrs; optimlab estimates d per group)."""
+
+    def __init__(self, optimizers):
+        self.optimizers = optimizers
+        self.param_groups = [g for o in optimizers for g in o.param_groups]
+        self.state = {}
+
+    def step(self, closure=None):
+        for o in self.optimizers:
+            o.step()
+
+
+def _prodigy_reference(params, maximize=False, foreach=None, fused=None, **hyperparameters):
+    """The authors' prodigyopt.Prodigy, one per param group. The paper puts this step's d in
+    the eps term and, with beta1 = 0, on g; prodigyopt the updated d: the reference test uses
+    a negligible eps and beta1 > 0 (both forms are checked against NumPy)."""
+    import prodigyopt
+
+    groups = list(params)
+    groups = groups if groups and isinstance(groups[0], dict) else [{"params": groups}]
+    return _PerGroup([prodigyopt.Prodigy([g], **hyperparameters) for g in groups])
+
+
+_NO_BC = {"bias_correction": False}
+_EXCL = {"exclude_vectors": True}
+_TINY_EPS = {"eps": 1e-300}
+
 WITH_REDUCTIONS: tuple = (
     Entry("adafactor", _r.Adafactor, "Factored second moment, relative step size",
           "Shazeer & Stern 2018", torch_cls=torch.optim.Adafactor, test_lr=1e-2, tags=("torch",),
@@ -203,6 +256,20 @@ WITH_REDUCTIONS: tuple = (
           lab_preset={"adjust_lr_fn": "match_rms_adamw"},
           variants=({}, {"nesterov": False}, {"adjust_lr_fn": "match_rms_adamw", "weight_decay": 0.0},
                     {"momentum": 0.9, "ns_steps": 3})),
+    Entry("lamb", _r.LAMB, "Adam's direction with a layer-wise trust ratio",
+          "You et al. 2020", test_lr=1e-2, tags=("modern",), reference=_lamb_reference,
+          variants=(_NO_BC, {**_NO_BC, **_WD}, {**_NO_BC, **_MAX},
+                    {**_NO_BC, "betas": (0.8, 0.99), "eps": 1e-8, "clamp_value": 1.0})),
+    Entry("lars", _r.LARS, "Momentum SGD with a layer-wise trust ratio",
+          "You, Gitman & Ginsburg 2017", test_lr=0.02, tags=("modern",), reference=_lars_reference,
+          variants=(_EXCL, {**_EXCL, "weight_decay": 0.01, "trust_coefficient": 0.02}, {**_EXCL, **_MAX},
+                    {**_EXCL, "nesterov": True, "dampening": 0.0}, {**_EXCL, "momentum": 0.0},
+                    {**_EXCL, "momentum": 0.5, "dampening": 0.5})),
+    Entry("prodigy", _r.Prodigy, "Adam with a learning-rate-free step size (distance estimate d)",
+          "Mishchenko & Defazio 2024", test_lr=1.0, tags=("modern",), reference=_prodigy_reference,
+          variants=(_TINY_EPS, {**_TINY_EPS, **_WD}, {**_TINY_EPS, "use_bias_correction": True},
+                    {**_TINY_EPS, "weight_decay": 0.1, "decouple": False}, {**_TINY_EPS, **_MAX},
+                    {**_TINY_EPS, "safeguard_warmup": True, "d_coef": 0.5, "growth_rate": 1.05})),
 )
 
 

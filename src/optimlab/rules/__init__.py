@@ -17,6 +17,8 @@ from .modern import (
     adabelief, adan, schedule_free_adamw, schedule_free_sgd,
 )
 from .factored import ADAFACTOR, adafactor
+from .layerwise import LAMB, LARS, lamb, lars
+from .learning_rate_free import PRODIGY, prodigy, prodigy_distance, prodigy_estimate
 from .orthogonal import MUON, muon
 
 __all__ = [
@@ -26,5 +28,6 @@ __all__ = [
     "RADAM", "RPROP", "ASGD", "radam", "rprop", "asgd", "LION", "lion",
     "ADABELIEF", "ADAN", "SCHEDULE_FREE_ADAMW", "SCHEDULE_FREE_SGD", "MODERN_RULES",
     "adabelief", "adan", "schedule_free_adamw", "schedule_free_sgd",
-    "ADAFACTOR", "adafactor", "MUON", "muon",
+    "ADAFACTOR", "adafactor", "MUON", "muon", "LARS", "lars", "LAMB", "lamb",
+    "PRODIGY", "prodigy", "prodigy_estimate", "prodigy_distance",
 ]

@@ -30,10 +30,11 @@ of :mod:`optimlab._reduce`) says so with ``Rule(..., elementwise=False)``; it ru
 tensors (its reductions are torch calls), never through the element-wise kernel. A rule
 whose step needs a quantity summed over the whole param group (Prodigy's ``d``) has two
 phases: ``Rule.estimate`` returns per-parameter partial sums, the engine adds them up over
-the group and ``Rule.combine`` turns the totals into group-level values (stored in the
-param group, so in ``state_dict``); the per-parameter rule then reads them from ``h``. A
-``combine`` without an ``estimate`` is group-level scalar state alone: it runs once per step
-with no totals (Schedule-Free's schedule and running sum of weights).
+the group, ``Rule.combine`` turns the totals into group-level values, the per-parameter
+rule steps, and the new values are stored in the param group (so in ``state_dict``),
+where the next step's ``h`` reads them. A ``combine`` without an ``estimate`` is
+group-level scalar state alone: ``combine((), group)`` writes into the group once per step,
+before the per-parameter rule (Schedule-Free's schedule and running sum of weights).
 See :func:`conventions` for rules that need the parameter itself or apply the learning
 rate or weight decay themselves.
 """
@@ -66,11 +67,15 @@ class Rule:
     #: False: the rule reduces over tensors or multiplies matrices (runs on whole tensors)
     elementwise: bool = True
     #: phase 1 of a two-phase step: ``estimate(g, s, h, p) -> tuple`` of per-parameter partial
-    #: sums (it may update per-element state too); ``combine(totals, group) -> bool`` writes the
-    #: group-level values into the param group (False: the step stops after phase 1); without
-    #: ``estimate``, ``combine((), group)`` runs once per step before the per-parameter rule
+    #: sums (it may update per-element state too); ``combine(totals, h) -> dict | None``: the
+    #: group-level values the totals give, written into the param group after phase 2 (so the
+    #: step itself reads this step's values); None: the step stops after phase 1. Without
+    #: ``estimate``, ``combine((), group) -> bool`` writes into the group before the rule runs
     estimate: Callable | None = None
     combine: Callable | None = None
+    #: group keys only ``estimate`` and ``combine`` read (running sums, diagnostics): the
+    #: per-parameter rule does not see them, so their changes never re-key its kernel
+    estimate_keys: tuple = ()
     whole_step: bool = False
 
     def scalar_fills(self, h) -> dict:
@@ -163,7 +168,7 @@ def update(rule, p, g, s, h):
 
     Everything above this module (the reference path in :mod:`optimlab.engine`, the traced
     graph in :mod:`optimlab.fused.trace` and the backends that print or run it) calls this
-    one function; nothing here imports them. :class:`Conventions` attached to ``rule_fn``
+    one function; nothing here imports them. :class:`Conventions` attached to the rule's function
     (:func:`conventions`) pass it the parameter, choose the weight decay, or drop ``lr``.
     """
     fn = getattr(rule, "fn", rule)
