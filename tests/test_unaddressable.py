@@ -141,7 +141,10 @@ def test_dtensor_params_step_on_local_shards(mesh, entry, variant):
             p.grad = g.clone()
         opt.step()
         ref.step()
-    if opt.param_groups[0].get("fused") is not False and not os.environ.get("OPTIMLAB_DISABLE_FUSED"):
+    # a rule with reductions (Adafactor) steps the whole DTensor on the reference path: its
+    # row/column means need the other shards, so there is no local kernel to check
+    if (opt.param_groups[0].get("fused") is not False and entry.cls.rule.elementwise
+            and not os.environ.get("OPTIMLAB_DISABLE_FUSED")):
         view = shards._views[opt][id(opt.param_groups[0])]
         plan = fused._plans[view][id(view.group)]
         assert any(t is ours[0]._local_tensor for t in plan.fused_params) and plan.buckets

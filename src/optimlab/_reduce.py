@@ -57,9 +57,10 @@ def mean(x, dim=None) -> torch.Tensor:
 
 def mean_square(x, dim: int) -> torch.Tensor:
     """mean(x^2) along ``dim`` (kept), as ||x||^2 / n without a full-size x^2 temporary
-    (torch.optim.Adafactor's form, whose rounding a parity test reproduces)."""
+    (torch.optim.Adafactor's form, whose rounding a parity test reproduces). Out of place:
+    on a DTensor shard the norm is a partial sum that an in-place op cannot take."""
     x = _tensor(x, "mean_square")
-    return torch.norm(x, dim=dim, keepdim=True).square_().div_(x.size(dim))
+    return torch.norm(x, dim=dim, keepdim=True).square().div(x.size(dim))
 
 
 def mm(a, b) -> torch.Tensor:
