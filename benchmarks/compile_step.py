@@ -31,7 +31,8 @@ import torch
 from torch._dynamo.utils import counters
 
 sys.path.insert(0, os.path.dirname(__file__))
-import step_speed  # noqa: E402
+import step_speed
+from markdown_section import replace_section  # noqa: E402
 
 from optimlab.fused import compiled  # noqa: E402
 from optimlab.registry import REGISTRY  # noqa: E402
@@ -159,11 +160,7 @@ def write_section(path, lines, started, load, wall) -> None:
                "eager time (<= 1: compiling does not slow the step). `kept out` = the eager C-kernel step "
                "behind a graph break. torch compiled uses torch's recipe, `lr=torch.tensor(lr)`.", "",
                HEADER, "|" + "---|" * (HEADER.count("|") - 1), *lines, "", END]
-    text = open(path).read() if os.path.exists(path) else ""
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + text[text.index(END) + len(END):].lstrip("\n")
-    with open(path, "w") as f:
-        f.write(text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n")
+    replace_section(path, BEGIN, END, "\n".join(section))
 
 
 def main(argv=None):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from markdown_section import replace_section
 from optimlab.lab import ray_executor, sweep
 from optimlab.lab.spec import RunSpec
 from optimlab.lab.store import Store
@@ -137,14 +137,7 @@ def write(res: dict, reps: int, path: str, load: float) -> None:
         "",
         MARK_END,
     ])
-    text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
-    if MARK_BEGIN in text:
-        text = re.sub(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), lambda _: body,
-                      text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + body + "\n"
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    replace_section(path, MARK_BEGIN, MARK_END, body)
 
 
 def _ray_version() -> str:

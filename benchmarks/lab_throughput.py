@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -36,6 +35,7 @@ import time
 import torch
 
 import optimlab
+from markdown_section import replace_section
 from optimlab.lab import problems, runner
 from optimlab.lab.spec import RunSpec
 
@@ -152,14 +152,7 @@ def write(rows, reps: int, path: str, load: float) -> None:
         "",
         MARK_END,
     ])
-    text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
-    if MARK_BEGIN in text:
-        text = re.sub(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), lambda _: body,
-                      text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + body + "\n"
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    replace_section(path, MARK_BEGIN, MARK_END, body)
 
 
 def main(argv=None) -> int:

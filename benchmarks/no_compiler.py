@@ -30,7 +30,8 @@ os.environ.update(OPTIMLAB_CC="/nonexistent/cc", OPTIMLAB_CXX="/nonexistent/c++"
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-import step_speed  # noqa: E402
+import step_speed
+from markdown_section import replace_section  # noqa: E402
 
 from optimlab import fused  # noqa: E402
 from optimlab.fused import foreach, torch_kernels  # noqa: E402
@@ -118,11 +119,7 @@ def write_section(path, lines, started, load, wall) -> None:
                HEADER, "|" + "---|" * (HEADER.count("|") - 1), *lines, "",
                f"vs torch best: min {min(vs):.2f}x, median {statistics.median(vs):.2f}x; "
                f"{sum(v < 1 for v in vs)} of {len(vs)} rows below 1.00x.", "", END]
-    text = open(path).read() if os.path.exists(path) else ""
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + text[text.index(END) + len(END):].lstrip("\n")
-    with open(path, "w") as f:
-        f.write(text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n")
+    replace_section(path, BEGIN, END, "\n".join(section))
 
 
 def main(argv=None):
