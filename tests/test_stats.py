@@ -240,6 +240,24 @@ def test_deterministic_problem_resolution():
         {"a": 1.5, "b": 1.5, "c": 3.5, "d": 3.5}
 
 
+def test_losses_that_reached_the_optimum_tie():
+    """The ravine of the default run: every converging optimizer reaches its optimum 0 to
+    machine precision (1e-289 at a large lr, 1e-9 at a small one). Below the floor those
+    are the same result; a loss still above it (sgd) is worse; the raw means stay."""
+    rng = random.Random(3)
+    raw = {"adagrad": 1e-289, "rmsprop": 1e-107, "adam": 2e-9, "sgd": 1.5e-3}
+    scores = {o: {s: v * rng.uniform(0.5, 2.0) for s in range(5)} for o, v in raw.items()}
+    floor = S.optimum_floor(0.0, 9.9)
+    assert 1e-6 < floor < 2e-6 and S.optimum_floor(None, 9.9) == -INF
+    v = S.compare_to_best(scores, floor=floor)
+    assert v.best == "adagrad" and v.tied == ["adagrad", "rmsprop", "adam"]
+    assert v.means["adagrad"] < 1e-280 and v.pvalues["sgd"] < 0.05
+    # Without the floor 1e-289 "wins" against 1e-107 and 1e-9: the bug this fixes.
+    assert S.compare_to_best(scores).tied == ["adagrad"]
+    # A known optimum above 0 moves the floor with it.
+    assert S.optimum_floor(0.56, 41.6) == pytest.approx(0.56 + 41.04 * 2.0 ** -23)
+
+
 # ------------------------------------------------------------------ ranks
 
 def test_tie_ranks_equal_values_share():

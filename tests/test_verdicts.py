@@ -236,3 +236,23 @@ def test_paired_deltas_in_the_table(built):
     for o in v.tied[1:]:
         assert ctx["deltas"][("noise", o)][1] >= 0.05
     assert "Δ vs best" in built["html"]
+
+
+def test_runs_that_reached_a_known_optimum_tie():
+    """Through records: the floor comes from the problem's optimum (train_loss - gap) and
+    its starting validation loss, so two optimizers at 1e-30 and 1e-200 tie, and the
+    terminal/JSON verdict names both; a run at 1e-3 stays out of the group."""
+    rng = random.Random(5)
+    recs = []
+    for o, v in {"adam": 1e-30, "rmsprop": 1e-200, "sgd": 1e-3}.items():
+        for s in SEEDS:
+            r = rec("ravine", o, BEST_LR, s, v * rng.uniform(0.5, 2.0),
+                    "sweep" if s == 0 else "seeds")
+            r.final["gap"] = r.final["train_loss"]          # optimum 0
+            recs.append(r)
+    assert V.floors(recs)["ravine"] == pytest.approx(2.0 * 2.0 ** -23)
+    v = V.verdicts(recs)["ravine"]
+    assert v.best == "rmsprop" and v.tied == ["rmsprop", "adam"] and "sgd" not in v.tied
+    for r in recs:
+        r.final["gap"] = None                               # optimum unknown: no floor
+    assert V.verdicts(recs)["ravine"].tied == ["rmsprop"]

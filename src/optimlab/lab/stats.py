@@ -18,6 +18,10 @@ Method (stated in the report)
 * **Resolution**: seed means that agree to ``RTOL`` (relative 1e-5) are equal, whatever
   the test says: deterministic (full-batch) problems give zero-spread differences of a
   few float32 ulps that no reader should take for a winner.
+* **Optimum floor**: where a problem's optimum is known, a loss within float32's
+  epsilon of the starting gap (``f* + EPS32 * (start - f*)``) has reached the optimum:
+  the tests see it as that floor (1e-289 and 1e-20 on a problem that started at 10 are
+  both "reached it"); means and intervals keep the raw values.
 * **Failures**: a diverged / errored run scores ``+inf``. Infinite losses cannot enter
   a t-test, so they follow fixed rules (see :func:`compare_to_best`).
 
@@ -34,8 +38,8 @@ from functools import lru_cache
 
 INF = float("inf")
 
-__all__ = ["RTOL", "CI", "Verdict", "mean_ci", "paired", "paired_t", "compare_to_best",
-           "tie_ranks", "claim_test", "t_sf", "t_ppf", "METHOD"]
+__all__ = ["RTOL", "EPS32", "optimum_floor", "CI", "Verdict", "mean_ci", "paired",
+           "paired_t", "compare_to_best", "tie_ranks", "claim_test", "t_sf", "t_ppf", "METHOD"]
 
 #: One sentence describing the method, for the report's protocol text.
 METHOD = ("mean over seeds with a 95% Student-t confidence interval; optimizers are "
@@ -43,8 +47,9 @@ METHOD = ("mean over seeds with a 95% Student-t confidence interval; optimizers 
           "weights and batch order) in a step-down max-t test whose null distribution "
           "re-picks the best in every draw (family-wise error 5%, the choice of the best "
           "included; Westfall & Young 1993); seed means equal "
-          "to 5 significant digits count as equal; a diverged run counts as a failure, "
-          "worse than any finite loss")
+          "to 5 significant digits count as equal; a loss within float32's epsilon of the "
+          "starting gap to a known optimum counts as having reached it (ties with any "
+          "other such loss); a diverged run counts as a failure, worse than any finite loss")
 
 
 # ------------------------------------------------------------------ t distribution
@@ -341,8 +346,21 @@ def _max_t_step_down(family: dict, best: dict) -> dict:
     return out
 
 
+#: float32's machine epsilon: a loss gap below EPS32 x the starting gap is zero at the
+#: scale the problem was posed at (``start + gap == start`` in float32).
+EPS32 = 2.0 ** -23
+
+
+def optimum_floor(optimum, start) -> float:
+    """The loss below which a run has reached the optimum (see "Optimum floor"), or
+    -inf when the optimum or the starting loss is unknown."""
+    if optimum is None or start is None or not (math.isfinite(optimum) and math.isfinite(start)):
+        return -INF
+    return optimum + EPS32 * max(start - optimum, 0.0)
+
+
 def compare_to_best(scores: dict, alpha: float = 0.05, level: float = 0.95,
-                    rtol: float = RTOL) -> Verdict:
+                    rtol: float = RTOL, floor: float = -INF) -> Verdict:
     """Group of optimizers statistically indistinguishable from the best.
 
     scores: {optimizer: {seed: loss}}, lower is better, inf (or nan) = failed run.
@@ -373,6 +391,10 @@ def compare_to_best(scores: dict, alpha: float = 0.05, level: float = 0.95,
     4. Adjusted p >= alpha means tied. ``status`` is "no verdict" when no optimizer has a
        finite loss.
 
+    ``floor`` (:func:`optimum_floor`): steps 2 and 3 see every finite loss below it as
+    the floor, so runs that reached the optimum tie; the order, means and intervals
+    use the raw losses.
+
     Error rates measured on planted no-difference problems (5 seeds, shared seed
     effect; tests/test_stats.py): some optimizer wrongly left out of the tied group in
     ~5% of draws for 2 to 11 optimizers, a single winner in well under 5%.
@@ -395,16 +417,17 @@ def compare_to_best(scores: dict, alpha: float = 0.05, level: float = 0.95,
 
     order = sorted(clean, key=key)
     best = order[0]
-    b = clean[best]
+    tested = {o: {s: max(v, floor) for s, v in d.items()} for o, d in clean.items()}
+    b = tested[best]
     adj, family, alone = {}, {}, {}
     for o in order[1:]:
-        rule = _rule_vs_best(clean[o], b, rtol)
+        rule = _rule_vs_best(tested[o], b, rtol)
         if rule is not None:
             adj[o] = rule
         elif not failed[best] and all(s in clean[o] and math.isfinite(clean[o][s]) for s in b):
-            family[o] = clean[o]
+            family[o] = tested[o]
         else:
-            alone[o] = _p_vs_best(clean[o], b, rtol)
+            alone[o] = _p_vs_best(tested[o], b, rtol)
     if family:
         adj.update(_max_t_step_down(family, b))
     m = len(order) - 1

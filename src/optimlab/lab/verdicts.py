@@ -37,9 +37,28 @@ def scores(records, selections=None) -> dict:
     return dict(out)
 
 
+def floors(records) -> dict:
+    """{problem: stats.optimum_floor}: the known optimum and the median starting
+    validation loss of the problem's runs (seeds share initial weights across
+    optimizers, so every optimizer gets the same floor)."""
+    optima = A.optima(records)
+    starts = defaultdict(list)
+    for r in records:
+        v = (r.curves or {}).get("val_loss") or []
+        if v and v[0] is not None and math.isfinite(float(v[0])):
+            starts[r.spec.problem].append(float(v[0]))
+    out = {}
+    for p, xs in starts.items():
+        xs.sort()
+        out[p] = S.optimum_floor(optima.get(p), xs[len(xs) // 2])
+    return out
+
+
 def verdicts(records, selections=None, alpha: float = ALPHA) -> dict:
-    """{problem: stats.Verdict} (see stats.compare_to_best for the test)."""
-    return {p: S.compare_to_best(sc, alpha=alpha, level=LEVEL)
+    """{problem: stats.Verdict} (see stats.compare_to_best for the test; losses that
+    reached a known optimum tie, see :func:`floors`)."""
+    fl = floors(records)
+    return {p: S.compare_to_best(sc, alpha=alpha, level=LEVEL, floor=fl.get(p, -math.inf))
             for p, sc in sorted(scores(records, selections).items())}
 
 
