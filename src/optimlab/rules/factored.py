@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._math import maximum, sqrt
+from .._math import maximum, minimum, sqrt
 from .._reduce import lerp, mean, mean_square, rms
 from .base import Rule, conventions
 
@@ -35,7 +35,7 @@ def adafactor(g, s, h, p):
         eps1 = torch.finfo(p.dtype).eps
     s.step = s.step + 1
     one_minus_beta2 = s.step**h.beta2_decay
-    rho = min(h.lr, 1 / s.step**0.5)
+    rho = minimum(h.lr, 1 / s.step**0.5)
     alpha = maximum(eps2, rms(p)) * rho
     if g.dim() > 1:
         s.row_var = lerp(s.row_var, mean_square(g, -1), one_minus_beta2)
