@@ -63,6 +63,7 @@ class Pass:
     buffers: list  # ('ein', name) | ('tbuf', node) | ('tmp', node), in argument order
     scalars: list  # nodes read from the per-tensor scalar slots
     reductions: list  # reduction nodes accumulated here
+    traffic: list  # per buffer: bytes per element moved (read + written)
 
 
 @dataclass
@@ -232,13 +233,15 @@ def _pass(graph, roots, reds, temps, stores, dtype) -> Pass:
         store_list.append((names[name], n))
     order = [(d, i in written) for i, (_, d) in enumerate(buffers)]
     source = generate(body, order, loads, store_list, scalars, reds, compute)
-    lib = build._library(source)
+    lib = build._library(source, ['-fopenmp-simd'])
     build.pool()
     fn = lib.optimlab_pass
     fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                    ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p]
     fn.restype = None
-    return Pass(fn, [b[0] for b in buffers], scalars, reds)
+    sizes, loaded = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}, set(loads.values())
+    traffic = [sizes[d] * ((i in loaded) + (i in written)) for i, (_, d) in enumerate(buffers)]
+    return Pass(fn, [b[0] for b in buffers], scalars, reds, traffic)
 
 
 def _extra_key(h) -> tuple:
@@ -252,15 +255,23 @@ def _extra_key(h) -> tuple:
     return tuple(out)
 
 
-def program(rule, phase, h, shape, dtype, layout) -> Program:
-    """The memoised program; re-traced when a hyperparameter it used concretely changes."""
-    key = (rule.fn, phase, hkey(h), _extra_key(h), tuple(shape), dtype, tuple(sorted(map(str, layout.items()))))
+def _key(rule, phase, hk, shape, dtype, layout) -> tuple:
+    return (rule.fn, phase) + hk + (shape, dtype, tuple(sorted(map(str, layout.items()))))
+
+
+def program(key, h) -> Program | None:
+    """The memoised program of ``key`` (see :func:`_key`: its ``shape`` is the bucket's, a
+    shape, a number of dimensions or None), if traced for these concrete hyperparameters."""
     for prog in _programs.get(key, ()):
         if isinstance(prog, Exception):
             raise prog
         names = {name: (k, i) for name, k, i in prog.hps}
         if all(_hp(h, *names[name]) == value for name, value in prog.graph.concrete.items()):
             return prog
+    return None
+
+
+def _traced(key, rule, phase, h, shape, dtype, layout) -> Program:
     try:
         prog = trace_program(rule, phase, h, shape, dtype, layout)
     except (TraceError, build.BuildError) as e:
@@ -275,26 +286,53 @@ def _hp(h, key, index):
     return float(v if index is None else v[index])
 
 
+def _plain(t) -> bool:
+    """A CPU tensor whose elements the passes may address: the cheap check for torch's own
+    tensor types (their strided storage holds them), :func:`.plan.addressable` otherwise."""
+    if type(t) in (torch.Tensor, torch.nn.Parameter):
+        return t.is_cpu and t.layout == torch.strided and (t.numel() == 0 or t.data_ptr() != 0)
+    return addressable(t)
+
+
 def _eligible(p, st) -> bool:
     g = p.grad
-    if (p.dtype not in _DTYPES or not p.is_cpu or not addressable(p) or not p.is_contiguous()
-            or g.layout != torch.strided or g.dtype != p.dtype or g.shape != p.shape
-            or not g.is_contiguous() or not addressable(g)):
+    if (p.dtype not in _DTYPES or not _plain(p) or not p.is_contiguous() or type(g) is not torch.Tensor
+            or g.dtype != p.dtype or g.shape != p.shape or not _plain(g) or not g.is_contiguous()):
         return False
     for v in st.values():
-        if not isinstance(v, torch.Tensor) or not addressable(v):
+        if not isinstance(v, torch.Tensor) or not _plain(v):
             return False
         if v.shape == p.shape and (v.dtype != p.dtype or not v.is_contiguous()):
             return False
     return True
 
 
-def _buckets(optimizer, params, h):
-    """Params the passes take, grouped by (shape, dtype, state layout); and the rest."""
+#: what a program read of the shape, per key without the shape (see PassGraph.reads)
+_reads: dict = {}
+
+
+def _bucket_key(optimizer, phase, h, hk, p, layout, kinds):
+    """The bucket of ``p``: by shape, number of dims or neither, as the rule's trace read
+    them (found by tracing once)."""
+    rule = optimizer.rule
+    base = (rule.fn, phase) + hk + (p.dtype, kinds)
+    if base not in _reads:
+        key = _key(rule, phase, hk, tuple(p.shape), p.dtype, layout)
+        prog = program(key, h) or _traced(key, rule, phase, h, tuple(p.shape), p.dtype, layout)
+        _reads[base] = prog.graph.reads
+    reads = _reads[base]
+    shape = tuple(p.shape) if reads == "shape" else p.dim() if reads == "dim" else None
+    return (shape, p.dtype, kinds if reads != "shape" else tuple(sorted(map(str, layout.items()))))
+
+
+def _buckets(optimizer, params, h, phase):
+    """Params the passes take, grouped by program (shape as the rule reads it, dtype, state
+    layout); and the rest."""
     if os.environ.get("OPTIMLAB_DISABLE_FUSED", "") not in ("", "0"):
         return {}, list(params)
     buckets, rest = {}, []
     fills = optimizer.rule.tensors(h)
+    hk = (hkey(h), _extra_key(h))
     for p in params:
         st = optimizer.init_state(p, h)
         if not _eligible(p, st):
@@ -306,23 +344,36 @@ def _buckets(optimizer, params, h):
             layout[key] = None if v is None else "E" if v.shape == p.shape else "T"
             if layout[key] == "T":
                 layout[("shape", key)] = tuple(v.shape)
-        bkey = (tuple(p.shape), p.dtype, tuple(sorted(map(str, layout.items()))))
+        kinds = tuple((k, v) for k, v in layout.items() if isinstance(k, str))
+        try:
+            bkey = _bucket_key(optimizer, phase, h, hk, p, layout, kinds)
+        except (TraceError, build.BuildError) as e:
+            _warn(optimizer, e)
+            rest.append(p)
+            continue
         buckets.setdefault(bkey, (layout, []))[1].append(p)
     return buckets, rest
 
 
+def _warn(optimizer, e) -> None:
+    message = f"optimlab: no generated passes for {type(optimizer).__name__} ({e}); using the reference path"
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=5)
+
+
 def _run(optimizer, params, h, phase):
     """Run ``phase`` on the params the passes take; returns (the rest, per-param partial sums)."""
-    buckets, rest = _buckets(optimizer, params, h)
+    buckets, rest = _buckets(optimizer, params, h, phase)
     sums = []
+    hk = (hkey(h), _extra_key(h)) if buckets else None
     for (shape, dtype, _), (layout, ps) in buckets.items():
         try:
-            prog = program(optimizer.rule, phase, h, shape, dtype, layout)
+            key = _key(optimizer.rule, phase, hk, shape, dtype, layout)
+            prog = program(key, h) or _traced(
+                key, optimizer.rule, phase, h, tuple(ps[0].shape), dtype, layout)
         except (TraceError, build.BuildError) as e:
-            message = f"optimlab: no generated passes for {type(optimizer).__name__} ({e}); using the reference path"
-            if message not in _warned:
-                _warned.add(message)
-                warnings.warn(message, RuntimeWarning, stacklevel=4)
+            _warn(optimizer, e)
             rest.extend(ps)
             continue
         out = Runner(prog, optimizer, ps, h, torch.get_num_threads(), chunk_size).run()

@@ -5,8 +5,8 @@ A pass is printed from the rule's traced graph with the fused kernel's node prin
 run like the fused kernel: all tensors of a bucket concatenated and cut into equal chunks
 shared by ``pool.c``'s threads. Besides storing outputs it may
 
-* accumulate whole-tensor sums (of x^2, x, a*b) in double, in 8 lanes that the compiler
-  vectorises; each (chunk, tensor) piece writes its partial sum to its own slot
+* accumulate whole-tensor sums (of x^2, x, a*b) in double, in a loop the compiler
+  vectorises (``omp simd reduction``: the lanes' partial sums are added at the end); each (chunk, tensor) piece writes its partial sum to its own slot
   ``chunk + tensor`` (one writer per slot, so the result does not depend on which thread
   ran what), and the caller adds the slots of each tensor in order;
 * write a per-element value to a temporary buffer, for a torch call that needs it as a
@@ -55,34 +55,22 @@ def generate(body_nodes, buffers, loads, stores, scalars, reductions, compute_dt
              f"static void elements(int64_t n, const double* restrict sc, double* restrict red, {params}) {{",
              "    (void)sc; (void)red;"]
     lines += [f"    const {compute} c{j} = ({compute})sc[{j}];" for j in range(len(scalars))]
-    lines += [f"    double r{j}[8] = {{0, 0, 0, 0, 0, 0, 0, 0}};" for j in range(nr)]
-
-    def body(index: str, lane: str, indent: str) -> list:
-        out = []
-        for n in body_nodes:
-            if n.index in loads:
-                b = loads[n.index]
-                expr = _LOAD[buffers[b][0]][1].format(f"b{b}[{index}]")
-                if buffers[b][0] in ("bfloat16", "float16") or _LOAD[buffers[b][0]][0] == compute:
-                    out.append(f"{indent}const {compute} e{n.index} = {expr};")
-                else:
-                    out.append(f"{indent}const {compute} e{n.index} = ({compute}){expr};")
-            else:
-                out.append(f"{indent}const {compute} e{n.index} = {_expr(n, ref, compute)};")
-        for j, r in enumerate(reductions):
-            out.append(f"{indent}r{j}[{lane}] += " + _TERMS[r.op].format(*map(ref, r.args)) + ";")
-        for b, n in stores:
-            out.append(f"{indent}b{b}[{index}] = " + _LOAD[buffers[b][0]][2].format(ref(n)) + ";")
-        return out
-
-    lines += ["    int64_t i = 0;", "    for (; i + 8 <= n; i += 8) {", "        for (int k = 0; k < 8; ++k) {"]
-    lines += body("i + k", "k", "            ")
-    lines += ["        }", "    }", "    for (; i < n; ++i) {"]
-    lines += body("i", "0", "        ")
+    lines += [f"    double r{j} = 0;" for j in range(nr)]
+    lines += [f"    #pragma omp simd reduction(+:{', '.join(f'r{j}' for j in range(nr))})" if nr else "",
+              "    for (int64_t i = 0; i < n; ++i) {"]
+    for n in body_nodes:
+        if n.index in loads:
+            b = loads[n.index]
+            expr = _LOAD[buffers[b][0]][1].format(f"b{b}[i]")
+            lines.append(f"        const {compute} e{n.index} = ({compute}){expr};")
+        else:
+            lines.append(f"        const {compute} e{n.index} = {_expr(n, ref, compute)};")
+    for j, r in enumerate(reductions):
+        lines.append(f"        r{j} += " + _TERMS[r.op].format(*map(ref, r.args)) + ";")
+    for b, n in stores:
+        lines.append(f"        b{b}[i] = " + _LOAD[buffers[b][0]][2].format(ref(n)) + ";")
     lines.append("    }")
-    for j in range(nr):
-        lines.append(f"    red[{j}] = ((r{j}[0] + r{j}[1]) + (r{j}[2] + r{j}[3])) + "
-                     f"((r{j}[4] + r{j}[5]) + (r{j}[6] + r{j}[7]));")
+    lines += [f"    red[{j}] = r{j};" for j in range(nr)]
     lines.append("}")
 
     nsc = max(len(scalars), 1)

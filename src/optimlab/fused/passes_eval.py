@@ -9,6 +9,8 @@ shape are written back, and the partial sums of an estimate are returned.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -37,6 +39,9 @@ _NP = {
 class Runner:
     """One step of ``prog`` on ``params`` (see the module docstring)."""
 
+    #: benchmarks only: a list to which each pass appends (seconds in C, bytes moved)
+    profile = None
+
     def __init__(self, prog, optimizer, params, h, nthreads: int, chunk_size):
         self.prog, self.params, self.h = prog, params, h
         self.states = [optimizer.state[p] for p in params]
@@ -46,8 +51,8 @@ class Runner:
         self.tv: dict = {}  # T node -> list of tensors (one per param)
         self.temps: dict = {}  # E node written for a torch call -> list of tensors
         self.hps = {name: (key, index) for name, key, index in prog.hps}
-        self.numel = int(np.prod(prog.graph.shape, dtype=np.int64))
-        self.offs = np.arange(self.nt + 1, dtype=np.int64) * self.numel
+        self.offs = np.zeros(self.nt + 1, dtype=np.int64)
+        self.offs[1:] = np.cumsum([p.numel() for p in params])
         self.compute = prog.graph.compute
 
     # ---- values as the reference path sees them
@@ -101,7 +106,7 @@ class Runner:
             elif kind == "tbuf":
                 ts = [t.to(self.compute).contiguous() for t in self.tv[what.index]]
             else:
-                ts = [torch.empty(self.prog.graph.shape, dtype=self.compute) for _ in range(nt)]
+                ts = [torch.empty(p.shape, dtype=self.compute) for p in self.params]
                 self.temps[what.index] = ts
             keep.append(ts)
             bufs[b] = [t.data_ptr() for t in ts]
@@ -112,8 +117,11 @@ class Runner:
         chunk = self.chunk_size(total, self.nthreads)
         nslots = -(-total // chunk) + nt
         red = np.zeros((max(len(ps.reductions), 1), nslots), dtype=np.float64)
+        t0 = time.perf_counter()
         ps.fn(nt, bufs.ctypes.data, scratch.ctypes.data, self.offs.ctypes.data, red.ctypes.data,
               chunk, nslots, self.nthreads, build.pool())
+        if Runner.profile is not None:
+            Runner.profile.append((time.perf_counter() - t0, sum(ps.traffic) * total))
         starts = self.offs[:-1] // chunk + np.arange(nt)
         for r, n in enumerate(ps.reductions):
             self.sv[n.index] = np.add.reduceat(red[r], starts) if total else np.zeros(nt)

@@ -69,6 +69,13 @@ class PassGraph(Graph):
         self.shape = tuple(shape)
         self.compute = compute
         self.concrete: dict = {}  # hyperparameter leaf name -> value the trace depends on
+        #: what the trace read of the parameter's shape: None, "dim" or "shape" (torch values
+        #: count as "shape"); params that agree on it share one program and one bucket
+        self.reads = None
+
+    def read(self, what: str) -> None:
+        if self.reads != "shape":
+            self.reads = what
 
     def meta_of(self, n: Node):
         if n.kind == "S":
@@ -97,6 +104,8 @@ class PassGraph(Graph):
             if op not in TORCH_OPS:
                 raise TraceError(f"operation {op!r} has no torch form")
             fn = (TORCH_OPS[op], tuple(Arg(i) for i in range(len(args))), ())
+        if kind == "T":
+            self.read("shape")
         if kind == "T" and meta is None:
             meta = _call(fn, [self.meta_of(a) for a in args])
         n = Node(op, tuple(args), kind == "S", len(self.nodes), value, name, kind, fn, meta)
@@ -128,10 +137,14 @@ class PassSym(Sym):
     # ---- shape queries
     @property
     def shape(self):
+        self.graph.read("shape")
         n = self.node
         return torch.Size(self.graph.shape if n.kind == "E" else n.meta.shape if n.kind == "T" else ())
 
     def dim(self):
+        if self.node.kind == "E":
+            self.graph.read("dim")
+            return len(self.graph.shape)
         return len(self.shape)
 
     def size(self, i=None):
