@@ -231,7 +231,12 @@ class RuleOptimizer(Optimizer):
         from .fused import foreach, torch_kernels
 
         params = torch_kernels.step(self, group, params, h)
-        rest = foreach.step(self, group, params, h) if self.rule.elementwise else params
+        if self.rule.elementwise:
+            rest = foreach.step(self, group, params, h)
+        else:  # reductions, matrix products: generated passes (optimlab.fused.passes)
+            from .fused import passes
+
+            rest = passes.step(self, group, params, h)
         for p in rest:
             self.reference_step(p, h)
 
@@ -246,7 +251,9 @@ class RuleOptimizer(Optimizer):
             return self.rule.combine((), group)
         params = [p for p in group["params"] if p.grad is not None]
         self._check_grads(params)
-        totals = None
+        from .fused import passes
+
+        params, totals = passes.estimate(self, group, params, h)  # the generated pass first
         for p in params:
             parts = self._on_tensors(p, h, lambda q, g, s: estimate(self.rule, q, g, s, h))
             parts = [float(x) for x in parts]
