@@ -127,7 +127,7 @@ def markov_lm_problem() -> Problem:
 
     def batch(step: int, seed: int) -> tuple:
         idx = sampler(step, seed)
-        return x_train[idx], y_train[idx]
+        return x_train.index_select(0, idx), y_train.index_select(0, idx)
 
     def loss(m: CharMLP, b: tuple) -> torch.Tensor:
         return F.cross_entropy(m(b[0]), b[1])
