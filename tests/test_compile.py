@@ -50,7 +50,7 @@ def fresh_dynamo():
     counters.clear()
     yield
     torch._dynamo.reset()
-    compiled.KEEP_OUT = False
+    compiled.MODE = "kernel"
 
 
 def make(entry, dtype=torch.float64, seed=0, **kw):

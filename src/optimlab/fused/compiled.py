@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from .._math import abs_, maximum, sqrt
+from . import kernel_op
 from ..rules.base import hyperparameters
 from .foreach_codegen import _const
 from .trace import TraceError, live, trace
@@ -48,9 +49,10 @@ from .trace import TraceError, live, trace
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64, torch.complex32: torch.float16}
 _programs: dict = {}
-#: True: the eager step behind a graph break instead (the alternative measured in
-#: ``benchmarks/compile_step.py``; not the default)
-KEEP_OUT = False
+#: How a group is stepped under Dynamo (see the module docstring): "kernel" (default), "printed"
+#: or "kept_out"; ``benchmarks/compile_step.py`` measures the three side by side
+MODE = "kernel"
+MODES = ("kernel", "printed", "kept_out")
 _OPS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow", "max": "maximum"}
 _KNOWN = {"const", "hp", "sin", "ein", "add", "sub", "mul", "div", "pow", "neg", "sqrt", "abs", "max"}
 _PY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}
@@ -275,21 +277,37 @@ def _group_plan(optimizer, group, grad_scale):
             if key != "grad_scale" and (key, index) not in hps:
                 hps.append((key, index))
                 (signs if name in tr.graph.compared else []).append((key, index))
-    for key, index in hps:
-        if (key, index) not in signs:
-            _tensorize(group, key, index)
     return GroupPlan(buckets, hps, signs)
+
+
+def _plan(optimizer, group, grad_scale):
+    """The group's kernel plan (``MODE == "kernel"`` and the C kernel takes the group), else its
+    printed plan, else None (the eager step behind a break); hyperparameters as tensors."""
+    if MODE not in MODES:
+        raise ValueError(f"optimlab.fused.compiled.MODE must be one of {MODES}, not {MODE!r}")
+    if _own_hooks(optimizer):
+        return None
+    plan = kernel_op.group_plan(optimizer, group, grad_scale) if MODE == "kernel" else None
+    if plan is None:
+        plan = _group_plan(optimizer, group, grad_scale)
+        if plan is None:
+            return None
+    hps = plan.hps if ("lr", None) in plan.hps or "lr" not in group else [*plan.hps, ("lr", None)]
+    for key, index in hps:  # lr too where only the state's first fill reads it (Rprop's step size)
+        if (key, index) not in plan.signs:
+            _tensorize(group, key, index)
+    return plan
 
 
 def prepare(optimizer) -> bool:
     """Eager work for one compilation (the optimizer's ``_init_group``): state, buckets,
-    programs, tensor hyperparameters; the plan is kept on the optimizer."""
+    kernels or programs, tensor hyperparameters; the plan is kept on the optimizer."""
     grad_scale = getattr(optimizer, "grad_scale", None)
     grad_scale = None if grad_scale is None else float(grad_scale)
     plans = []
     for group in optimizer.param_groups:
         optimizer._keep_flags(group)
-        plans.append(_group_plan(optimizer, group, grad_scale))
+        plans.append(_plan(optimizer, group, grad_scale))
     optimizer._compiled_plans = tuple(plans)
     return True
 
@@ -358,7 +376,7 @@ def step(optimizer, closure=None):
     if closure is not None:
         with torch.enable_grad():
             loss = closure()
-    if KEEP_OUT or getattr(optimizer, "found_inf", None) is not None:
+    if MODE == "kept_out" or getattr(optimizer, "found_inf", None) is not None:
         _eager_groups(optimizer)
         return loss
     optimizer._init_group()  # eager, once per compilation: Dynamo's optimizer hook
@@ -370,6 +388,9 @@ def step(optimizer, closure=None):
             v = group[key] if index is None else group[key][index]
             if not isinstance(v, torch.Tensor) and (v > 0 or v < 0):
                 pass
+        if isinstance(plan, kernel_op.KernelPlan):
+            kernel_op.run(optimizer, group, plan)
+            continue
         for b in plan.buckets:
             _run_bucket(optimizer, group, b)
     return loss

@@ -75,7 +75,9 @@ def hkey(h) -> tuple:
         elif isinstance(v, (int, float)):
             out.append((k, _sign(v)))
         elif isinstance(v, tuple):
-            out.append((k, tuple(_sign(x) if isinstance(x, (int, float)) else type(x) for x in v)))
+            out.append((k, tuple(_sign(x) if isinstance(x, (int, float)) else
+                                 _sign(x.item()) if isinstance(x, torch.Tensor) and x.numel() == 1 else type(x)
+                                 for x in v)))
         elif isinstance(v, torch.Tensor):
             out.append((k, _sign(v.item()) if v.numel() == 1 else "tensor"))
     return tuple(out)

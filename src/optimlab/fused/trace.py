@@ -229,7 +229,8 @@ def _sym_hyperparameters(graph: Graph, h: SimpleNamespace, hps: list) -> SimpleN
         elif isinstance(v, (int, float)) or _is_number_tensor(v):
             out[key] = graph.sym(graph.node("hp", value=float(v), name=key))
             hps.append((key, key, None))
-        elif isinstance(v, tuple) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        elif isinstance(v, tuple) and all((isinstance(x, (int, float)) and not isinstance(x, bool))
+                                          or _is_number_tensor(x) for x in v):
             leaves = []
             for i, x in enumerate(v):
                 leaves.append(graph.sym(graph.node("hp", value=float(x), name=f"{key}[{i}]")))
