@@ -137,3 +137,26 @@ def test_prodigy_estimate_runs_as_one_pass(monkeypatch):
     opt.step()
     assert counter.runs == 1  # the estimate; phase 2 is the element-wise fused kernel
     assert np.isfinite(opt.param_groups[0]["d"])
+
+
+@pytest.mark.parametrize("flags", [{"foreach": True}, {"fused": False}], ids=["foreach", "unfused"])
+def test_opting_out_takes_the_reference_path(flags, monkeypatch):
+    """``foreach=True`` (torch's multi-tensor flag) and ``fused=False`` run the per-tensor
+    reference path: no pass runs, and the result is the reference path's exactly."""
+    counter = _Counter(monkeypatch)
+    entry = next(e for e in ENTRIES if e.name == ("lamb" if "foreach" in flags else "prodigy"))
+    p = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    q = p.detach().clone().requires_grad_()
+    a = entry.build([p], lr=entry.test_lr, **flags)
+    b = entry.build([q], lr=entry.test_lr)
+    for _ in range(3):
+        g = torch.randn(5, 4, dtype=torch.float64)
+        p.grad, q.grad = g, g.clone()
+        a.step()
+        os.environ["OPTIMLAB_DISABLE_FUSED"] = "1"
+        try:
+            b.step()
+        finally:
+            del os.environ["OPTIMLAB_DISABLE_FUSED"]
+    assert counter.runs == 0
+    assert torch.equal(p, q)

@@ -27,6 +27,10 @@ no libgomp). bfloat16/float16 are computed in float32 (as
 the reference path does) and rounded to nearest even on store; complex params are
 updated as real views.
 
+Rules with reductions (LAMB, LARS, Adafactor, Muon, Prodigy's estimate) have no one-pass
+kernel: :mod:`.passes` cuts the same traced rule into generated passes around its
+reductions and matrix products.
+
 Selection
 ---------
 ``fused=None`` (default): the kernel when a C compiler works and the inputs suit it.

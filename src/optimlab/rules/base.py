@@ -26,8 +26,10 @@ branch on a value computed from state or gradients is a ``where`` (RAdam's
 ``where(rho_t > 5, ...)``), which computes both sides.
 
 A rule that reads whole tensors (norms, row/column means, matrix products: the functions
-of :mod:`optimlab._reduce`) says so with ``Rule(..., elementwise=False)``; it runs on
-tensors (its reductions are torch calls), never through the element-wise kernel. A rule
+of :mod:`optimlab._reduce`) says so with ``Rule(..., elementwise=False)``; the reference
+path runs it on tensors (its reductions are torch calls), the fast path cuts its traced
+graph into generated element-wise passes around the reductions (:mod:`optimlab.fused.passes`),
+never the one-pass element-wise kernel. A rule
 whose step needs a quantity summed over the whole param group (Prodigy's ``d``) has two
 phases: ``Rule.estimate`` returns per-parameter partial sums, the engine adds them up over
 the group, ``Rule.combine`` turns the totals into group-level values, the per-parameter

@@ -40,9 +40,7 @@ def adafactor(g, s, h, p):
     if g.dim() > 1:
         s.row_var = lerp(s.row_var, mean_square(g, -1), one_minus_beta2)
         s.col_var = lerp(s.col_var, mean_square(g, -2), one_minus_beta2)
-        # R C^T: an outer product (inner dimension 1), so one rounded product per element,
-        # as torch.optim's ``row_var @ col_var``; as a broadcast product it is one fast pass
-        v = (s.row_var * s.col_var) / maximum(mean(s.row_var, dim=-2), eps1)
+        v = (s.row_var @ s.col_var) / maximum(mean(s.row_var, dim=-2), eps1)
     else:
         s.variance = lerp(s.variance, g * g, one_minus_beta2)
         v = s.variance
