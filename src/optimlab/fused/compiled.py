@@ -290,7 +290,9 @@ def _plan(optimizer, group, grad_scale):
     plan = kernel_op.group_plan(optimizer, group, grad_scale) if MODE == "kernel" else None
     if plan is None:
         plan = _group_plan(optimizer, group, grad_scale)
-        if plan is None:
+        if plan is None:  # the eager step behind a break: lr a tensor all the same, no recompiles
+            if not group.get("differentiable"):
+                _tensorize(group, "lr", None)
             return None
     hps = plan.hps if ("lr", None) in plan.hps or "lr" not in group else [*plan.hps, ("lr", None)]
     for key, index in hps:  # lr too where only the state's first fill reads it (Rprop's step size)
