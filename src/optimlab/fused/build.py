@@ -162,7 +162,8 @@ def gatherer(compile: bool):
     if lib is None:
         return None  # not built yet: a later, larger group may build it
     _gather["fn"] = _verified(lib) if lib else None
-    _gather["pointers"] = _verified_pointers(lib) if _gather["fn"] else None
+    if _gather["fn"]:
+        _gather["pointers"] = _verified_pointers(lib)
     return _gather["fn"]
 
 
