@@ -294,15 +294,20 @@ def test_kept_out_mode():
     assert rel(p_c, p_e) == 0 and seen[-1] == 0
 
 
-def test_the_kernel_op_alone():
+@pytest.mark.parametrize("helper", [True, False], ids=["c++ tables", "python tables"])
+def test_the_kernel_op_alone(helper, monkeypatch):
     """``optimlab::fused_step`` called eagerly: the same trajectory as the eager step, the
-    tensors updated in place, their versions bumped."""
+    tensors updated in place, their versions bumped; with the C++ helper that fills its
+    pointer tables (``gather.cpp``) and without it (no C++ compiler)."""
     from optimlab.fused import kernel_op
 
     p_c, opt_c = make(lookup("nadam"))
     p_e, opt_e = make(lookup("nadam"))
     set_grads([p_c, p_e], 0)
     compiled.prepare(opt_c)
+    if not helper:
+        monkeypatch.setitem(kernel_op._fill, 0, None)
+    assert (kernel_op._fill[0] is not None) == helper
     (b,) = opt_c._compiled_plans[0].buckets
     group = opt_c.param_groups[0]
     ptrs = [p.data_ptr() for p in p_c]
