@@ -306,7 +306,7 @@ def test_the_kernel_op_alone(helper, monkeypatch):
     set_grads([p_c, p_e], 0)
     compiled.prepare(opt_c)
     if not helper:
-        monkeypatch.setitem(kernel_op._fill, 0, None)
+        monkeypatch.setattr(kernel_op, "_fill", [None])
     assert (kernel_op._fill[0] is not None) == helper
     (b,) = opt_c._compiled_plans[0].buckets
     group = opt_c.param_groups[0]
