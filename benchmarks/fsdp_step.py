@@ -1,14 +1,20 @@
 """FSDP2 on CPU: optimlab's step vs torch.optim's best on the same shards.
 
-Two processes over gloo on 127.0.0.1; a model of N x Linear(256, 256) (default 200), every
-layer ``fully_shard``-ed, so every parameter is a DTensor sharded over the two ranks.
-For every registry class at default flags: torch's for-loop, foreach and (where torch has
-it) fused step, and optimlab's default step, timed in interleaved rounds on the same
-grads (medians of ``--reps`` steps per round, ``--rounds`` rounds, rank 0's clock); then
-20 steps from equal parameters with a fresh grad per step, and the largest relative
-difference between optimlab's and torch's parameters (float32).
+Two processes over gloo on 127.0.0.1; a model of N x Linear(256, 256) (default 200), or of
+GPT-2 small's 148 parameter shapes (``--shapes gpt2``, 124M parameters), every module
+``fully_shard``-ed, so every parameter is a DTensor sharded over the two ranks. For every
+registry class with a torch.optim twin, at default flags: torch's for-loop, foreach and
+(where torch has it) fused step, and optimlab's default step, timed in interleaved rounds
+on the same grads (medians of ``--reps`` steps per round, ``--rounds`` rounds, rank 0's
+clock); then 20 steps from equal parameters with a fresh grad per step, and the largest
+relative difference between optimlab's and torch's parameters (float32).
 
-    python benchmarks/fsdp_step.py [--layers 200] [--reps 20] [--rounds 3] [--only sgd,adam] [--out BENCHMARKS.md]
+Where torch.optim raises on DTensor shards (Rprop, Adafactor), torch is timed on plain
+tensors of the same local shapes and the same grads, and its 20-step trajectory is run on
+the unsharded model with the full grads; the row says so (``torch on`` column).
+
+    python benchmarks/fsdp_step.py [--shapes linear|gpt2] [--layers 200] [--reps 20] [--rounds 3]
+                                   [--only sgd,adam] [--out BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -26,20 +32,36 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from step_speed import machine  # noqa: E402
+from markdown_section import replace_section  # noqa: E402
+from step_speed import gpt2_small, machine  # noqa: E402
 
-import optimlab  # noqa: E402
-from optimlab.registry import ENTRIES  # noqa: E402
+import optimlab  # noqa: E402,F401
+from optimlab.registry import TORCH_ENTRIES  # noqa: E402
+
+_IMPLS = (("torch for-loop", {"foreach": False}), ("torch foreach", {"foreach": True}),
+          ("torch fused", {"fused": True}))
 
 
-def _model(layers: int, width: int):
+class _Leaf(torch.nn.Module):
+    """One parameter of a given shape (GPT-2's shapes, each its own FSDP unit)."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(shape) * 0.02)
+
+
+def _model(args, shard: bool = True):
     from torch.distributed.fsdp import fully_shard
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)])
-    for layer in model:
-        fully_shard(layer)
-    fully_shard(model)
+    if args.shapes == "gpt2":
+        model = torch.nn.ModuleList([_Leaf(s) for s in gpt2_small()])
+    else:
+        model = torch.nn.Sequential(*[torch.nn.Linear(args.width, args.width) for _ in range(args.layers)])
+    if shard:
+        for layer in model:
+            fully_shard(layer)
+        fully_shard(model)
     return model
 
 
@@ -50,17 +72,29 @@ def _set_grads(params, step: int):
                                                              shape=p.shape, stride=p.stride())
 
 
-def _implementations(entry, params):
-    out = {"optimlab": entry.build(params, lr=1e-3)}
-    for name, extra in (("torch for-loop", {"foreach": False}), ("torch foreach", {"foreach": True}),
-                        ("torch fused", {"fused": True})):
+def _torch_impls(entry, params):
+    out = {}
+    for name, extra in _IMPLS:
         try:
             opt = entry.build_torch(params, lr=1e-3, **extra)
             opt.step()
             out[name] = opt
-        except (RuntimeError, TypeError, ValueError):
+        except (RuntimeError, TypeError, ValueError, NotImplementedError):
             pass
     return out
+
+
+def _implementations(entry, params):
+    """optimlab on the DTensors, and torch on them where it can, else on plain tensors of
+    the local shapes with the local grads; (implementations, whether torch ran on shards)."""
+    out = {"optimlab": entry.build(params, lr=1e-3)}
+    theirs = _torch_impls(entry, params)
+    if theirs:
+        return {**out, **theirs}, True
+    plain = [p.to_local().detach().clone().requires_grad_() for p in params]
+    for q, p in zip(plain, params):
+        q.grad = p.grad.to_local().clone()
+    return {**out, **_torch_impls(entry, plain)}, False
 
 
 def _time(opt, reps: int) -> float:
@@ -73,18 +107,24 @@ def _time(opt, reps: int) -> float:
     return statistics.median(times)
 
 
-def _error(entry, layers, width) -> float:
-    ours, theirs = _model(layers, width), _model(layers, width)
+def _error(entry, args, sharded: bool) -> float:
+    """Largest relative difference after 20 steps: torch on the same shards, or (``sharded``
+    False) on the unsharded model with the full grads."""
+    ours, theirs = _model(args), _model(args, shard=sharded)
     opt = entry.build(list(ours.parameters()), lr=1e-3)
     ref = entry.build_torch(list(theirs.parameters()), lr=1e-3)
     for step in range(20):
         _set_grads(list(ours.parameters()), step)
-        _set_grads(list(theirs.parameters()), step)
+        if sharded:
+            _set_grads(list(theirs.parameters()), step)
+        else:
+            for a, b in zip(ours.parameters(), theirs.parameters()):
+                b.grad = a.grad.full_tensor()
         opt.step()
         ref.step()
     err = 0.0
     for a, b in zip(ours.parameters(), theirs.parameters()):
-        a, b = a.to_local(), b.to_local()
+        a, b = (a.to_local(), b.to_local()) if sharded else (a.full_tensor(), b.detach())
         err = max(err, ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item())
     return err
 
@@ -95,21 +135,22 @@ def _worker(rank, world, port, args, result):
     torch.set_num_threads(1)  # one core per rank: the two ranks share this machine
     try:
         rows = []
-        for entry in ENTRIES:
+        for entry in TORCH_ENTRIES:
             if args.only and entry.name not in args.only:
                 continue
-            model = _model(args.layers, args.width)
+            model = _model(args)
             params = list(model.parameters())
             _set_grads(params, 0)
-            impls = _implementations(entry, params)
+            impls, sharded = _implementations(entry, params)
             for opt in impls.values():  # warm-up: state, kernels, plans
                 opt.step()
             times = {name: [] for name in impls}
             for _ in range(args.rounds):
                 for name, opt in impls.items():
                     times[name].append(_time(opt, args.reps))
+            del impls, model, params
             rows.append((entry.name, {k: statistics.median(v) for k, v in times.items()},
-                         _error(entry, args.layers, args.width)))
+                         _error(entry, args, sharded), sharded))
             if rank == 0:
                 print(_row(*rows[-1]), flush=True)
         result[rank] = rows
@@ -117,11 +158,12 @@ def _worker(rank, world, port, args, result):
         dist.destroy_process_group()
 
 
-def _row(name, t, err) -> str:
+def _row(name, t, err, sharded) -> str:
     best = min(v for k, v in t.items() if k != "optimlab")
     cells = [f"{t[k] * 1e3:.2f}" if k in t else "–"
              for k in ("optimlab", "torch for-loop", "torch foreach", "torch fused")]
-    return f"| {name} | " + " | ".join(cells) + f" | {best / t['optimlab']:.2f}x | {err:.1e} |"
+    where = "shards" if sharded else "plain local tensors (raises on DTensor)"
+    return f"| {name} | " + " | ".join(cells) + f" | {where} | {best / t['optimlab']:.2f}x | {err:.1e} |"
 
 
 def _free_port() -> int:
@@ -132,35 +174,57 @@ def _free_port() -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", choices=("linear", "gpt2"), default="linear")
     ap.add_argument("--layers", type=int, default=200)
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="", help="comma-separated registry names (default: all)")
-    ap.add_argument("--out", default=None, help="append the table to this markdown file")
+    ap.add_argument("--out", default=None, help="write the table as this shape's section of this markdown file")
+    ap.add_argument("--note", default="", help="a sentence added under the table (the machine's load)")
     args = ap.parse_args(argv)
     args.only = [n for n in args.only.split(",") if n]
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load, t0 = os.getloadavg(), time.perf_counter()
     with mp.get_context("spawn").Manager() as manager:
         result = manager.dict()
         mp.start_processes(_worker, args=(2, _free_port(), args, result), nprocs=2, join=True,
                            start_method="spawn")
         rows = result[0]
-    lines = [f"## FSDP2 on CPU: {args.layers} x Linear({args.width}, {args.width}), 2 gloo ranks",
+    if args.shapes == "gpt2":
+        title, tag = "GPT-2 small's 148 parameter shapes (124M)", "gpt2"
+        command = f"python benchmarks/fsdp_step.py --shapes gpt2 --reps {args.reps} --rounds {args.rounds}"
+    else:
+        title, tag = f"{args.layers} x Linear({args.width}, {args.width})", f"linear{args.layers}x{args.width}"
+        command = f"python benchmarks/fsdp_step.py --reps {args.reps} --rounds {args.rounds}"
+    if args.only:
+        command += " --only " + ",".join(args.only)
+    ratios = [min(v for k, v in t.items() if k != "optimlab") / t["optimlab"] for _, t, _, _ in rows]
+    below = [r[0] for r, x in zip(rows, ratios) if x < 1.0]
+    lines = [f"<!-- fsdp-step {tag}: begin -->",
+             f"## FSDP2 on CPU: {title}, 2 gloo ranks",
              "",
-             f"{started}; {machine()}; one thread per rank. `python benchmarks/fsdp_step.py` "
-             f"(medians of {args.reps} steps x {args.rounds} interleaved rounds, rank 0). "
-             "Max rel err: optimlab vs torch after 20 steps, float32.",
+             f"{started}; {machine()}; one thread per rank; {(time.perf_counter() - t0) / 60:.1f} min, load "
+             f"average {load[0]:.1f} before / {os.getloadavg()[0]:.1f} after (shared machine). `{command}` "
+             f"(medians of {args.reps} steps x {args.rounds} interleaved rounds, rank 0). `vs torch best`: "
+             "fastest torch.optim implementation / optimlab (>1: optimlab faster). Max rel err: optimlab vs "
+             "torch after 20 steps, float32. `torch on`: where torch.optim raises on DTensor shards, torch is "
+             "timed on plain tensors of the same local shapes (and its 20 steps run on the unsharded model "
+             "with the full grads).",
              "",
-             "| optimizer | optimlab ms | torch for-loop ms | torch foreach ms | torch fused ms "
+             "| optimizer | optimlab ms | torch for-loop ms | torch foreach ms | torch fused ms | torch on "
              "| vs torch best | max rel err |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     lines += [_row(*row) for row in rows]
-    text = "\n".join(lines) + "\n"
+    lines += ["", f"vs torch best: min {min(ratios):.2f}x, median {statistics.median(ratios):.2f}x; "
+              f"{len(below)} of {len(rows)} rows below 1.00x" + (f" ({', '.join(below)})." if below else ".")]
+    if args.note:
+        lines += ["", args.note]
+    lines.append(f"<!-- fsdp-step {tag}: end -->")
+    text = "\n".join(lines)
     print(text)
     if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + text)
+        replace_section(args.out, lines[0], lines[-1], text)
     return 0
 
 

@@ -20,9 +20,19 @@ mixes A and C; B and D run each registry entry's defaults. Mixes: (A) 28M params
 transformer-shaped tensors, (B) 200 x 100k, (C) 1,000 x 1k, (D) GPT-2 small's exact
 shapes (124M).
 
+Covered: every registry entry whose rule is element-wise (one fused pass). Skipped, with
+the reason printed and written: SparseAdam (sparse gradients; the mixes are dense), LBFGS
+(no per-element rule: a closure and a line search), and the rules with reductions or
+matrix products (Adafactor, Muon, LAMB, LARS, Prodigy: ``benchmarks/reduction_speed.py``).
+
+Each selection writes its own marked section of BENCHMARKS.md (``markdown_section``): the
+full run (no selection flags) replaces only the section it owns, and a run with
+``--optimizers``/``--mixes``/``--threads``/``--no-variants`` replaces only the section of
+that selection.
+
     python benchmarks/step_speed.py            # full run, writes BENCHMARKS.md (~7 min)
     python benchmarks/step_speed.py --quick    # smoke run: small mixes, prints only
-    python benchmarks/step_speed.py --only adan,adabelief --out /tmp/x.md   # some entries
+    python benchmarks/step_speed.py --optimizers radam,lion --mixes A,B,D --threads 1
 """
 
 from __future__ import annotations
@@ -43,7 +53,10 @@ import torch
 import optimlab
 from optimlab import fused
 from optimlab.fused.plan import roofline_bytes
-from optimlab.registry import ENTRIES
+from optimlab.registry import ENTRIES, lookup
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from step_speed_markdown import TITLES, fmt_row, write_markdown  # noqa: E402
 
 
 def transformer_28m():
@@ -63,16 +76,36 @@ def gpt2_small():
 
 
 MIXES = {
-    "A": ("28M params, 32 transformer tensors", transformer_28m),
-    "B": ("200 x 100k", lambda: [(100_000,)] * 200),
-    "C": ("1,000 x 1k", lambda: [(1_000,)] * 1000),
-    "D": ("GPT-2 small, 124M, 148 tensors", gpt2_small),
+    "A": (TITLES["A"], transformer_28m),
+    "B": (TITLES["B"], lambda: [(100_000,)] * 200),
+    "C": (TITLES["C"], lambda: [(1_000,)] * 1000),
+    "D": (TITLES["D"], gpt2_small),
 }
+
+
+#: entries this benchmark cannot time, and why
+SKIPPED = {
+    "sparse_adam": "needs sparse gradients; the mixes are dense",
+    "lbfgs": "no per-element rule (a closure re-evaluates the loss; strong-Wolfe line search)",
+}
+_REDUCTIONS = "has reductions or matrix products: timed by benchmarks/reduction_speed.py"
+
+
+def skip_reason(entry) -> str | None:
+    """Why ``entry`` is not timed here, or None: only rules that are one element-wise pass."""
+    if entry.name in SKIPPED:
+        return SKIPPED[entry.name]
+    if not entry.is_rule:
+        return "has its own step (no rule)"
+    rule = entry.cls.rule
+    if entry.matrices_only or not rule.elementwise or rule.estimate is not None:
+        return _REDUCTIONS
+    return None
 
 
 def configs(all_variants: bool, only=None):
     for entry in ENTRIES:
-        if only and entry.name not in only:
+        if (only and entry.name not in only) or skip_reason(entry):
             continue
         # the first variant: {} for torch's classes; for LAMB/LARS/Prodigy the one their
         # published reference implements (the paper differences switched off)
@@ -95,12 +128,6 @@ def torch_variants(entry, params, variant, skip=()):
         return reference_variants(entry, params, variant, skip)
     kwargs = {k: v for k, v in variant.items() if k != "bias_correction"}
     out = {}
-    if entry.torch_cls is None:
-        if entry.reference is not None and "torch default" not in skip:
-            opt = entry.reference(params, **variant)
-            opt.step()
-            out["default"] = opt
-        return out
     params_of = inspect.signature(entry.torch_cls).parameters
     plain = "foreach" not in params_of and "fused" not in params_of  # Muon: one implementation
     for name, extra in (("for-loop", {"foreach": False}), ("foreach", {"foreach": True}),
@@ -305,10 +332,7 @@ def run(mixes, all_variants, reps, scale, out_rows, only=None):
         r = reps[mix]
         print(f"\n== mix {mix}: {title}: {len(all_params)} tensors, {n / 1e6:.1f}M params, {r} reps", flush=True)
         for entry, variant in configs(all_variants and mix in "AC", only):
-            # Muon takes the mix's matrices only (AdamW would take the rest)
-            params = [p for p in all_params if p.dim() == 2] if entry.matrices_only else all_params
-            if not params:
-                continue
+            params = all_params
             probe = probe_for(sum(p.numel() for p in params))
             row = {"mix": mix, "config": label(entry, variant),
                    **summarize(*bench_config(entry, variant, params, probe, r, mix == "C"))}
@@ -318,85 +342,63 @@ def run(mixes, all_variants, reps, scale, out_rows, only=None):
         gc.collect()
 
 
-def fmt_ms(x) -> str:
-    return "-" if x is None else f"{x * 1e3:.2f}"
+def section_key(args) -> str:
+    """The marker of the section a run owns: "" for the full run, else its selection."""
+    parts = []
+    if args.optimizers:
+        parts.append("optimizers=" + ",".join(sorted(args.optimizers)))
+    if args.mixes != "ABCD":
+        parts.append("mixes=" + ",".join(args.mixes))
+    if args.threads:
+        parts.append(f"threads={args.threads}")
+    if args.no_variants:
+        parts.append("no-variants")
+    return "; ".join(parts)
 
 
-def fmt_row(r) -> str:
-    vs = "-" if r["vs_best"] is None else f"{r['vs_best']:.2f}x ({r['vs_iqr'][0]:.2f}-{r['vs_iqr'][1]:.2f})"
-    extra = f" | {r['vs_fused_adam']:.1f}x" if "vs_fused_adam" in r else ""
-    ref = any(k.startswith("ref ") for k in r)  # no torch.optim class: the authors' implementation
-    config = r["config"] + (" (vs ref)" if ref else "")
-    loop = r.get("ref for-loop", r.get("ref default")) if ref else r.get("torch for-loop")
-    each = r.get("ref foreach") if ref else r.get("torch foreach")
-    return (f"| {r['mix']} | {config} | {r['bytes']:.0f} | {fmt_ms(r['ours'])} | {r['frac']:.2f} | "
-            f"{fmt_ms(loop)} | {fmt_ms(each)} | "
-            f"{fmt_ms(r.get('torch fused'))} | {vs} | {r['bw']:.1f}{extra} |")
+def skipped_lines(only) -> list:
+    """One line per registry entry the selection names (every entry, in a full run) that
+    this benchmark does not time, with the reason."""
+    out = []
+    for entry in ENTRIES:
+        why = skip_reason(entry)
+        if why and (not only or entry.name in only):
+            out.append(f"- `{entry.name}`: not timed here: {why}.")
+    return out
 
 
-HEADER = ("| mix | optimizer [variant] | B/elem | optimlab ms | roofline frac | torch for-loop ms | "
-          "torch foreach ms | torch fused ms | vs torch best (IQR) | probe GB/s |")
-
-
-def write_markdown(path, rows, overhead, first, started, load_before, load_after, wall):
-    lines = ["# Step speed: optimlab's fused step vs torch.optim", "",
-             f"Machine: {machine()}.", f"Run: {started}, {wall / 60:.1f} min, load average "
-             f"{load_before[0]:.1f} before / {load_after[0]:.1f} after (shared machine: other "
-             "processes were running; medians over interleaved repetitions).", "",
-             "Generated by `python benchmarks/step_speed.py`. fp32 params; `roofline frac` = (bytes the "
-             "rule touches per step / probe bandwidth) / optimlab time, where the probe is `a.add_(b)` "
-             "on flat tensors as large as the mix (12 B/element). `vs torch best` = fastest torch.optim "
-             "implementation / optimlab (>1: optimlab faster); rows marked `(vs ref)` (optimizers torch.optim "
-             "lacks) compare with the authors' published implementation instead (`Entry.reference`: its "
-             "for-loop, or default, and foreach paths in the torch columns). Variants torch lacks "
-             "(`bias_correction=False`) are compared with torch's default flags.", ""]
-    for mix in MIXES:
-        mrows = [r for r in rows if r["mix"] == mix]
-        if not mrows:
-            continue
-        lines += [f"## Mix {mix}: {MIXES[mix][0]}", ""]
-        head = HEADER + (" vs torch fused Adam |" if mix == "C" else "")
-        lines += [head, "|" + "---|" * (head.count("|") - 1)]
-        lines += [fmt_row(r) for r in mrows]
-        fr = [r["frac"] for r in mrows]
-        vs = [r["vs_best"] for r in mrows if r["vs_best"]]
-        below = [r for r in mrows if r["vs_best"] is not None and r["vs_best"] < 1]
-        lines += ["", f"Roofline fraction: min {min(fr):.2f}, median {statistics.median(fr):.2f}. "
-                      f"vs torch best: min {min(vs):.2f}x, median {statistics.median(vs):.2f}x; "
-                      f"{len(below)} of {len(vs)} rows below 1.00x"
-                      + (f" (of which {sum(r['vs_iqr'][1] < 1 for r in below)} with the whole IQR below)."
-                         if below else ".")]
-        if mix == "C":
-            c = [r["vs_fused_adam"] for r in mrows]
-            lines[-1] += f" vs torch fused Adam: min {min(c):.1f}x."
-        lines.append("")
-    step, kern = overhead
-    lines += ["## Overheads", "",
-              f"- Adam on 1,000 x 1k tensors: whole `step()` {step * 1e6:.0f} us, of which the kernel call "
-              f"{kern * 1e6:.0f} us; Python (engine + fused runner) {max(step - kern, 0) * 1e6:.0f} us.",
-              f"- First `step()` in a fresh process (Adam), with an empty kernel cache (trace + compile) "
-              f"and then with the cache warm: one tensor {first[1][0]:.2f} s / {first[1][1] * 1e3:.1f} ms; "
-              f"1,000 tensors, which also builds the C++ step helper, {first[1000][0]:.2f} s / "
-              f"{first[1000][1] * 1e3:.1f} ms.", ""]
-    kept = ""  # the section benchmarks/no_compiler.py writes stays
-    if os.path.exists(path):
-        text = open(path).read()
-        begin, end = "<!-- no-compiler: begin -->", "<!-- no-compiler: end -->"
-        if begin in text and end in text:
-            kept = "\n" + text[text.index(begin): text.index(end) + len(end)] + "\n"
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + kept)
+def command_line(args) -> str:
+    """The command that reproduces a run (its selection flags)."""
+    parts = ["python benchmarks/step_speed.py"] + (["--quick"] if args.quick else [])
+    if args.optimizers:
+        parts.append("--optimizers " + ",".join(args.optimizers))
+    if args.mixes != "ABCD":
+        parts.append("--mixes " + ",".join(args.mixes))
+    parts += [f"--threads {args.threads}"] if args.threads else []
+    parts += ["--no-variants"] if args.no_variants else []
+    parts += [f"--reps {args.reps}"] if args.reps else []
+    return " ".join(parts)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: mixes scaled down 100x, 4 reps")
-    ap.add_argument("--mixes", default="ABCD")
+    ap.add_argument("--mixes", default="ABCD", help="mixes to run, e.g. A,B,D (default ABCD)")
     ap.add_argument("--out", default=None, help="markdown output (default BENCHMARKS.md; none with --quick)")
-    ap.add_argument("--only", default=None, help="comma-separated registry names (default: all)")
+    ap.add_argument("--optimizers", "--only", default=None,
+                    help="comma-separated registry names (default: every element-wise rule)")
+    ap.add_argument("--threads", type=int, default=None, help="torch (and kernel) threads (default: torch's)")
+    ap.add_argument("--no-variants", action="store_true", help="each entry's defaults only")
     ap.add_argument("--reps", type=int, default=None, help="repetitions per mix (default: 21/15/12/9)")
     args = ap.parse_args(argv)
-    only = set(args.only.split(",")) if args.only else None
+    args.mixes = "".join(m for m in args.mixes.upper() if m in MIXES)
+    args.optimizers = [lookup(n).name for n in args.optimizers.split(",")] if args.optimizers else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    only = set(args.optimizers or ())
+    skipped = skipped_lines(only)
+    for line in skipped:
+        print(line)
     started = time.strftime("%Y-%m-%d %H:%M")
     load_before = os.getloadavg()
     t0 = time.perf_counter()
@@ -405,14 +407,17 @@ def main(argv=None):
         run(args.mixes, False, {m: args.reps or 4 for m in MIXES}, 100, rows, only)
     else:
         reps = {"A": 21, "B": 15, "C": 12, "D": 9}
-        run(args.mixes, True, {m: args.reps or k for m, k in reps.items()}, 1, rows, only)
-    overhead = python_overhead()
-    first = first_step_times()
-    print(f"\noverhead: step {overhead[0] * 1e6:.0f} us, kernel {overhead[1] * 1e6:.0f} us; first step "
-          + ", ".join(f"{n} tensors: cold {c:.2f} s, warm {w * 1e3:.1f} ms" for n, (c, w) in first.items()))
+        run(args.mixes, not args.no_variants, {m: args.reps or k for m, k in reps.items()}, 1, rows, only)
+    overhead = first = None
+    key = section_key(args)
+    if not key or args.quick:
+        overhead = python_overhead()
+        first = first_step_times()
+        print(f"\noverhead: step {overhead[0] * 1e6:.0f} us, kernel {overhead[1] * 1e6:.0f} us; first step "
+              + ", ".join(f"{n} tensors: cold {c:.2f} s, warm {w * 1e3:.1f} ms" for n, (c, w) in first.items()))
     out = args.out or (None if args.quick else os.path.join(os.path.dirname(__file__), "..", "BENCHMARKS.md"))
-    if out:
-        write_markdown(out, rows, overhead, first, started, load_before, os.getloadavg(),
+    if out and rows:
+        write_markdown(out, key, command_line(args), machine(), rows, overhead, first, skipped, started, load_before, os.getloadavg(),
                        time.perf_counter() - t0)
         print(f"wrote {out}")
 

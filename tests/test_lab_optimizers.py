@@ -202,3 +202,81 @@ def test_matrix_optimizer_gets_the_2d_weights_and_adamw_the_rest(register):
     rec = runner.run(spec, problem)
     assert rec.status == "ok", rec.final["error"]
     assert rec.final["train_loss"] < rec.curves["train_loss"][0] / 5
+
+
+# ------------------------------------------------------------- a modern comparison, whole
+def tiny_mlp() -> Problem:
+    """A 4-6-3 tanh MLP regressing fixed data: two 2-D weights (Muon's) and two biases
+    (AdamW's, beside Muon). ``--problem test_lab_optimizers:tiny_mlp``."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(48, 4, generator=g)
+    y = torch.tanh(x @ torch.randn(4, 3, generator=g))
+
+    def model(seed):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+
+    def loss(m, b):
+        return ((m(x) - y) ** 2).mean()
+
+    return Problem(name="fake-mlp", kind="least-squares", description="", default_steps=20,
+                   model=model, batch=lambda step, seed: (), loss=loss,
+                   evaluate=lambda m, split: {"loss": float(loss(m, ())), "metric": None})
+
+
+def test_a_modern_comparison_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    """``optimlab compare --optimizers modern,lbfgs`` on two tiny problems, in process: every
+    optimizer of the set gets runs and a selection on both; Schedule-Free is evaluated in
+    eval mode (at x) and steps in train mode; LBFGS is stepped through a closure, one
+    evaluation a step; Muon takes the 2-D weights and AdamW the rest (on the quadratic,
+    whose one parameter is a vector, AdamW takes everything)."""
+    import json
+
+    made = []  # (spec, model, optimizer), in the order the runner builds them
+    build, evaluate = runner._optimizer, runner._evaluate
+
+    def spy_build(spec, model, params):
+        entry, opt = build(spec, model, params)
+        made.append((spec, model, opt))
+        return entry, opt
+
+    modes = []  # at each evaluation: the optimizer's name and its groups' train_mode flags
+
+    def spy_evaluate(problem, model, split, metric=True):
+        spec, built_for, opt = made[-1]
+        assert built_for is model
+        modes.append((spec.optimizer, [g.get("train_mode") for g in opt.param_groups]))
+        return evaluate(problem, model, split, metric)
+
+    monkeypatch.setattr(runner, "_optimizer", spy_build)
+    monkeypatch.setattr(runner, "_evaluate", spy_evaluate)
+    steps = 12
+    argv = ["compare", "--problem", "test_lab_optimizers:tiny_mlp", "--problem",
+            "test_runner:noisy_quadratic", "--optimizers", "modern,lbfgs", "--lrs", "0.003,0.03",
+            "--seeds", "1", "--steps", str(steps), "--workers", "1", "--json", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    names = optimlab.sets()["modern"] + ["lbfgs"]
+    pairs = {(p, o) for p in ("fake-mlp", "fake-quad") for o in names}
+    ok = {(r["problem"], r["optimizer"]) for r in summary["runs"] if r["status"] == "ok"}
+    assert ok == pairs and all(r["status"] != "error" for r in summary["runs"])
+    assert {(s["problem"], s["optimizer"]) for s in summary["selections"]} == pairs
+    assert (tmp_path / "report.html").is_file()
+
+    sf = [flags for name, flags in modes if name.startswith("schedule_free")]
+    assert len(sf) >= 2 * 2 * 2 * 3 and all(flags and not any(flags) for flags in sf)
+    assert all(all(g["train_mode"] for g in opt.param_groups)
+               for spec, _, opt in made if spec.optimizer.startswith("schedule_free"))
+    for spec, model, opt in made:
+        if spec.optimizer == "lbfgs":
+            assert type(opt) is optimlab.LBFGS
+            assert next(iter(opt.state.values()))["func_evals"] == steps
+        if spec.optimizer == "muon" and spec.problem == "fake-quad":  # no matrix: AdamW alone
+            assert type(opt) is optimlab.AdamW
+        elif spec.optimizer == "muon":
+            muon, adamw = opt.optimizers
+            matrices = [p for p in model.parameters() if p.dim() == 2]
+            assert len(matrices) == 2 and [p for g in muon.param_groups for p in g["params"]] == matrices
+            assert type(muon) is optimlab.Muon and type(adamw) is optimlab.AdamW
+            assert {id(p) for g in adamw.param_groups for p in g["params"]} == {
+                id(p) for p in model.parameters() if p.dim() != 2}

@@ -47,6 +47,7 @@ def _matches(opt) -> bool:
 @pytest.mark.parametrize("entry, variant", _cases())
 def test_equal_to_reference_path(entry, variant, dtype, monkeypatch):
     monkeypatch.setenv("OPTIMLAB_DISABLE_FUSED", "1")  # as without a compiler
+    monkeypatch.setattr(torch_kernels, "MIN_NUMEL", 0)  # small tensors here: the kernel takes all
     ps, qs = _params(dtype), _params(dtype)
     ours = entry.build(ps, lr=entry.test_lr, **variant)
     ref = entry.build(qs, lr=entry.test_lr, foreach=False, **variant)
@@ -55,7 +56,7 @@ def test_equal_to_reference_path(entry, variant, dtype, monkeypatch):
     low_sgd = ours.rule.fn is torch_kernels.rules.SGD.fn and dtype in (torch.float16, torch.bfloat16)
     real_step = foreach.step
     took = []
-    monkeypatch.setattr(foreach, "step", lambda o, g, params, h: (o is ours and took.extend(params)) or real_step(o, g, params, h))
+    monkeypatch.setattr(foreach, "step", lambda o, g, params, h, vouch=None: (o is ours and took.extend(params)) or real_step(o, g, params, h, vouch))
     gen = torch.Generator().manual_seed(1)
     for _ in range(100):
         for p, q in zip(ps, qs):
@@ -79,3 +80,34 @@ def test_explicit_flags_keep_their_path(monkeypatch):
             p.grad = torch.ones_like(p)
         Adam(ps, **flags).step()
     assert not calls
+
+
+def test_small_params_take_the_multi_tensor_path(monkeypatch):
+    """Below MIN_NUMEL elements the multi-tensor path steps the param (torch's kernel costs
+    more per tensor); from MIN_NUMEL on, torch's kernel. The split is cached per group, and
+    decided again when a param's storage changes; a grad laid out otherwise is left out."""
+    monkeypatch.setenv("OPTIMLAB_DISABLE_FUSED", "1")
+    from optimlab import Adam
+    n = torch_kernels.MIN_NUMEL
+    ps = [torch.zeros(n, requires_grad=True), torch.zeros(n - 1, requires_grad=True)]
+    took = []
+    real = foreach.step
+    monkeypatch.setattr(foreach, "step", lambda o, g, params, h, vouch=None: took.append(list(params)) or real(o, g, params, h, vouch))
+    opt = Adam(ps)
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    opt.step()
+    assert [[t is ps[1] for t in params] for params in took] == [[True], [True]]
+    assert opt.state[ps[0]]["step"].item() == 2
+    part = torch_kernels._partitions[opt][id(opt.param_groups[0])]
+    ps[0].data = torch.zeros(n - 1)  # smaller now, new storage: decided again
+    ps[0].grad = torch.ones_like(ps[0])
+    opt.state[ps[0]].clear()
+    opt.step()
+    assert torch_kernels._partitions[opt][id(opt.param_groups[0])] is not part
+    assert [t is ps[0] for t in took[-1]] == [True, False]
+    ps[0].data, ps[0].grad = torch.zeros(n), torch.ones(2 * n)[::2]  # a strided grad: not taken
+    opt.state[ps[0]].clear()
+    opt.step()
+    assert any(t is ps[0] for t in took[-1])

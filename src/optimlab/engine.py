@@ -223,15 +223,22 @@ class RuleOptimizer(Optimizer):
         self._check_grads(params)
         self.unfused_step(group, params, h)
 
-    def unfused_step(self, group: dict, params: list, h: SimpleNamespace) -> None:
+    def unfused_step(self, group: dict, params: list, h: SimpleNamespace, vouch=None) -> None:
         """Params (with grads) the C kernel did not take: torch's own fused kernel where the
         rule is one torch ships (:mod:`optimlab.fused.torch_kernels`, default flags only), the
         multi-tensor path (:mod:`optimlab.fused.foreach`) unless ``foreach=False``, else the
-        reference path."""
+        reference path. ``vouch``: the C path's plan when it has just checked that ``params``
+        are the objects, with the storage, it was built for (the backends' caches built under
+        the same plan then skip that check)."""
         from .fused import foreach, torch_kernels
 
-        params = torch_kernels.step(self, group, params, h)
-        rest = foreach.step(self, group, params, h) if self.rule.elementwise else params
+        params = torch_kernels.step(self, group, params, h, vouch)
+        if self.rule.elementwise:
+            rest = foreach.step(self, group, params, h, vouch)
+        else:  # reductions, matrix products: generated passes (optimlab.fused.passes)
+            from .fused import passes
+
+            rest = passes.step(self, group, params, h)
         for p in rest:
             self.reference_step(p, h)
 
@@ -246,7 +253,9 @@ class RuleOptimizer(Optimizer):
             return self.rule.combine((), group)
         params = [p for p in group["params"] if p.grad is not None]
         self._check_grads(params)
-        totals = None
+        from .fused import passes
+
+        params, totals = passes.estimate(self, group, params, h)  # the generated pass first
         for p in params:
             parts = self._on_tensors(p, h, lambda q, g, s: estimate(self.rule, q, g, s, h))
             parts = [float(x) for x in parts]

@@ -78,10 +78,11 @@ _contiguous = torch.Tensor.is_contiguous
 
 def invalidate(optimizer) -> None:
     """Forget ``optimizer``'s cached plans (after replacing state tensors by hand)."""
-    from . import foreach
+    from . import foreach, torch_kernels
 
     _plans.pop(optimizer, None)
     foreach.invalidate(optimizer)
+    torch_kernels.invalidate(optimizer)
 
 
 def _name(optimizer) -> str:
@@ -145,7 +146,25 @@ def _plan(optimizer, group, params, h, key) -> Plan:
     return plan
 
 
+def _unfused(optimizer, group, plan, h) -> None:
+    """The C kernel takes none of the group's params (no compiler, or none it can take):
+    the other paths, told that the plan has checked these params (identity and storage)
+    this step, so that they need not check again."""
+    for error in plan.kernel_errors:
+        _warn_once(f"optimlab: fused kernel unavailable for {_name(optimizer)} ({error}); using "
+                   + ("the reference path" if group.get("foreach") is False else "the multi-tensor (foreach) path"))
+    optimizer._check_grads(plan.reference)
+    optimizer.unfused_step(group, plan.reference, h, vouch=plan)
+
+
 def _step(optimizer, group, params, grads, h, required: bool) -> None:
+    plans = _plans.get(optimizer)
+    plan = plans.get(id(group)) if plans else None
+    if (not required and plan is not None and not plan.buckets and plan.holds(optimizer, group, hkey(h))
+            and len(plan.params) == len(params) and all(map(operator.is_, plan.params, params))
+            and plan.pptrs == list(map(_ptr, params))):
+        _unfused(optimizer, group, plan, h)  # no grad is read here: no need to check them
+        return
     if not all(map(readable, grads)):
         if required:
             for p in params:
@@ -161,6 +180,9 @@ def _step(optimizer, group, params, grads, h, required: bool) -> None:
     plan = _plan(optimizer, group, params, h, key)
     if plan.reference and required:
         raise Unfusable("; ".join(sorted(set(plan.reasons + plan.kernel_errors))))
+    if not plan.buckets:
+        _unfused(optimizer, group, plan, h)
+        return
     fallback = "the reference path" if group.get("foreach") is False else "the multi-tensor (foreach) path"
     for error in plan.kernel_errors:
         _warn_once(f"optimlab: fused kernel unavailable for {_name(optimizer)} ({error}); "

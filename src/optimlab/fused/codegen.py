@@ -267,7 +267,7 @@ def _f16_blocks(tr: Trace, bidx: dict, body, elementwise: list) -> list:
     (``vcvtph2ps``, exact), the graph runs on float arrays the compiler vectorises, and
     the results are narrowed with round-to-nearest-even (``vcvtps2ph``, c10::Half's
     rounding); the tail, and CPUs without F16C, use the integer conversions."""
-    reads = sorted({bidx[n.name] for n in tr.graph.nodes if n.op == "ein"})
+    reads = sorted({bidx[n.name] for n in tr.graph.nodes if n.op == "ein" and n.name in bidx})
     writes = [bidx[name] for name in tr.elem_outputs]
     out = ["#if defined(__F16C__)", "    int64_t i0 = 0;", "    for (; i0 + 8 <= n; i0 += 8) {"]
     for b in reads:

@@ -45,6 +45,44 @@ _layout = operator.attrgetter("layout")
 _dtype = operator.attrgetter("dtype")
 
 
+#: elements per chunk: the program runs over the group chunk by chunk, so that its
+#: temporaries (and the buffers it reads more than once) stay in cache (2 MB of float32)
+CHUNK = 2**19
+
+
+def chunk_plan(numels: list, splittable: frozenset) -> list:
+    """Chunks of about :data:`CHUNK` elements: each a list of ``(tensor index, lo, hi)``,
+    ``lo`` None for the whole tensor. A tensor with more than ``CHUNK`` elements whose
+    buffers are all contiguous (``splittable``) is cut into flat slices at multiples of
+    ``CHUNK`` (the same alignment as the whole tensor), each its own chunk but the last;
+    smaller tensors are gathered into chunks until they hold ``CHUNK`` elements."""
+    chunks, cur, size = [], [], 0
+    for i, n in enumerate(numels):
+        if i in splittable:
+            lo = 0
+            while n - lo > CHUNK:
+                chunks.append([(i, lo, lo + CHUNK)])
+                lo += CHUNK
+            cur.append((i, lo, n))
+            size += n - lo
+        else:
+            cur.append((i, None, None))
+            size += n
+        if size >= CHUNK:
+            chunks.append(cur)
+            cur, size = [], 0
+    if cur or not chunks:
+        chunks.append(cur)
+    return chunks
+
+
+def _flat(ts: list, i: int, cache: dict) -> torch.Tensor:
+    t = cache.get(i)
+    if t is None:
+        t = cache[i] = ts[i].view(-1)
+    return t
+
+
 class ForeachUnavailable(Exception):
     """A reason why a group cannot take the multi-tensor path."""
 
@@ -93,13 +131,13 @@ def invalidate(optimizer) -> None:
     _plans.pop(optimizer, None)
 
 
-def step(optimizer, group, params: list, h) -> list:
+def step(optimizer, group, params: list, h, vouch=None) -> list:
     """Step ``params`` (all with grads) of ``group`` on the multi-tensor path where it
     applies; returns the params left for the reference path.
 
     The buckets' lists are cached per group, like the C kernel's plans, and rebuilt when
     the params with grads, their storage, ``optimizer.state`` or the flag/zero pattern of
-    the hyperparameters change."""
+    the hyperparameters change (``vouch``: see :meth:`optimlab.RuleOptimizer.unfused_step`)."""
     mode = group.get("foreach")
     if mode is False or group.get("differentiable") or not params:
         return params
@@ -108,8 +146,8 @@ def step(optimizer, group, params: list, h) -> list:
     if plans is None:
         plans = _plans[optimizer] = {}
     plan = plans.get(id(group))
-    if plan is None or not plan.holds(optimizer, group, params, key):
-        plan = plans[id(group)] = _Plan(optimizer, group, params, h, key)
+    if plan is None or not plan.holds(optimizer, group, params, key, vouch):
+        plan = plans[id(group)] = _Plan(optimizer, group, params, h, key, vouch)
     if plan.error is not None:
         plans.pop(id(group), None)
         if mode:
@@ -125,8 +163,9 @@ def step(optimizer, group, params: list, h) -> list:
 class _Plan:
     """One group's buckets; see :func:`step` for its validity."""
 
-    def __init__(self, optimizer, group, params, h, key):
-        self.group, self.key, self.state = group, key, optimizer.state
+    def __init__(self, optimizer, group, params, h, key, vouch=None):
+        self.group, self.key, self.state, self.vouch = group, key, optimizer.state, vouch
+        self.given = params  # the list object: the same one again, under the same vouch, is unchanged
         self.params = list(params)
         self.pptrs = _ptrs(params)
         self.error = None
@@ -152,10 +191,14 @@ class _Plan:
         except ForeachUnavailable as e:
             self.error, self.buckets = str(e), []
 
-    def holds(self, optimizer, group, params, key) -> bool:
-        return (self.group is group and self.key == key and self.state is optimizer.state
-                and self.nstate == len(optimizer.state) and len(self.params) == len(params)
-                and all(map(operator.is_, self.params, params)) and self.pptrs == _ptrs(params))
+    def holds(self, optimizer, group, params, key, vouch=None) -> bool:
+        if not (self.group is group and self.key == key and self.state is optimizer.state
+                and self.nstate == len(optimizer.state)):
+            return False
+        if vouch is not None and vouch is self.vouch and params is self.given:
+            return True  # the C path's plan checked them, and handed on its own list
+        return (len(self.params) == len(params) and all(map(operator.is_, self.params, params))
+                and self.pptrs == _ptrs(params))
 
 
 class _Bucket:
@@ -176,6 +219,10 @@ class _Bucket:
         self.copied = frozenset(b for b, ts in self.storage.items() if any(t.dtype != self.compute for t in ts))
         self.prog = self._program(self._grads())
         self.scalar_state = None  # 0-dim state tensors per key, listed on the first run
+        self.numels = [t.numel() for t in self.storage["param"]]  # real elements
+        self.total = sum(self.numels)
+        self.big = [i for i, n in enumerate(self.numels) if n > CHUNK]
+        self._chunk_plans: dict = {}
 
     def _grads(self) -> list:
         grads = list(map(_grad, self.params))
@@ -199,13 +246,7 @@ class _Bucket:
                     st[b] = torch.empty_like(p, memory_format=torch.preserve_format)
                 storage[b] = [_as_real(st[b]) for st in sts]
                 self.plan.lazy_created = True
-        lists = []
-        for b in tr.buffers:
-            ts = grads if b == "grad" else storage[b]
-            if b in self.copied:
-                ts = ([t.to(self.compute) for t in ts] if b in tr.reads
-                      else [torch.empty_like(t, dtype=self.compute) for t in ts])
-            lists.append(ts)
+        raw = [grads if b == "grad" else storage[b] for b in tr.buffers]
         hp = [hp_value(h, k, i) for _, k, i in tr.hps]
         split: dict = {(): None}
         if tr.scalar_inputs:
@@ -215,13 +256,48 @@ class _Bucket:
             split = {}
             for i, row in enumerate(zip(*columns)):
                 split.setdefault(row, []).append(i)
+        whole = len(split) == 1
         for si, idx in split.items():
             c, souts = prog.scalars(hp, si)
-            whole = len(split) == 1
-            prog.elements(lists if whole else [[ts[i] for i in idx] for ts in lists], c)
+            lists = raw if whole else [[ts[i] for i in idx] for ts in raw]
+            for chunk in self._chunks(lists, None if whole else tuple(idx)):
+                self._elements(prog, chunk, c)
             for k, v in zip(tr.scalar_outputs, souts):
                 ts = self.scalar_state[k] if whole else [self.scalar_state[k][i] for i in idx]
                 torch._foreach_copy_(ts, [torch.tensor(v, dtype=torch.float64)] * len(ts))
+
+    def _elements(self, prog, lists, c) -> None:
+        """The per-element program on one chunk: buffers not in the compute dtype are
+        computed on copies (made here, chunk by chunk) and rounded back on store."""
+        tr = prog.trace
+        if not self.copied:
+            prog.elements(lists, c)
+            return
+        work = [([t.to(self.compute) for t in ts] if b in tr.reads
+                 else [torch.empty_like(t, dtype=self.compute) for t in ts]) if b in self.copied else ts
+                for b, ts in zip(tr.buffers, lists)]
+        prog.elements(work, c)
         for j, b in enumerate(tr.buffers):
             if b in self.copied and b in tr.elem_outputs:
-                torch._foreach_copy_(storage[b], lists[j])
+                torch._foreach_copy_(lists[j], work[j])
+
+    def _chunks(self, lists, idx):
+        """``lists`` cut into chunks of about :data:`CHUNK` elements (see :func:`chunk_plan`)."""
+        numels = self.numels if idx is None else [self.numels[i] for i in idx]
+        if self.total <= CHUNK:
+            return [lists]
+        big = self.big if idx is None else [j for j, n in enumerate(numels) if n > CHUNK]
+        key = (idx, tuple(i for i in big if all(ts[i].is_contiguous() for ts in lists)))
+        plan = self._chunk_plans.get(key)
+        if plan is None:
+            if len(self._chunk_plans) > 64:  # step counts that keep changing the split
+                self._chunk_plans.clear()
+            plan = self._chunk_plans[key] = chunk_plan(numels, frozenset(key[1]))
+        if len(plan) == 1 and all(lo is None for _, lo, _ in plan[0]):
+            return [lists]
+        flat = [{} for _ in lists]
+        out = []
+        for chunk in plan:
+            out.append([[ts[i] if lo is None else _flat(ts, i, cache)[lo:hi] for i, lo, hi in chunk]
+                        for ts, cache in zip(lists, flat)])
+        return out

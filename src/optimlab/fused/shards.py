@@ -71,7 +71,7 @@ class LocalView:
     def reference_step(self, local, h) -> None:
         self.optimizer.reference_step(self.origin[id(local)], h)
 
-    def unfused_step(self, group, locals_, h) -> None:
+    def unfused_step(self, group, locals_, h, vouch=None) -> None:
         # params the kernel did not take: the reference path on the optimizer's own tensors
         for t in locals_:
             self.optimizer.reference_step(self.origin[id(t)], h)

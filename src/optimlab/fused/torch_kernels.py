@@ -20,16 +20,38 @@ The matching is by rule and flags, listed in :data:`MATCHES`:
 * :data:`~optimlab.rules.ADAGRAD` -> ``torch._fused_adagrad_``.
 
 Taken only with ``fused=None`` and ``foreach=None`` (the defaults: the user chose no
-implementation), for contiguous CPU params whose grads and state share their dtype and
-layout, without GradScaler's ``grad_scale`` (those take the multi-tensor path). Complex
-params are stepped as real views, as everywhere in optimlab.
+implementation), for contiguous CPU params of at least :data:`MIN_NUMEL` elements whose
+grads and state share their dtype and layout, without GradScaler's ``grad_scale`` (those
+take the multi-tensor path). Complex params are stepped as real views, as everywhere in
+optimlab.
+
+Why a size threshold: torch's fused CPU kernels pay a fixed cost per tensor (a parallel
+region, per-tensor scalar setup), which on 1,000 tensors of 1k elements is several times
+the arithmetic; there the multi-tensor path, whose calls take the whole list, is faster
+(mix C of ``benchmarks/no_compiler.py``). From a few tens of thousands of elements on,
+one pass over memory wins, and the kernel takes the param.
+
+Which params a group hands to the kernel is decided once and cached per group (the
+*partition*), and decided again when the params with grads, their storage, dtype or
+device, ``optimizer.state`` or the hyperparameters' flag/zero pattern change; a step then
+only checks, for the params the kernel takes, that their grads are still dense,
+contiguous and of the param's dtype.
 """
 
 from __future__ import annotations
 
+import operator
+import weakref
+
 import torch
 
 from .. import rules
+from .plan import hkey
+
+#: params with fewer elements take the multi-tensor path (see the module docstring)
+MIN_NUMEL = 16384
+_partitions: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_data_ptr = torch.Tensor.data_ptr
 
 _LOW = (torch.float16, torch.bfloat16)
 _TYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16,
@@ -72,17 +94,77 @@ def _real(t):
 
 
 def _takes(p, state, keys) -> bool:
-    g = p.grad
-    return (p.device.type == "cpu" and p.layout == torch.strided and g.layout == torch.strided
-            and p.dtype in _TYPES and g.dtype == p.dtype and g.device == p.device
-            and p.is_contiguous() and g.is_contiguous()  # the kernels index flat memory
+    """Whether the kernel takes ``p`` with its state as it is (the grad is checked per step)."""
+    return (p.device.type == "cpu" and p.layout == torch.strided and p.dtype in _TYPES
+            and p.numel() >= MIN_NUMEL and p.is_contiguous()  # the kernels index flat memory
             and all(k not in state or (state[k].dtype == p.dtype and state[k].is_contiguous()) for k in keys)
             and ("step" not in state or state["step"].dtype == torch.float32))
 
 
-def step(optimizer, group, params: list, h) -> list:
+def _grad_ok(p) -> bool:
+    g = p.grad
+    return (g.layout == torch.strided and g.dtype == p.dtype and g.device == p.device
+            and g.is_contiguous())
+
+
+def invalidate(optimizer) -> None:
+    """Forget ``optimizer``'s cached partitions (after replacing state tensors by hand)."""
+    _partitions.pop(optimizer, None)
+
+
+class _Partition:
+    """One group's split of its params with grads: ``buckets`` ``{(dtype, lazy state):
+    [(param, state)]}`` for the kernel, ``rest`` for the other paths."""
+
+    def __init__(self, optimizer, group, params, h, key, vouch):
+        self.group, self.key, self.state, self.vouch = group, key, optimizer.state, vouch
+        self.given = params  # the C path's own list (see holds)
+        self.params = list(params)
+        self.pptrs = list(map(_data_ptr, params))
+        rule = optimizer.rule
+        fills = rule.tensors(h)
+        keys = list(fills)
+        self.buckets, self.rest = {}, []
+        self.lazy = False
+        for p in params:
+            state = optimizer.init_state(p, h)
+            # torch's fused SGD rounds low-precision params otherwise than the reference path
+            if _takes(p, state, keys) and not (rule.fn is rules.SGD.fn and p.dtype in _LOW):
+                lazy = tuple(k for k, f in fills.items() if f is None and k not in state)
+                self.lazy = self.lazy or bool(lazy)
+                self.buckets.setdefault((p.dtype, lazy), []).append((p, state))
+            else:
+                self.rest.append(p)
+        self.nstate = len(optimizer.state)
+        self.taken = [p for members in self.buckets.values() for p, _ in members]
+
+    def holds(self, optimizer, group, params, key, vouch) -> bool:
+        """Still valid; the params' identity and storage need no check when the C path's
+        plan that was current when this was built vouches for them."""
+        if not (self.group is group and self.key == key and self.state is optimizer.state
+                and self.nstate == len(optimizer.state)):
+            return False
+        if vouch is not None and vouch is self.vouch and params is self.given:
+            return True
+        return (len(self.params) == len(params) and all(map(operator.is_, self.params, params))
+                and self.pptrs == list(map(_data_ptr, params)))
+
+
+def _partition(optimizer, group, params, h, vouch) -> _Partition:
+    key = hkey(h)
+    parts = _partitions.get(optimizer)
+    if parts is None:
+        parts = _partitions[optimizer] = {}
+    part = parts.get(id(group))
+    if part is None or not part.holds(optimizer, group, params, key, vouch):
+        part = parts[id(group)] = _Partition(optimizer, group, params, h, key, vouch)
+    return part
+
+
+def step(optimizer, group, params: list, h, vouch=None) -> list:
     """Step the params of ``group`` (all with grads) that a torch fused kernel takes; returns
-    the others, for the multi-tensor or reference path."""
+    the others, for the multi-tensor or reference path. ``vouch``: see
+    :meth:`optimlab.RuleOptimizer.unfused_step`."""
     if (group.get("fused") is not None or group.get("foreach") is not None or h.differentiable
             or h.grad_scale is not None or not params):
         return params
@@ -90,19 +172,18 @@ def step(optimizer, group, params: list, h) -> list:
     found = match(h) if match is not None else None
     if found is None:
         return params
+    part = _partition(optimizer, group, params, h, vouch)
+    if not part.buckets:
+        return part.rest
+    buckets, rest = part.buckets, part.rest
+    if not all(map(_grad_ok, part.taken)):  # a grad laid out otherwise this step: not taken
+        buckets = {k: [(p, st) for p, st in m if _grad_ok(p)] for k, m in buckets.items()}
+        rest = rest + [p for p in part.taken if not _grad_ok(p)]
     fn, buffers, kw = found
     rule = optimizer.rule
-    keys = list(rule.tensors(h))
-    taken, rest = {}, []
-    for p in params:
-        state = optimizer.init_state(p, h)
-        # torch's fused SGD rounds low-precision params otherwise than the reference path
-        if _takes(p, state, keys) and not (rule.fn is rules.SGD.fn and p.dtype in _LOW):
-            lazy = tuple(k for k, f in rule.tensors(h).items() if f is None and k not in state)
-            taken.setdefault((p.dtype, lazy), []).append((p, state))
-        else:
-            rest.append(p)
-    for (_, lazy), members in taken.items():
+    for (_, lazy), members in buckets.items():
+        if not members:
+            continue
         ps = [_real(p) for p, _ in members]
         grads = [_real(p.grad) for p, _ in members]
         if rule.fn is rules.SGD.fn:
@@ -122,4 +203,6 @@ def step(optimizer, group, params: list, h) -> list:
         steps = [state["step"] for _, state in members]
         torch._foreach_add_(steps, 1)
         fn(ps, grads, *lists, steps, **kw)
+    if part.lazy:
+        _partitions[optimizer].pop(id(group), None)  # lazily created state: decide again
     return rest

@@ -51,10 +51,17 @@ class Node:
     index: int
     value: float | None = None  # constants and hyperparameters only
     name: str | None = None  # inputs only
+    #: :mod:`.passes` only: 'S' (per-tensor scalar), 'E' (per element) or 'T' (a torch value),
+    #: the torch function of a 'T' call, and a meta tensor with a 'T' node's shape and dtype
+    kind: str | None = None
+    fn: object = None
+    meta: object = None
 
 
 class Graph:
     """Hash-consed DAG; ``nodes`` is in creation (= evaluation) order."""
+
+    sym_class: type  # set below: Sym (the passes' graph uses its own)
 
     def __init__(self):
         self.nodes: list[Node] = []
@@ -73,11 +80,11 @@ class Graph:
         return n
 
     def sym(self, node: Node) -> "Sym":
-        return Sym(self, node)
+        return self.sym_class(self, node)
 
 
 #: comparison ops: their nodes are masks, only for a ``where``'s condition
-MASKS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "==", "ne": "!="}
+MASKS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "==", "ne": "!=", "and": "&&"}
 
 
 def _is_zero_literal(x) -> bool:
@@ -107,10 +114,10 @@ class Sym:
     def _op(self, op, *args) -> "Sym":
         nodes = tuple(self._lift(a) for a in args)
         for i, n in enumerate(nodes):
-            if (n.op in MASKS) != (op == "where" and i == 0):
+            if (n.op in MASKS) != (op == "where" and i == 0 or op == "and"):
                 raise TraceError("a comparison is a mask for where(mask, a, b), not a number"
                                  if n.op in MASKS else "where(mask, a, b) needs a comparison as its mask")
-        return Sym(self.graph, self.graph.node(op, nodes))
+        return self.graph.sym(self.graph.node(op, nodes))
 
     def __add__(self, o): return self._op("add", self, o)
     def __radd__(self, o): return self._op("add", o, self)
@@ -123,6 +130,7 @@ class Sym:
     def __pow__(self, o): return self._op("pow", self, o)
     def __rpow__(self, o): return self._op("pow", o, self)
     def __neg__(self): return self._op("neg", self)
+    def __and__(self, o): return self._op("and", self, o)  # of two masks: both hold
     def __pos__(self): return self
 
     def __optimlab_sqrt__(self): return self._op("sqrt", self)
@@ -145,7 +153,7 @@ class Sym:
         return x
 
     def _wrap(self, v) -> "Sym":
-        return Sym(self.graph, self._lift(v))
+        return self.graph.sym(self._lift(v))
 
     def _compare(self, op, other):
         """A hyperparameter against the literal 0: a Python bool (a guard, see the module
@@ -168,6 +176,9 @@ class Sym:
 
     def __repr__(self):
         return f"Sym({self.node.op}#{self.node.index})"
+
+
+Graph.sym_class = Sym
 
 
 @dataclass

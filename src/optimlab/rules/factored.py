@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._math import maximum, sqrt
+from .._math import maximum, minimum, sqrt
 from .._reduce import lerp, mean, mean_square, rms
 from .base import Rule, conventions
 
@@ -35,12 +35,14 @@ def adafactor(g, s, h, p):
         eps1 = torch.finfo(p.dtype).eps
     s.step = s.step + 1
     one_minus_beta2 = s.step**h.beta2_decay
-    rho = min(h.lr, 1 / s.step**0.5)
+    rho = minimum(h.lr, 1 / s.step**0.5)
     alpha = maximum(eps2, rms(p)) * rho
     if g.dim() > 1:
         s.row_var = lerp(s.row_var, mean_square(g, -1), one_minus_beta2)
         s.col_var = lerp(s.col_var, mean_square(g, -2), one_minus_beta2)
-        v = (s.row_var @ s.col_var) / maximum(mean(s.row_var, dim=-2), eps1)
+        # R C^T: an outer product (inner dimension 1), so one rounded product per element,
+        # as torch.optim's ``row_var @ col_var``; as a broadcast product it is one fast pass
+        v = (s.row_var * s.col_var) / maximum(mean(s.row_var, dim=-2), eps1)
     else:
         s.variance = lerp(s.variance, g * g, one_minus_beta2)
         v = s.variance

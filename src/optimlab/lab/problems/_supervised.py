@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from ._common import EpochSampler, check_split, generator, salt, seeded_module
+from ._common import DrawCache, EpochSampler, check_split, generator, salt, seeded_module
 from .base import Problem
 
 Splits = dict  # {"train" | "val" | "test": (X, y)}
@@ -63,6 +63,9 @@ def supervised_problem(
     x_train, y_train = data["train"]
     n_train = x_train.shape[0]
     sampler = EpochSampler(n_train, batch_size, key) if batch_size else None
+    # The extras of (seed, step) are drawn once per process (see DrawCache).
+    extras = DrawCache(lambda seed, step, n: batch_extra(generator(key, seed, step, 1), n)) \
+        if batch_extra else None
 
     def model(seed: int) -> torch.nn.Module:
         return seeded_module(build, key, seed)
@@ -71,9 +74,9 @@ def supervised_problem(
         if sampler is None:
             xb, yb = x_train, y_train
         else:
-            idx = sampler(step, seed)
-            xb, yb = x_train[idx], y_train[idx]
-        extra = batch_extra(generator(key, seed, step, 1), xb.shape[0]) if batch_extra else ()
+            idx = sampler(step, seed)   # index_select: the same rows as x[idx], faster
+            xb, yb = x_train.index_select(0, idx), y_train.index_select(0, idx)
+        extra = extras(seed, step, xb.shape[0]) if extras else ()
         return (xb, yb, *extra)
 
     def loss(m: torch.nn.Module, b: tuple) -> torch.Tensor:

@@ -116,22 +116,28 @@ def markov_lm_problem() -> Problem:
     x_train, y_train = data["train"]
     sampler = EpochSampler(len(y_train), 64, key)
     h = entropy_rate()
+    # Evaluation runs the model once per distinct context (~1000 of the 15000 training
+    # windows; ~2000 of 4000 in val/test) and gathers the rows: each row's logits are
+    # bit-identical to a forward pass over every window, at ~1/10 of the cost.
+    distinct = {split: torch.unique(x, dim=0, return_inverse=True)
+                for split, (x, _) in data.items()}
 
     def model(seed: int) -> CharMLP:
         return seeded_module(CharMLP, key, seed)
 
     def batch(step: int, seed: int) -> tuple:
         idx = sampler(step, seed)
-        return x_train[idx], y_train[idx]
+        return x_train.index_select(0, idx), y_train.index_select(0, idx)
 
     def loss(m: CharMLP, b: tuple) -> torch.Tensor:
         return F.cross_entropy(m(b[0]), b[1])
 
     def evaluate(m: CharMLP, split: str) -> dict:
         check_split(split)
-        x, y = data[split]
+        contexts, rows = distinct[split]
+        y = data[split][1]
         with torch.no_grad():
-            logits = m(x)
+            logits = m(contexts)[rows]
             return {"loss": float(F.cross_entropy(logits, y)),
                     "metric": float((logits.argmax(1) == y).float().mean())}
 

@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ._common import check_split, generator, salt
+from ._common import DrawCache, check_split, generator, salt
 from .base import Problem
 
 DIM = 100
@@ -56,9 +56,14 @@ def noisy_quadratic_problem() -> Problem:
     def model(seed: int) -> Vector:
         return Vector(torch.randn(DIM, generator=generator(key, 0, seed)))
 
-    def batch(step: int, seed: int) -> tuple:
+    def draw(seed: int, step: int) -> tuple:
         z = torch.randn(DIM, generator=generator(key, 1, seed, step))
         return (noise_map @ z,)
+
+    noise = DrawCache(draw)   # the same noise for every optimizer: drawn once per process
+
+    def batch(step: int, seed: int) -> tuple:
+        return noise(seed, step)
 
     def loss(m: Vector, b: tuple) -> torch.Tensor:
         w = m()

@@ -1,0 +1,408 @@
+"""Rules with reductions and matrix products, cut into generated passes.
+
+LAMB, LARS, Adafactor, Muon and Prodigy's estimate read whole tensors (a norm, row and
+column means, a Newton-Schulz iteration, a dot product over the group). Their rule is
+still the one function of :mod:`optimlab.rules`; :mod:`.passes_trace` traces it into a
+graph of per-tensor scalars (S), per-element values (E) and torch values (T), and this
+module cuts that graph where a per-element value must be complete before the step goes on:
+
+* a whole-tensor sum of a per-element value (``norm(r)``, ``dot(g, p0 - p)``) is
+  accumulated inside the pass that computes the value; what depends on it waits for the
+  next pass (level = the pass of its argument + 1);
+* a per-element value a torch call needs (Muon's momentum before Newton-Schulz) is
+  written to a temporary in its pass; the call runs between passes, per tensor, as the
+  reference path runs it; its result (of the parameter's shape, or one number) is read by
+  the later passes;
+* every pass recomputes the per-element values it needs from the inputs, which stay
+  untouched until the last pass, which writes the parameter and the per-element state.
+
+So LAMB is two passes (read p, g, m, v: sums of r^2 and p^2; then read them again and
+write p, m, v), LARS two, Adafactor's matrices two around torch's row/column means and
+outer product, Muon one before and one after torch's Newton-Schulz, Prodigy's estimate
+one. The passes are C (:mod:`.passes_codegen`), for all tensors of one shape and dtype
+at once; the scalars between them are evaluated in double with NumPy, one value per tensor.
+
+Selection: the engine runs a whole-tensor rule here for params on CPU, float32/float64/
+bfloat16/float16, dense and contiguous with a grad of the same layout, unless ``fused=False``,
+``foreach=True``, ``differentiable`` or ``OPTIMLAB_DISABLE_FUSED``; anything else, and any
+failure to trace or compile (warned once), takes the per-tensor reference path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..rules.base import estimate as _estimate
+from ..rules.base import update
+from . import build
+from .passes_codegen import chunk_size, generate
+from .passes_eval import Runner
+from .passes_trace import REDUCTIONS, PassGraph, PassSym
+from .plan import addressable, hkey
+from .trace import Sym, TraceError, _sym_hyperparameters, live
+
+_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
+           torch.float16: "float16"}
+_DEMOTABLE = {"add", "sub", "mul", "div", "pow", "neg", "sqrt", "abs", "max", "min", "sign",
+              "clamp_min", "clamp_max"}
+_programs: dict = {}
+_warned: set = set()
+
+
+@dataclass
+class Pass:
+    """One generated pass: its C function and what to hand it."""
+
+    fn: object
+    buffers: list  # ('ein', name) | ('tbuf', node) | ('tmp', node), in argument order
+    scalars: list  # nodes read from the per-tensor scalar slots
+    reductions: list  # reduction nodes accumulated here
+    traffic: list  # per buffer: bytes per element moved (read + written)
+
+
+@dataclass
+class Program:
+    """A rule (one phase) for one parameter shape, dtype and state layout, cut into passes."""
+
+    graph: PassGraph
+    hps: list
+    level: dict
+    passes: list  # index = level; None where a level has no pass
+    elem_outputs: dict  # param / state key -> node
+    tensor_outputs: dict  # state of another shape -> 'T' node
+    scalar_outputs: dict
+    returns: list  # estimate's partial sums
+    sin: list  # 0-dim state keys read
+
+
+def _demote(graph: PassGraph, roots: dict) -> None:
+    """Torch arithmetic on values of the parameter's shape whose every use is per element
+    (Muon's ``lr * ratio * O``, Adafactor's ``R C^T / mean(R)``) moves into the passes."""
+    users: dict = {}
+    for n in graph.nodes:
+        for a in n.args:
+            users.setdefault(a.index, []).append(n)
+    stored = {n.index for n in roots.values()}
+    for n in reversed(graph.nodes):
+        if (n.kind == "T" and n.op in _DEMOTABLE and tuple(n.meta.shape) == graph.shape
+                and n.meta.dtype == graph.compute
+                and all(a.kind != "T" or tuple(a.meta.shape) == graph.shape or a.meta.numel() == 1
+                        for a in n.args)
+                and (users.get(n.index) or n.index in stored)
+                and all(u.kind == "E" for u in users.get(n.index, []))):
+            n.kind, n.scalar = "E", False
+
+
+def _levels(graph: PassGraph, needed: set) -> dict:
+    """The pass in which each E node is computed / before which each S and T node is known."""
+    lvl: dict = {}
+    for n in graph.nodes:
+        if n.index not in needed:
+            continue
+        if n.op in REDUCTIONS:
+            lvl[n.index] = max(lvl[a.index] for a in n.args) + 1
+        elif n.kind == "T":
+            lvl[n.index] = max((0 if a.op == "ein" else lvl[a.index] + 1) if a.kind == "E" else lvl[a.index]
+                               for a in n.args) if n.args else 0
+        else:
+            lvl[n.index] = max((lvl[a.index] for a in n.args), default=0)
+    return lvl
+
+
+def trace_program(rule, phase: str, h, shape, dtype: torch.dtype, layout: dict) -> Program:
+    """Trace ``rule`` (``phase`` 'update' or 'estimate') for one parameter shape and dtype;
+    ``layout``: state key -> 'E' (the parameter's shape), 'T' (another), None (absent)."""
+    compute = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+    graph = PassGraph(shape, compute)
+    hps: list = []
+    hs = _sym_hyperparameters(graph, h, hps)
+    p = graph.sym(graph.node("ein", name="param", kind="E"))
+    g = graph.sym(graph.node("ein", name="grad", kind="E"))
+    s = type("State", (), {})()
+    for key in rule.scalars:
+        setattr(s, key, graph.sym(graph.node("sin", name=key)))
+    for key, kind in layout.items():
+        if kind == "E":
+            setattr(s, key, graph.sym(graph.node("ein", name=key, kind="E")))
+        elif kind == "T":
+            meta = torch.empty(layout.get(("shape", key)), dtype=compute, device="meta")
+            setattr(s, key, graph.sym(graph.node("tin", name=key, kind="T", fn=(None, (), ()),
+                                                 meta=meta, key=key)))
+        elif kind is None:
+            setattr(s, key, None)
+    old = dict(vars(s))
+    if phase == "update":
+        out = update(rule, p, g, s, hs)
+        returns = []
+        if not isinstance(out, Sym) or out.node.kind == "S":
+            raise TraceError("the update did not produce a per-element parameter")
+        elem, tensor, scal = {"param": out.node}, {}, {}
+    else:
+        returns = [r.node if isinstance(r, Sym) else graph.node("const", value=float(r))
+                   for r in _estimate(rule, p, g, s, hs)]
+        elem, tensor, scal = {}, {}, {}
+    for key, value in vars(s).items():
+        if value is old.get(key) or not isinstance(key, str):
+            continue
+        if value is None:
+            raise TraceError(f"state {key!r} was reset to None")
+        n = value.node if isinstance(value, Sym) else graph.node("const", value=float(value))
+        if key in rule.scalars:
+            scal[key] = n
+        elif layout.get(key) == "E" or (layout.get(key) is None and n.kind == "E"):
+            elem[key] = n
+        else:
+            tensor[key] = n
+    _demote(graph, elem)
+    for key, n in elem.items():
+        if n.kind != "E":
+            raise TraceError(f"state {key!r} of the parameter's shape is not computed per element")
+    roots = list(elem.values()) + list(tensor.values()) + list(scal.values()) + returns
+    needed = live(roots)
+    lvl = _levels(graph, needed)
+    passes = _cut(graph, needed, lvl, elem, dtype)
+    sin = [k for k in rule.scalars if any(n.op == "sin" and n.name == k and n.index in needed
+                                          for n in graph.nodes)]
+    return Program(graph, hps, lvl, passes, elem, tensor, scal, returns, sin)
+
+
+def _cut(graph, needed, lvl, elem, dtype) -> list:
+    nodes = [n for n in graph.nodes if n.index in needed]
+    final = max((lvl[n.index] for n in nodes if n.kind == "E"), default=-1)
+    if any(lvl[n.index] > final and any(a.op == "ein" for a in n.args) for n in nodes if n.kind == "T"):
+        raise TraceError("a torch call reads an input after the last pass wrote it")
+    materialise = {a.index: a for n in nodes if n.kind == "T" for a in n.args
+                   if a.kind == "E" and a.op != "ein"}
+    passes = []
+    for level in range(final + 1):
+        reds = [n for n in nodes if n.op in REDUCTIONS and lvl[n.index] == level + 1]
+        temps = [a for a in materialise.values() if lvl[a.index] == level]
+        stores = list(elem.items()) if level == final else []
+        roots = [a for r in reds for a in r.args] + temps + [n for _, n in stores]
+        if not roots:
+            passes.append(None)
+            continue
+        passes.append(_pass(graph, roots, reds, temps, stores, dtype))
+    return passes
+
+
+def _pass(graph, roots, reds, temps, stores, dtype) -> Pass:
+    """The body of one pass: the E nodes ``roots`` need, stopping at S/T values and inputs."""
+    body, seen, scalars, stack = [], set(), [], list(roots)
+    while stack:
+        n = stack.pop()
+        if n.index in seen:
+            continue
+        seen.add(n.index)
+        if n.kind == "E" and n.op != "ein":
+            stack.extend(n.args)
+    compute = _DTYPES[graph.compute]
+    buffers, loads, order = [], {}, []
+    for n in graph.nodes:
+        if n.index not in seen:
+            continue
+        if n.kind == "E":
+            body.append(n)
+            if n.op == "ein":
+                loads[n.index] = len(buffers)
+                buffers.append((("ein", n.name), _DTYPES[dtype]))
+        elif n.kind == "T" and tuple(n.meta.shape) == graph.shape and n.meta.numel() != 1:
+            body.append(n)
+            loads[n.index] = len(buffers)
+            buffers.append((("tbuf", n), compute))
+        else:
+            scalars.append(n)
+    written = {}
+    store_list = []
+    for t in temps:
+        written[len(buffers)] = True
+        store_list.append((len(buffers), t))
+        buffers.append((("tmp", t), compute))
+    names = {b[0][1]: i for i, b in enumerate(buffers) if b[0][0] == "ein"}
+    for name, n in stores:
+        if name not in names:
+            names[name] = len(buffers)
+            buffers.append((("ein", name), _DTYPES[dtype]))
+        written[names[name]] = True
+        store_list.append((names[name], n))
+    order = [(d, i in written) for i, (_, d) in enumerate(buffers)]
+    source = generate(body, order, loads, store_list, scalars, reds, compute)
+    lib = build._library(source, ['-fopenmp-simd'])
+    build.pool()
+    fn = lib.optimlab_pass
+    fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                   ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p]
+    fn.restype = None
+    sizes, loaded = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}, set(loads.values())
+    traffic = [sizes[d] * ((i in loaded) + (i in written)) for i, (_, d) in enumerate(buffers)]
+    return Pass(fn, [b[0] for b in buffers], scalars, reds, traffic)
+
+
+def _extra_key(h) -> tuple:
+    """What :func:`.plan.hkey` leaves out and a trace may read as a constant: strings, None,
+    tuples holding them (Adafactor's ``eps=(None, 1e-3)``)."""
+    out = []
+    for k, v in vars(h).items():
+        if isinstance(v, (str, type(None))) or (isinstance(v, tuple) and not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+            out.append((k, repr(v)))
+    return tuple(out)
+
+
+def _key(rule, phase, hk, shape, dtype, layout) -> tuple:
+    return (rule.fn, phase) + hk + (shape, dtype, tuple(sorted(map(str, layout.items()))))
+
+
+def program(key, h) -> Program | None:
+    """The memoised program of ``key`` (see :func:`_key`: its ``shape`` is the bucket's, a
+    shape, a number of dimensions or None), if traced for these concrete hyperparameters."""
+    for prog in _programs.get(key, ()):
+        if isinstance(prog, Exception):
+            raise prog
+        names = {name: (k, i) for name, k, i in prog.hps}
+        if all(_hp(h, *names[name]) == value for name, value in prog.graph.concrete.items()):
+            return prog
+    return None
+
+
+def _traced(key, rule, phase, h, shape, dtype, layout) -> Program:
+    try:
+        prog = trace_program(rule, phase, h, shape, dtype, layout)
+    except (TraceError, build.BuildError) as e:
+        _programs.setdefault(key, []).append(e)
+        raise
+    _programs.setdefault(key, []).append(prog)
+    return prog
+
+
+def _hp(h, key, index):
+    v = getattr(h, key)
+    return float(v if index is None else v[index])
+
+
+def _plain(t) -> bool:
+    """A CPU tensor whose elements the passes may address: the cheap check for torch's own
+    tensor types (their strided storage holds them), :func:`.plan.addressable` otherwise."""
+    if type(t) in (torch.Tensor, torch.nn.Parameter):
+        return t.is_cpu and t.layout == torch.strided and (t.numel() == 0 or t.data_ptr() != 0)
+    return addressable(t)
+
+
+def _eligible(p, st) -> bool:
+    g = p.grad
+    if (p.dtype not in _DTYPES or not _plain(p) or not p.is_contiguous() or type(g) is not torch.Tensor
+            or g.dtype != p.dtype or g.shape != p.shape or not _plain(g) or not g.is_contiguous()):
+        return False
+    for v in st.values():
+        if not isinstance(v, torch.Tensor) or not _plain(v):
+            return False
+        if v.shape == p.shape and (v.dtype != p.dtype or not v.is_contiguous()):
+            return False
+    return True
+
+
+#: what a program read of the shape, per key without the shape (see PassGraph.reads)
+_reads: dict = {}
+
+
+def _bucket_key(optimizer, phase, h, hk, p, layout, kinds):
+    """The bucket of ``p``: by shape, number of dims or neither, as the rule's trace read
+    them (found by tracing once)."""
+    rule = optimizer.rule
+    base = (rule.fn, phase) + hk + (p.dtype, kinds)
+    if base not in _reads:
+        key = _key(rule, phase, hk, tuple(p.shape), p.dtype, layout)
+        prog = program(key, h) or _traced(key, rule, phase, h, tuple(p.shape), p.dtype, layout)
+        _reads[base] = prog.graph.reads
+    reads = _reads[base]
+    shape = tuple(p.shape) if reads == "shape" else p.dim() if reads == "dim" else None
+    return (shape, p.dtype, kinds if reads != "shape" else tuple(sorted(map(str, layout.items()))))
+
+
+def _buckets(optimizer, params, h, phase):
+    """Params the passes take, grouped by program (shape as the rule reads it, dtype, state
+    layout); and the rest."""
+    if os.environ.get("OPTIMLAB_DISABLE_FUSED", "") not in ("", "0"):
+        return {}, list(params)
+    buckets, rest = {}, []
+    fills = optimizer.rule.tensors(h)
+    hk = (hkey(h), _extra_key(h))
+    for p in params:
+        st = optimizer.init_state(p, h)
+        if not _eligible(p, st):
+            rest.append(p)
+            continue
+        layout = {}
+        for key in fills:
+            v = st.get(key)
+            layout[key] = None if v is None else "E" if v.shape == p.shape else "T"
+            if layout[key] == "T":
+                layout[("shape", key)] = tuple(v.shape)
+        kinds = tuple((k, v) for k, v in layout.items() if isinstance(k, str))
+        try:
+            bkey = _bucket_key(optimizer, phase, h, hk, p, layout, kinds)
+        except (TraceError, build.BuildError) as e:
+            _warn(optimizer, e)
+            rest.append(p)
+            continue
+        buckets.setdefault(bkey, (layout, []))[1].append(p)
+    return buckets, rest
+
+
+def _warn(optimizer, e) -> None:
+    message = f"optimlab: no generated passes for {type(optimizer).__name__} ({e}); using the reference path"
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=5)
+
+
+def _run(optimizer, params, h, phase):
+    """Run ``phase`` on the params the passes take; returns (the rest, per-param partial sums)."""
+    buckets, rest = _buckets(optimizer, params, h, phase)
+    sums = []
+    hk = (hkey(h), _extra_key(h)) if buckets else None
+    for (shape, dtype, _), (layout, ps) in buckets.items():
+        try:
+            key = _key(optimizer.rule, phase, hk, shape, dtype, layout)
+            prog = program(key, h) or _traced(
+                key, optimizer.rule, phase, h, tuple(ps[0].shape), dtype, layout)
+        except (TraceError, build.BuildError) as e:
+            _warn(optimizer, e)
+            rest.extend(ps)
+            continue
+        out = Runner(prog, optimizer, ps, h, torch.get_num_threads(), chunk_size).run()
+        if phase == "estimate":
+            sums.append(out)
+    return rest, sums
+
+
+def step(optimizer, group, params, h) -> list:
+    """One step of a whole-tensor rule for the params the passes take; returns the others."""
+    if not _wanted(group):
+        return params
+    return _run(optimizer, params, h, "update")[0]
+
+
+def estimate(optimizer, group, params, h):
+    """Phase 1 of a two-phase rule for the params the passes take: (the others, the sums of
+    their partial sums, or None when no param was taken)."""
+    if not _wanted(group):
+        return params, None
+    rest, sums = _run(optimizer, params, h, "estimate")
+    if not sums:
+        return rest, None
+    return rest, [float(np.sum(np.concatenate([s[i] for s in sums]))) for i in range(len(sums[0]))]
+
+
+def _wanted(group) -> bool:
+    return (group.get("fused") is not False and group.get("foreach") is not True
+            and not group.get("differentiable"))
+
+
+__all__ = ["step", "estimate", "program", "trace_program", "Program", "Pass", "PassSym"]

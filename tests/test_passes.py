@@ -1,0 +1,139 @@
+"""Generated passes (optimlab.fused.passes) == the per-tensor reference path, for every rule
+with reductions or matrix products (and Prodigy's group-level estimate), every registry
+variant, float64/float32/bfloat16/float16, over many steps.
+
+Both optimizers see the same gradients; the reference one runs with
+``OPTIMLAB_DISABLE_FUSED=1`` (the reference path). The passes run the traced graph of the
+same rule function, so the only differences are where sums are taken in double (the
+reference takes norms in the tensor's dtype) and ``sqrt``'s last bit.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import optimlab
+from optimlab.fused import passes, passes_eval
+from optimlab.registry import ENTRIES
+
+NAMES = ("lamb", "lars", "adafactor", "muon", "prodigy")
+CASES = [pytest.param(e, v, id=f"{e.name}-{i}") for e in ENTRIES if e.name in NAMES
+         for i, v in enumerate(e.variants)]
+DTYPES = {torch.float64: 1e-9, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}
+STEPS = 60
+
+
+def _shapes(entry):
+    if entry.matrices_only:
+        return [(6, 4), (3, 5), (6, 4), (5, 5)]
+    return [(6, 4), (7,), (3, 5), (2, 3, 4), (6, 4), (1,)]
+
+
+class _Counter:
+    def __init__(self, monkeypatch):
+        self.runs = 0
+        original = passes_eval.Runner.run
+
+        def run(runner):
+            self.runs += 1
+            return original(runner)
+
+        monkeypatch.setattr(passes_eval.Runner, "run", run)
+
+
+def _pair(entry, variant, dtype, steps=STEPS, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = _shapes(entry)
+    ours = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype).requires_grad_() for s in shapes]
+    ref = [p.detach().clone().requires_grad_() for p in ours]
+    a = entry.build(ours, lr=entry.test_lr, **variant)
+    b = entry.build(ref, lr=entry.test_lr, **variant)
+    for t in range(steps):
+        for p, q in zip(ours, ref):
+            g = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(dtype)
+            p.grad, q.grad = g, g.clone()
+        a.step()
+        os.environ["OPTIMLAB_DISABLE_FUSED"] = "1"
+        try:
+            b.step()
+        finally:
+            del os.environ["OPTIMLAB_DISABLE_FUSED"]
+    return (a, ours), (b, ref)
+
+
+def _rel(x, y):
+    x, y = x.detach().double(), y.detach().double()
+    return float((x - y).abs().max() / max(float(y.abs().max()), 1e-12))
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("entry,variant", CASES)
+def test_passes_equal_reference_path(entry, variant, dtype, monkeypatch):
+    if entry.name == "prodigy" and dtype == torch.float16:
+        pytest.skip("d0^2 g^2 (1e-12 g^2) underflows float16 state: NaN on both paths")
+    counter = _Counter(monkeypatch)
+    (a, ours), (b, ref) = _pair(entry, variant, dtype)
+    assert counter.runs >= STEPS, "the passes did not run"
+    tol = DTYPES[dtype] * (20 if entry.name == "muon" else 1)  # bfloat16 Newton-Schulz
+    for p, q in zip(ours, ref):
+        assert p.dtype == dtype
+        assert _rel(p, q) <= tol
+        assert list(a.state[p]) == list(b.state[q])
+        for key, v in a.state[p].items():
+            assert v.dtype == b.state[q][key].dtype and v.shape == b.state[q][key].shape
+            assert _rel(v, b.state[q][key]) <= max(tol, 1e-6 if v.dim() == 0 else 0)
+    for ga, gb in zip(a.param_groups, b.param_groups):
+        for key in ("d", "d_max", "d_numerator", "k"):
+            if key in ga:
+                assert ga[key] == pytest.approx(gb[key], rel=max(tol, 1e-9))
+
+
+def test_passes_change_the_parameters_and_fall_back_per_tensor():
+    """A passes step moves the params like the reference; a non-contiguous param, and
+    ``foreach=True``, take the reference path instead (and still give its result)."""
+    base = torch.randn(8, 6, dtype=torch.float64)
+    p, q = base.clone().requires_grad_(), base.t().contiguous().t().clone().requires_grad_()
+    assert not q.is_contiguous()
+    opt = optimlab.LAMB([p, q], lr=0.1, weight_decay=0.01)
+    for _ in range(5):
+        g = torch.randn(8, 6, dtype=torch.float64)
+        p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+    assert not torch.equal(p, base)
+    torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+
+
+def test_two_levels_of_reductions_make_two_passes():
+    """LAMB: sums of r^2 and p^2 in pass 0, the step in pass 1; Adafactor's matrices: the
+    row/column means and outer product by torch, then two passes (sum of u^2, the step);
+    Muon: momentum written for Newton-Schulz in pass 0, the step in pass 1."""
+    from optimlab.rules.base import hyperparameters
+
+    def cut(opt, shape, layout):
+        h = hyperparameters(opt.param_groups[0])
+        h.grad_scale = None
+        prog = passes.trace_program(opt.rule, "update", h, shape, torch.float32, layout)
+        return [None if ps is None else (len(ps.reductions), [b[0] for b in ps.buffers]) for ps in prog.passes]
+
+    w = torch.zeros(4, 3, requires_grad=True)
+    assert cut(optimlab.LAMB([w]), (4, 3), {"exp_avg": "E", "exp_avg_sq": "E"}) == [
+        (2, ["ein", "ein", "ein", "ein"]), (0, ["ein", "ein", "ein", "ein"])]
+    ada = cut(optimlab.Adafactor([w]), (4, 3), {"row_var": "T", ("shape", "row_var"): (4, 1),
+                                                "col_var": "T", ("shape", "col_var"): (1, 3), "variance": None})
+    assert [x[0] for x in ada] == [2, 0] and "tbuf" in ada[1][1]
+    muon = cut(optimlab.Muon([w]), (4, 3), {"momentum_buffer": "E"})
+    assert muon[0][1].count("tmp") == 1 and "tbuf" in muon[1][1]
+
+
+def test_prodigy_estimate_runs_as_one_pass(monkeypatch):
+    counter = _Counter(monkeypatch)
+    p = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    opt = optimlab.Prodigy([p])
+    p.grad = torch.randn(5, 4, dtype=torch.float64)
+    opt.step()
+    assert counter.runs == 1  # the estimate; phase 2 is the element-wise fused kernel
+    assert np.isfinite(opt.param_groups[0]["d"])
