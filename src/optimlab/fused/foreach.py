@@ -43,6 +43,7 @@ _data_ptr = torch.Tensor.data_ptr
 _grad = operator.attrgetter("grad")
 _layout = operator.attrgetter("layout")
 _dtype = operator.attrgetter("dtype")
+_version = operator.attrgetter("_version")
 
 
 #: elements per chunk: the program runs over the group chunk by chunk, so that its
@@ -219,6 +220,7 @@ class _Bucket:
         self.copied = frozenset(b for b, ts in self.storage.items() if any(t.dtype != self.compute for t in ts))
         self.prog = self._program(self._grads())
         self.scalar_state = None  # 0-dim state tensors per key, listed on the first run
+        self._known: dict = {}  # key -> (version counters, values) after this path's last write
         self.numels = [t.numel() for t in self.storage["param"]]  # real elements
         self.total = sum(self.numels)
         self.big = [i for i, n in enumerate(self.numels) if n > CHUNK]
@@ -252,11 +254,12 @@ class _Bucket:
         if tr.scalar_inputs:
             if self.scalar_state is None:
                 self.scalar_state = {k: [st[k] for st in sts] for k in tr.scalar_inputs}
-            columns = [_values(self.scalar_state[k]) for k in tr.scalar_inputs]
+            columns = [self._values(k) for k in tr.scalar_inputs]
             split = {}
             for i, row in enumerate(zip(*columns)):
                 split.setdefault(row, []).append(i)
         whole = len(split) == 1
+        written = {k: [None] * len(sts) for k in tr.scalar_outputs}
         for si, idx in split.items():
             c, souts = prog.scalars(hp, si)
             lists = raw if whole else [[ts[i] for i in idx] for ts in raw]
@@ -265,6 +268,24 @@ class _Bucket:
             for k, v in zip(tr.scalar_outputs, souts):
                 ts = self.scalar_state[k] if whole else [self.scalar_state[k][i] for i in idx]
                 torch._foreach_copy_(ts, [torch.tensor(v, dtype=torch.float64)] * len(ts))
+                stored = float(torch.tensor(v, dtype=ts[0].dtype))  # as rounded on store
+                if whole:
+                    written[k] = [stored] * len(sts)
+                else:
+                    for i in idx:
+                        written[k][i] = stored
+        for k, values in written.items():
+            if k in self.scalar_state:
+                self._known[k] = (list(map(_version, self.scalar_state[k])), values)
+
+    def _values(self, k) -> list:
+        """The values of the 0-dim state ``k`` as Python floats: those this path wrote last
+        step while no tensor has been written since (version counters), else read."""
+        ts = self.scalar_state[k]
+        known = self._known.get(k)
+        if known is not None and known[0] == list(map(_version, ts)):
+            return known[1]
+        return _values(ts)
 
     def _elements(self, prog, lists, c) -> None:
         """The per-element program on one chunk: buffers not in the compute dtype are
