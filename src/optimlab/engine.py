@@ -30,6 +30,7 @@ from .rules.base import hyperparameters  # noqa: F401  (the group as the rules r
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _grad = operator.attrgetter("grad")
+_is_sparse = operator.attrgetter("is_sparse")
 _is_none = functools.partial(operator.is_, None)
 
 def _observed(optimizer) -> bool:
@@ -265,8 +266,10 @@ class RuleOptimizer(Optimizer):
         return self.rule.combine(totals, h)
 
     def _check_grads(self, params):
+        if self.rule.sparse_ok or not any(map(_is_sparse, map(_grad, params))):
+            return
         for p in params:
-            if p.grad.is_sparse and not self.rule.sparse_ok:
+            if p.grad.is_sparse:
                 raise RuntimeError(
                     f"{type(self).__name__} does not support sparse gradients; "
                     "use torch.optim.SparseAdam or dense gradients"
