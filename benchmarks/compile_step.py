@@ -1,18 +1,21 @@
-"""``torch.compile(opt.step)`` with a per-step cosine schedule: optimlab compiled vs eager vs torch.
+"""``torch.compile(opt.step)`` with a per-step cosine schedule: optimlab's three compiled modes vs eager vs torch.
 
 For each optimizer and param set, one process steps (each method on its own copy of the
 params, the same grads, a ``CosineAnnealingLR`` stepped after every step):
 
 * ``optimlab eager``: the default step (the C kernel);
-* ``optimlab compiled``: ``torch.compile(opt.step)``, the rule's graph printed as
-  ``torch._foreach_*`` ops and fused by Inductor (:mod:`optimlab.fused.compiled`);
-* ``optimlab kept out``: ``torch.compile(opt.step)`` with ``compiled.KEEP_OUT = True``: the
-  eager step (C kernel) behind a graph break, the other option the issue names;
+* ``kernel``: ``torch.compile(opt.step)`` in ``compiled.MODE = "kernel"`` (the default): the C
+  kernel called in the graph as the custom op ``optimlab::fused_step`` (:mod:`optimlab.fused.kernel_op`);
+* ``printed``: ``MODE = "printed"``: the rule's graph printed as ``torch._foreach_*`` ops and
+  fused by Inductor (:mod:`optimlab.fused.compiled`);
+* ``kept out``: ``MODE = "kept_out"``: the eager step (C kernel) behind a graph break;
 * ``torch compiled``: ``torch.compile`` of torch.optim's step, torch's recipe (Tensor ``lr``);
 * ``torch eager best``: the fastest of torch.optim's for-loop/foreach/fused steps.
 
-50 scheduled steps first count compilations (graphs Dynamo built; ``recompiles`` are those
-after the first step), then interleaved repetitions of 10 steps time ``step()`` alone.
+50 scheduled steps first count compilations (graphs Dynamo built, from
+``torch._dynamo.utils.counters``; ``recompiles`` are those after the first step), then
+interleaved repetitions of 10 steps time ``step()`` alone. ``--threads 1`` times with the
+thread's CPU time (``time.thread_time``), steadier than wall time on a shared machine.
 
     python benchmarks/compile_step.py            # writes its section of BENCHMARKS.md
     python benchmarks/compile_step.py --quick    # small sizes, prints only
@@ -38,8 +41,13 @@ from optimlab.fused import compiled  # noqa: E402
 from optimlab.registry import REGISTRY  # noqa: E402
 
 BEGIN, END = "<!-- compile-step: begin -->", "<!-- compile-step: end -->"
-OPTIMIZERS = ("adamw", "adam", "momentum", "adagrad", "rmsprop", "nadam")
-SETS = {"20 x 256x256": [(256, 256)] * 20, "32 transformer tensors (28M)": None}
+OPTIMIZERS = ("adamw", "adam", "momentum", "adagrad", "rmsprop", "nadam", "lion", "rprop")
+#: param set -> (shapes, optimizers run on it by default: all of them where None)
+SETS = {"10 x 32x32": ([(32, 32)] * 10, ("adamw", "adam", "momentum")),
+        "20 x 256x256": ([(256, 256)] * 20, None),
+        "32 transformer tensors (28M)": (None, ("adamw", "adam", "momentum"))}
+MODES = ("kernel", "printed", "kept_out")
+_clock = [time.perf_counter]
 
 
 def _graphs() -> int:
@@ -49,14 +57,14 @@ def _graphs() -> int:
 class Method:
     """One optimizer on its own params, its scheduler, and its compile counts."""
 
-    def __init__(self, name, opt, params, compile_=False, keep_out=False):
-        self.name, self.opt, self.params, self.keep_out = name, opt, params, keep_out
+    def __init__(self, name, opt, params, compile_=False, mode="kernel"):
+        self.name, self.opt, self.params, self.mode = name, opt, params, mode
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 50)
         self.step = torch.compile(opt.step) if compile_ else opt.step
         self.compiles = self.recompiles = None
 
     def __call__(self):
-        compiled.KEEP_OUT = self.keep_out
+        compiled.MODE = self.mode
         self.step()
 
     def warm(self, steps=50):
@@ -81,13 +89,14 @@ def methods(entry, shapes):
         return ps
 
     lr = entry.test_lr
-    out = [Method("optimlab eager", entry.build(p := params(), lr=lr), p),
-           Method("optimlab compiled", entry.build(p := params(), lr=lr), p, compile_=True),
-           Method("optimlab kept out", entry.build(p := params(), lr=lr), p, compile_=True, keep_out=True),
-           Method("torch compiled", entry.build_torch(p := params(), lr=torch.tensor(lr)), p, compile_=True)]
+    out = [Method("optimlab eager", entry.build(p := params(), lr=lr), p)]
+    out += [Method(mode, entry.build(p := params(), lr=lr), p, compile_=True, mode=mode) for mode in MODES]
+    if entry.torch_cls is not None:  # else torch.optim has no such class (Lion): no torch compiled
+        out.append(Method("torch compiled", entry.build_torch(p := params(), lr=torch.tensor(lr)), p,
+                          compile_=True))
     best, best_t = None, None
     for name, opt in step_speed.torch_variants(entry, params(), {}).items():
-        t = statistics.median(step_speed.timed(opt.step) for _ in range(5))
+        t = statistics.median(_timed(opt.step, 1) for _ in range(5))
         if best_t is None or t < best_t:
             best, best_t = (name, opt), t
     out.append(Method(f"torch eager ({best[0]})", best[1], None))
@@ -106,17 +115,23 @@ def bench(entry, shapes, reps):
     for rep in range(reps):
         for i in range(len(ms)):
             m = ms[(i + rep) % len(ms)]
-            t = time.perf_counter()
-            for _ in range(10):
-                m()
-            times[m.name].append((time.perf_counter() - t) / 10)
-    compiled.KEEP_OUT = False
+            times[m.name].append(_timed(m, 10))
+    compiled.MODE = "kernel"
     return ms, times, ours
 
 
-HEADER = ("| optimizer | params | optimlab eager us | optimlab compiled us (compiles/recompiles) | "
-          "optimlab kept out us (compiles/recompiles) | torch compiled us (compiles/recompiles) | "
-          "torch eager best us | compiled / eager | compiled / torch compiled |")
+def _timed(fn, n: int) -> float:
+    clock = _clock[0]
+    t = clock()
+    for _ in range(n):
+        fn()
+    return (clock() - t) / n
+
+
+HEADER = ("| optimizer | params | optimlab eager us | kernel us (compiles/recompiles) | "
+          "printed us (compiles/recompiles) | kept out us (compiles/recompiles) | "
+          "torch compiled us (compiles/recompiles) | torch eager best us | kernel / eager | "
+          "printed / eager | kept out / eager | kernel / torch compiled |")
 
 
 def row(name, set_name, ms, times, ours) -> str:
@@ -124,41 +139,54 @@ def row(name, set_name, ms, times, ours) -> str:
     by = {m.name: m for m in ms}
 
     def cell(k):
+        if k not in by:
+            return "-"
         m = by[k]
         return f"{med[k] * 1e6:.0f} ({m.compiles}/{m.recompiles})"
 
+    def ratio(a, b):  # median of the per-repetition ratios
+        if a not in times or b not in times:
+            return "-"
+        return f"{statistics.median(x / y for x, y in zip(times[a], times[b])):.2f}"
+
     eager_best = next(k for k in med if k.startswith("torch eager"))
-    ratio_e = statistics.median(c / e for c, e in zip(times["optimlab compiled"], times["optimlab eager"]))
-    ratio_t = statistics.median(c / e for c, e in zip(times["optimlab compiled"], times["torch compiled"]))
     warn = f" ({len(ours)} optimlab warnings)" if ours else ""
-    return (f"| {name}{warn} | {set_name} | {med['optimlab eager'] * 1e6:.0f} | {cell('optimlab compiled')} | "
-            f"{cell('optimlab kept out')} | {cell('torch compiled')} | {med[eager_best] * 1e6:.0f} "
-            f"({eager_best[13:-1]}) | {ratio_e:.2f} | {ratio_t:.2f} |")
+    return (f"| {name}{warn} | {set_name} | {med['optimlab eager'] * 1e6:.0f} | "
+            + " | ".join(cell(k) for k in (*MODES, "torch compiled"))
+            + f" | {med[eager_best] * 1e6:.0f} ({eager_best[13:-1]}) | "
+            + " | ".join(ratio(k, "optimlab eager") for k in MODES)
+            + f" | {ratio('kernel', 'torch compiled')} |")
 
 
 def run(optimizers, sets, reps, scale) -> list:
     lines = []
     print(HEADER, flush=True)
-    for set_name, shapes in sets.items():
+    for set_name, (shapes, names) in sets.items():
         shapes = shapes or step_speed.transformer_28m()
         shapes = [tuple(max(1, s // scale) for s in shape) for shape in shapes]
         for name in optimizers:
+            if names is not None and name not in names and optimizers == OPTIMIZERS:
+                continue
             line = row(name, set_name, *bench(REGISTRY[name], shapes, reps))
             lines.append(line)
             print(line, flush=True)
     return lines
 
 
-def write_section(path, lines, started, load, wall) -> None:
+def write_section(path, lines, started, load, wall, clock) -> None:
     section = [BEGIN, "## torch.compile(opt.step): compiled vs eager", "",
-               f"Machine: {step_speed.machine()}.",
+               f"Machine: {step_speed.machine()}; clock: {clock}.",
                f"Run: {started}, {wall / 60:.1f} min, load average {load[0]:.1f} before / "
                f"{os.getloadavg()[0]:.1f} after (shared machine; medians of interleaved repetitions).", "",
                "Generated by `python benchmarks/compile_step.py`. Per-step time of `step()` (us) after 50 steps "
                "with a per-step `CosineAnnealingLR`; `(compiles/recompiles)`: graphs Dynamo built in those 50 "
-               "steps / of them after the first step. `compiled / eager` = optimlab compiled time / optimlab "
-               "eager time (<= 1: compiling does not slow the step). `kept out` = the eager C-kernel step "
-               "behind a graph break. torch compiled uses torch's recipe, `lr=torch.tensor(lr)`.", "",
+               "steps / of them after the first step (SGD with momentum: its buffer is created by the first "
+               "step, a second graph, as for torch). `kernel`: the C kernel as the custom op "
+               "`optimlab::fused_step` inside the graph (the default); `printed`: the rule's graph as "
+               "`torch._foreach_*` ops fused by Inductor; `kept out`: the eager C-kernel step behind a graph "
+               "break. `x / eager` = that mode's time / optimlab's eager time, the median of per-repetition "
+               "ratios (<= 1: compiling does not slow the step). torch compiled uses torch's recipe, "
+               "`lr=torch.tensor(lr)`.", "",
                HEADER, "|" + "---|" * (HEADER.count("|") - 1), *lines, "", END]
     replace_section(path, BEGIN, END, "\n".join(section))
 
@@ -169,13 +197,22 @@ def main(argv=None):
     ap.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads; 1: thread CPU time")
+    ap.add_argument("--sets", default=None, help="comma-separated set names (default: all)")
     args = ap.parse_args(argv)
     started, load, t0 = time.strftime("%Y-%m-%d %H:%M"), os.getloadavg(), time.perf_counter()
-    optimizers = args.optimizers.split(",")
-    lines = run(optimizers, SETS, 3 if args.quick else args.reps, 16 if args.quick else 1)
+    optimizers = tuple(args.optimizers.split(","))
+    optimizers = OPTIMIZERS if optimizers == OPTIMIZERS else optimizers
+    clock = "wall time"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        if args.threads == 1:
+            _clock[0], clock = time.thread_time, "the stepping thread's CPU time (1 thread)"
+    sets = {k: v for k, v in SETS.items() if args.sets is None or k in args.sets.split(",")}
+    lines = run(optimizers, sets, 3 if args.quick else args.reps, 16 if args.quick else 1)
     out = args.out or (None if args.quick else os.path.join(os.path.dirname(__file__), "..", "BENCHMARKS.md"))
     if out:
-        write_section(out, lines, started, load, time.perf_counter() - t0)
+        write_section(out, lines, started, load, time.perf_counter() - t0, clock)
         print(f"wrote {out}")
 
 

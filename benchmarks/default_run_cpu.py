@@ -16,13 +16,29 @@ against those of the store's own run, side by side in one process:
 Multiply the ratio by the store's measured total CPU time to estimate the current one.
 
     python benchmarks/default_run_cpu.py OUT/results.sqlite --per 4
+
+With ``--baseline-src DIR`` (another checkout's ``src``, e.g. the main branch's), the
+store is taken to be a default run of the *current* protocol, and the same stratified
+sample of its runs is trained by two persistent worker processes, one importing optimlab
+from this checkout and one from DIR, a run at a time in alternating order (so that both
+see the same machine load); each reports the run's ``process_time`` and whether its
+record (final metrics, curves, trajectory) is identical to the stored one. Each run is
+trained ``--reps`` times per side and its least CPU time kept (contention on a shared
+machine only ever adds to it). The totals
+are the store's run counts per problem x phase times each side's mean CPU:
+
+    python benchmarks/default_run_cpu.py OUT/results.sqlite --per 4 --baseline-src ../main/src
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
+import os
 import random
+import subprocess
+import sys
 import time
 
 import torch
@@ -36,8 +52,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("store", help="results.sqlite of a finished default run (5 seeds)")
     ap.add_argument("--per", type=int, default=4, help="sampled runs per problem x phase")
+    ap.add_argument("--baseline-src", metavar="DIR",
+                    help="compare with the runner and problems of another checkout's src")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    ap.add_argument("--reps", type=int, default=3,
+                    help="with --baseline-src: times each run is trained per side (the "
+                         "least CPU counts: contention only ever adds)")
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.serve:
+        return _serve(args.store)
+    if args.baseline_src:
+        return _versus(args.store, args.baseline_src, args.per, args.seed, args.reps)
     recs = Store(args.store).records()
     by_id = {r.run_id: r for r in recs}
     opts = sorted({r.spec.optimizer for r in recs})
@@ -85,6 +112,73 @@ def main(argv=None) -> int:
               "old %.3f s, new %.3f s" % (avg(cpu[k]["old"]), avg(cpu[k]["new"])))
     print("run CPU: old protocol and runner %.0f s, current %.0f s, ratio %.3f"
           % (tot["old"], tot["new"], tot["new"] / tot["old"]))
+    return 0
+
+
+def _serve(store: str) -> int:
+    """Worker: read run ids on stdin, train each, answer "cpu_seconds identical"."""
+    by_id = {r.run_id: r for r in Store(store).records()}
+    problems: dict = {}
+    for line in sys.stdin:
+        r = by_id[line.strip()]
+        name = r.spec.problem
+        if name not in problems:
+            problems[name] = sweep._problem(name)
+        c = time.process_time()
+        out = runner.run(r.spec, problems[name])
+        cpu = time.process_time() - c
+        same = (out.status == r.status and out.final == r.final and out.curves == r.curves
+                and out.trajectory == r.trajectory)
+        print(json.dumps([cpu, same]), flush=True)
+    return 0
+
+
+def _versus(store: str, baseline_src: str, per: int, seed: int, reps: int) -> int:
+    recs = Store(store).records()
+    groups = collections.defaultdict(list)
+    for r in recs:
+        groups[(r.spec.problem, r.spec.phase)].append(r.run_id)
+    rng = random.Random(seed)
+    sample = [(k, rid) for k in sorted(groups)
+              for rid in rng.sample(groups[k], min(per, len(groups[k])))]
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
+    srcs = {"current": os.path.abspath(here), "baseline": os.path.abspath(baseline_src)}
+    workers = {}
+    for side, src in srcs.items():
+        env = {**os.environ, "PYTHONPATH": src}
+        workers[side] = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), store, "--serve"], env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    cpu = collections.defaultdict(lambda: {"current": [], "baseline": []})
+    same = {"current": 0, "baseline": 0}
+    try:
+        for i, (key, rid) in enumerate(sample):
+            best = {}
+            for rep in range(reps):
+                for side in (("current", "baseline") if (i + rep) % 2 else
+                             ("baseline", "current")):
+                    w = workers[side]
+                    w.stdin.write(rid + "\n")
+                    w.stdin.flush()
+                    seconds, identical = json.loads(w.stdout.readline())
+                    best[side] = min(seconds, best.get(side, seconds))
+                    if rep == 0:
+                        same[side] += bool(identical)
+            for side, seconds in best.items():
+                cpu[key][side].append(seconds)
+    finally:
+        for w in workers.values():
+            w.stdin.close()
+            w.wait()
+    avg = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    tot = {side: sum(len(groups[k]) * avg(v[side]) for k, v in cpu.items()) for side in srcs}
+    for k in sorted(cpu):
+        print("%-16s %-16s %4d runs  baseline %.3f s  current %.3f s" % (
+            *k, len(groups[k]), avg(cpu[k]["baseline"]), avg(cpu[k]["current"])))
+    print("sampled %d runs; records identical to the store: current %d, baseline %d"
+          % (len(sample), same["current"], same["baseline"]))
+    print("run CPU of the store's %d runs: baseline %.0f s, current %.0f s, ratio %.3f"
+          % (len(recs), tot["baseline"], tot["current"], tot["current"] / tot["baseline"]))
     return 0
 
 

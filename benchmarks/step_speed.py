@@ -377,6 +377,7 @@ def command_line(args) -> str:
     parts += [f"--threads {args.threads}"] if args.threads else []
     parts += ["--no-variants"] if args.no_variants else []
     parts += [f"--reps {args.reps}"] if args.reps else []
+    parts += ["--overheads"] if args.overheads else []
     return " ".join(parts)
 
 
@@ -389,6 +390,8 @@ def main(argv=None):
                     help="comma-separated registry names (default: every element-wise rule)")
     ap.add_argument("--threads", type=int, default=None, help="torch (and kernel) threads (default: torch's)")
     ap.add_argument("--no-variants", action="store_true", help="each entry's defaults only")
+    ap.add_argument("--overheads", action="store_true",
+                    help="also measure the per-step Python overhead and first-step times (always in a full run)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions per mix (default: 21/15/12/9)")
     args = ap.parse_args(argv)
     args.mixes = "".join(m for m in args.mixes.upper() if m in MIXES)
@@ -410,7 +413,7 @@ def main(argv=None):
         run(args.mixes, not args.no_variants, {m: args.reps or k for m, k in reps.items()}, 1, rows, only)
     overhead = first = None
     key = section_key(args)
-    if not key or args.quick:
+    if not key or args.quick or args.overheads:
         overhead = python_overhead()
         first = first_step_times()
         print(f"\noverhead: step {overhead[0] * 1e6:.0f} us, kernel {overhead[1] * 1e6:.0f} us; first step "

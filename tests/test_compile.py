@@ -28,20 +28,28 @@ SRC = os.path.dirname(optimlab.__file__)
 SHAPES = [(5, 3), (7,), (2, 2, 2)]
 
 
-def _printed(entry) -> bool:
-    """Whether the compiled path prints the entry's graph (else: its eager step behind a
-    graph break, for ops or two-phase rules it does not print yet)."""
+def _taken(entry, mode="kernel") -> bool:
+    """Whether the compiled path steps the entry in the graph in ``mode`` (else: its eager
+    step behind a graph break, for two-phase rules, schedule-free's own step, or ops the
+    printed graph does not have yet)."""
     ps = [torch.zeros(s, requires_grad=True) for s in SHAPES]
     for p in ps:
         p.grad = torch.ones_like(p)
     opt = entry.build(ps, lr=entry.test_lr)
-    compiled.prepare(opt)
+    compiled.MODE = mode
+    try:
+        compiled.prepare(opt)
+    finally:
+        compiled.MODE = "kernel"
     return all(plan is not None for plan in opt._compiled_plans)
 
 
-NOT_PRINTED = pytest.mark.xfail(strict=True, reason="not printed for torch.compile yet: eager step behind a break")
-COMPILE_PARAMS = [pytest.param(p.values[0], id=p.id, marks=() if _printed(p.values[0]) else NOT_PRINTED)
+NOT_TAKEN = pytest.mark.xfail(strict=True, reason="not in the graph yet: eager step behind a break")
+COMPILE_PARAMS = [pytest.param(p.values[0], id=p.id, marks=() if _taken(p.values[0]) else NOT_TAKEN)
                   for p in RULE_PARAMS]
+MODE_PARAMS = [pytest.param(p.values[0], mode, id=f"{p.id}-{mode}",
+                            marks=() if _taken(p.values[0], mode) else NOT_TAKEN)
+               for p in RULE_PARAMS for mode in ("kernel", "printed")]
 
 
 @pytest.fixture(autouse=True)
@@ -109,10 +117,12 @@ def run_scheduled(entry, backend, steps, dtype=torch.float64, **kw):
     return p_c, p_e, opt_c, seen
 
 
-@pytest.mark.parametrize("entry", COMPILE_PARAMS)
-def test_compiled_step_cosine_schedule(entry, caplog):
-    """50 compiled steps under a per-step cosine lr: equal to eager, 1 graph (2 where the rule
-    creates state on its first step), no recompile after that, no break, no warning."""
+@pytest.mark.parametrize("entry, mode", MODE_PARAMS)
+def test_compiled_step_cosine_schedule(entry, mode, caplog):
+    """50 compiled steps under a per-step cosine lr, in both modes that step in the graph: equal
+    to eager, 1 graph (2 where the rule creates state on its first step), no recompile after
+    that, no break, no warning."""
+    compiled.MODE = mode
     with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
         warnings.simplefilter("always")
         p_c, p_e, opt, seen = run_scheduled(entry, "aot_eager", 50)
@@ -239,6 +249,109 @@ def test_low_precision_and_complex(dtype):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_kernel_mode_calls_the_c_kernel_in_the_graph():
+    """Every entry the eager path steps with the C kernel is stepped by ``optimlab::fused_step``
+    in the compiled graph (no silent fallback to the printed graph), RAdam, Rprop, ASGD and
+    Lion included, which the printed graph does not take."""
+    from optimlab.fused import kernel_op
+
+    for param in RULE_PARAMS:
+        entry = param.values[0]
+        ps = [torch.zeros(s, requires_grad=True) for s in SHAPES]
+        for p in ps:
+            p.grad = torch.ones_like(p)
+        opt = entry.build(ps, lr=entry.test_lr)
+        compiled.prepare(opt)
+        rule = opt.rule
+        expected = (rule.elementwise and getattr(rule, "estimate", None) is None
+                    and not compiled._own_hooks(opt))
+        assert isinstance(opt._compiled_plans[0], kernel_op.KernelPlan) == expected, entry.name
+    for name in ("radam", "rprop", "asgd", "lion"):
+        assert _taken(lookup(name), "kernel") and not _taken(lookup(name), "printed"), name
+
+
+def test_printed_where_the_kernel_cannot_run(monkeypatch):
+    """No C kernel (``OPTIMLAB_DISABLE_FUSED``, as without a compiler) or ``fused=False``: the
+    kernel mode prints the graph instead, still one graph and equal to eager."""
+    from optimlab.fused import kernel_op
+
+    monkeypatch.setenv("OPTIMLAB_DISABLE_FUSED", "1")
+    p_c, p_e, opt, seen = run_scheduled(lookup("adam"), "aot_eager", 6)
+    assert isinstance(opt._compiled_plans[0], compiled.GroupPlan)
+    assert rel(p_c, p_e) <= 1e-12 and seen[-1] == 1 and not optimlab_breaks()
+    monkeypatch.delenv("OPTIMLAB_DISABLE_FUSED")
+    _, opt = make(lookup("adam"), fused=False)
+    for p in opt.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    compiled.prepare(opt)
+    assert not isinstance(opt._compiled_plans[0], kernel_op.KernelPlan)
+
+
+def test_kept_out_mode():
+    """``MODE = "kept_out"``: the eager step behind one graph break, equal to eager, no graph."""
+    compiled.MODE = "kept_out"
+    p_c, p_e, _, seen = run_scheduled(lookup("adamw"), "aot_eager", 6)
+    assert rel(p_c, p_e) == 0 and seen[-1] == 0
+
+
+@pytest.mark.parametrize("helper", [True, False], ids=["c++ tables", "python tables"])
+def test_the_kernel_op_alone(helper, monkeypatch):
+    """``optimlab::fused_step`` called eagerly: the same trajectory as the eager step, the
+    tensors updated in place, their versions bumped; with the C++ helper that fills its
+    pointer tables (``gather.cpp``) and without it (no C++ compiler)."""
+    from optimlab.fused import kernel_op
+
+    p_c, opt_c = make(lookup("nadam"))
+    p_e, opt_e = make(lookup("nadam"))
+    set_grads([p_c, p_e], 0)
+    compiled.prepare(opt_c)
+    if not helper:
+        monkeypatch.setattr(kernel_op, "_fill", [None])
+    assert (kernel_op._fill[0] is not None) == helper
+    (b,) = opt_c._compiled_plans[0].buckets
+    group = opt_c.param_groups[0]
+    ptrs = [p.data_ptr() for p in p_c]
+    for t in range(5):
+        set_grads([p_c, p_e], t)
+        state = [opt_c.state[p][n] for n in b.state for p in p_c]
+        scalars = [opt_c.state[p][n] for n in b.scalars for p in p_c]
+        hp = torch.stack([kernel_op._hp(opt_c, group, k, i) for k, i in b.hps])
+        version = p_c[0]._version
+        with torch.no_grad():
+            torch.ops.optimlab.fused_step(p_c, [p.grad for p in p_c], state, scalars, hp, b.kernel)
+        assert p_c[0]._version > version
+        opt_e.step()
+    assert [p.data_ptr() for p in p_c] == ptrs
+    assert rel(p_c, p_e) <= 1e-12
+
+
+@pytest.mark.slow
+def test_inductor_runs_the_kernel_op_in_place():
+    """Inductor re-inplaces the op: the generated code calls ``optimlab::fused_step`` on the
+    graph inputs themselves (no ``auto_functionalized``, no clone or copy of any param or
+    state), and the params and state keep their memory."""
+    from torch._inductor.utils import run_and_get_code
+
+    p_c, opt_c = make(lookup("adamw"), dtype=torch.float32)
+    p_e, opt_e = make(lookup("adamw"), dtype=torch.float32)
+    step = torch.compile(opt_c.step)
+    set_grads([p_c, p_e], 0)
+    _, code = run_and_get_code(step)
+    opt_e.step()
+    ptrs = [t.data_ptr() for p in p_c for t in (p, *opt_c.state[p].values())]
+    for t in range(1, 5):
+        set_grads([p_c, p_e], t)
+        step()
+        opt_e.step()
+    assert [t.data_ptr() for p in p_c for t in (p, *opt_c.state[p].values())] == ptrs
+    assert rel(p_c, p_e) <= 1e-6
+    (source,) = code
+    call = source[source.index("def call"):]
+    assert call.count("torch.ops.optimlab.fused_step.default(") == 1
+    for word in ("auto_functionalized", "clone", "copy_", "empty_strided_cpu((5, 3)"):
+        assert word not in call, word
+
+
 @pytest.mark.slow
 def test_inductor_adamw():
     """Inductor fuses the printed graph (the scalar sub-expressions go through one opaque
@@ -250,8 +363,9 @@ def test_inductor_adamw():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("entry", COMPILE_PARAMS)
-def test_inductor_every_entry(entry):
+@pytest.mark.parametrize("entry, mode", MODE_PARAMS)
+def test_inductor_every_entry(entry, mode):
+    compiled.MODE = mode
     p_c, p_e, opt, seen = run_scheduled(entry, "inductor", 20, dtype=torch.float32)
     assert rel(p_c, p_e) <= 2e-6
     assert seen[-1] == seen[1] == 1 + lazy_state(opt) and not optimlab_breaks()

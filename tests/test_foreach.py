@@ -320,3 +320,21 @@ def test_chunked_equals_unchunked(entry, dtype, monkeypatch):
         for k, v in oa.state[p].items():
             if torch.is_tensor(v):
                 assert torch.equal(v, ob.state[q][k]), k
+
+
+def test_step_counts_written_by_hand_are_read():
+    """The path remembers the step counts it wrote; one written since (in place) is read again."""
+    ps = [torch.randn(10).requires_grad_() for _ in range(3)]
+    qs = _clone(ps)
+    oa, ob = _foreach(optimlab.Adam)(ps), _reference(optimlab.Adam)(qs)
+    for step in range(6):
+        for p, q in zip(ps, qs):
+            p.grad = torch.full_like(p, 0.1 * step + 0.5)
+            q.grad = p.grad.clone()
+        if step == 3:
+            for o, t in ((oa, ps[1]), (ob, qs[1])):
+                o.state[t]["step"].fill_(40.0)
+        oa.step()
+        ob.step()
+    assert oa.state[ps[1]]["step"].item() == 43.0
+    _assert_same(oa, ob, 1e-6)

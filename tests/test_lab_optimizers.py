@@ -9,6 +9,7 @@ Entries that other branches add are stood in for by small fakes registered for o
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -230,8 +231,6 @@ def test_a_modern_comparison_runs_end_to_end(tmp_path, monkeypatch, capsys):
     eval mode (at x) and steps in train mode; LBFGS is stepped through a closure, one
     evaluation a step; Muon takes the 2-D weights and AdamW the rest (on the quadratic,
     whose one parameter is a vector, AdamW takes everything)."""
-    import json
-
     made = []  # (spec, model, optimizer), in the order the runner builds them
     build, evaluate = runner._optimizer, runner._evaluate
 

@@ -23,13 +23,13 @@ from torch.optim import Optimizer
 from torch.optim import optimizer as _torch_optimizer
 
 from . import checkpoint
-from .fused import compiled
 from .rules import Rule, update  # noqa: F401  (update: the step the reference path runs)
 from .rules.base import estimate
 from .rules.base import hyperparameters  # noqa: F401  (the group as the rules read it)
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _grad = operator.attrgetter("grad")
+_is_sparse = operator.attrgetter("is_sparse")
 _is_none = functools.partial(operator.is_, None)
 
 def _observed(optimizer) -> bool:
@@ -158,6 +158,9 @@ class RuleOptimizer(Optimizer):
     def step(self, closure=None):
         """Perform one optimization step; returns the closure's loss, if given."""
         if torch.compiler.is_compiling():  # Dynamo traces: the graph printed for it to fuse
+            # Imported here: the module imports Dynamo (~2 s), which only torch.compile needs.
+            from .fused import compiled
+
             return compiled.step(self, closure)
         loss = None
         if closure is not None:
@@ -169,6 +172,8 @@ class RuleOptimizer(Optimizer):
     def _init_group(self) -> bool:
         """torch.compile's hook: Dynamo runs a method of this name eagerly, once per
         compilation, instead of tracing it (state, programs; see :mod:`optimlab.fused.compiled`)."""
+        from .fused import compiled
+
         return compiled.prepare(self)
 
     def step_groups(self, groups: list) -> None:
@@ -265,8 +270,10 @@ class RuleOptimizer(Optimizer):
         return self.rule.combine(totals, h)
 
     def _check_grads(self, params):
+        if self.rule.sparse_ok or not any(map(_is_sparse, map(_grad, params))):
+            return
         for p in params:
-            if p.grad.is_sparse and not self.rule.sparse_ok:
+            if p.grad.is_sparse:
                 raise RuntimeError(
                     f"{type(self).__name__} does not support sparse gradients; "
                     "use torch.optim.SparseAdam or dense gradients"

@@ -162,7 +162,29 @@ def gatherer(compile: bool):
     if lib is None:
         return None  # not built yet: a later, larger group may build it
     _gather["fn"] = _verified(lib) if lib else None
+    if _gather["fn"]:
+        _gather["pointers"] = _verified_pointers(lib)
     return _gather["fn"]
+
+
+def pointers(compile: bool = True):
+    """``optimlab_pointers`` of ``gather.cpp`` (the custom op's pointer tables in one call), or
+    None where :func:`gatherer` is None."""
+    gatherer(compile)
+    return _gather.get("pointers")
+
+
+def _verified_pointers(lib):
+    fn = lib.optimlab_pointers
+    fn.argtypes = [ctypes.py_object, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int64
+    a, b = torch.zeros(3), torch.zeros(2, 2)
+    out = np.zeros(3, dtype=np.uint64)
+    version = a._version, b._version
+    ok = (fn(([a], [b]), out.ctypes.data, 3, 1) == 2 and list(out[:2]) == [a.data_ptr(), b.data_ptr()]
+          and (a._version, b._version) == (version[0] + 1, version[1])
+          and fn(([a, b], [a, b]), out.ctypes.data, 3, 0) == -1)
+    return fn if ok else None
 
 
 def _verified(lib):

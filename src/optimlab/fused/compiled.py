@@ -1,19 +1,28 @@
-"""The step under ``torch.compile``: the traced graph printed once more, for Dynamo to fuse.
+"""The step under ``torch.compile``: the C kernel as an op in the graph, or the traced graph printed for Dynamo.
 
 ``torch.compile(opt.step)``, or a compiled function that calls ``opt.step()``, reaches
 :func:`step` (the engine's ``step`` checks ``torch.compiler.is_compiling()``). Nothing
-here calls the C kernel, builds or hashes anything, or touches a file while Dynamo
-traces: all of that happens in :func:`prepare`, which the engine exposes as the
-optimizer's ``_init_group``. Dynamo runs a method of that name *eagerly*, once per
-compilation, and then guards on the optimizer's params, grads, state and param groups
-(``torch/_dynamo/variables/optimizer.py``), exactly as it does for torch.optim.
+here builds or hashes anything or touches a file while Dynamo traces: all of that happens
+in :func:`prepare`, which the engine exposes as the optimizer's ``_init_group``. Dynamo
+runs a method of that name *eagerly*, once per compilation, and then guards on the
+optimizer's params, grads, state and param groups (``torch/_dynamo/variables/optimizer.py``),
+exactly as it does for torch.optim.
 
-What Dynamo then traces is the rule's graph (:mod:`.trace`, the same DAG the C kernel
-and the multi-tensor path are printed from) printed as ``torch._foreach_*`` operations
-over the group's tensor lists (:func:`generate`): Inductor fuses it into one loop per
-tensor. Scalar sub-expressions (bias corrections) are computed in float64 on tensors,
-one value per param (``step`` may differ between params), and rounded to the compute
-dtype where they meet per-element values, as torch rounds a Python scalar.
+Three modes (:data:`MODE`), measured side by side by ``benchmarks/compile_step.py``:
+
+* ``"kernel"`` (default): a group the C kernel takes (dense CPU tensors it can address, a
+  working compiler, ``fused`` not False) is stepped by the custom op
+  ``optimlab::fused_step`` (:mod:`.kernel_op`), one call per bucket, *inside* the graph:
+  no graph break, hyperparameters as graph inputs, re-inplaced by Inductor. Every
+  element-wise rule the eager path fuses is covered, RAdam's, Rprop's, ASGD's and Lion's
+  masks and signs included. Other groups (CUDA, no compiler, DTensor) take the printed graph.
+* ``"printed"``: the rule's graph (:mod:`.trace`, the same DAG the C kernel and the
+  multi-tensor path are printed from) printed as ``torch._foreach_*`` operations over the
+  group's tensor lists (:func:`generate`) for Inductor to fuse into one loop per tensor.
+  Scalar sub-expressions (bias corrections) are computed in float64 on tensors, one value
+  per param (``step`` may differ between params), and rounded to the compute dtype where
+  they meet per-element values, as torch rounds a Python scalar.
+* ``"kept_out"``: the eager step (C kernel) behind one graph break.
 
 No recompiles when hyperparameters change every step
 ----------------------------------------------------
@@ -29,8 +38,10 @@ their value compiles once more, after which Dynamo treats them as symbolic with 
 on the sign only. SGD with momentum compiles twice, as torch.optim's does: its first
 step creates the momentum buffer.
 
-Groups this path does not take (``differentiable=True``, sparse grads, other layouts,
-GradScaler's ``found_inf``) run the eager step for that group, behind one graph break.
+Groups neither mode takes (``differentiable=True``, sparse grads, other layouts, two-phase
+rules, schedule-free's own step, GradScaler's ``found_inf``) run the eager step for that
+group, behind one graph break; their ``lr`` is made a tensor all the same, so a schedule
+does not recompile the frame around the break.
 """
 
 from __future__ import annotations
@@ -290,7 +301,9 @@ def _plan(optimizer, group, grad_scale):
     plan = kernel_op.group_plan(optimizer, group, grad_scale) if MODE == "kernel" else None
     if plan is None:
         plan = _group_plan(optimizer, group, grad_scale)
-        if plan is None:
+        if plan is None:  # the eager step behind a break: lr a tensor all the same, no recompiles
+            if not group.get("differentiable"):
+                _tensorize(group, "lr", None)
             return None
     hps = plan.hps if ("lr", None) in plan.hps or "lr" not in group else [*plan.hps, ("lr", None)]
     for key, index in hps:  # lr too where only the state's first fill reads it (Rprop's step size)

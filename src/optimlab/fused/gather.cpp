@@ -86,4 +86,35 @@ int64_t optimlab_gather(PyObject *params, const uint64_t *objs, const uint64_t *
     return 0;
 }
 
+/* The pointer tables of the custom op optimlab::fused_step (kernel_op.py) in one call: the data
+ * addresses of the tensors of each list in the tuple `lists`, written one after another to
+ * `out` (at most `cap`); the versions of the tensors of list k are bumped where bit k of
+ * `bump` is set (the lists the kernel writes). Returns the number written, or -1 (not lists,
+ * too many, or torch raised: the caller takes the Python path). The GIL is held. */
+int64_t optimlab_pointers(PyObject *lists, uint64_t *out, int64_t cap, int64_t bump) {
+    if (!PyTuple_Check(lists)) return -1;
+    int64_t n = 0;
+    try {
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(lists); ++k) {
+            PyObject *list = PyTuple_GET_ITEM(lists, k);
+            if (!PyList_Check(list) || n + PyList_GET_SIZE(list) > cap) return -1;
+            for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); ++i) {
+                c10::TensorImpl *t = impl_of(PyList_GET_ITEM(list, i));
+                out[n++] = reinterpret_cast<uint64_t>(t->mutable_data());
+            }
+        }
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(lists); ++k) {
+            if (!((bump >> k) & 1)) continue;
+            PyObject *list = PyTuple_GET_ITEM(lists, k);
+            for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); ++i) {
+                c10::TensorImpl *t = impl_of(PyList_GET_ITEM(list, i));
+                if (!t->is_inference()) t->bump_version();
+            }
+        }
+    } catch (...) {
+        return -1;
+    }
+    return n;
+}
+
 }  // extern "C"

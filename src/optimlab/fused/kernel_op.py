@@ -35,12 +35,13 @@ import numpy as np
 import torch
 
 from ..rules.base import hyperparameters
-from .build import pool
+from .build import pointers, pool
 from .plan import SUPPORTED, Plan, Unfusable, _same_layout, addressable, hkey, kernel
 
 _KERNELS: list = []  # index -> plan.Kernel, the op's ``kernel`` argument
 _ids: dict = {}
-_offsets: dict = {}  # (kernel, nt, numels) -> (offs, scratch) arrays, reused every step
+_calls: dict = {}  # (kernel, *numels) -> _Call
+_fill: list = [None]  # build.pointers(), looked up once a plan is made
 _ptr = torch.Tensor.data_ptr
 _numel = torch.Tensor.numel
 
@@ -57,37 +58,51 @@ def _register(kern) -> int:
     return index
 
 
-def _tables(index: int, kern, params: list) -> tuple:
-    numels = tuple(map(_numel, params))
-    key = (index, numels)
-    found = _offsets.get(key)
+class _Call:
+    """The kernel's argument tables for one kernel and one list of param sizes, reused every
+    step: one uint64 array of data addresses (params, grads, state rows, then the 0-dim
+    state), the element offsets and the per-tensor scalar scratch."""
+
+    def __init__(self, kern, params: list, nlists: int):
+        nt = len(params)
+        real = SUPPORTED[params[0].dtype][1]
+        self.nt, self.fn = nt, kern.fn
+        self.cap = nt * nlists
+        self.table = np.zeros(max(self.cap, 1), dtype=np.uint64)
+        self.offs = np.zeros(nt + 1, dtype=np.int64)
+        self.offs[1:] = np.cumsum([p.numel() * real for p in params])
+        self.scratch = np.zeros(max(nt * kern.nsc, 1), dtype=np.float64)
+        base = self.table.ctypes.data
+        self.base = base
+        self.sst = base + 8 * nt * len(kern.buffers)
+        self.tail = (self.scratch.ctypes.data, self.offs.ctypes.data)
+        self.pool = pool()
+
+
+def _call(kernel: int, params: list, nlists: int) -> _Call:
+    key = (kernel, *map(_numel, params))
+    found = _calls.get(key)
     if found is None:
-        real = SUPPORTED[params[0].dtype][1] if params else 1
-        offs = np.zeros(len(params) + 1, dtype=np.int64)
-        offs[1:] = np.cumsum([n * real for n in numels])
-        scratch = np.zeros(max(len(params) * kern.nsc, 1), dtype=np.float64)
-        found = _offsets[key] = (offs, scratch, offs.ctypes.data, scratch.ctypes.data)
+        found = _calls[key] = _Call(_KERNELS[kernel], params, nlists)
     return found
 
 
 def _fused_step(params, grads, state, scalars, hp, kernel: int) -> None:
     """The kernel on the tensors' memory (see the module docstring)."""
-    kern = _KERNELS[kernel]
-    nt = len(params)
-    if nt == 0:
+    if not params:
         return
     if hp.dtype != torch.float64 or not hp.is_contiguous():
         hp = hp.to(torch.float64).contiguous()
-    bufs = np.array([*map(_ptr, params), *map(_ptr, grads), *map(_ptr, state)], dtype=np.uint64)
-    sst = np.array([*map(_ptr, scalars)] or [0], dtype=np.uint64)
-    _, _, offs, scratch = _tables(kernel, kern, params)
-    kern.fn(nt, bufs.ctypes.data, sst.ctypes.data, hp.data_ptr(), scratch, offs,
-            torch.get_num_threads(), pool())
-    torch._C._increment_version(params)
-    if state:
-        torch._C._increment_version(state)
-    if scalars:
-        torch._C._increment_version(scalars)
+    nt = len(params)
+    c = _call(kernel, params, 2 + (len(state) + len(scalars)) // nt)
+    lists = (params, grads, state, scalars)
+    fill = _fill[0]
+    if fill is None or fill(lists, c.base, c.cap, 0b1101) < 0:  # without the C++ helper
+        c.table[:] = [*map(_ptr, params), *map(_ptr, grads), *map(_ptr, state), *map(_ptr, scalars)] or [0]
+        for ts in (params, state, scalars):
+            if ts:
+                torch._C._increment_version(ts)
+    c.fn(nt, c.base, c.sst, hp.data_ptr(), *c.tail, torch.get_num_threads(), c.pool)
 
 
 _lib.impl("fused_step", _fused_step, "CPU")
@@ -143,6 +158,7 @@ def group_plan(optimizer, group, grad_scale):
         except Unfusable:
             return None
     key = hkey(h)
+    _fill[0] = pointers(compile=True)
     buckets, hps, signs = [], [], []
     for (dtype, sstate, lazy), ps in members.items():
         try:

@@ -18,6 +18,7 @@ the same group (mixed groups, params FSDP ignores) go through the same view unch
 
 from __future__ import annotations
 
+import itertools
 import operator
 import sys
 import weakref
@@ -36,7 +37,7 @@ def _dtensor_type():
 def any_dtensor(params) -> bool:
     """Whether ``params`` holds a DTensor (cheap when torch.distributed.tensor is unused)."""
     dtensor = _dtensor_type()
-    return dtensor is not None and any(isinstance(p, dtensor) for p in params)
+    return dtensor is not None and any(map(isinstance, params, itertools.repeat(dtensor)))
 
 
 class LocalView:

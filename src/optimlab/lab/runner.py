@@ -94,8 +94,11 @@ def _evaluate(problem: Problem, model: torch.nn.Module, split: str,
 
 
 def _position(params) -> list:
-    flat = torch.cat([p.detach().reshape(-1) for p in params])
-    return [float(v) for v in flat.tolist()]
+    """The parameters as one flat list of floats (a 2-D problem's point, every step):
+    read in place when there is one parameter tensor (no concatenated copy)."""
+    if len(params) == 1:
+        return params[0].detach().reshape(-1).tolist()
+    return torch.cat([p.detach().reshape(-1) for p in params]).tolist()
 
 
 #: Lab-only hyperparameters: read by the runner, never passed to the optimizer.

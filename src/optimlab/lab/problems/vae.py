@@ -25,9 +25,9 @@ LATENT, HIDDEN = 8, 128
 @lru_cache(maxsize=1)
 def vae_data() -> dict:
     """{split: (X, X)} with X float32 (n, 64) in [0, 1]; same split as the classifiers."""
-    from sklearn.datasets import load_digits
+    from .classification import _load_digits   # the CSV, without importing sklearn
 
-    x = load_digits().data / 16.0
+    x = _load_digits()[0] / 16.0
     parts = split_indices(len(x), SPLIT_SEED)
     out = {}
     for split, idx in zip(("train", "val", "test"), parts):

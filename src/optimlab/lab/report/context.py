@@ -143,9 +143,11 @@ def ci_curves(records, selections, key: str = "train_loss") -> dict:
 
 
 def images(ctx) -> dict:
-    """{name: PNG bytes} for every figure that has data."""
+    """{name: PNG bytes} for every figure that has data (drawn in two processes where
+    possible, see :mod:`.draw`)."""
     from . import plots as P
     from . import viewer
+    from .draw import draw
 
     c = ctx["colors"]
     panels = []
@@ -158,23 +160,32 @@ def images(ctx) -> dict:
     time_table = {}
     for (p, o), v in ctx["time"].items():
         time_table.setdefault(p, {})[o] = v
-    out = {
-        "contours": P.contours(panels, c),
-        "loss_curves": P.loss_curves(ctx["curves"], ctx["optima"], c, ctx["problems"]),
-        "sensitivity": P.sensitivity(ctx["sweeps"], ctx["selections"], c, ctx["problems"]),
-        "tuning_cost": P.tuning_cost(A.tuning_cost(ctx["records"]), c, ctx["problems"]),
-        "profiles": P.profiles(ctx["profiles"], ctx["taus"], c),
-        "ranks": P.heatmap(ctx["ranks"], ctx["optimizers"], ctx["problems"],
-                           "rank by seed-mean val loss (1 = best; boxed = tied with the "
-                           "best; ties share a rank)",
-                           boxed={p: v.tied for p, v in ctx["verdicts"].items()},
-                           fmt="{:g}") if ctx["ranks"] else None,
-        "time": P.heatmap(time_table, ctx["optimizers"], ctx["problems"],
-                          "time per step ÷ SGD's", fmt="{:.2f}×", log=True)
+    jobs = {
+        "contours": lambda: P.contours(panels, c),
+        "loss_curves": lambda: P.loss_curves(ctx["curves"], ctx["optima"], c, ctx["problems"]),
+        "sensitivity": lambda: P.sensitivity(ctx["sweeps"], ctx["selections"], c,
+                                             ctx["problems"]),
+        "tuning_cost": lambda: P.tuning_cost(A.tuning_cost(ctx["records"]), c,
+                                             ctx["problems"]),
+        "profiles": lambda: P.profiles(ctx["profiles"], ctx["taus"], c),
+        "ranks": lambda: P.heatmap(ctx["ranks"], ctx["optimizers"], ctx["problems"],
+                                   "rank by seed-mean val loss (1 = best; boxed = tied with "
+                                   "the best; ties share a rank)",
+                                   boxed={p: v.tied for p, v in ctx["verdicts"].items()},
+                                   fmt="{:g}") if ctx["ranks"] else None,
+        "time": lambda: P.heatmap(time_table, ctx["optimizers"], ctx["problems"],
+                                  "time per step ÷ SGD's", fmt="{:.2f}×", log=True)
         if any(v is not None for v in ctx["time"].values()) else None,
-        "bias": P.bias_correction(ctx["bias"]),
-        "schedule": P.schedule(ctx["schedule"]["fn"], ctx["schedule"]["steps"],
-                               ctx["schedule"]["name"]) if ctx["schedule"]["fn"] else None,
+        "bias": lambda: P.bias_correction(ctx["bias"]),
+        "schedule": lambda: P.schedule(ctx["schedule"]["fn"], ctx["schedule"]["steps"],
+                                       ctx["schedule"]["name"])
+        if ctx["schedule"]["fn"] else None,
+        **viewer.image_jobs(ctx),  # small multiples, one per 2-D problem
     }
-    out.update(viewer.images(ctx))  # small multiples, one per 2-D problem
-    return {k: v for k, v in out.items() if v}
+    # The costliest first, so that the two processes finish together.
+    first = ("sensitivity", "loss_curves")
+    order = [n for n in first if n in jobs] + \
+        [n for n in jobs if n.startswith("multiples:")] + \
+        [n for n in jobs if n not in first and not n.startswith("multiples:")]
+    out = draw({n: jobs[n] for n in order})
+    return {n: out[n] for n in jobs if out[n]}

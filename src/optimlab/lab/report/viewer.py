@@ -80,16 +80,19 @@ def panels(ctx) -> list:
     return out
 
 
-def images(ctx) -> dict:
-    """{"multiples:<problem>": PNG} small multiples for every 2-D problem."""
+def image_jobs(ctx) -> dict:
+    """{"multiples:<problem>": zero-argument function drawing its PNG (or None)}, the
+    small multiples of every 2-D problem."""
     from .plots2d import small_multiples
 
-    out = {}
-    for pnl in panels(ctx):
-        png = small_multiples(pnl, ctx["colors"])
-        if png:
-            out[f"multiples:{pnl['name']}"] = png
-    return out
+    return {f"multiples:{pnl['name']}": (lambda pnl=pnl: small_multiples(pnl, ctx["colors"]))
+            for pnl in panels(ctx)}
+
+
+def images(ctx) -> dict:
+    """{"multiples:<problem>": PNG} small multiples for every 2-D problem."""
+    out = {name: job() for name, job in image_jobs(ctx).items()}
+    return {name: png for name, png in out.items() if png}
 
 
 # --------------------------------------------------------------------------- data
