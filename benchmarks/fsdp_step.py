@@ -50,16 +50,28 @@ class _Leaf(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.randn(shape) * 0.02)
 
 
+class _Shapes(torch.nn.Module):
+    """GPT-2 small's parameters as leaves (``fully_shard`` wants a module with ``forward``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.leaves = torch.nn.ModuleList([_Leaf(s) for s in gpt2_small()])
+
+    def forward(self, x):  # never called: the benchmark sets grads directly
+        raise NotImplementedError
+
+
 def _model(args, shard: bool = True):
     from torch.distributed.fsdp import fully_shard
 
     torch.manual_seed(0)
     if args.shapes == "gpt2":
-        model = torch.nn.ModuleList([_Leaf(s) for s in gpt2_small()])
+        model = _Shapes()
+        layers = model.leaves
     else:
-        model = torch.nn.Sequential(*[torch.nn.Linear(args.width, args.width) for _ in range(args.layers)])
+        model = layers = torch.nn.Sequential(*[torch.nn.Linear(args.width, args.width) for _ in range(args.layers)])
     if shard:
-        for layer in model:
+        for layer in layers:
             fully_shard(layer)
         fully_shard(model)
     return model
