@@ -44,7 +44,9 @@ CONFIG = {
     # trust ratios: steps proportional to ||w||, so the trust coefficient sets the step size
     "lars":     {"quadratic": (3e-3, 2000, {"trust_coefficient": 1.0}, 1e-4, 0.05),
                  "rosenbrock": (3e-3, 2000, {"trust_coefficient": 1.0}, 1e-3, 0.05)},
-    "lamb":     {"rosenbrock": (3e-2, 2000, {}, 1e-2, 0.5)},
+    # LAMB's steps scale with ||w||: in the valley it oscillates, and at lr 3e-2 its final
+    # loss after 2000 steps (0.09 or 0.69) hung on last-bit rounding of the trust ratio
+    "lamb":     {"rosenbrock": (1e-2, 4000, {}, 1e-2, 0.5)},
 }
 
 
