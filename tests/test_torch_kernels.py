@@ -87,6 +87,7 @@ def test_small_params_take_the_multi_tensor_path(monkeypatch):
     more per tensor); from MIN_NUMEL on, torch's kernel. The split is cached per group, and
     decided again when a param's storage changes; a grad laid out otherwise is left out."""
     monkeypatch.setenv("OPTIMLAB_DISABLE_FUSED", "1")
+    monkeypatch.setattr(torch_kernels, "MIN_NUMEL", 64)  # the default, 0, sends every size
     from optimlab import Adam
     n = torch_kernels.MIN_NUMEL
     ps = [torch.zeros(n, requires_grad=True), torch.zeros(n - 1, requires_grad=True)]

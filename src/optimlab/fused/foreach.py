@@ -47,12 +47,13 @@ _version = operator.attrgetter("_version")
 
 
 #: elements per chunk: the program runs over the group chunk by chunk, so that its
-#: temporaries stay bounded (16 MB of float32 per temporary list, not the whole group's).
-#: Not smaller: a tensor cut into more slices costs one more parallel region per slice and
-#: op, and on a loaded 2-core machine 2**19 made RMSprop on mix A (28M params, the largest
-#: tensor 2.4M elements) 1.7-2.7x slower than one run over the whole group, while 2**22,
-#: which cuts no tensor of that mix, was not slower than it.
-CHUNK = 2**22
+#: temporaries stay in cache (2 MB of float32 per temporary list, not the whole group's).
+#: Measured without a compiler on mix A (28M params, 32 tensors), idle, 2026-12-03:
+#: 2**19 gives RMSprop 1.22x, Adadelta 1.98x, NAdam 1.52x torch's best, against 0.45x,
+#: 0.85x, 0.75x with 2**22 (one run over nearly the whole group) and 0.95-1.23x with 2**17
+#: (more slices, one more parallel region each). On a heavily loaded machine 2**19 read
+#: slower than 2**22: the extra parallel regions wait for a core.
+CHUNK = 2**19
 
 
 def chunk_plan(numels: list, splittable: frozenset) -> list:

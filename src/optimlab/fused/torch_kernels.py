@@ -25,11 +25,12 @@ grads and state share their dtype and layout, without GradScaler's ``grad_scale`
 take the multi-tensor path). Complex params are stepped as real views, as everywhere in
 optimlab.
 
-Why a size threshold: torch's fused CPU kernels pay a fixed cost per tensor (a parallel
-region, per-tensor scalar setup), which on 1,000 tensors of 1k elements is several times
-the arithmetic; there the multi-tensor path, whose calls take the whole list, is faster
-(mix C of ``benchmarks/no_compiler.py``). From a few tens of thousands of elements on,
-one pass over memory wins, and the kernel takes the param.
+Why a size threshold, and why it is 0: torch's fused CPU kernels pay a fixed cost per tensor
+(a parallel region, per-tensor scalar setup). On a heavily loaded machine that cost made
+the multi-tensor path faster on 1,000 tensors of 1k elements, but on an idle one torch's
+kernel is 1.3-2.9x faster there too (mix C of ``benchmarks/no_compiler.py``, 2026-12-03:
+Adam 8.7 vs 25.3 ms, SGD with momentum 5.3 vs 7.5 ms), so every size takes the kernel.
+The threshold stays a knob for machines where that is not so.
 
 Which params a group hands to the kernel is decided once and cached per group (the
 *partition*), and decided again when the params with grads, their storage, dtype or
@@ -49,7 +50,7 @@ from .. import rules
 from .plan import hkey
 
 #: params with fewer elements take the multi-tensor path (see the module docstring)
-MIN_NUMEL = 16384
+MIN_NUMEL = 0
 _partitions: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _data_ptr = torch.Tensor.data_ptr
 
