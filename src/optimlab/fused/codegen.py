@@ -216,24 +216,7 @@ typedef void (*chunk_fn)(void*, int64_t);
 typedef void (*run_fn)(chunk_fn, void*, int64_t, int);
 struct job {{ int64_t nt, total, chunk; void* const* bufs; const double* scratch; const int64_t* offs; }};
 
-static void chunk(void* ctx, int64_t c) {{
-    const struct job* j = (const struct job*)ctx;
-    const int64_t nt = j->nt;
-    const int64_t* offs = j->offs;
-    int64_t lo = c * j->chunk;
-    const int64_t hi = lo + j->chunk < j->total ? lo + j->chunk : j->total;
-    int64_t a = 0, b = nt;  /* binary search: the last t with offs[t] <= lo */
-    while (b - a > 1) {{ const int64_t m = (a + b) / 2; if (offs[m] <= lo) a = m; else b = m; }}
-    for (int64_t t = a; lo < hi; ++t) {{
-        const int64_t end = offs[t + 1] < hi ? offs[t + 1] : hi;
-        if (end > lo) {{
-            const int64_t off = lo - offs[t];
-            elements(end - lo, j->scratch + t * {max(nsc, 1)}, {call_args});
-            lo = end;
-        }}
-    }}
-}}
-
+{chunk_walker(f"elements(end - lo, j->scratch + t * {max(nsc, 1)}, {call_args});")}
 void {symbol}(int64_t nt, void* const* bufs, void* const* sst, const double* hp,
               double* scratch, const int64_t* offs, int nthreads, void* run) {{
     double in[{max(nsi, 1)}] = {{0}}, prev[{max(nsi, 1)}] = {{0}}, out[{max(nout, 1)}] = {{0}};
@@ -285,3 +268,28 @@ def _f16_blocks(tr: Trace, bidx: dict, body, elementwise: list) -> list:
             "#else", "    for (int64_t i = 0; i < n; ++i) {"] + elementwise + ["    }", "#endif"]
     return out
 
+
+def chunk_walker(segment: str) -> str:
+    """The C function ``chunk(ctx, c)`` a kernel's thread pool calls for chunk ``c`` of the
+    group's flat element range: it finds the first tensor of the chunk by binary search on
+    ``j->offs`` and runs ``segment`` (C statements that may use ``j``, ``c``, ``t``, ``lo``,
+    ``end`` and ``off``, the piece's offset in tensor ``t``) for each piece of a tensor the
+    chunk covers. Shared by the fused kernel and the passes (:mod:`.passes_codegen`)."""
+    return f"""static void chunk(void* ctx, int64_t c) {{
+    const struct job* j = (const struct job*)ctx;
+    const int64_t nt = j->nt;
+    const int64_t* offs = j->offs;
+    int64_t lo = c * j->chunk;
+    const int64_t hi = lo + j->chunk < j->total ? lo + j->chunk : j->total;
+    int64_t a = 0, b = nt;  /* binary search: the last t with offs[t] <= lo */
+    while (b - a > 1) {{ const int64_t m = (a + b) / 2; if (offs[m] <= lo) a = m; else b = m; }}
+    for (int64_t t = a; lo < hi; ++t) {{
+        const int64_t end = offs[t + 1] < hi ? offs[t + 1] : hi;
+        if (end > lo) {{
+            const int64_t off = lo - offs[t];
+            {segment}
+            lo = end;
+        }}
+    }}
+}}
+"""

@@ -19,7 +19,7 @@ temporaries and torch results read back.
 
 from __future__ import annotations
 
-from .codegen import _PRELUDE, DTYPES, _expr
+from .codegen import _PRELUDE, DTYPES, _expr, chunk_walker
 
 _LOAD = {
     "float32": ("float", "{}", "{}"),
@@ -81,26 +81,8 @@ typedef void (*run_fn)(chunk_fn, void*, int64_t, int);
 struct job {{ int64_t nt, total, chunk, nslots; void* const* bufs; const double* scratch;
               const int64_t* offs; double* red; }};
 
-static void chunk(void* ctx, int64_t c) {{
-    const struct job* j = (const struct job*)ctx;
-    const int64_t nt = j->nt;
-    const int64_t* offs = j->offs;
-    int64_t lo = c * j->chunk;
-    const int64_t hi = lo + j->chunk < j->total ? lo + j->chunk : j->total;
-    int64_t a = 0, b = nt;  /* binary search: the last t with offs[t] <= lo */
-    while (b - a > 1) {{ const int64_t m = (a + b) / 2; if (offs[m] <= lo) a = m; else b = m; }}
-    for (int64_t t = a; lo < hi; ++t) {{
-        const int64_t end = offs[t + 1] < hi ? offs[t + 1] : hi;
-        if (end > lo) {{
-            const int64_t off = lo - offs[t];
-            double part[{max(nr, 1)}];
-            elements(end - lo, j->scratch + t * {nsc}, part, {call_args});
-            for (int r = 0; r < {nr}; ++r) j->red[r * j->nslots + c + t] = part[r];
-            lo = end;
-        }}
-    }}
-}}
-
+{chunk_walker(f"double part[{max(nr, 1)}]; elements(end - lo, j->scratch + t * {nsc}, part, {call_args}); "
+               f"for (int r = 0; r < {nr}; ++r) j->red[r * j->nslots + c + t] = part[r];")}
 void {symbol}(int64_t nt, void* const* bufs, const double* scratch, const int64_t* offs,
               double* red, int64_t chunk_size, int64_t nslots, int nthreads, void* run) {{
     const int64_t total = offs[nt];
