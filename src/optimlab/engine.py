@@ -42,16 +42,26 @@ def _observed(optimizer) -> bool:
 
 def _hooked(step):
     """``step`` wrapped as torch.optim wraps every ``step`` (hooks, a profiler range), but
-    run bare when nothing observes it: the wrapper costs ~25 us, as much as a small step."""
+    run bare when nothing observes it: the wrapper costs ~25 us, as much as a small step.
+
+    It also records the call for torch's LR schedulers (``_opt_called``, what their
+    "scheduler stepped before the optimizer" warning reads) and says so
+    (``_wrapped_by_lr_sched``), so that a scheduler does not wrap ``opt.step`` in a function
+    of its own: that function lives in ``torch/optim/lr_scheduler.py``, a file Dynamo skips,
+    so ``torch.compile(opt.step)`` would break the graph there and run the step as three
+    frames (the break, ``_observed``, the step), each with its guards."""
     observed = Optimizer.profile_hook_step(step)
 
     @functools.wraps(step)
     def wrapper(self, *args, **kwargs):
+        if not torch.compiler.is_compiling():  # Dynamo drops it: compiled.prepare sets it
+            self._opt_called = True
         if _observed(self):
             return observed(self, *args, **kwargs)
         return step(self, *args, **kwargs)
 
     wrapper.hooked = True  # torch.optim.Optimizer would wrap it again otherwise
+    wrapper._wrapped_by_lr_sched = True  # an LR scheduler would wrap it otherwise
     return wrapper
 
 

@@ -315,6 +315,7 @@ def _plan(optimizer, group, grad_scale):
 def prepare(optimizer) -> bool:
     """Eager work for one compilation (the optimizer's ``_init_group``): state, buckets,
     kernels or programs, tensor hyperparameters; the plan is kept on the optimizer."""
+    optimizer._opt_called = True  # for LR schedulers (see engine._hooked): Dynamo drops the store
     grad_scale = getattr(optimizer, "grad_scale", None)
     grad_scale = None if grad_scale is None else float(grad_scale)
     plans = []
@@ -344,6 +345,7 @@ def _eager_group(optimizer, group) -> None:
 
 @torch._dynamo.disable
 def _eager_groups(optimizer) -> None:
+    optimizer._opt_called = True
     optimizer.step_groups(optimizer.param_groups)
 
 
