@@ -312,6 +312,7 @@ def _plan(optimizer, group, grad_scale):
     return plan
 
 
+@torch._dynamo.disable
 def prepare(optimizer) -> bool:
     """Eager work for one compilation (the optimizer's ``_init_group``): state, buckets,
     kernels or programs, tensor hyperparameters; the plan is kept on the optimizer."""
@@ -338,9 +339,11 @@ def _hp(optimizer, group, key, index):
 
 
 @torch._dynamo.disable
-def _eager_group(optimizer, group) -> None:
-    """One group on the eager step (the C kernel, multi-tensor or reference path)."""
-    optimizer.step_groups([group])
+def _eager_group_list(optimizer, groups: list) -> None:
+    """Groups on the eager step (the C kernel, multi-tensor or reference path): one graph
+    break after the in-graph groups, outside any loop (Dynamo skips a whole frame whose loop
+    breaks the graph)."""
+    optimizer.step_groups(groups)
 
 
 @torch._dynamo.disable
@@ -395,9 +398,9 @@ def step(optimizer, closure=None):
         _eager_groups(optimizer)
         return loss
     optimizer._init_group()  # eager, once per compilation: Dynamo's optimizer hook
-    for group, plan in zip(optimizer.param_groups, optimizer._compiled_plans):
+    plans = optimizer._compiled_plans
+    for group, plan in zip(optimizer.param_groups, plans):
         if plan is None:
-            _eager_group(optimizer, group)
             continue
         for key, index in plan.signs:  # guard the sign the program was traced for
             v = group[key] if index is None else group[key][index]
@@ -408,4 +411,6 @@ def step(optimizer, closure=None):
             continue
         for b in plan.buckets:
             _run_bucket(optimizer, group, b)
+    if None in plans:
+        _eager_group_list(optimizer, [g for g, plan in zip(optimizer.param_groups, plans) if plan is None])
     return loss
