@@ -8,9 +8,13 @@ runs a method of that name *eagerly*, once per compilation, and then guards on t
 optimizer's params, grads, state and param groups (``torch/_dynamo/variables/optimizer.py``),
 exactly as it does for torch.optim.
 
-Three modes (:data:`MODE`), measured side by side by ``benchmarks/compile_step.py``:
+Four modes (:data:`MODE`), measured side by side by ``benchmarks/compile_step.py``:
 
-* ``"kernel"`` (default): a group the C kernel takes (dense CPU tensors it can address, a
+* ``"step_op"`` (default): where the compiled frame is the step itself
+  (``torch.compile(opt.step)``, no closure), the whole eager step as one op,
+  ``optimlab::step``, with no tensor in the graph (:mod:`.step_op`); anywhere else (the step
+  inside a larger compiled function), as ``"kernel"``.
+* ``"kernel"``: a group the C kernel takes (dense CPU tensors it can address, a
   working compiler, ``fused`` not False) is stepped by the custom op
   ``optimlab::fused_step`` (:mod:`.kernel_op`), one call per bucket, *inside* the graph:
   no graph break, hyperparameters as graph inputs, re-inplaced by Inductor. Every
@@ -52,7 +56,7 @@ from dataclasses import dataclass
 import torch
 
 from .._math import abs_, maximum, sqrt
-from . import kernel_op
+from . import kernel_op, step_op
 from ..rules.base import hyperparameters
 from .foreach_codegen import _const
 from .trace import TraceError, live, trace
@@ -62,8 +66,8 @@ _REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64, torch.
 _programs: dict = {}
 #: How a group is stepped under Dynamo (see the module docstring): "kernel" (default), "printed"
 #: or "kept_out"; ``benchmarks/compile_step.py`` measures the three side by side
-MODE = "kernel"
-MODES = ("kernel", "printed", "kept_out")
+MODE = "step_op"
+MODES = ("step_op", "kernel", "printed", "kept_out")
 _OPS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow", "max": "maximum"}
 _KNOWN = {"const", "hp", "sin", "ein", "add", "sub", "mul", "div", "pow", "neg", "sqrt", "abs", "max"}
 _PY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}
@@ -298,7 +302,7 @@ def _plan(optimizer, group, grad_scale):
         raise ValueError(f"optimlab.fused.compiled.MODE must be one of {MODES}, not {MODE!r}")
     if _own_hooks(optimizer):
         return None
-    plan = kernel_op.group_plan(optimizer, group, grad_scale) if MODE == "kernel" else None
+    plan = kernel_op.group_plan(optimizer, group, grad_scale) if MODE in ("step_op", "kernel") else None
     if plan is None:
         plan = _group_plan(optimizer, group, grad_scale)
         if plan is None:  # the eager step behind a break: lr a tensor all the same, no recompiles
@@ -394,6 +398,9 @@ def step(optimizer, closure=None):
     if closure is not None:
         with torch.enable_grad():
             loss = closure()
+    if MODE == "step_op" and closure is None and step_op.whole_frame():
+        step_op.run(optimizer)
+        return loss
     if MODE == "kept_out" or getattr(optimizer, "found_inf", None) is not None:
         _eager_groups(optimizer)
         return loss
