@@ -1,11 +1,19 @@
-"""``torch.compile(opt.step)`` with a per-step cosine schedule: optimlab's three compiled modes vs eager vs torch.
+"""``torch.compile(opt.step)`` with a per-step cosine schedule: optimlab's four compiled modes vs eager vs torch.
 
 For each optimizer and param set, one process steps (each method on its own copy of the
 params, the same grads, a ``CosineAnnealingLR`` stepped after every step):
 
 * ``optimlab eager``: the default step (the C kernel);
-* ``kernel``: ``torch.compile(opt.step)`` in ``compiled.MODE = "kernel"`` (the default): the C
-  kernel called in the graph as the custom op ``optimlab::fused_step`` (:mod:`optimlab.fused.kernel_op`);
+* ``step op``: ``torch.compile(opt.step)`` in ``compiled.MODE = "step_op"`` (the default): the
+  whole eager step as one op, ``optimlab::step``, with no tensor in the graph
+  (:mod:`optimlab.fused.step_op`);
+* ``floor``: the same compiled frame with the step's work removed (``optimlab::step`` finds an
+  optimizer with nothing to step): what Dynamo, AOTAutograd, Inductor's wrapper and the op
+  call cost by themselves;
+* ``kernel``: ``MODE = "kernel"``: the C kernel called in the graph as the custom op
+  ``optimlab::fused_step`` with every param, grad and state tensor as a graph input
+  (:mod:`optimlab.fused.kernel_op`; what a compiled function that calls ``opt.step()`` among
+  other work gets in the default mode);
 * ``printed``: ``MODE = "printed"``: the rule's graph printed as ``torch._foreach_*`` ops and
   fused by Inductor (:mod:`optimlab.fused.compiled`);
 * ``kept out``: ``MODE = "kept_out"``: the eager step (C kernel) behind a graph break;
@@ -46,7 +54,8 @@ OPTIMIZERS = ("adamw", "adam", "momentum", "adagrad", "rmsprop", "nadam", "lion"
 SETS = {"10 x 32x32": ([(32, 32)] * 10, ("adamw", "adam", "momentum")),
         "20 x 256x256": ([(256, 256)] * 20, None),
         "32 transformer tensors (28M)": (None, ("adamw", "adam", "momentum"))}
-MODES = ("kernel", "printed", "kept_out")
+MODES = ("step_op", "kernel", "printed", "kept_out")
+LABELS = {"step_op": "step op", "kernel": "kernel", "printed": "printed", "kept_out": "kept out"}
 _clock = [time.perf_counter]
 
 
@@ -77,6 +86,26 @@ class Method:
         self.compiles, self.recompiles = _graphs() - g0, _graphs() - g1
 
 
+class _Nothing:
+    """Stands in for the optimizer in ``optimlab::step``'s registry: a step with no group."""
+
+    param_groups: list = []
+
+    def step_groups(self, groups) -> None:
+        pass
+
+
+class Floor(Method):
+    """``step_op``'s compiled frame with the step's work removed (after its 50 counted steps)."""
+
+    def warm(self, steps=50):
+        super().warm(steps)
+        from optimlab.fused import step_op
+
+        self.nothing = _Nothing()
+        step_op._optimizers[id(self.opt)] = self.nothing
+
+
 def methods(entry, shapes):
     gen = torch.Generator().manual_seed(0)
     base = [torch.randn(s, generator=gen) for s in shapes]
@@ -91,6 +120,7 @@ def methods(entry, shapes):
     lr = entry.test_lr
     out = [Method("optimlab eager", entry.build(p := params(), lr=lr), p)]
     out += [Method(mode, entry.build(p := params(), lr=lr), p, compile_=True, mode=mode) for mode in MODES]
+    out.append(Floor("floor", entry.build(p := params(), lr=lr), p, compile_=True, mode="step_op"))
     if entry.torch_cls is not None:  # else torch.optim has no such class (Lion): no torch compiled
         out.append(Method("torch compiled", entry.build_torch(p := params(), lr=torch.tensor(lr)), p,
                           compile_=True))
@@ -116,7 +146,7 @@ def bench(entry, shapes, reps):
         for i in range(len(ms)):
             m = ms[(i + rep) % len(ms)]
             times[m.name].append(_timed(m, 10))
-    compiled.MODE = "kernel"
+    compiled.MODE = compiled.MODES[0]
     return ms, times, ours
 
 
@@ -128,10 +158,11 @@ def _timed(fn, n: int) -> float:
     return (clock() - t) / n
 
 
-HEADER = ("| optimizer | params | optimlab eager us | kernel us (compiles/recompiles) | "
-          "printed us (compiles/recompiles) | kept out us (compiles/recompiles) | "
-          "torch compiled us (compiles/recompiles) | torch eager best us | kernel / eager | "
-          "printed / eager | kept out / eager | kernel / torch compiled |")
+HEADER = ("| optimizer | params | optimlab eager us | "
+          + " | ".join(f"{LABELS[m]} us (compiles/recompiles)" for m in MODES)
+          + " | floor us | torch compiled us (compiles/recompiles) | torch eager best us | "
+          + " | ".join(f"{LABELS[m]} / eager" for m in MODES)
+          + " | step op / torch compiled |")
 
 
 def row(name, set_name, ms, times, ours) -> str:
@@ -152,10 +183,11 @@ def row(name, set_name, ms, times, ours) -> str:
     eager_best = next(k for k in med if k.startswith("torch eager"))
     warn = f" ({len(ours)} optimlab warnings)" if ours else ""
     return (f"| {name}{warn} | {set_name} | {med['optimlab eager'] * 1e6:.0f} | "
-            + " | ".join(cell(k) for k in (*MODES, "torch compiled"))
+            + " | ".join(cell(k) for k in MODES)
+            + f" | {med['floor'] * 1e6:.0f} | {cell('torch compiled')}"
             + f" | {med[eager_best] * 1e6:.0f} ({eager_best[13:-1]}) | "
             + " | ".join(ratio(k, "optimlab eager") for k in MODES)
-            + f" | {ratio('kernel', 'torch compiled')} |")
+            + f" | {ratio('step_op', 'torch compiled')} |")
 
 
 def run(optimizers, sets, reps, scale) -> list:
@@ -180,11 +212,15 @@ def write_section(path, lines, started, load, wall, clock) -> None:
                f"{os.getloadavg()[0]:.1f} after (shared machine; medians of interleaved repetitions).", "",
                "Generated by `python benchmarks/compile_step.py`. Per-step time of `step()` (us) after 50 steps "
                "with a per-step `CosineAnnealingLR`; `(compiles/recompiles)`: graphs Dynamo built in those 50 "
-               "steps / of them after the first step (SGD with momentum: its buffer is created by the first "
-               "step, a second graph, as for torch). `kernel`: the C kernel as the custom op "
-               "`optimlab::fused_step` inside the graph (the default); `printed`: the rule's graph as "
-               "`torch._foreach_*` ops fused by Inductor; `kept out`: the eager C-kernel step behind a graph "
-               "break. `x / eager` = that mode's time / optimlab's eager time, the median of per-repetition "
+               "steps / of them after the first step (SGD with momentum in the modes that trace the step: "
+               "its buffer is created by the first step, a second graph, as for torch). `step op`: the "
+               "whole eager step as one op, `optimlab::step`, with no tensor in the graph (the default "
+               "where the compiled frame is `opt.step` itself); `floor`: that compiled frame with the "
+               "step's work removed (Dynamo, AOTAutograd, Inductor's wrapper and the op call alone); "
+               "`kernel`: the C kernel as the custom op `optimlab::fused_step` inside the graph, every "
+               "param, grad and state tensor a graph input (what the default does inside a larger "
+               "compiled function); `printed`: the rule's graph as `torch._foreach_*` ops fused by "
+               "Inductor; `kept out`: the eager C-kernel step behind a graph break. `x / eager` = that mode's time / optimlab's eager time, the median of per-repetition "
                "ratios (<= 1: compiling does not slow the step). torch compiled uses torch's recipe, "
                "`lr=torch.tensor(lr)`.", "",
                HEADER, "|" + "---|" * (HEADER.count("|") - 1), *lines, "", END]
