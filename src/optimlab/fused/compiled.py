@@ -30,7 +30,8 @@ Four modes (:data:`MODE`), measured side by side by ``benchmarks/compile_step.py
 
 No recompiles when hyperparameters change every step
 ----------------------------------------------------
-Dynamo specializes a float it reads from a param group: with a per-step schedule a float
+In ``"step_op"``'s whole-frame case the graph reads no hyperparameter at all (the eager step
+reads them when the op runs), so nothing below applies there. Elsewhere, Dynamo specializes a float it reads from a param group: with a per-step schedule a float
 ``lr`` recompiles at every step until ``recompile_limit``, as torch.optim does. So on
 the first compilation :func:`prepare` stores every numeric hyperparameter the rule uses
 but never branches on (``lr``, ``betas``, ``eps``, ``alpha``...) as a 0-dim float64

@@ -1,6 +1,7 @@
 """The C kernel as a custom op, ``optimlab::fused_step``, for ``torch.compile`` to call in its graph.
 
-Under Dynamo (:mod:`.compiled`, ``MODE = "kernel"``) a group the C kernel can take is
+Under Dynamo (:mod:`.compiled`: ``MODE = "kernel"``, or the default ``"step_op"`` where the
+step is traced into a larger compiled function) a group the C kernel can take is
 stepped by one call of this op per bucket (params sharing one kernel), traced *into* the
 graph rather than kept out behind a graph break::
 
