@@ -22,7 +22,7 @@ params, the same grads, a ``CosineAnnealingLR`` stepped after every step):
 
 50 scheduled steps first count compilations (graphs Dynamo built, from
 ``torch._dynamo.utils.counters``; ``recompiles`` are those after the first step), then
-interleaved repetitions of 10 steps time ``step()`` alone. ``--threads 1`` times with the
+interleaved repetitions of at least 10 steps (and ~20 ms) time ``step()`` alone. ``--threads 1`` times with the
 thread's CPU time (``time.thread_time``), steadier than wall time on a shared machine.
 
     python benchmarks/compile_step.py            # writes its section of BENCHMARKS.md
@@ -142,10 +142,13 @@ def bench(entry, shapes, reps):
             m.warm()
     ours = [w for w in caught if "optimlab" in (w.filename or "")]
     times = {m.name: [] for m in ms}
+    # at least 10 steps and ~20 ms per timing: 10 steps of a 50 us step are too short a
+    # window against scheduling noise on a shared machine
+    steps = max(10, min(400, int(0.02 / max(_timed(ms[0], 5), 1e-6))))
     for rep in range(reps):
         for i in range(len(ms)):
             m = ms[(i + rep) % len(ms)]
-            times[m.name].append(_timed(m, 10))
+            times[m.name].append(_timed(m, steps))
     compiled.MODE = compiled.MODES[0]
     return ms, times, ours
 
