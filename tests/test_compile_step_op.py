@@ -177,6 +177,32 @@ def test_inside_a_larger_function_the_step_is_traced_into_its_graph():
     assert STEP not in rec.targets(-1)
 
 
+def test_step_hooks_put_the_step_in_the_graph():
+    """A post-hook that reads the params runs in the compiled frame's graph: the step is then
+    traced into it (the kernel op, its writes declared), so the hook sees the stepped params;
+    adding the hook after a first compilation recompiles (it was silently never called)."""
+    entry = lookup("adam")
+    p_c, opt_c = make(entry)
+    p_e, opt_e = make(entry)
+    rec = Recorder()
+    step = torch.compile(opt_c.step, backend=rec)
+    set_grads([p_c, p_e], 0)
+    step()
+    opt_e.step()
+    assert STEP in rec.targets()
+    seen = {}
+    for name, opt in (("c", opt_c), ("e", opt_e)):
+        opt.register_step_post_hook(lambda o, a, k, name=name: seen.__setitem__(
+            name, sum(p.detach().sum() for p in o.param_groups[0]["params"])))
+    for t in range(1, 4):
+        set_grads([p_c, p_e], t)
+        step()
+        opt_e.step()
+        assert torch.allclose(seen["c"], seen["e"], rtol=1e-12)
+    assert rel(p_c, p_e) <= 1e-12
+    assert STEP not in rec.targets() and FUSED in rec.targets()
+
+
 def test_lr_scheduler_keeps_its_warning_and_does_not_wrap_the_step():
     """The step tells LR schedulers it is tracked (``_wrapped_by_lr_sched``) and records its
     calls (``_opt_called``), eager and compiled: the scheduler leaves ``opt.step`` alone and

@@ -33,10 +33,14 @@ _is_sparse = operator.attrgetter("is_sparse")
 _is_none = functools.partial(operator.is_, None)
 
 def _observed(optimizer) -> bool:
-    """Whether anything watches a step: step hooks (global or the optimizer's) or a profiler."""
-    return bool(optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
-                or getattr(_torch_optimizer, "_global_optimizer_pre_hooks", True)
-                or getattr(_torch_optimizer, "_global_optimizer_post_hooks", True)
+    """Whether anything watches a step: step hooks (global or the optimizer's) or a profiler.
+
+    ``len``, not the dicts' truth: Dynamo guards ``bool(d)`` of these dicts on their type only,
+    so a hook registered after a compilation was silently never called by the compiled step;
+    ``len(d)`` is guarded on the length (a new hook recompiles)."""
+    return bool(len(optimizer._optimizer_step_pre_hooks) or len(optimizer._optimizer_step_post_hooks)
+                or len(getattr(_torch_optimizer, "_global_optimizer_pre_hooks", (None,)))
+                or len(getattr(_torch_optimizer, "_global_optimizer_post_hooks", (None,)))
                 or (not torch.compiler.is_compiling() and torch.autograd._profiler_enabled()))
 
 

@@ -19,8 +19,8 @@ Hyperparameters are read by the eager step when it runs, so a per-step schedule 
 (float or tensor) never recompiles, and SGD's momentum buffer created by the first step does
 not recompile either.
 
-Anywhere else (a compiled function that calls ``opt.step()`` among other work, a closure, a
-class that overrides ``step``, ``differentiable=True``) the step is traced into the caller's
+Anywhere else (a compiled function that calls ``opt.step()`` among other work, a closure, step
+hooks, a class that overrides ``step``, ``differentiable=True``) the step is traced into the caller's
 graph by :mod:`.compiled` as before: an op with hidden effects there could be reordered
 against the caller's reads and writes of the params. :func:`whole_frame` tells the two apart
 while Dynamo traces: Dynamo runs it once per compilation (``assume_constant_result``) and
@@ -71,10 +71,22 @@ def whole_frame() -> bool:
     kwargs = tx.f_locals.get("kwargs", {})
     if (not isinstance(opt, RuleOptimizer) or type(opt).step is not RuleOptimizer.step
             or args or kwargs.get("closure") is not None
-            or any(g.get("differentiable") for g in opt.param_groups)):
+            or any(g.get("differentiable") for g in opt.param_groups)
+            or _hooked(opt)):
         return False
     _optimizers[id(opt)] = opt
     return True
+
+
+def _hooked(opt) -> bool:
+    """Step hooks run in the same graph as the step (Dynamo traces them): the step must be in
+    the graph for them to be ordered around it. Adding one later recompiles (the engine's
+    wrapper branches on them), which asks again."""
+    from torch.optim import optimizer as torch_optimizer
+
+    return bool(opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
+                or getattr(torch_optimizer, "_global_optimizer_pre_hooks", None)
+                or getattr(torch_optimizer, "_global_optimizer_post_hooks", None))
 
 
 def run(optimizer) -> None:
