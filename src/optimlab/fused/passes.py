@@ -40,7 +40,7 @@ import torch
 
 from ..rules.base import estimate as _estimate
 from ..rules.base import update
-from . import build
+from . import build, passes_batch
 from .passes_codegen import chunk_size, generate
 from .passes_eval import Runner
 from .passes_trace import REDUCTIONS, PassGraph, PassSym
@@ -79,6 +79,8 @@ class Program:
     scalar_outputs: dict
     returns: list  # estimate's partial sums
     sin: list  # 0-dim state keys read
+    batch: dict  # T node -> its call on the bucket's values stacked (:mod:`.passes_batch`)
+    rank: int  # the rank batched values are padded to
 
 
 def _demote(graph: PassGraph, roots: dict) -> None:
@@ -169,7 +171,8 @@ def trace_program(rule, phase: str, h, shape, dtype: torch.dtype, layout: dict) 
     passes = _cut(graph, needed, lvl, elem, dtype)
     sin = [k for k in rule.scalars if any(n.op == "sin" and n.name == k and n.index in needed
                                           for n in graph.nodes)]
-    return Program(graph, hps, lvl, passes, elem, tensor, scal, returns, sin)
+    return Program(graph, hps, lvl, passes, elem, tensor, scal, returns, sin,
+                   passes_batch.plan(graph, needed), passes_batch.rank(graph, needed))
 
 
 def _cut(graph, needed, lvl, elem, dtype) -> list:
