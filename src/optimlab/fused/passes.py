@@ -43,7 +43,7 @@ from ..rules.base import update
 from . import build, passes_batch
 from .passes_codegen import chunk_size, generate
 from .passes_eval import Runner
-from .passes_trace import REDUCTIONS, PassGraph, PassSym
+from .passes_trace import REDUCTIONS, PassGraph, PassSym, _to, tbuf_dtype
 from .plan import addressable, hkey
 from .trace import Sym, TraceError, _sym_hyperparameters, live
 
@@ -83,9 +83,18 @@ class Program:
     rank: int  # the rank batched values are padded to
 
 
+def _widening(n, graph) -> bool:
+    """``n`` converts a torch value of the parameter's shape to the compute type exactly."""
+    return (n.op == "call" and n.fn[0] is _to and len(n.args) == 1 and n.args[0].kind == "T"
+            and n.meta.dtype == graph.compute and tuple(n.meta.shape) == graph.shape
+            and tbuf_dtype(n.args[0].meta.dtype, graph.compute) == n.args[0].meta.dtype)
+
+
 def _demote(graph: PassGraph, roots: dict) -> None:
     """Torch arithmetic on values of the parameter's shape whose every use is per element
-    (Muon's ``lr * ratio * O``, Adafactor's ``R C^T / mean(R)``) moves into the passes."""
+    (Muon's ``lr * ratio * O``, Adafactor's ``R C^T / mean(R)``) moves into the passes; so
+    does a widening conversion (Muon's bfloat16 ``O.to(float32)``): the pass loads the
+    narrower value (a float32 rounding of it is the identity)."""
     users: dict = {}
     for n in graph.nodes:
         for a in n.args:
@@ -99,6 +108,9 @@ def _demote(graph: PassGraph, roots: dict) -> None:
                 and (users.get(n.index) or n.index in stored)
                 and all(u.kind == "E" for u in users.get(n.index, []))):
             n.kind, n.scalar = "E", False
+        elif (n.kind == "T" and _widening(n, graph) and (users.get(n.index) or n.index in stored)
+                and all(u.kind == "E" for u in users.get(n.index, []))):
+            n.kind, n.scalar, n.op = "E", False, "float32"
 
 
 def _levels(graph: PassGraph, needed: set) -> dict:
@@ -218,7 +230,7 @@ def _pass(graph, roots, reds, temps, stores, dtype) -> Pass:
         elif n.kind == "T" and tuple(n.meta.shape) == graph.shape and n.meta.numel() != 1:
             body.append(n)
             loads[n.index] = len(buffers)
-            buffers.append((("tbuf", n), compute))
+            buffers.append((("tbuf", n), _DTYPES[tbuf_dtype(n.meta.dtype, graph.compute)]))
         else:
             scalars.append(n)
     written = {}

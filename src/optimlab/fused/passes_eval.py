@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import build, passes_batch
-from .passes_trace import REDUCTIONS, _call, call
+from .passes_trace import REDUCTIONS, _call, call, tbuf_dtype
 
 
 def _sign(x):
@@ -130,6 +130,9 @@ class Runner:
         return np.array([float(t) for t in self.tv[n.index]], dtype=np.float64)
 
     # ---- one pass
+    def _tbuf(self, n):
+        return tbuf_dtype(n.meta.dtype, self.compute)
+
     def _pass(self, ps) -> None:
         nt = self.nt
         bufs = np.zeros((max(len(ps.buffers), 1), nt), dtype=np.uint64)
@@ -145,17 +148,22 @@ class Runner:
                     shape = passes_batch.padded(self.prog.graph.shape, nt, self.prog.rank)
                     self.stacked[what.index] = flat.view(shape)
                 else:
-                    flat = self.stacked[what.index].to(self.compute).contiguous()
+                    flat = self.stacked[what.index].to(self._tbuf(what)).contiguous()
                 keep.append(flat)
                 bufs[b] = flat.data_ptr() + self.offs[:-1].astype(np.uint64) * flat.element_size()
                 continue
             else:
-                ts = [t.to(self.compute).contiguous() for t in self.tv[what.index]]
+                ts = [t.to(self._tbuf(what)).contiguous() for t in self.tv[what.index]]
             keep.append(ts)
             bufs[b] = [t.data_ptr() for t in ts]
-        scratch = np.zeros((nt, max(len(ps.scalars), 1)), dtype=np.float64)
-        for j, n in enumerate(ps.scalars):
-            scratch[:, j] = self._per_tensor(n)
+        cols = [self.sv[n.index] if n.kind == "S" else self._per_tensor(n) for n in ps.scalars]
+        if all(not isinstance(c, np.ndarray) for c in cols):  # the same for every tensor
+            scratch = np.empty((nt, max(len(cols), 1)), dtype=np.float64)
+            scratch[:, :len(cols)] = cols
+        else:
+            scratch = np.zeros((nt, max(len(cols), 1)), dtype=np.float64)
+            for j, c in enumerate(cols):
+                scratch[:, j] = c
         total = int(self.offs[-1])
         chunk = self.chunk_size(total, self.nthreads)
         nslots = -(-total // chunk) + nt
