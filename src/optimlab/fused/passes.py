@@ -81,6 +81,11 @@ class Program:
     sin: list  # 0-dim state keys read
     batch: dict  # T node -> its call on the bucket's values stacked (:mod:`.passes_batch`)
     rank: int  # the rank batched values are padded to
+    #: per level, the S and T nodes evaluated before its pass; the S nodes that depend on
+    #: hyperparameters only, and their values for the last hyperparameters seen
+    schedule: list = None
+    constant: set = None
+    constants: tuple = (None, {})
 
 
 def _widening(n, graph) -> bool:
@@ -183,8 +188,16 @@ def trace_program(rule, phase: str, h, shape, dtype: torch.dtype, layout: dict) 
     passes = _cut(graph, needed, lvl, elem, dtype)
     sin = [k for k in rule.scalars if any(n.op == "sin" and n.name == k and n.index in needed
                                           for n in graph.nodes)]
-    return Program(graph, hps, lvl, passes, elem, tensor, scal, returns, sin,
+    prog = Program(graph, hps, lvl, passes, elem, tensor, scal, returns, sin,
                    passes_batch.plan(graph, needed), passes_batch.rank(graph, needed))
+    nodes = [n for n in graph.nodes if n.index in lvl and n.op not in REDUCTIONS and n.kind != "E"]
+    prog.schedule = [[n for n in nodes if lvl[n.index] == level]
+                     for level in range(max(max(lvl.values(), default=0), len(passes) - 1) + 1)]
+    prog.constant = set()
+    for n in nodes:
+        if n.kind == "S" and n.op != "sin" and all(a.index in prog.constant for a in n.args):
+            prog.constant.add(n.index)
+    return prog
 
 
 def _cut(graph, needed, lvl, elem, dtype) -> list:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import build, passes_batch
-from .passes_trace import REDUCTIONS, _call, call, tbuf_dtype
+from .passes_trace import _call, call, tbuf_dtype
 
 
 def _sign(x):
@@ -179,15 +179,21 @@ class Runner:
 
     def run(self):
         prog = self.prog
-        nodes = [n for n in prog.graph.nodes if n.index in prog.level]
-        top = max(prog.level.values(), default=0)
-        for level in range(max(top, len(prog.passes) - 1) + 1):
-            for n in nodes:
-                if prog.level[n.index] != level or n.op in REDUCTIONS:
-                    continue
+        # the values of the scalars that depend on hyperparameters only, for these ones
+        key = tuple(self._scalar(n) for n in prog.graph.nodes if n.op == "hp" and n.index in prog.constant)
+        if prog.constants[0] != key:
+            prog.constants = (key, {})
+        known = prog.constants[1]
+        for level, todo in enumerate(prog.schedule):
+            for n in todo:
                 if n.kind == "S":
-                    self.sv[n.index] = self._scalar(n)
-                elif n.kind == "T":
+                    if n.index in known:
+                        self.sv[n.index] = known[n.index]
+                    else:
+                        self.sv[n.index] = self._scalar(n)
+                        if n.index in prog.constant:
+                            known[n.index] = self.sv[n.index]
+                else:
                     value = self._batched(n)
                     if value is not None:
                         self.stacked[n.index] = value
