@@ -353,14 +353,44 @@ def _bucket_key(optimizer, phase, h, hk, p, layout, kinds):
     return (shape, p.dtype, kinds if reads != "shape" else tuple(sorted(map(str, layout.items()))))
 
 
+def _grad_ok(p) -> bool:
+    g = p.grad
+    return (type(g) is torch.Tensor and g.dtype == p.dtype and g.shape == p.shape and _plain(g)
+            and g.is_contiguous())
+
+
+def _signature(optimizer, params) -> tuple:
+    """What the sorting of ``params`` into buckets depends on, cheap to compare: each param's
+    storage, dtype and shape, the identity of its state tensors, whether its grad is one the
+    passes take."""
+    state = optimizer.state
+    return tuple((p.data_ptr(), p.dtype, p.shape, _grad_ok(p),
+                  tuple(map(id, state[p].values())) if p in state else None) for p in params)
+
+
 def _buckets(optimizer, params, h, phase):
     """Params the passes take, grouped by program (shape as the rule reads it, dtype, state
-    layout); and the rest."""
+    layout); and the rest. Kept on the optimizer while the params, their storage, state
+    tensors, grads' eligibility and the hyperparameters' flags are the same (each step of a
+    training loop)."""
     if os.environ.get("OPTIMLAB_DISABLE_FUSED", "") not in ("", "0"):
         return {}, list(params)
+    hk = (hkey(h), _extra_key(h))
+    memo = optimizer.__dict__.setdefault("_passes_buckets", {})
+    key = (phase, hk, tuple(map(id, params)))
+    hit = memo.get(key)
+    if hit is not None and hit[0] == _signature(optimizer, params):
+        return hit[1], list(hit[2])
+    buckets, rest = _sort(optimizer, params, h, phase, hk)
+    if len(memo) > 64:
+        memo.clear()
+    memo[key] = (_signature(optimizer, params), buckets, list(rest))
+    return buckets, rest
+
+
+def _sort(optimizer, params, h, phase, hk):
     buckets, rest = {}, []
     fills = optimizer.rule.tensors(h)
-    hk = (hkey(h), _extra_key(h))
     for p in params:
         st = optimizer.init_state(p, h)
         if not _eligible(p, st):
