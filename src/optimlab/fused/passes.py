@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import _reduce
 from ..rules.base import estimate as _estimate
 from ..rules.base import update
 from . import build, passes_batch
@@ -84,6 +85,8 @@ class Program:
     #: per level, the S and T nodes evaluated before its pass; the S nodes that depend on
     #: hyperparameters only, and their values for the last hyperparameters seen
     schedule: list = None
+    #: low_precision T node -> its per-element argument, which the pass stores in bfloat16
+    aliases: dict = None
     constant: set = None
     constants: tuple = (None, {})
 
@@ -185,11 +188,13 @@ def trace_program(rule, phase: str, h, shape, dtype: torch.dtype, layout: dict) 
     roots = list(elem.values()) + list(tensor.values()) + list(scal.values()) + returns
     needed = live(roots)
     lvl = _levels(graph, needed)
-    passes = _cut(graph, needed, lvl, elem, dtype)
+    aliases = _narrowed(graph, needed)
+    passes = _cut(graph, needed, lvl, elem, dtype, set(aliases.values()))
     sin = [k for k in rule.scalars if any(n.op == "sin" and n.name == k and n.index in needed
                                           for n in graph.nodes)]
     prog = Program(graph, hps, lvl, passes, elem, tensor, scal, returns, sin,
-                   passes_batch.plan(graph, needed), passes_batch.rank(graph, needed))
+                   passes_batch.plan(graph, needed, aliases), passes_batch.rank(graph, needed))
+    prog.aliases = aliases
     nodes = [n for n in graph.nodes if n.index in lvl and n.op not in REDUCTIONS and n.kind != "E"]
     prog.schedule = [[n for n in nodes if lvl[n.index] == level]
                      for level in range(max(max(lvl.values(), default=0), len(passes) - 1) + 1)]
@@ -200,7 +205,32 @@ def trace_program(rule, phase: str, h, shape, dtype: torch.dtype, layout: dict) 
     return prog
 
 
-def _cut(graph, needed, lvl, elem, dtype) -> list:
+def _narrowed(graph, needed) -> dict:
+    """Muon's ``low_precision(M)``: a per-element value whose every torch use is a rounding
+    to bfloat16 is written by its pass straight in bfloat16 (the store rounds as
+    ``Tensor.bfloat16()``, round to nearest even), and the rounding is that temporary.
+    float32 compute only (from double, torch rounds through float)."""
+    if graph.compute != torch.float32:
+        return {}
+    users: dict = {}
+    for n in graph.nodes:
+        if n.index in needed:
+            for a in n.args:
+                users.setdefault(a.index, []).append(n)
+
+    def rounding(u):
+        return u.kind == "T" and u.op == "call" and u.fn[0] is _reduce.low_precision and len(u.args) == 1
+
+    out = {}
+    for n in graph.nodes:
+        if n.index in needed and rounding(n) and n.args[0].kind == "E" and n.args[0].op != "ein":
+            a = n.args[0]
+            if all(u.kind == "E" or rounding(u) for u in users[a.index]):
+                out[n.index] = a.index
+    return out
+
+
+def _cut(graph, needed, lvl, elem, dtype, narrow=frozenset()) -> list:
     nodes = [n for n in graph.nodes if n.index in needed]
     final = max((lvl[n.index] for n in nodes if n.kind == "E"), default=-1)
     if any(lvl[n.index] > final and any(a.op == "ein" for a in n.args) for n in nodes if n.kind == "T"):
@@ -216,11 +246,11 @@ def _cut(graph, needed, lvl, elem, dtype) -> list:
         if not roots:
             passes.append(None)
             continue
-        passes.append(_pass(graph, roots, reds, temps, stores, dtype))
+        passes.append(_pass(graph, roots, reds, temps, stores, dtype, narrow))
     return passes
 
 
-def _pass(graph, roots, reds, temps, stores, dtype) -> Pass:
+def _pass(graph, roots, reds, temps, stores, dtype, narrow=frozenset()) -> Pass:
     """The body of one pass: the E nodes ``roots`` need, stopping at S/T values and inputs."""
     body, seen, scalars, stack = [], set(), [], list(roots)
     while stack:
@@ -251,7 +281,7 @@ def _pass(graph, roots, reds, temps, stores, dtype) -> Pass:
     for t in temps:
         written[len(buffers)] = True
         store_list.append((len(buffers), t))
-        buffers.append((("tmp", t), compute))
+        buffers.append((("tmp", t), "bfloat16" if t.index in narrow else compute))
     names = {b[0][1]: i for i, b in enumerate(buffers) if b[0][0] == "ein"}
     for name, n in stores:
         if name not in names:

@@ -85,12 +85,16 @@ def padded(shape, nt: int, r: int) -> tuple:
     return (nt,) + (1,) * (r - len(shape)) + tuple(shape)
 
 
-def plan(graph, needed) -> dict:
+def plan(graph, needed, aliases=None) -> dict:
     """T node index -> batched call ``(function, positional, keyword templates)``, for the
-    needed T nodes that have a batched form whose arguments have one too."""
+    needed T nodes that have a batched form whose arguments have one too (``aliases``: T
+    nodes that are a pass's temporary, stacked by construction)."""
     r, out, metas = rank(graph, needed), {}, {}
     for n in graph.nodes:
         if n.index not in needed or n.kind != "T" or n.op == "tin":
+            continue
+        if n.index in (aliases or {}):
+            metas[n.index] = torch.empty(padded(n.meta.shape, 2, r), dtype=n.meta.dtype, device="meta")
             continue
         f, pos, kws = n.fn
         fb = BATCHED.get(f)

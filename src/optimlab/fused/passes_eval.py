@@ -144,7 +144,8 @@ class Runner:
             elif what.index in self.stacked or kind == "tmp":
                 # one buffer for the bucket, tensor i at element offs[i]
                 if kind == "tmp":
-                    flat = torch.empty(int(self.offs[-1]), dtype=self.compute)
+                    narrow = what.index in self.prog.aliases.values()
+                    flat = torch.empty(int(self.offs[-1]), dtype=torch.bfloat16 if narrow else self.compute)
                     shape = passes_batch.padded(self.prog.graph.shape, nt, self.prog.rank)
                     self.stacked[what.index] = flat.view(shape)
                 else:
@@ -193,6 +194,8 @@ class Runner:
                         self.sv[n.index] = self._scalar(n)
                         if n.index in prog.constant:
                             known[n.index] = self.sv[n.index]
+                elif n.index in prog.aliases:  # written by the last pass (passes._narrowed)
+                    self.stacked[n.index] = self.stacked[prog.aliases[n.index]]
                 else:
                     value = self._batched(n)
                     if value is not None:
