@@ -128,6 +128,16 @@ def test_two_levels_of_reductions_make_two_passes():
     assert [x[0] for x in ada] == [2, 0] and "tbuf" in ada[1][1]
     muon = cut(optimlab.Muon([w]), (4, 3), {"momentum_buffer": "E"})
     assert muon[0][1].count("tmp") == 1 and "tbuf" in muon[1][1]
+    # the momentum is written in bfloat16 (it is only rounded there), and pass 1 reads the
+    # bfloat16 O itself (O.to(float32) is a widening: no float32 copy)
+    h = hyperparameters(optimlab.Muon([w]).param_groups[0])
+    h.grad_scale = None
+    prog = passes.trace_program(optimlab.Muon.rule,
+                                "update", h, (4, 3), torch.float32, {"momentum_buffer": "E"})
+    assert len(prog.aliases) == 1
+    [tbuf] = [b[1] for b in prog.passes[1].buffers if b[0] == "tbuf"]
+    assert tbuf.meta.dtype == torch.bfloat16
+    assert prog.passes[0].traffic[-1] == 2 and prog.passes[1].traffic[3] == 2  # bytes per element
 
 
 def test_prodigy_estimate_runs_as_one_pass(monkeypatch):
