@@ -10,9 +10,11 @@ module cuts that graph where a per-element value must be complete before the ste
   accumulated inside the pass that computes the value; what depends on it waits for the
   next pass (level = the pass of its argument + 1);
 * a per-element value a torch call needs (Muon's momentum before Newton-Schulz) is
-  written to a temporary in its pass; the call runs between passes, per tensor, as the
-  reference path runs it; its result (of the parameter's shape, or one number) is read by
-  the later passes;
+  written to a temporary in its pass; the call runs between passes, as the reference path
+  runs it, once on the bucket's stacked values where it has a batched form (Muon's
+  Newton-Schulz as bmm/baddbmm: :mod:`.passes_batch`), else per tensor; its result (of the
+  parameter's shape, or one number) is read by the later passes (calls that are per
+  element in disguise move into the passes: :mod:`.passes_rewrite`);
 * every pass recomputes the per-element values it needs from the inputs, which stay
   untouched until the last pass, which writes the parameter and the per-element state.
 
@@ -38,20 +40,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import _reduce
 from ..rules.base import estimate as _estimate
 from ..rules.base import update
-from . import build, passes_batch
+from . import build, passes_batch, passes_rewrite
 from .passes_codegen import chunk_size, generate
 from .passes_eval import Runner
-from .passes_trace import REDUCTIONS, PassGraph, PassSym, _to, tbuf_dtype
+from .passes_trace import REDUCTIONS, PassGraph, PassSym, tbuf_dtype
 from .plan import addressable, hkey
 from .trace import Sym, TraceError, _sym_hyperparameters, live
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
            torch.float16: "float16"}
-_DEMOTABLE = {"add", "sub", "mul", "div", "pow", "neg", "sqrt", "abs", "max", "min", "sign",
-              "clamp_min", "clamp_max"}
 _programs: dict = {}
 _warned: set = set()
 
@@ -89,36 +88,6 @@ class Program:
     aliases: dict = None
     constant: set = None
     constants: tuple = (None, {})
-
-
-def _widening(n, graph) -> bool:
-    """``n`` converts a torch value of the parameter's shape to the compute type exactly."""
-    return (n.op == "call" and n.fn[0] is _to and len(n.args) == 1 and n.args[0].kind == "T"
-            and n.meta.dtype == graph.compute and tuple(n.meta.shape) == graph.shape
-            and tbuf_dtype(n.args[0].meta.dtype, graph.compute) == n.args[0].meta.dtype)
-
-
-def _demote(graph: PassGraph, roots: dict) -> None:
-    """Torch arithmetic on values of the parameter's shape whose every use is per element
-    (Muon's ``lr * ratio * O``, Adafactor's ``R C^T / mean(R)``) moves into the passes; so
-    does a widening conversion (Muon's bfloat16 ``O.to(float32)``): the pass loads the
-    narrower value (a float32 rounding of it is the identity)."""
-    users: dict = {}
-    for n in graph.nodes:
-        for a in n.args:
-            users.setdefault(a.index, []).append(n)
-    stored = {n.index for n in roots.values()}
-    for n in reversed(graph.nodes):
-        if (n.kind == "T" and n.op in _DEMOTABLE and tuple(n.meta.shape) == graph.shape
-                and n.meta.dtype == graph.compute
-                and all(a.kind != "T" or tuple(a.meta.shape) == graph.shape or a.meta.numel() == 1
-                        for a in n.args)
-                and (users.get(n.index) or n.index in stored)
-                and all(u.kind == "E" for u in users.get(n.index, []))):
-            n.kind, n.scalar = "E", False
-        elif (n.kind == "T" and _widening(n, graph) and (users.get(n.index) or n.index in stored)
-                and all(u.kind == "E" for u in users.get(n.index, []))):
-            n.kind, n.scalar, n.op = "E", False, "float32"
 
 
 def _levels(graph: PassGraph, needed: set) -> dict:
@@ -181,14 +150,14 @@ def trace_program(rule, phase: str, h, shape, dtype: torch.dtype, layout: dict) 
             elem[key] = n
         else:
             tensor[key] = n
-    _demote(graph, elem)
+    passes_rewrite.demote(graph, elem)
     for key, n in elem.items():
         if n.kind != "E":
             raise TraceError(f"state {key!r} of the parameter's shape is not computed per element")
     roots = list(elem.values()) + list(tensor.values()) + list(scal.values()) + returns
     needed = live(roots)
     lvl = _levels(graph, needed)
-    aliases = _narrowed(graph, needed)
+    aliases = passes_rewrite.narrowed(graph, needed)
     passes = _cut(graph, needed, lvl, elem, dtype, set(aliases.values()))
     sin = [k for k in rule.scalars if any(n.op == "sin" and n.name == k and n.index in needed
                                           for n in graph.nodes)]
@@ -203,31 +172,6 @@ def trace_program(rule, phase: str, h, shape, dtype: torch.dtype, layout: dict) 
         if n.kind == "S" and n.op != "sin" and all(a.index in prog.constant for a in n.args):
             prog.constant.add(n.index)
     return prog
-
-
-def _narrowed(graph, needed) -> dict:
-    """Muon's ``low_precision(M)``: a per-element value whose every torch use is a rounding
-    to bfloat16 is written by its pass straight in bfloat16 (the store rounds as
-    ``Tensor.bfloat16()``, round to nearest even), and the rounding is that temporary.
-    float32 compute only (from double, torch rounds through float)."""
-    if graph.compute != torch.float32:
-        return {}
-    users: dict = {}
-    for n in graph.nodes:
-        if n.index in needed:
-            for a in n.args:
-                users.setdefault(a.index, []).append(n)
-
-    def rounding(u):
-        return u.kind == "T" and u.op == "call" and u.fn[0] is _reduce.low_precision and len(u.args) == 1
-
-    out = {}
-    for n in graph.nodes:
-        if n.index in needed and rounding(n) and n.args[0].kind == "E" and n.args[0].op != "ein":
-            a = n.args[0]
-            if all(u.kind == "E" or rounding(u) for u in users[a.index]):
-                out[n.index] = a.index
-    return out
 
 
 def _cut(graph, needed, lvl, elem, dtype, narrow=frozenset()) -> list:

@@ -1,9 +1,11 @@
 """Running a :class:`~.passes.Program` on the params of one bucket (same shape and dtype).
 
 Per level: the per-tensor scalars known by then are evaluated in double with NumPy (one
-value per tensor, as the reference path's Python floats), the torch calls are replayed per
-tensor on the values the reference path would give them, then the level's C pass runs
-over all tensors of the bucket. After the last pass: 0-dim state and state of another
+value per tensor, as the reference path's Python floats; those that depend on
+hyperparameters only are kept between steps), the torch calls are replayed on the values
+the reference path would give them (once for the whole bucket where the call has a batched
+form, :mod:`.passes_batch`; else per tensor), then the level's C pass runs over all
+tensors of the bucket. After the last pass: 0-dim state and state of another
 shape are written back, and the partial sums of an estimate are returned.
 """
 
@@ -194,7 +196,7 @@ class Runner:
                         self.sv[n.index] = self._scalar(n)
                         if n.index in prog.constant:
                             known[n.index] = self.sv[n.index]
-                elif n.index in prog.aliases:  # written by the last pass (passes._narrowed)
+                elif n.index in prog.aliases:  # written by the last pass (passes_rewrite.narrowed)
                     self.stacked[n.index] = self.stacked[prog.aliases[n.index]]
                 else:
                     value = self._batched(n)
