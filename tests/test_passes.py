@@ -10,6 +10,7 @@ reference takes norms in the tensor's dtype) and ``sqrt``'s last bit.
 
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -127,6 +128,16 @@ def test_two_levels_of_reductions_make_two_passes():
     assert [x[0] for x in ada] == [2, 0] and "tbuf" in ada[1][1]
     muon = cut(optimlab.Muon([w]), (4, 3), {"momentum_buffer": "E"})
     assert muon[0][1].count("tmp") == 1 and "tbuf" in muon[1][1]
+    # the momentum is written in bfloat16 (it is only rounded there), and pass 1 reads the
+    # bfloat16 O itself (O.to(float32) is a widening: no float32 copy)
+    h = hyperparameters(optimlab.Muon([w]).param_groups[0])
+    h.grad_scale = None
+    prog = passes.trace_program(optimlab.Muon.rule,
+                                "update", h, (4, 3), torch.float32, {"momentum_buffer": "E"})
+    assert len(prog.aliases) == 1
+    [tbuf] = [b[1] for b in prog.passes[1].buffers if b[0] == "tbuf"]
+    assert tbuf.meta.dtype == torch.bfloat16
+    assert prog.passes[0].traffic[-1] == 2 and prog.passes[1].traffic[3] == 2  # bytes per element
 
 
 def test_prodigy_estimate_runs_as_one_pass(monkeypatch):
@@ -160,3 +171,37 @@ def test_opting_out_takes_the_reference_path(flags, monkeypatch):
             del os.environ["OPTIMLAB_DISABLE_FUSED"]
     assert counter.runs == 0
     assert torch.equal(p, q)
+
+
+def test_bucket_sorting_kept_between_steps_is_redone_when_things_change(monkeypatch):
+    """The sorting of params into buckets is kept between steps; a grad the passes cannot
+    take (non-contiguous) sends the param to the reference path, a loaded state_dict's new
+    state tensors are the ones the passes update."""
+    counter = _Counter(monkeypatch)
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    v = w.detach().clone().requires_grad_()
+    ours, ref = optimlab.LARS([w], lr=0.1, momentum=0.9), optimlab.LARS([v], lr=0.1, momentum=0.9)
+
+    def step(g):
+        w.grad, v.grad = g, g.clone()
+        ours.step()
+        os.environ["OPTIMLAB_DISABLE_FUSED"] = "1"
+        try:
+            ref.step()
+        finally:
+            del os.environ["OPTIMLAB_DISABLE_FUSED"]
+
+    step(torch.randn(6, 4, generator=gen, dtype=torch.float64))
+    step(torch.randn(6, 4, generator=gen, dtype=torch.float64))
+    assert counter.runs == 2
+    step(torch.randn(4, 6, generator=gen, dtype=torch.float64).T)  # not contiguous
+    assert counter.runs == 2
+    step(torch.randn(6, 4, generator=gen, dtype=torch.float64))
+    assert counter.runs == 3
+    ours.load_state_dict(copy.deepcopy(ref.state_dict()))
+    buf = ours.state[w]["momentum_buffer"]
+    step(torch.randn(6, 4, generator=gen, dtype=torch.float64))
+    assert counter.runs == 4
+    torch.testing.assert_close(w, v, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(buf, ref.state[v]["momentum_buffer"], rtol=1e-12, atol=1e-14)

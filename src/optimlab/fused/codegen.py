@@ -101,9 +101,18 @@ def _expr(n: Node, ref, compute: str) -> str:
         # torch.clamp's halves: x is kept on ties (-0.0 stays) and when NaN
         "clamp_min": lambda: f"({a[0]} < {a[1]} ? {a[1]} : {a[0]})",
         "clamp_max": lambda: f"({a[0]} > {a[1]} ? {a[1]} : {a[0]})",
-        "where": lambda: f"({a[0]} != 0 ? {a[1]} : {a[2]})",
+        "where": lambda: f"({_condition(n.args[0], ref, a[0])} ? {a[1]} : {a[2]})",
         "float32": lambda: f"({compute})(float)({a[0]})",
     }[n.op]()
+
+
+def _condition(m: Node, ref, value: str) -> str:
+    """The test of a ``where``: a per-element comparison is tested as itself (a vector
+    compare feeding the blend), not as its 1/0 value compared with 0 again; the same
+    truth, so the same result."""
+    if m.op in MASKS and not m.scalar:
+        return f"({ref(m.args[0])} {MASKS[m.op]} {ref(m.args[1])})"
+    return f"{value} != 0"
 
 
 def _const(v: float) -> str:

@@ -10,9 +10,11 @@ module cuts that graph where a per-element value must be complete before the ste
   accumulated inside the pass that computes the value; what depends on it waits for the
   next pass (level = the pass of its argument + 1);
 * a per-element value a torch call needs (Muon's momentum before Newton-Schulz) is
-  written to a temporary in its pass; the call runs between passes, per tensor, as the
-  reference path runs it; its result (of the parameter's shape, or one number) is read by
-  the later passes;
+  written to a temporary in its pass; the call runs between passes, as the reference path
+  runs it, once on the bucket's stacked values where it has a batched form (Muon's
+  Newton-Schulz as bmm/baddbmm: :mod:`.passes_batch`), else per tensor; its result (of the
+  parameter's shape, or one number) is read by the later passes (calls that are per
+  element in disguise move into the passes: :mod:`.passes_rewrite`);
 * every pass recomputes the per-element values it needs from the inputs, which stay
   untouched until the last pass, which writes the parameter and the per-element state.
 
@@ -40,17 +42,15 @@ import torch
 
 from ..rules.base import estimate as _estimate
 from ..rules.base import update
-from . import build
+from . import build, passes_batch, passes_rewrite
 from .passes_codegen import chunk_size, generate
 from .passes_eval import Runner
-from .passes_trace import REDUCTIONS, PassGraph, PassSym
+from .passes_trace import REDUCTIONS, PassGraph, PassSym, tbuf_dtype
 from .plan import addressable, hkey
 from .trace import Sym, TraceError, _sym_hyperparameters, live
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
            torch.float16: "float16"}
-_DEMOTABLE = {"add", "sub", "mul", "div", "pow", "neg", "sqrt", "abs", "max", "min", "sign",
-              "clamp_min", "clamp_max"}
 _programs: dict = {}
 _warned: set = set()
 
@@ -79,24 +79,15 @@ class Program:
     scalar_outputs: dict
     returns: list  # estimate's partial sums
     sin: list  # 0-dim state keys read
-
-
-def _demote(graph: PassGraph, roots: dict) -> None:
-    """Torch arithmetic on values of the parameter's shape whose every use is per element
-    (Muon's ``lr * ratio * O``, Adafactor's ``R C^T / mean(R)``) moves into the passes."""
-    users: dict = {}
-    for n in graph.nodes:
-        for a in n.args:
-            users.setdefault(a.index, []).append(n)
-    stored = {n.index for n in roots.values()}
-    for n in reversed(graph.nodes):
-        if (n.kind == "T" and n.op in _DEMOTABLE and tuple(n.meta.shape) == graph.shape
-                and n.meta.dtype == graph.compute
-                and all(a.kind != "T" or tuple(a.meta.shape) == graph.shape or a.meta.numel() == 1
-                        for a in n.args)
-                and (users.get(n.index) or n.index in stored)
-                and all(u.kind == "E" for u in users.get(n.index, []))):
-            n.kind, n.scalar = "E", False
+    batch: dict  # T node -> its call on the bucket's values stacked (:mod:`.passes_batch`)
+    rank: int  # the rank batched values are padded to
+    #: per level, the S and T nodes evaluated before its pass; the S nodes that depend on
+    #: hyperparameters only, and their values for the last hyperparameters seen
+    schedule: list = None
+    #: low_precision T node -> its per-element argument, which the pass stores in bfloat16
+    aliases: dict = None
+    constant: set = None
+    constants: tuple = (None, {})
 
 
 def _levels(graph: PassGraph, needed: set) -> dict:
@@ -159,20 +150,31 @@ def trace_program(rule, phase: str, h, shape, dtype: torch.dtype, layout: dict) 
             elem[key] = n
         else:
             tensor[key] = n
-    _demote(graph, elem)
+    passes_rewrite.demote(graph, elem)
     for key, n in elem.items():
         if n.kind != "E":
             raise TraceError(f"state {key!r} of the parameter's shape is not computed per element")
     roots = list(elem.values()) + list(tensor.values()) + list(scal.values()) + returns
     needed = live(roots)
     lvl = _levels(graph, needed)
-    passes = _cut(graph, needed, lvl, elem, dtype)
+    aliases = passes_rewrite.narrowed(graph, needed)
+    passes = _cut(graph, needed, lvl, elem, dtype, set(aliases.values()))
     sin = [k for k in rule.scalars if any(n.op == "sin" and n.name == k and n.index in needed
                                           for n in graph.nodes)]
-    return Program(graph, hps, lvl, passes, elem, tensor, scal, returns, sin)
+    prog = Program(graph, hps, lvl, passes, elem, tensor, scal, returns, sin,
+                   passes_batch.plan(graph, needed, aliases), passes_batch.rank(graph, needed))
+    prog.aliases = aliases
+    nodes = [n for n in graph.nodes if n.index in lvl and n.op not in REDUCTIONS and n.kind != "E"]
+    prog.schedule = [[n for n in nodes if lvl[n.index] == level]
+                     for level in range(max(max(lvl.values(), default=0), len(passes) - 1) + 1)]
+    prog.constant = set()
+    for n in nodes:
+        if n.kind == "S" and n.op != "sin" and all(a.index in prog.constant for a in n.args):
+            prog.constant.add(n.index)
+    return prog
 
 
-def _cut(graph, needed, lvl, elem, dtype) -> list:
+def _cut(graph, needed, lvl, elem, dtype, narrow=frozenset()) -> list:
     nodes = [n for n in graph.nodes if n.index in needed]
     final = max((lvl[n.index] for n in nodes if n.kind == "E"), default=-1)
     if any(lvl[n.index] > final and any(a.op == "ein" for a in n.args) for n in nodes if n.kind == "T"):
@@ -188,11 +190,11 @@ def _cut(graph, needed, lvl, elem, dtype) -> list:
         if not roots:
             passes.append(None)
             continue
-        passes.append(_pass(graph, roots, reds, temps, stores, dtype))
+        passes.append(_pass(graph, roots, reds, temps, stores, dtype, narrow))
     return passes
 
 
-def _pass(graph, roots, reds, temps, stores, dtype) -> Pass:
+def _pass(graph, roots, reds, temps, stores, dtype, narrow=frozenset()) -> Pass:
     """The body of one pass: the E nodes ``roots`` need, stopping at S/T values and inputs."""
     body, seen, scalars, stack = [], set(), [], list(roots)
     while stack:
@@ -215,7 +217,7 @@ def _pass(graph, roots, reds, temps, stores, dtype) -> Pass:
         elif n.kind == "T" and tuple(n.meta.shape) == graph.shape and n.meta.numel() != 1:
             body.append(n)
             loads[n.index] = len(buffers)
-            buffers.append((("tbuf", n), compute))
+            buffers.append((("tbuf", n), _DTYPES[tbuf_dtype(n.meta.dtype, graph.compute)]))
         else:
             scalars.append(n)
     written = {}
@@ -223,7 +225,7 @@ def _pass(graph, roots, reds, temps, stores, dtype) -> Pass:
     for t in temps:
         written[len(buffers)] = True
         store_list.append((len(buffers), t))
-        buffers.append((("tmp", t), compute))
+        buffers.append((("tmp", t), "bfloat16" if t.index in narrow else compute))
     names = {b[0][1]: i for i, b in enumerate(buffers) if b[0][0] == "ein"}
     for name, n in stores:
         if name not in names:
@@ -325,14 +327,44 @@ def _bucket_key(optimizer, phase, h, hk, p, layout, kinds):
     return (shape, p.dtype, kinds if reads != "shape" else tuple(sorted(map(str, layout.items()))))
 
 
+def _grad_ok(p) -> bool:
+    g = p.grad
+    return (type(g) is torch.Tensor and g.dtype == p.dtype and g.shape == p.shape and _plain(g)
+            and g.is_contiguous())
+
+
+def _signature(optimizer, params) -> tuple:
+    """What the sorting of ``params`` into buckets depends on, cheap to compare: each param's
+    storage, dtype and shape, the identity of its state tensors, whether its grad is one the
+    passes take."""
+    state = optimizer.state
+    return tuple((p.data_ptr(), p.dtype, p.shape, _grad_ok(p),
+                  tuple(map(id, state[p].values())) if p in state else None) for p in params)
+
+
 def _buckets(optimizer, params, h, phase):
     """Params the passes take, grouped by program (shape as the rule reads it, dtype, state
-    layout); and the rest."""
+    layout); and the rest. Kept on the optimizer while the params, their storage, state
+    tensors, grads' eligibility and the hyperparameters' flags are the same (each step of a
+    training loop)."""
     if os.environ.get("OPTIMLAB_DISABLE_FUSED", "") not in ("", "0"):
         return {}, list(params)
+    hk = (hkey(h), _extra_key(h))
+    memo = optimizer.__dict__.setdefault("_passes_buckets", {})
+    key = (phase, hk, tuple(map(id, params)))
+    hit = memo.get(key)
+    if hit is not None and hit[0] == _signature(optimizer, params):
+        return hit[1], list(hit[2])
+    buckets, rest = _sort(optimizer, params, h, phase, hk)
+    if len(memo) > 64:
+        memo.clear()
+    memo[key] = (_signature(optimizer, params), buckets, list(rest))
+    return buckets, rest
+
+
+def _sort(optimizer, params, h, phase, hk):
     buckets, rest = {}, []
     fills = optimizer.rule.tensors(h)
-    hk = (hkey(h), _extra_key(h))
     for p in params:
         st = optimizer.init_state(p, h)
         if not _eligible(p, st):

@@ -1,9 +1,11 @@
 """Running a :class:`~.passes.Program` on the params of one bucket (same shape and dtype).
 
 Per level: the per-tensor scalars known by then are evaluated in double with NumPy (one
-value per tensor, as the reference path's Python floats), the torch calls are replayed per
-tensor on the values the reference path would give them, then the level's C pass runs
-over all tensors of the bucket. After the last pass: 0-dim state and state of another
+value per tensor, as the reference path's Python floats; those that depend on
+hyperparameters only are kept between steps), the torch calls are replayed on the values
+the reference path would give them (once for the whole bucket where the call has a batched
+form, :mod:`.passes_batch`; else per tensor), then the level's C pass runs over all
+tensors of the bucket. After the last pass: 0-dim state and state of another
 shape are written back, and the partial sums of an estimate are returned.
 """
 
@@ -14,8 +16,8 @@ import time
 import numpy as np
 import torch
 
-from . import build
-from .passes_trace import REDUCTIONS, call
+from . import build, passes_batch
+from .passes_trace import _call, call, tbuf_dtype
 
 
 def _sign(x):
@@ -49,7 +51,8 @@ class Runner:
         self.nt = len(params)
         self.sv: dict = {}  # S node -> float or (nt,) float64 array
         self.tv: dict = {}  # T node -> list of tensors (one per param)
-        self.temps: dict = {}  # E node written for a torch call -> list of tensors
+        #: T node, E input or E temporary -> the bucket's values stacked (see :mod:`.passes_batch`)
+        self.stacked: dict = {}
         self.hps = {name: (key, index) for name, key, index in prog.hps}
         self.offs = np.zeros(self.nt + 1, dtype=np.int64)
         self.offs[1:] = np.cumsum([p.numel() for p in params])
@@ -73,6 +76,12 @@ class Runner:
         with np.errstate(all="ignore"):
             return _NP[n.op](*(self.sv[a.index] for a in n.args))
 
+    def _item(self, a, i: int):
+        """The value of the T or E (not input) node ``a`` for tensor ``i``."""
+        if a.index in self.stacked:
+            return self.stacked[a.index][i].view(a.meta.shape if a.kind == "T" else self.prog.graph.shape)
+        return self.tv[a.index][i]
+
     def _tensor(self, n, i: int):
         if n.op == "tin":
             return self._input(n.name, i)
@@ -81,20 +90,51 @@ class Runner:
             if a.kind == "S":
                 v = self.sv[a.index]
                 values.append(float(v[i]) if isinstance(v, np.ndarray) else v)
-            elif a.kind == "T":
-                values.append(self.tv[a.index][i])
             elif a.op == "ein":
                 values.append(self._input(a.name, i))
             else:
-                values.append(self.temps[a.index][i])
+                values.append(self._item(a, i))
         return call(n, values)
+
+    def _batched(self, n):
+        """The call of ``n`` once on the stacked values, or None where it must run per tensor
+        (no batched form, or a per-tensor scalar argument that differs between tensors)."""
+        fn = self.prog.batch.get(n.index)
+        if fn is None:
+            return None
+        values = []
+        for a in n.args:
+            if a.kind == "S":
+                v = self.sv[a.index]
+                if isinstance(v, np.ndarray):
+                    bits = np.ascontiguousarray(v, dtype=np.float64).view(np.uint64)
+                    if not (bits == bits[0]).all():
+                        return None
+                    v = float(v[0])
+                values.append(v)
+            elif a.op == "ein":
+                if a.index not in self.stacked:
+                    shape = passes_batch.padded(self.prog.graph.shape, self.nt, self.prog.rank)
+                    self.stacked[a.index] = torch.stack(
+                        [self._input(a.name, i) for i in range(self.nt)]).view(shape)
+                values.append(self.stacked[a.index])
+            elif a.index in self.stacked:
+                values.append(self.stacked[a.index])
+            else:
+                return None
+        return _call(fn, values)
 
     def _per_tensor(self, n) -> np.ndarray:
         if n.kind == "S":
             return np.broadcast_to(np.asarray(self.sv[n.index], dtype=np.float64), (self.nt,))
+        if n.index in self.stacked:
+            return self.stacked[n.index].reshape(self.nt).double().numpy()
         return np.array([float(t) for t in self.tv[n.index]], dtype=np.float64)
 
     # ---- one pass
+    def _tbuf(self, n):
+        return tbuf_dtype(n.meta.dtype, self.compute)
+
     def _pass(self, ps) -> None:
         nt = self.nt
         bufs = np.zeros((max(len(ps.buffers), 1), nt), dtype=np.uint64)
@@ -103,16 +143,30 @@ class Runner:
             if kind == "ein":
                 ts = [p if what == "param" else p.grad if what == "grad" else st[what]
                       for p, st in zip(self.params, self.states)]
-            elif kind == "tbuf":
-                ts = [t.to(self.compute).contiguous() for t in self.tv[what.index]]
+            elif what.index in self.stacked or kind == "tmp":
+                # one buffer for the bucket, tensor i at element offs[i]
+                if kind == "tmp":
+                    narrow = what.index in self.prog.aliases.values()
+                    flat = torch.empty(int(self.offs[-1]), dtype=torch.bfloat16 if narrow else self.compute)
+                    shape = passes_batch.padded(self.prog.graph.shape, nt, self.prog.rank)
+                    self.stacked[what.index] = flat.view(shape)
+                else:
+                    flat = self.stacked[what.index].to(self._tbuf(what)).contiguous()
+                keep.append(flat)
+                bufs[b] = flat.data_ptr() + self.offs[:-1].astype(np.uint64) * flat.element_size()
+                continue
             else:
-                ts = [torch.empty(p.shape, dtype=self.compute) for p in self.params]
-                self.temps[what.index] = ts
+                ts = [t.to(self._tbuf(what)).contiguous() for t in self.tv[what.index]]
             keep.append(ts)
             bufs[b] = [t.data_ptr() for t in ts]
-        scratch = np.zeros((nt, max(len(ps.scalars), 1)), dtype=np.float64)
-        for j, n in enumerate(ps.scalars):
-            scratch[:, j] = self._per_tensor(n)
+        cols = [self.sv[n.index] if n.kind == "S" else self._per_tensor(n) for n in ps.scalars]
+        if all(not isinstance(c, np.ndarray) for c in cols):  # the same for every tensor
+            scratch = np.empty((nt, max(len(cols), 1)), dtype=np.float64)
+            scratch[:, :len(cols)] = cols
+        else:
+            scratch = np.zeros((nt, max(len(cols), 1)), dtype=np.float64)
+            for j, c in enumerate(cols):
+                scratch[:, j] = c
         total = int(self.offs[-1])
         chunk = self.chunk_size(total, self.nthreads)
         nslots = -(-total // chunk) + nt
@@ -128,16 +182,28 @@ class Runner:
 
     def run(self):
         prog = self.prog
-        nodes = [n for n in prog.graph.nodes if n.index in prog.level]
-        top = max(prog.level.values(), default=0)
-        for level in range(max(top, len(prog.passes) - 1) + 1):
-            for n in nodes:
-                if prog.level[n.index] != level or n.op in REDUCTIONS:
-                    continue
+        # the values of the scalars that depend on hyperparameters only, for these ones
+        key = tuple(self._scalar(n) for n in prog.graph.nodes if n.op == "hp" and n.index in prog.constant)
+        if prog.constants[0] != key:
+            prog.constants = (key, {})
+        known = prog.constants[1]
+        for level, todo in enumerate(prog.schedule):
+            for n in todo:
                 if n.kind == "S":
-                    self.sv[n.index] = self._scalar(n)
-                elif n.kind == "T":
-                    self.tv[n.index] = [self._tensor(n, i) for i in range(self.nt)]
+                    if n.index in known:
+                        self.sv[n.index] = known[n.index]
+                    else:
+                        self.sv[n.index] = self._scalar(n)
+                        if n.index in prog.constant:
+                            known[n.index] = self.sv[n.index]
+                elif n.index in prog.aliases:  # written by the last pass (passes_rewrite.narrowed)
+                    self.stacked[n.index] = self.stacked[prog.aliases[n.index]]
+                else:
+                    value = self._batched(n)
+                    if value is not None:
+                        self.stacked[n.index] = value
+                    else:
+                        self.tv[n.index] = [self._tensor(n, i) for i in range(self.nt)]
             if level < len(prog.passes) and prog.passes[level] is not None:
                 self._pass(prog.passes[level])
         if prog.elem_outputs:
@@ -146,6 +212,6 @@ class Runner:
             for st, v in zip(self.states, self._per_tensor(n)):
                 st[key].fill_(float(v))
         for key, n in prog.tensor_outputs.items():
-            for st, t in zip(self.states, self.tv[n.index]):
-                st[key].copy_(t)
+            for i, st in enumerate(self.states):
+                st[key].copy_(self._item(n, i))
         return [self._per_tensor(n) for n in prog.returns]

@@ -49,6 +49,13 @@ def _to(x, dtype):
     return x.to(dtype)
 
 
+def tbuf_dtype(dtype: torch.dtype, compute: torch.dtype) -> torch.dtype:
+    """The storage type in which a pass reads a torch value: its own when no wider than the
+    compute type (the load widens it exactly), else the compute type."""
+    supported = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+    return dtype if dtype in supported and dtype.itemsize <= compute.itemsize else compute
+
+
 class Arg:
     """Placeholder for the i-th node argument inside a recorded call's arguments."""
 
