@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import optimlab
-from optimlab.fused import passes, passes_eval
+from optimlab.fused import passes, passes_eval, passes_torch
 from optimlab.registry import ENTRIES
 
 NAMES = ("lamb", "lars", "adafactor", "muon", "prodigy")
@@ -34,15 +34,21 @@ def _shapes(entry):
 
 
 class _Counter:
-    def __init__(self, monkeypatch):
+    """Counts the runs of the C passes' runner, or with ``backend="torch"`` (the C passes
+    switched off, as without a compiler) of :mod:`optimlab.fused.passes_torch`'s."""
+
+    def __init__(self, monkeypatch, backend="c"):
         self.runs = 0
-        original = passes_eval.Runner.run
+        cls = passes_eval.Runner if backend == "c" else passes_torch.TorchRunner
+        original = cls.run
+        if backend == "torch":
+            monkeypatch.setattr(passes, "compiled", False)
 
         def run(runner):
             self.runs += 1
             return original(runner)
 
-        monkeypatch.setattr(passes_eval.Runner, "run", run)
+        monkeypatch.setattr(cls, "run", run)
 
 
 def _pair(entry, variant, dtype, steps=STEPS, seed=0):
@@ -70,12 +76,14 @@ def _rel(x, y):
     return float((x - y).abs().max() / max(float(y.abs().max()), 1e-12))
 
 
+@pytest.mark.parametrize("backend", ["c", "torch"])
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("entry,variant", CASES)
-def test_passes_equal_reference_path(entry, variant, dtype, monkeypatch):
+def test_passes_equal_reference_path(entry, variant, dtype, backend, monkeypatch):
+    """The C passes and, without them, the same graph run by batched torch ops."""
     if entry.name == "prodigy" and dtype == torch.float16:
         pytest.skip("d0^2 g^2 (1e-12 g^2) underflows float16 state: NaN on both paths")
-    counter = _Counter(monkeypatch)
+    counter = _Counter(monkeypatch, backend)
     (a, ours), (b, ref) = _pair(entry, variant, dtype)
     assert counter.runs >= STEPS, "the passes did not run"
     tol = DTYPES[dtype] * (20 if entry.name == "muon" else 1)  # bfloat16 Newton-Schulz

@@ -33,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import os
 import warnings
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,16 +44,18 @@ from ..rules.base import update
 from . import build
 from .passes_codegen import chunk_size, generate
 from .passes_eval import Runner
-from .passes_trace import REDUCTIONS, PassGraph, PassSym
-from .plan import addressable, hkey
+from .passes_torch import TorchRunner
+from .passes_trace import REDUCTIONS, PassGraph, PassSym, _demote, _levels
+from .passes_select import _eligible, _grads_fit
+from .plan import hkey
 from .trace import Sym, TraceError, _sym_hyperparameters, live
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
            torch.float16: "float16"}
-_DEMOTABLE = {"add", "sub", "mul", "div", "pow", "neg", "sqrt", "abs", "max", "min", "sign",
-              "clamp_min", "clamp_max"}
 _programs: dict = {}
 _warned: set = set()
+#: False: never the C passes, always :mod:`.passes_torch` (tests; a build error does the same)
+compiled = True
 
 
 @dataclass
@@ -81,43 +84,10 @@ class Program:
     sin: list  # 0-dim state keys read
 
 
-def _demote(graph: PassGraph, roots: dict) -> None:
-    """Torch arithmetic on values of the parameter's shape whose every use is per element
-    (Muon's ``lr * ratio * O``, Adafactor's ``R C^T / mean(R)``) moves into the passes."""
-    users: dict = {}
-    for n in graph.nodes:
-        for a in n.args:
-            users.setdefault(a.index, []).append(n)
-    stored = {n.index for n in roots.values()}
-    for n in reversed(graph.nodes):
-        if (n.kind == "T" and n.op in _DEMOTABLE and tuple(n.meta.shape) == graph.shape
-                and n.meta.dtype == graph.compute
-                and all(a.kind != "T" or tuple(a.meta.shape) == graph.shape or a.meta.numel() == 1
-                        for a in n.args)
-                and (users.get(n.index) or n.index in stored)
-                and all(u.kind == "E" for u in users.get(n.index, []))):
-            n.kind, n.scalar = "E", False
-
-
-def _levels(graph: PassGraph, needed: set) -> dict:
-    """The pass in which each E node is computed / before which each S and T node is known."""
-    lvl: dict = {}
-    for n in graph.nodes:
-        if n.index not in needed:
-            continue
-        if n.op in REDUCTIONS:
-            lvl[n.index] = max(lvl[a.index] for a in n.args) + 1
-        elif n.kind == "T":
-            lvl[n.index] = max((0 if a.op == "ein" else lvl[a.index] + 1) if a.kind == "E" else lvl[a.index]
-                               for a in n.args) if n.args else 0
-        else:
-            lvl[n.index] = max((lvl[a.index] for a in n.args), default=0)
-    return lvl
-
-
-def trace_program(rule, phase: str, h, shape, dtype: torch.dtype, layout: dict) -> Program:
+def trace_program(rule, phase: str, h, shape, dtype: torch.dtype, layout: dict, cut: bool = True) -> Program:
     """Trace ``rule`` (``phase`` 'update' or 'estimate') for one parameter shape and dtype;
-    ``layout``: state key -> 'E' (the parameter's shape), 'T' (another), None (absent)."""
+    ``layout``: state key -> 'E' (the parameter's shape), 'T' (another), None (absent).
+    ``cut=False``: no C passes (``passes`` is empty), for :mod:`.passes_torch`."""
     compute = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
     graph = PassGraph(shape, compute)
     hps: list = []
@@ -166,7 +136,7 @@ def trace_program(rule, phase: str, h, shape, dtype: torch.dtype, layout: dict) 
     roots = list(elem.values()) + list(tensor.values()) + list(scal.values()) + returns
     needed = live(roots)
     lvl = _levels(graph, needed)
-    passes = _cut(graph, needed, lvl, elem, dtype)
+    passes = _cut(graph, needed, lvl, elem, dtype) if cut else []
     sin = [k for k in rule.scalars if any(n.op == "sin" and n.name == k and n.index in needed
                                           for n in graph.nodes)]
     return Program(graph, hps, lvl, passes, elem, tensor, scal, returns, sin)
@@ -273,7 +243,7 @@ def program(key, h) -> Program | None:
 
 def _traced(key, rule, phase, h, shape, dtype, layout) -> Program:
     try:
-        prog = trace_program(rule, phase, h, shape, dtype, layout)
+        prog = trace_program(rule, phase, h, shape, dtype, layout, cut=key[-1] != "torch")
     except (TraceError, build.BuildError) as e:
         _programs.setdefault(key, []).append(e)
         raise
@@ -286,29 +256,10 @@ def _hp(h, key, index):
     return float(v if index is None else v[index])
 
 
-def _plain(t) -> bool:
-    """A CPU tensor whose elements the passes may address: the cheap check for torch's own
-    tensor types (their strided storage holds them), :func:`.plan.addressable` otherwise."""
-    if type(t) in (torch.Tensor, torch.nn.Parameter):
-        return t.is_cpu and t.layout == torch.strided and (t.numel() == 0 or t.data_ptr() != 0)
-    return addressable(t)
-
-
-def _eligible(p, st) -> bool:
-    g = p.grad
-    if (p.dtype not in _DTYPES or not _plain(p) or not p.is_contiguous() or type(g) is not torch.Tensor
-            or g.dtype != p.dtype or g.shape != p.shape or not _plain(g) or not g.is_contiguous()):
-        return False
-    for v in st.values():
-        if not isinstance(v, torch.Tensor) or not _plain(v):
-            return False
-        if v.shape == p.shape and (v.dtype != p.dtype or not v.is_contiguous()):
-            return False
-    return True
-
-
 #: what a program read of the shape, per key without the shape (see PassGraph.reads)
 _reads: dict = {}
+#: optimizer -> {(phase, param ids): (key, params taken, buckets, rest)} (see :func:`_buckets`)
+_memo: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _bucket_key(optimizer, phase, h, hk, p, layout, kinds):
@@ -317,7 +268,7 @@ def _bucket_key(optimizer, phase, h, hk, p, layout, kinds):
     rule = optimizer.rule
     base = (rule.fn, phase) + hk + (p.dtype, kinds)
     if base not in _reads:
-        key = _key(rule, phase, hk, tuple(p.shape), p.dtype, layout)
+        key = _key(rule, phase, hk, tuple(p.shape), p.dtype, layout) + ("torch",)
         prog = program(key, h) or _traced(key, rule, phase, h, tuple(p.shape), p.dtype, layout)
         _reads[base] = prog.graph.reads
     reads = _reads[base]
@@ -327,12 +278,25 @@ def _bucket_key(optimizer, phase, h, hk, p, layout, kinds):
 
 def _buckets(optimizer, params, h, phase):
     """Params the passes take, grouped by program (shape as the rule reads it, dtype, state
-    layout); and the rest."""
+    layout); and the rest. Memoised per optimizer while the params, the state and the flag
+    pattern stay (the grads are checked at every step)."""
     if os.environ.get("OPTIMLAB_DISABLE_FUSED", "") not in ("", "0"):
         return {}, list(params)
+    hk = (hkey(h), _extra_key(h))
+    which = (phase, tuple(map(id, params)))
+    memos = _memo.setdefault(optimizer, {})
+    memo = memos.get(which)
+    if memo is not None and memo[0] == (hk, id(optimizer.state), len(optimizer.state)) and _grads_fit(memo[1]):
+        return memo[2], list(memo[3])
+    buckets, rest = _grouped(optimizer, params, h, phase, hk)
+    taken = [p for _, ps in buckets.values() for p in ps]
+    memos[which] = ((hk, id(optimizer.state), len(optimizer.state)), taken, buckets, rest)
+    return buckets, rest
+
+
+def _grouped(optimizer, params, h, phase, hk):
     buckets, rest = {}, []
     fills = optimizer.rule.tensors(h)
-    hk = (hkey(h), _extra_key(h))
     for p in params:
         st = optimizer.init_state(p, h)
         if not _eligible(p, st):
@@ -355,8 +319,8 @@ def _buckets(optimizer, params, h, phase):
     return buckets, rest
 
 
-def _warn(optimizer, e) -> None:
-    message = f"optimlab: no generated passes for {type(optimizer).__name__} ({e}); using the reference path"
+def _warn(optimizer, e, fallback="the reference path") -> None:
+    message = f"optimlab: no generated passes for {type(optimizer).__name__} ({e}); using {fallback}"
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, RuntimeWarning, stacklevel=5)
@@ -368,15 +332,28 @@ def _run(optimizer, params, h, phase):
     sums = []
     hk = (hkey(h), _extra_key(h)) if buckets else None
     for (shape, dtype, _), (layout, ps) in buckets.items():
+        key = _key(optimizer.rule, phase, hk, shape, dtype, layout)
         try:
-            key = _key(optimizer.rule, phase, hk, shape, dtype, layout)
+            if not compiled:
+                raise build.BuildError("compiled passes switched off")
             prog = program(key, h) or _traced(
                 key, optimizer.rule, phase, h, tuple(ps[0].shape), dtype, layout)
-        except (TraceError, build.BuildError) as e:
+            out = Runner(prog, optimizer, ps, h, torch.get_num_threads(), chunk_size).run()
+        except build.BuildError as e:  # no C compiler: the same graph, run by torch
+            if compiled:
+                _warn(optimizer, e, "the multi-tensor path")
+            try:
+                prog = program(key + ("torch",), h) or _traced(
+                    key + ("torch",), optimizer.rule, phase, h, tuple(ps[0].shape), dtype, layout)
+            except TraceError as e:
+                _warn(optimizer, e)
+                rest.extend(ps)
+                continue
+            out = TorchRunner(prog, optimizer, ps, h).run()
+        except TraceError as e:
             _warn(optimizer, e)
             rest.extend(ps)
             continue
-        out = Runner(prog, optimizer, ps, h, torch.get_num_threads(), chunk_size).run()
         if phase == "estimate":
             sums.append(out)
     return rest, sums
