@@ -14,7 +14,8 @@ leading dimension (a view when there is one param, no copy):
   negative dimension (Adafactor's row and column means and their outer product: one call
   each for the group), else once per tensor, as the reference path does;
 * ``S`` nodes (one number per tensor) are evaluated in double with NumPy; whole-tensor sums
-  (``norm``, ``sum_``, ``dot``) are one batched reduction in double.
+  (``norm``, ``sum_``, ``dot``) are one batched reduction in the compute dtype (as the
+  reference path takes them; torch's double-accumulating forms are several times slower).
 
 The outputs (parameter, state of any shape, 0-dim state) are written back after the whole
 graph is evaluated, so every value reads the inputs of this step, as in the passes.
@@ -40,6 +41,8 @@ _OUT = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, 
         "min": torch.minimum, "sign": torch.sign, "clamp_min": torch.clamp_min,
         "clamp_max": torch.clamp_max, "where": torch.where, "and": torch.logical_and,
         **{op: getattr(torch, op) for op in ("gt", "ge", "lt", "le", "eq", "ne")}}
+#: params of this many elements or more are evaluated one by one (views, no stacking)
+GROUP_NUMEL = 1 << 16
 _MASKS = {"and", "gt", "ge", "lt", "le", "eq", "ne"}
 #: optimizer -> {(program, shape, number of params): {(shape, dtype): [buffers]}}
 _workspaces: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -60,8 +63,9 @@ class TorchRunner:
 
     def run(self):
         groups: dict = {}
-        for p in self.params:
-            groups.setdefault(tuple(p.shape), []).append(p)
+        for p in self.params:  # large params alone: stacking them would cost a copy each
+            key = tuple(p.shape) if p.numel() < GROUP_NUMEL else (tuple(p.shape), id(p))
+            groups.setdefault(key, []).append(p)
         out = [_Group(self, ps).run() for ps in groups.values()]
         return [np.concatenate([o[i] for o in out]) for i in range(len(self.prog.returns))]
 
@@ -192,29 +196,63 @@ class _Group:
         for i in range(first, len(values)):
             if not isinstance(values[i], torch.Tensor) and (i == first or n.op in ("where", "max", "min")):
                 values[i] = torch.tensor(values[i], dtype=self.compute)
-        out = self._buffer(n, torch.bool if n.op in _MASKS else self.compute)
+        dtype = torch.bool if n.op in _MASKS else self.compute
+        out = self.direct.get(n.index)
+        if out is None:
+            out = self._reused(n, dtype)
+        if out is None:
+            out = self._buffer(n, dtype)
         if n.op == "where" and isinstance(values[0], bool):  # one condition for the group
             return out.copy_(values[1] if values[0] else values[2])
         return _OUT[n.op](*values, out=out)
 
+    def _reused(self, n, dtype):
+        """The buffer of an argument whose last use is ``n`` (the operation runs in place)."""
+        for a in n.args:
+            buf = self.owned.get(a.index)
+            if buf is not None and self.last.get(a.index) == n.index and buf.dtype == dtype:
+                del self.owned[a.index]
+                self.owned[n.index] = buf
+                return buf
+        return None
+
+    def _direct(self) -> dict:
+        """Outputs computed straight into their destination (one param of the compute dtype):
+        {node index: the destination as a (1, ...) view}, where nothing reads the old
+        value after the output's node."""
+        if self.nt != 1:
+            return {}
+        out, inputs = {}, {n.name: n for n in self.prog.graph.nodes if n.op == "ein"}
+        for key, n in self.prog.elem_outputs.items():
+            t = self._tensors(key)[0]
+            old = inputs.get(key)
+            if (n.op == "ein" or n.index in out or t.dtype != self.compute or not t.is_contiguous()
+                    or (old is not None and old.index in self.last and (self.last[old.index] or 0) > n.index)):
+                continue
+            out[n.index] = t.unsqueeze(0)
+        return out
+
     def _reduction(self, n):
+        """A whole-tensor sum per param, taken in the compute dtype as the reference path
+        takes it (``vector_norm``, ``sum``, ``dot``), then carried in double."""
         x = [self.v[a.index].reshape(self.nt, -1) for a in n.args]
         if n.op == "red_sumsq":
-            r = torch.linalg.vector_norm(x[0], dim=1, dtype=torch.float64).square()
+            r = torch.linalg.vector_norm(x[0], dim=1).to(torch.float64).square()
         elif n.op == "red_sum":
-            r = x[0].sum(dim=1, dtype=torch.float64)
+            r = x[0].sum(dim=1).to(torch.float64)
         else:
-            r = (x[0].to(torch.float64) * x[1].to(torch.float64)).sum(dim=1)
+            r = torch.linalg.vecdot(x[0], x[1], dim=1).to(torch.float64)
         return r.numpy()
 
     # ---- the step
     def run(self):
         prog = self.prog
-        last = {}
+        last = self.last = {}  # node index -> the last node that reads it (None: an output)
         for n in prog.graph.nodes:
             if n.index in prog.level:
                 for a in n.args:
                     last[a.index] = n.index
+        self.direct = self._direct()
         for n in (list(prog.elem_outputs.values()) + list(prog.tensor_outputs.values())
                   + list(prog.scalar_outputs.values()) + list(prog.returns)):
             last[n.index] = None  # kept to the end
@@ -236,7 +274,8 @@ class _Group:
                         self.free[(tuple(buf.shape), buf.dtype)].append(buf)
             outputs = []
             for key, n in list(prog.elem_outputs.items()) + list(prog.tensor_outputs.items()):
-                outputs.append((self._tensors(key), self.v[n.index]))
+                if n.index not in self.direct:
+                    outputs.append((self._tensors(key), self.v[n.index]))
             for key, n in prog.scalar_outputs.items():
                 v = np.broadcast_to(np.asarray(self.v[n.index], dtype=np.float64), (self.nt,))
                 outputs.append(([st[key] for st in self.states], torch.from_numpy(np.array(v))))
