@@ -185,9 +185,32 @@ class _Group:
             outs.append(call(n, values))
         return torch.stack(outs)
 
+    def _scaled(self, n):
+        """``x + s * y`` / ``x - s * y`` whose product is read only here and whose ``s`` is
+        one number for the group: (x, y, s) for torch's ``add``/``sub`` with ``alpha``
+        (one pass fewer: the product is not stored)."""
+        if n.op not in ("add", "sub") or self.nt != 1:
+            return None
+        x, m = n.args
+        if m.op != "mul" or m.index not in self.deferred or x.kind != "E":
+            return None
+        s, y = m.args if m.args[0].kind == "S" else m.args[::-1]
+        return self.v[x.index], self.v[y.index], float(np.asarray(self.v[s.index]).reshape(-1)[0])
+
     def _element(self, n):
         if n.op == "ein":
             return self._stack(self._tensors(n.name), n)
+        if n.index in self.deferred:  # evaluated with its user (see _scaled)
+            return None
+        scaled = self._scaled(n)
+        if scaled is not None:
+            x, y, alpha = scaled
+            out = self.direct.get(n.index)
+            if out is None:
+                out = self._reused(n, self.compute)
+            if out is None:
+                out = self._buffer(n, self.compute)
+            return _OUT[n.op](x, y, alpha=alpha, out=out)
         if n.op == "float32":
             return self.v[n.args[0].index].to(torch.float32).to(self.compute)
         mask = {0} if n.op == "where" else {0, 1} if n.op == "and" else set()
@@ -253,6 +276,17 @@ class _Group:
                 for a in n.args:
                     last[a.index] = n.index
         self.direct = self._direct()
+        self.deferred = set()  # products read once, by an add/sub with alpha (see _scaled)
+        if self.nt == 1:
+            for n in prog.graph.nodes:
+                if n.index in prog.level and n.op in ("add", "sub") and n.args[1].op == "mul":
+                    m = n.args[1]
+                    if (last.get(m.index) == n.index and n.args[0].kind == "E"
+                            and sorted(a.kind for a in m.args) == ["E", "S"]):
+                        self.deferred.add(m.index)
+                        for a in m.args:  # read at n, not at m
+                            if last.get(a.index) == m.index:
+                                last[a.index] = n.index
         for n in (list(prog.elem_outputs.values()) + list(prog.tensor_outputs.values())
                   + list(prog.scalar_outputs.values()) + list(prog.returns)):
             last[n.index] = None  # kept to the end
