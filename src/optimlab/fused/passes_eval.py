@@ -54,6 +54,7 @@ class Runner:
         self.offs = np.zeros(self.nt + 1, dtype=np.int64)
         self.offs[1:] = np.cumsum([p.numel() for p in params])
         self.compute = prog.graph.compute
+        self.optimizer, self.group = optimizer, None  # see _batched
 
     # ---- values as the reference path sees them
     def _input(self, name: str, i: int):
@@ -70,8 +71,7 @@ class Runner:
             return float(v if index is None else v[index])
         if n.op == "sin":
             return np.array([st[n.name].item() for st in self.states], dtype=np.float64)
-        with np.errstate(all="ignore"):
-            return _NP[n.op](*(self.sv[a.index] for a in n.args))
+        return _NP[n.op](*(self.sv[a.index] for a in n.args))  # under run()'s np.errstate
 
     def _tensor(self, n, i: int):
         if n.op == "tin":
@@ -88,6 +88,28 @@ class Runner:
             else:
                 values.append(self.temps[a.index][i])
         return call(n, values)
+
+    def _batched(self, n) -> list:
+        """A torch value for every param of the bucket (all of one shape: a trace with torch
+        values reads the shape), computed on the params stacked by :mod:`.passes_torch`:
+        one call for the bucket where the call allows it (Adafactor's row and column means,
+        their outer product), else per tensor."""
+        if self.group is None:
+            from .passes_torch import TorchRunner, _Group
+
+            self.group = _Group(TorchRunner(self.prog, self.optimizer, self.params, self.h), self.params)
+        group = self.group
+        for a in n.args:
+            if a.index in group.v:
+                continue
+            if a.kind == "S":
+                group.v[a.index] = self.sv[a.index]
+            elif a.op == "ein":
+                group.v[a.index] = group._stack(group._tensors(a.name))
+            elif a.kind == "E":
+                group.v[a.index] = torch.stack(self.temps[a.index])
+        out = group.v[n.index] = group._torch_value(n)
+        return list(out.unbind(0))
 
     def _per_tensor(self, n) -> np.ndarray:
         if n.kind == "S":
@@ -127,6 +149,10 @@ class Runner:
             self.sv[n.index] = np.add.reduceat(red[r], starts) if total else np.zeros(nt)
 
     def run(self):
+        with np.errstate(all="ignore"):
+            return self._run()
+
+    def _run(self):
         prog = self.prog
         nodes = [n for n in prog.graph.nodes if n.index in prog.level]
         top = max(prog.level.values(), default=0)
@@ -137,7 +163,7 @@ class Runner:
                 if n.kind == "S":
                     self.sv[n.index] = self._scalar(n)
                 elif n.kind == "T":
-                    self.tv[n.index] = [self._tensor(n, i) for i in range(self.nt)]
+                    self.tv[n.index] = self._batched(n)
             if level < len(prog.passes) and prog.passes[level] is not None:
                 self._pass(prog.passes[level])
         if prog.elem_outputs:
@@ -146,6 +172,5 @@ class Runner:
             for st, v in zip(self.states, self._per_tensor(n)):
                 st[key].fill_(float(v))
         for key, n in prog.tensor_outputs.items():
-            for st, t in zip(self.states, self.tv[n.index]):
-                st[key].copy_(t)
+            torch._foreach_copy_([st[key] for st in self.states], self.tv[n.index])
         return [self._per_tensor(n) for n in prog.returns]

@@ -66,7 +66,8 @@ class TorchRunner:
         for p in self.params:  # large params alone: stacking them would cost a copy each
             key = tuple(p.shape) if p.numel() < GROUP_NUMEL else (tuple(p.shape), id(p))
             groups.setdefault(key, []).append(p)
-        out = [_Group(self, ps).run() for ps in groups.values()]
+        with np.errstate(all="ignore"):
+            out = [_Group(self, ps).run() for ps in groups.values()]
         return [np.concatenate([o[i] for o in out]) for i in range(len(self.prog.returns))]
 
 
@@ -126,8 +127,7 @@ class _Group:
             return float(v if index is None else v[index])
         if n.op == "sin":
             return torch.stack([st[n.name] for st in self.states]).to(torch.float64).reshape(-1).numpy()
-        with np.errstate(all="ignore"):
-            return _NP[n.op](*(self.v[a.index] for a in n.args))
+        return _NP[n.op](*(self.v[a.index] for a in n.args))  # under run()'s np.errstate
 
     # ---- stacked values
     def _rank(self, n) -> int:
