@@ -165,13 +165,33 @@ class _Group:
         dim = dict(kws).get("dim")
         return f in _ALONG_NEGATIVE_DIM and isinstance(dim, int) and dim < 0
 
+    def _mean_square(self, n):
+        """mean(x^2) along a dimension as a sum of squares: torch's contiguous reduction,
+        several times faster than the reference's ``norm(x, dim)^2`` along the rows of a
+        matrix (the same sum, rounded once more or less: ~1 ulp of the compute dtype)."""
+        x, dim = self.v[n.args[0].index], dict(n.fn[2])["dim"]
+        if tuple(x.shape[1:]) == tuple(self.params[0].shape) and x.dtype == self.compute:
+            sq = self._buffer(n, x.dtype)
+            torch.mul(x, x, out=sq)
+            del self.owned[n.index]
+            self.free[(tuple(sq.shape), sq.dtype)].append(sq)  # read below, free after
+        else:
+            sq = x * x
+        return sq.sum(dim=dim, keepdim=True).div_(x.size(dim))
+
     def _torch_value(self, n):
         if n.op == "tin":
             return self._stack(self._tensors(n.name))
         if self._stacked_call(n):
-            if n.fn[0] is operator.matmul and tuple(n.meta.shape) == tuple(self.params[0].shape):
-                a, b = (self.v[a.index] for a in n.args)  # Adafactor's R C^T: into a buffer
-                return torch.matmul(a, b, out=self._buffer(n, n.meta.dtype))
+            f, full = n.fn[0], tuple(n.meta.shape) == tuple(self.params[0].shape)
+            if f is operator.matmul and full:  # Adafactor's R C^T, into a buffer
+                a, b = (self.v[a.index] for a in n.args)
+                out = self._buffer(n, n.meta.dtype)
+                if a.shape[-1] == 1:  # an outer product: each element is one product
+                    return torch.mul(a, b, out=out)
+                return torch.matmul(a, b, out=out)
+            if f is _reduce.mean_square:
+                return self._mean_square(n)
             return self._elementwise(n, None, n.meta.dim())
         outs = []
         for i in range(self.nt):
