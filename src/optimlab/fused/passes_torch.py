@@ -138,6 +138,8 @@ class _Group:
         """``a``'s value as an operand of a per-tensor value of ``rank`` dimensions."""
         v = self.v[a.index]
         if a.kind == "S":
+            if isinstance(v, np.ndarray) and v.ndim and (v == v[0]).all():
+                v = v[0]  # one number for the group (a step count, a bias correction)
             if not isinstance(v, np.ndarray) or v.ndim == 0:
                 return bool(v) if mask else float(v)
             t = torch.from_numpy(np.ascontiguousarray(v))
