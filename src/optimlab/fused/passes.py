@@ -25,7 +25,9 @@ at once; the scalars between them are evaluated in double with NumPy, one value 
 Selection: the engine runs a whole-tensor rule here for params on CPU, float32/float64/
 bfloat16/float16, dense and contiguous with a grad of the same layout, unless ``fused=False``,
 ``foreach=True``, ``differentiable`` or ``OPTIMLAB_DISABLE_FUSED``; anything else, and any
-failure to trace or compile (warned once), takes the per-tensor reference path.
+failure to trace (warned once), takes the per-tensor reference path. Without a working C
+compiler (warned once) the same traced graph runs as batched torch operations on the
+bucket's params (:mod:`.passes_torch`: the multi-tensor path of these rules).
 """
 
 from __future__ import annotations
