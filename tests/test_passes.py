@@ -168,3 +168,33 @@ def test_opting_out_takes_the_reference_path(flags, monkeypatch):
             del os.environ["OPTIMLAB_DISABLE_FUSED"]
     assert counter.runs == 0
     assert torch.equal(p, q)
+
+
+def test_without_a_compiler_the_graph_runs_as_torch_operations(monkeypatch, tmp_path):
+    """No C compiler (``OPTIMLAB_CC`` pointing nowhere, an empty kernel cache): one warning,
+    then the same traced graph runs as batched torch operations, equal to the reference."""
+    monkeypatch.setenv("OPTIMLAB_CC", str(tmp_path / "no-cc"))
+    monkeypatch.setenv("OPTIMLAB_CACHE", str(tmp_path / "cache"))
+    counter = _Counter(monkeypatch, "torch")
+    monkeypatch.setattr(passes, "compiled", True)  # the build itself must fail
+    shapes = [(13, 11), (13, 11), (17,)]  # shapes no other test compiles passes for
+    gen = torch.Generator().manual_seed(3)
+    ours = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+    ref = [p.detach().clone().requires_grad_() for p in ours]
+    a, b = optimlab.Adafactor(ours), optimlab.Adafactor(ref)
+    with pytest.warns(RuntimeWarning, match="using the multi-tensor path"):
+        for _ in range(10):
+            for p, q in zip(ours, ref):
+                p.grad = torch.randn(p.shape, generator=gen)
+                q.grad = p.grad.clone()
+            a.step()
+            os.environ["OPTIMLAB_DISABLE_FUSED"] = "1"
+            try:
+                b.step()
+            finally:
+                del os.environ["OPTIMLAB_DISABLE_FUSED"]
+    assert counter.runs == 20  # a run per bucket and step: the two matrices, the vector
+    for p, q in zip(ours, ref):
+        assert _rel(p, q) <= DTYPES[torch.float32]
+        for key, v in a.state[p].items():
+            assert _rel(v, b.state[q][key]) <= DTYPES[torch.float32]
