@@ -5,7 +5,8 @@ temporary directory, as in a ``python:slim`` image: every step takes the multi-t
 path printed from the traced graph (:mod:`optimlab.fused.foreach`), or, for params of
 at least ``torch_kernels.MIN_NUMEL`` elements whose rule and flags torch ships as a fused
 CPU kernel (Adam, AdamW, SGD, Adagrad), that kernel (:mod:`optimlab.fused.torch_kernels`);
-Adafactor, not element-wise, runs its reference path. For every registry class with a
+Adafactor, not element-wise, runs its traced graph as batched torch operations
+(:mod:`optimlab.fused.passes_torch`). For every registry class with a
 torch.optim twin (``TORCH_ENTRIES``; default flags) on mixes A and C of ``step_speed.py``,
 one process times, interleaved on the same param/grad tensors, optimlab's default
 ``step()``, optimlab's per-tensor reference path (``foreach=False``, what ran before the
@@ -124,7 +125,7 @@ def write_section(path, lines, started, load, wall, notes=()) -> None:
                f"of 2^{foreach.CHUNK.bit_length() - 1} elements), or torch's fused CPU kernel for params of >= "
                f"{torch_kernels.MIN_NUMEL} elements where torch ships one for the rule (Adam, AdamW, SGD with "
                "momentum, Adagrad); Adafactor (not element-wise) runs its "
-               "reference path. Every class with a torch.optim twin, fp32 params, default "
+               "traced graph as batched torch operations (`fused/passes_torch.py`). Every class with a torch.optim twin, fp32 params, default "
                "flags. `optimlab reference` is the per-tensor path (`foreach=False`), what ran without a compiler "
                "before; `vs torch best` = fastest torch.optim implementation / optimlab (>1: optimlab faster).", "",
                HEADER, "|" + "---|" * (HEADER.count("|") - 1), *lines, "",

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import optimlab
-from optimlab.fused import passes, passes_eval
+from optimlab.fused import passes, passes_eval, passes_torch
 from optimlab.registry import ENTRIES
 
 NAMES = ("lamb", "lars", "adafactor", "muon", "prodigy")
@@ -35,15 +35,21 @@ def _shapes(entry):
 
 
 class _Counter:
-    def __init__(self, monkeypatch):
+    """Counts the runs of the C passes' runner, or with ``backend="torch"`` (the C passes
+    switched off, as without a compiler) of :mod:`optimlab.fused.passes_torch`'s."""
+
+    def __init__(self, monkeypatch, backend="c"):
         self.runs = 0
-        original = passes_eval.Runner.run
+        cls = passes_eval.Runner if backend == "c" else passes_torch.TorchRunner
+        original = cls.run
+        if backend == "torch":
+            monkeypatch.setattr(passes, "compiled", False)
 
         def run(runner):
             self.runs += 1
             return original(runner)
 
-        monkeypatch.setattr(passes_eval.Runner, "run", run)
+        monkeypatch.setattr(cls, "run", run)
 
 
 def _pair(entry, variant, dtype, steps=STEPS, seed=0):
@@ -71,12 +77,14 @@ def _rel(x, y):
     return float((x - y).abs().max() / max(float(y.abs().max()), 1e-12))
 
 
+@pytest.mark.parametrize("backend", ["c", "torch"])
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("entry,variant", CASES)
-def test_passes_equal_reference_path(entry, variant, dtype, monkeypatch):
+def test_passes_equal_reference_path(entry, variant, dtype, backend, monkeypatch):
+    """The C passes and, without them, the same graph run by batched torch ops."""
     if entry.name == "prodigy" and dtype == torch.float16:
         pytest.skip("d0^2 g^2 (1e-12 g^2) underflows float16 state: NaN on both paths")
-    counter = _Counter(monkeypatch)
+    counter = _Counter(monkeypatch, backend)
     (a, ours), (b, ref) = _pair(entry, variant, dtype)
     assert counter.runs >= STEPS, "the passes did not run"
     tol = DTYPES[dtype] * (20 if entry.name == "muon" else 1)  # bfloat16 Newton-Schulz
@@ -205,3 +213,33 @@ def test_bucket_sorting_kept_between_steps_is_redone_when_things_change(monkeypa
     assert counter.runs == 4
     torch.testing.assert_close(w, v, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(buf, ref.state[v]["momentum_buffer"], rtol=1e-12, atol=1e-14)
+
+
+def test_without_a_compiler_the_graph_runs_as_torch_operations(monkeypatch, tmp_path):
+    """No C compiler (``OPTIMLAB_CC`` pointing nowhere, an empty kernel cache): one warning,
+    then the same traced graph runs as batched torch operations, equal to the reference."""
+    monkeypatch.setenv("OPTIMLAB_CC", str(tmp_path / "no-cc"))
+    monkeypatch.setenv("OPTIMLAB_CACHE", str(tmp_path / "cache"))
+    counter = _Counter(monkeypatch, "torch")
+    monkeypatch.setattr(passes, "compiled", True)  # the build itself must fail
+    shapes = [(13, 11), (13, 11), (17,)]  # shapes no other test compiles passes for
+    gen = torch.Generator().manual_seed(3)
+    ours = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+    ref = [p.detach().clone().requires_grad_() for p in ours]
+    a, b = optimlab.Adafactor(ours), optimlab.Adafactor(ref)
+    with pytest.warns(RuntimeWarning, match="using the multi-tensor path"):
+        for _ in range(10):
+            for p, q in zip(ours, ref):
+                p.grad = torch.randn(p.shape, generator=gen)
+                q.grad = p.grad.clone()
+            a.step()
+            os.environ["OPTIMLAB_DISABLE_FUSED"] = "1"
+            try:
+                b.step()
+            finally:
+                del os.environ["OPTIMLAB_DISABLE_FUSED"]
+    assert counter.runs == 20  # a run per bucket and step: the two matrices, the vector
+    for p, q in zip(ours, ref):
+        assert _rel(p, q) <= DTYPES[torch.float32]
+        for key, v in a.state[p].items():
+            assert _rel(v, b.state[q][key]) <= DTYPES[torch.float32]

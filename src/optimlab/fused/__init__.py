@@ -29,7 +29,8 @@ updated as real views.
 
 Rules with reductions (LAMB, LARS, Adafactor, Muon, Prodigy's estimate) have no one-pass
 kernel: :mod:`.passes` cuts the same traced rule into generated passes around its
-reductions and matrix products.
+reductions and matrix products; without a compiler :mod:`.passes_torch` runs that graph
+with batched torch operations (params of one shape stacked, one call per node).
 
 Selection
 ---------

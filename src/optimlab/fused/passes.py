@@ -27,7 +27,9 @@ at once; the scalars between them are evaluated in double with NumPy, one value 
 Selection: the engine runs a whole-tensor rule here for params on CPU, float32/float64/
 bfloat16/float16, dense and contiguous with a grad of the same layout, unless ``fused=False``,
 ``foreach=True``, ``differentiable`` or ``OPTIMLAB_DISABLE_FUSED``; anything else, and any
-failure to trace or compile (warned once), takes the per-tensor reference path.
+failure to trace (warned once), takes the per-tensor reference path. Without a working C
+compiler (warned once) the same traced graph runs as batched torch operations on the
+bucket's params (:mod:`.passes_torch`: the multi-tensor path of these rules).
 """
 
 from __future__ import annotations
@@ -45,14 +47,18 @@ from ..rules.base import update
 from . import build, passes_batch, passes_rewrite
 from .passes_codegen import chunk_size, generate
 from .passes_eval import Runner
-from .passes_trace import REDUCTIONS, PassGraph, PassSym, tbuf_dtype
-from .plan import addressable, hkey
+from .passes_select import _eligible, _plain
+from .passes_torch import TorchRunner
+from .passes_trace import REDUCTIONS, PassGraph, PassSym, _levels, tbuf_dtype
+from .plan import hkey
 from .trace import Sym, TraceError, _sym_hyperparameters, live
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
            torch.float16: "float16"}
 _programs: dict = {}
 _warned: set = set()
+#: False: never the C passes, always :mod:`.passes_torch` (tests; a build error does the same)
+compiled = True
 
 
 @dataclass
@@ -90,25 +96,11 @@ class Program:
     constants: tuple = (None, {})
 
 
-def _levels(graph: PassGraph, needed: set) -> dict:
-    """The pass in which each E node is computed / before which each S and T node is known."""
-    lvl: dict = {}
-    for n in graph.nodes:
-        if n.index not in needed:
-            continue
-        if n.op in REDUCTIONS:
-            lvl[n.index] = max(lvl[a.index] for a in n.args) + 1
-        elif n.kind == "T":
-            lvl[n.index] = max((0 if a.op == "ein" else lvl[a.index] + 1) if a.kind == "E" else lvl[a.index]
-                               for a in n.args) if n.args else 0
-        else:
-            lvl[n.index] = max((lvl[a.index] for a in n.args), default=0)
-    return lvl
 
-
-def trace_program(rule, phase: str, h, shape, dtype: torch.dtype, layout: dict) -> Program:
+def trace_program(rule, phase: str, h, shape, dtype: torch.dtype, layout: dict, cut: bool = True) -> Program:
     """Trace ``rule`` (``phase`` 'update' or 'estimate') for one parameter shape and dtype;
-    ``layout``: state key -> 'E' (the parameter's shape), 'T' (another), None (absent)."""
+    ``layout``: state key -> 'E' (the parameter's shape), 'T' (another), None (absent).
+    ``cut=False``: no C passes (``passes`` is empty), for :mod:`.passes_torch`."""
     compute = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
     graph = PassGraph(shape, compute)
     hps: list = []
@@ -158,7 +150,7 @@ def trace_program(rule, phase: str, h, shape, dtype: torch.dtype, layout: dict) 
     needed = live(roots)
     lvl = _levels(graph, needed)
     aliases = passes_rewrite.narrowed(graph, needed)
-    passes = _cut(graph, needed, lvl, elem, dtype, set(aliases.values()))
+    passes = _cut(graph, needed, lvl, elem, dtype, set(aliases.values())) if cut else []
     sin = [k for k in rule.scalars if any(n.op == "sin" and n.name == k and n.index in needed
                                           for n in graph.nodes)]
     prog = Program(graph, hps, lvl, passes, elem, tensor, scal, returns, sin,
@@ -275,7 +267,7 @@ def program(key, h) -> Program | None:
 
 def _traced(key, rule, phase, h, shape, dtype, layout) -> Program:
     try:
-        prog = trace_program(rule, phase, h, shape, dtype, layout)
+        prog = trace_program(rule, phase, h, shape, dtype, layout, cut=key[-1] != "torch")
     except (TraceError, build.BuildError) as e:
         _programs.setdefault(key, []).append(e)
         raise
@@ -288,27 +280,6 @@ def _hp(h, key, index):
     return float(v if index is None else v[index])
 
 
-def _plain(t) -> bool:
-    """A CPU tensor whose elements the passes may address: the cheap check for torch's own
-    tensor types (their strided storage holds them), :func:`.plan.addressable` otherwise."""
-    if type(t) in (torch.Tensor, torch.nn.Parameter):
-        return t.is_cpu and t.layout == torch.strided and (t.numel() == 0 or t.data_ptr() != 0)
-    return addressable(t)
-
-
-def _eligible(p, st) -> bool:
-    g = p.grad
-    if (p.dtype not in _DTYPES or not _plain(p) or not p.is_contiguous() or type(g) is not torch.Tensor
-            or g.dtype != p.dtype or g.shape != p.shape or not _plain(g) or not g.is_contiguous()):
-        return False
-    for v in st.values():
-        if not isinstance(v, torch.Tensor) or not _plain(v):
-            return False
-        if v.shape == p.shape and (v.dtype != p.dtype or not v.is_contiguous()):
-            return False
-    return True
-
-
 #: what a program read of the shape, per key without the shape (see PassGraph.reads)
 _reads: dict = {}
 
@@ -319,7 +290,7 @@ def _bucket_key(optimizer, phase, h, hk, p, layout, kinds):
     rule = optimizer.rule
     base = (rule.fn, phase) + hk + (p.dtype, kinds)
     if base not in _reads:
-        key = _key(rule, phase, hk, tuple(p.shape), p.dtype, layout)
+        key = _key(rule, phase, hk, tuple(p.shape), p.dtype, layout) + ("torch",)
         prog = program(key, h) or _traced(key, rule, phase, h, tuple(p.shape), p.dtype, layout)
         _reads[base] = prog.graph.reads
     reads = _reads[base]
@@ -355,14 +326,14 @@ def _buckets(optimizer, params, h, phase):
     hit = memo.get(key)
     if hit is not None and hit[0] == _signature(optimizer, params):
         return hit[1], list(hit[2])
-    buckets, rest = _sort(optimizer, params, h, phase, hk)
+    buckets, rest = _grouped(optimizer, params, h, phase, hk)
     if len(memo) > 64:
         memo.clear()
     memo[key] = (_signature(optimizer, params), buckets, list(rest))
     return buckets, rest
 
 
-def _sort(optimizer, params, h, phase, hk):
+def _grouped(optimizer, params, h, phase, hk):
     buckets, rest = {}, []
     fills = optimizer.rule.tensors(h)
     for p in params:
@@ -387,8 +358,8 @@ def _sort(optimizer, params, h, phase, hk):
     return buckets, rest
 
 
-def _warn(optimizer, e) -> None:
-    message = f"optimlab: no generated passes for {type(optimizer).__name__} ({e}); using the reference path"
+def _warn(optimizer, e, fallback="the reference path") -> None:
+    message = f"optimlab: no generated passes for {type(optimizer).__name__} ({e}); using {fallback}"
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, RuntimeWarning, stacklevel=5)
@@ -400,15 +371,28 @@ def _run(optimizer, params, h, phase):
     sums = []
     hk = (hkey(h), _extra_key(h)) if buckets else None
     for (shape, dtype, _), (layout, ps) in buckets.items():
+        key = _key(optimizer.rule, phase, hk, shape, dtype, layout)
         try:
-            key = _key(optimizer.rule, phase, hk, shape, dtype, layout)
+            if not compiled:
+                raise build.BuildError("compiled passes switched off")
             prog = program(key, h) or _traced(
                 key, optimizer.rule, phase, h, tuple(ps[0].shape), dtype, layout)
-        except (TraceError, build.BuildError) as e:
+            out = Runner(prog, optimizer, ps, h, torch.get_num_threads(), chunk_size).run()
+        except build.BuildError as e:  # no C compiler: the same graph, run by torch
+            if compiled:
+                _warn(optimizer, e, "the multi-tensor path")
+            try:
+                prog = program(key + ("torch",), h) or _traced(
+                    key + ("torch",), optimizer.rule, phase, h, tuple(ps[0].shape), dtype, layout)
+            except TraceError as e:
+                _warn(optimizer, e)
+                rest.extend(ps)
+                continue
+            out = TorchRunner(prog, optimizer, ps, h).run()
+        except TraceError as e:
             _warn(optimizer, e)
             rest.extend(ps)
             continue
-        out = Runner(prog, optimizer, ps, h, torch.get_num_threads(), chunk_size).run()
         if phase == "estimate":
             sums.append(out)
     return rest, sums

@@ -73,8 +73,7 @@ class Runner:
             return float(v if index is None else v[index])
         if n.op == "sin":
             return np.array([st[n.name].item() for st in self.states], dtype=np.float64)
-        with np.errstate(all="ignore"):
-            return _NP[n.op](*(self.sv[a.index] for a in n.args))
+        return _NP[n.op](*(self.sv[a.index] for a in n.args))  # under run()'s np.errstate
 
     def _item(self, a, i: int):
         """The value of the T or E (not input) node ``a`` for tensor ``i``."""
@@ -181,6 +180,10 @@ class Runner:
             self.sv[n.index] = np.add.reduceat(red[r], starts) if total else np.zeros(nt)
 
     def run(self):
+        with np.errstate(all="ignore"):
+            return self._run()
+
+    def _run(self):
         prog = self.prog
         # the values of the scalars that depend on hyperparameters only, for these ones
         key = tuple(self._scalar(n) for n in prog.graph.nodes if n.op == "hp" and n.index in prog.constant)
