@@ -338,3 +338,18 @@ def test_step_counts_written_by_hand_are_read():
         ob.step()
     assert oa.state[ps[1]]["step"].item() == 43.0
     _assert_same(oa, ob, 1e-6)
+
+
+@pytest.mark.parametrize("name", ["RAdam", "ASGD"])
+def test_scalar_where_prints_only_the_branch_it_takes(name):
+    """A ``where`` on a scalar condition (RAdam's rectification, ASGD's averaging) is decided
+    before the per-element program runs: each pattern's program has the other branch's
+    operations dead and copies nothing for the select."""
+    opt = getattr(optimlab, name)([torch.zeros(1)])
+    h = optimlab.engine.hyperparameters(opt.param_groups[0])
+    prog = foreach.program(opt.rule, h, fused.plan.hkey(h), frozenset(), frozenset())
+    assert len(prog.conditions) == 1 and set(prog.variants) == {(True,), (False,)}
+    taken, other = (src.count("F._foreach_") for _, src in (prog.variants[(True,)], prog.variants[(False,)]))
+    assert taken > other and "_select" not in prog.source and "_clone" not in prog.source
+    if name == "RAdam":  # unrectified: no second-moment root at all
+        assert "sqrt" not in prog.variants[(False,)][1] and "sqrt" in prog.variants[(True,)][1]

@@ -25,15 +25,21 @@ tests' tolerances; everything else follows the DAG's order, as the reference pat
 A program with a per-element ``sign`` or comparison is printed without these forms: an
 ulp there can flip a sign (Lion) or a branch (Rprop), so it rounds as the reference path.
 torch has no multi-tensor comparison or select: a mask is a list of bool tensors (one
-``torch.gt`` ... per tensor) and a ``where`` one ``torch.where`` per tensor; a ``where``
-on a scalar condition copies the branch it picks (a fresh list, so later in-place ops
-cannot reach the branch's own slot).
+``torch.gt`` ... per tensor) and a ``where`` one ``torch.where`` per tensor.
+
+A ``where`` on a scalar condition (RAdam's rectification, ASGD's averaging once it
+starts) is decided before the per-element program runs: ``elements`` is printed once per
+pattern of such conditions (:attr:`Program.conditions`, read from ``c``), with each of
+those ``where`` nodes replaced by the branch its condition picks, so the other branch is
+dead code and is not computed at all (and the picked one is not copied). Where the picked
+branch is a scalar (the other per-element), the list is filled with it (``_select``).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -99,13 +105,28 @@ def _const(v: float) -> str:
 
 @dataclass
 class Program:
-    """The generated functions plus what the runner needs to call them."""
+    """The generated functions plus what the runner needs to call them.
+
+    ``elements(B, c)`` runs the per-element program printed for the values in ``c`` of
+    the scalar ``where`` conditions (``conditions``: their positions in ``c``); every
+    pattern is printed up front, so a form the printer refuses fails before any step."""
 
     trace: Trace
     scalars: object
-    elements: object
-    source: str
+    scalar_source: str
     outputs: list = field(default_factory=list)  # buffers written, in trace.buffers order
+    conditions: list = field(default_factory=list)
+    variants: dict = field(default_factory=dict)  # condition values -> (elements function, its source)
+
+    def elements(self, lists, c) -> None:
+        self.variants[tuple(bool(c[i]) for i in self.conditions)][0](lists, c)
+
+    @property
+    def source(self) -> str:
+        """The scalar function, then the per-element function of each condition pattern."""
+        return "\n\n\n".join([self.scalar_source] + [
+            (f"# conditions {key}\n" if self.conditions else "") + src
+            for key, (_, src) in self.variants.items()]) + "\n"
 
 
 
@@ -118,6 +139,23 @@ class _Printer:
     """Chooses patterns and slots for the per-element nodes, then prints them."""
 
     def __init__(self, tr: Trace, writable: frozenset):
+        self.full = tr
+        self._use(tr)
+        # scalars meeting per-element nodes, then scalar values stored to element buffers
+        self.boundary: list[Node] = []
+        for n in self.elem:
+            self.boundary.extend(a for a in n.args if a.scalar and a not in self.boundary)
+        self.boundary.extend(n for n in tr.elem_outputs.values() if n.scalar and n not in self.boundary)
+        # where nodes on a scalar condition, decided before the per-element program runs
+        self.decided = [n for n in self.elem if n.op == "where" and n.args[0].scalar]
+        self.conditions = [self.boundary.index(n.args[0]) for n in self.decided]
+        self.bvar = {f"b{i}": name for i, name in enumerate(tr.buffers)}
+        self.writable = {f"b{i}" for i, name in enumerate(tr.buffers)
+                         if name in tr.elem_outputs or name in writable}
+
+    def _use(self, tr: Trace) -> None:
+        """Print the per-element nodes of ``tr`` (the whole trace, or one resolved by
+        :meth:`resolve`; the scalar nodes, and so ``c``, are the same in both)."""
         self.tr = tr
         out_nodes = list(tr.elem_outputs.values()) + list(tr.scalar_outputs.values())
         self.live = live(out_nodes)
@@ -127,18 +165,30 @@ class _Printer:
         for n in self.elem:
             for a in n.args:
                 self.uses[a.index] = self.uses.get(a.index, 0) + 1
-        # scalars meeting per-element nodes, then scalar values stored to element buffers
-        self.boundary: list[Node] = []
-        for n in self.elem:
-            self.boundary.extend(a for a in n.args if a.scalar and a not in self.boundary)
-        self.boundary.extend(n for n in tr.elem_outputs.values() if n.scalar and n not in self.boundary)
-        self.bvar = {f"b{i}": name for i, name in enumerate(tr.buffers)}
-        self.writable = {f"b{i}" for i, name in enumerate(tr.buffers)
-                         if name in tr.elem_outputs or name in writable}
         # a sign or comparison of per-element values turns an ulp into a different branch
         # (Lion's sign(beta1 m + (1 - beta1) g) near 0): such programs round as the
         # reference path does, one op per node, with no fused forms
         self.exact = any(n.op == "sign" or n.op in MASKS for n in self.elem)
+
+    def resolve(self, key: tuple) -> Trace:
+        """The trace with each decided ``where`` replaced by the branch ``key`` picks (when
+        that branch is per-element; a scalar branch stays a ``where``, filled by ``_select``).
+        Per-element nodes are copied with the new arguments, keeping their indices."""
+        pick = {n.index: n.args[1 if cond else 2] for n, cond in zip(self.decided, key)}
+        new: dict = {}
+        nodes = []
+        for n in self.full.graph.nodes:
+            chosen = pick.get(n.index)
+            if chosen is not None and not chosen.scalar:
+                new[n.index] = new[chosen.index]
+                continue
+            if not n.scalar and n.args:
+                n = replace(n, args=tuple(new[a.index] for a in n.args))
+            new[n.index] = n
+            nodes.append(n)
+        graph = _Nodes(nodes)
+        return replace(self.full, graph=graph,
+                       elem_outputs={k: new[v.index] for k, v in self.full.elem_outputs.items()})
 
     # ---- scalars
     def sref(self, x: Node) -> str:
@@ -151,6 +201,7 @@ class _Printer:
         return f"s{x.index}"
 
     def scalar_source(self) -> str:
+        self._use(self.full)
         lines = ["def scalars(hp, si):"]
         for n in self.tr.graph.nodes:
             if n.index not in self.live or not n.scalar or n.op in ("const", "hp", "sin"):
@@ -235,7 +286,12 @@ class _Printer:
         return None
 
     # ---- elements
-    def element_source(self) -> str:
+    def element_source(self, key: tuple = ()) -> str:
+        """The per-element function for the decided conditions' values ``key``."""
+        self._use(self.resolve(key) if key else self.full)
+        return self._element_source()
+
+    def _element_source(self) -> str:
         plans, absorbed = {}, set()
         for r in self.elem:
             if r.op in ("add", "sub") and not self.exact:
@@ -348,12 +404,27 @@ class _Printer:
         return lines
 
 
+class _Nodes:
+    """A resolved trace's graph: only its node list is read."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+
+def _compile(source: str, tr: Trace) -> dict:
+    namespace = dict(_NAMESPACE)
+    exec(compile(source, f"<optimlab foreach {id(tr):x}>", "exec"), namespace)  # our own generated text
+    return namespace
+
+
 def generate(tr: Trace, writable: frozenset = frozenset()) -> Program:
     """The :class:`Program` for ``tr``. ``writable``: input buffers that are scratch copies
     (low-precision params are computed on float32 copies), which the program may overwrite."""
     printer = _Printer(tr, writable)
-    source = printer.scalar_source() + "\n\n\n" + printer.element_source() + "\n"
-    namespace = dict(_NAMESPACE)
-    exec(compile(source, f"<optimlab foreach {id(tr):x}>", "exec"), namespace)  # our own generated text
+    scalar_source = printer.scalar_source()
+    variants = {}
+    for key in itertools.product((True, False), repeat=len(printer.conditions)):
+        source = printer.element_source(key)
+        variants[key] = (_compile(source, tr)["elements"], source)
     outputs = [b for b in tr.buffers if b in tr.elem_outputs]
-    return Program(tr, namespace["scalars"], namespace["elements"], source, outputs)
+    return Program(tr, _compile(scalar_source, tr)["scalars"], scalar_source, outputs, printer.conditions, variants)
