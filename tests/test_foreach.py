@@ -20,6 +20,7 @@ import torch
 
 import optimlab
 from optimlab import fused
+from optimlab.fused.foreach_codegen import _ALLOCATES
 from optimlab.fused import foreach
 from optimlab._math import abs_, maximum
 from optimlab.registry import ELEMENTWISE_ENTRIES as ENTRIES  # the rules with a kernel
@@ -314,7 +315,15 @@ def test_chunked_equals_unchunked(entry, dtype, monkeypatch):
             opt.step()
         runs.append((ps, opt, len(calls)))
     (a, oa, ca), (b, ob, cb) = runs
-    assert ca > cb  # the small CHUNK really cut the group
+    # the small CHUNK really cut the group, unless the program writes only in place (plain
+    # SGD, momentum in float32, ASGD before averaging: nothing to keep in cache, runs whole)
+    buckets = [b for plan in foreach._plans[oa].values() for b in plan.buckets]
+    if not any(b.copied or all(_ALLOCATES.search(src) for _, src in b.prog.variants.values()) for b in buckets):
+        assert ca >= cb
+        if not any(_ALLOCATES.search(b.prog.source) for b in buckets):
+            assert ca == cb
+    else:
+        assert ca > cb
     for p, q in zip(a, b):
         assert torch.equal(p, q)
         for k, v in oa.state[p].items():

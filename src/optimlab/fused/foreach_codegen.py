@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -51,6 +52,8 @@ _UNARY = {"neg": "neg", "sqrt": "sqrt", "abs": "abs", "sign": "sign"}
 _CAST = {"float32": "_float32"}
 _BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow", "max": "maximum",
            "min": "minimum", "clamp_min": "clamp_min", "clamp_max": "clamp_max"}
+#: a line of a per-element function that binds a new list: a temporary, a mask, a clone
+_ALLOCATES = re.compile(r"^    (t|m|_c)\d+ = ", re.M)
 _FLIPPED = {"gt": "lt", "ge": "le", "lt": "gt", "le": "ge", "eq": "eq", "ne": "ne"}
 
 
@@ -120,6 +123,11 @@ class Program:
 
     def elements(self, lists, c) -> None:
         self.variants[tuple(bool(c[i]) for i in self.conditions)][0](lists, c)
+
+    def allocates(self, c) -> bool:
+        """Whether the per-element program for ``c`` makes temporaries (lists of new
+        tensors); one that only writes in place gains nothing from being run in chunks."""
+        return _ALLOCATES.search(self.variants[tuple(bool(c[i]) for i in self.conditions)][1]) is not None
 
     @property
     def source(self) -> str:
