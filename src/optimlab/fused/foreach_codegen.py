@@ -74,7 +74,11 @@ def _full(like: list, value: float) -> list:
 def _compare(op: str, a, b) -> list:
     """A mask: ``torch.<op>`` per tensor; ``a`` is a list, ``b`` a list or a number."""
     fn = getattr(torch, op)
-    return [fn(x, y) for x, y in zip(a, b)] if _is_list(b) else [fn(x, b) for x in a]
+    if _is_list(b):
+        return list(map(fn, a, b))
+    if a and a[0].is_floating_point():  # as in _where: the number once, as a 0-dim tensor
+        b = torch.tensor(b, dtype=a[0].dtype)
+    return [fn(x, b) for x in a]
 
 
 def _is_list(x) -> bool:
