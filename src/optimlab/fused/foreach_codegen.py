@@ -150,9 +150,11 @@ class Program:
         self.variants[tuple(bool(c[i]) for i in self.conditions)][0](lists, c)
 
     def allocates(self, c) -> bool:
-        """Whether the per-element program for ``c`` makes temporaries (lists of new
-        tensors); one that only writes in place gains nothing from being run in chunks."""
-        return _ALLOCATES.search(self.variants[tuple(bool(c[i]) for i in self.conditions)][1]) is not None
+        """Whether the per-element program for ``c`` gains from running in chunks: it makes
+        temporaries, or makes more than one pass (a later op then finds the chunk in cache);
+        a single in-place op (plain SGD) does not."""
+        source = self.variants[tuple(bool(c[i]) for i in self.conditions)][1]
+        return _ALLOCATES.search(source) is not None or source.count("\n    ") > 2
 
     @property
     def source(self) -> str:
