@@ -141,13 +141,13 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="mixes scaled down 100x, 3 reps, prints only")
     ap.add_argument("--mixes", default="AC")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--only", default="", help="comma-separated entry names (prints only)")
+    ap.add_argument("--only", default="", help="comma-separated entry names (prints only; --reps, default 5)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions per mix (default: A 7, C 9)")
     args = ap.parse_args(argv)
     started, load, t0 = time.strftime("%Y-%m-%d %H:%M"), os.getloadavg(), time.perf_counter()
     only = tuple(filter(None, args.only.split(",")))
     if only:
-        run(args.mixes, {m: 5 for m in "ABCD"}, 1, only)
+        run(args.mixes, {m: args.reps or 5 for m in "ABCD"}, 1, only)
         return
     if args.quick:
         lines = run(args.mixes, {m: 3 for m in "ABCD"}, 100)

@@ -112,3 +112,29 @@ def test_small_params_take_the_multi_tensor_path(monkeypatch):
     opt.state[ps[0]].clear()
     opt.step()
     assert any(t is ps[0] for t in took[-1])
+
+
+def test_step_counters_written_by_hand_or_apart(monkeypatch):
+    """The step counters are bumped from the value this path last wrote while their version
+    counters hold; one written by hand, or a param that stepped apart from the others,
+    is read again: every counter and trajectory stays torch's."""
+    monkeypatch.setenv("OPTIMLAB_DISABLE_FUSED", "1")  # as without a compiler
+    from optimlab import Adam
+    ps, qs = _params(torch.float64), _params(torch.float64)
+    ours, ref = Adam(ps, lr=0.01), torch.optim.Adam(qs, lr=0.01, foreach=False)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(8):
+        for i, (p, q) in enumerate(zip(ps, qs)):
+            skip = i == 1 and step in (2, 3)  # steps apart: the counters differ from now on
+            p.grad = None if skip else torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            q.grad = None if skip else p.grad.clone()
+        if step == 5:
+            for opt, p in ((ours, ps[0]), (ref, qs[0])):
+                opt.state[p]["step"].fill_(40.0)  # by hand
+        ours.step()
+        ref.step()
+    assert torch_kernels._partitions.get(ours), "torch's kernel did not take the step"
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+        assert ours.state[p]["step"].item() == ref.state[q]["step"].item()
+    assert ours.state[ps[0]]["step"].item() == 43.0 and ours.state[ps[1]]["step"].item() == 6.0

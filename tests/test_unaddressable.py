@@ -168,6 +168,45 @@ def test_fused_true_refuses_a_dtensor_it_cannot_take(mesh):
         opt.step()
 
 
+def test_sharded_group_checked_once_then_by_its_grads(mesh, monkeypatch):
+    """A group of DTensor params only is laid out once; later steps compare each grad's
+    spec and local shape with it. A grad with other placements, or a missing grad, goes
+    back to the full check (here: the reference path for it); the trajectory is torch's."""
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    gen = torch.Generator().manual_seed(3)
+    x0 = [torch.randn(8, 3, generator=gen, dtype=torch.float64), torch.randn(6, generator=gen, dtype=torch.float64)]
+    ours = [torch.nn.Parameter(distribute_tensor(x.clone(), mesh, [Shard(0)])) for x in x0]
+    theirs = [torch.nn.Parameter(x.clone()) for x in x0]
+    opt, ref = optimlab.AdamW(ours, lr=0.01), torch.optim.AdamW(theirs, lr=0.01, foreach=False)
+    real_layout, laid_out = shards._layout, []
+    monkeypatch.setattr(shards, "_layout", lambda *a: laid_out.append(1) or real_layout(*a))
+    real_twin, twins = shards._twin, []
+    monkeypatch.setattr(shards, "_twin", lambda t, p, d: twins.append(real_twin(t, p, d)) or twins[-1])
+    steps, checked = [], []
+    for step, grads in enumerate(_grads(10, [x.shape for x in x0])):
+        placements = [Replicate()] if step == 4 else [Shard(0)]  # step 4: param 0's grad differs
+        for i, (p, q, g) in enumerate(zip(ours, theirs, grads)):
+            missing = i == 1 and step == 6
+            p.grad = None if missing else distribute_tensor(g.clone(), mesh, placements if i == 0 else [Shard(0)])
+            q.grad = None if missing else g.clone()
+        laid_out.clear()
+        twins.clear()
+        opt.step()
+        ref.step()
+        steps.append(bool(laid_out))
+        checked.append(list(twins))
+    assert steps[2:4] == [False, False] and steps[8:] == [False, False]  # steady: no layout
+    assert checked[2:4] == [[], []] and checked[8:] == [[], []]  # ... nor a check per grad
+    assert checked[4][:1] == [False]  # other placements: the full check, which refuses it
+    assert steps[6]  # a missing grad: the group is laid out again
+    view = shards._views[opt][id(opt.param_groups[0])]
+    assert view.sharded is not None and [t is p._local_tensor for t, p in zip(view.sharded.locals, ours)] == [True, True]
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p.full_tensor(), q.detach(), rtol=1e-7, atol=1e-9)
+        assert opt.state[p]["step"].item() == ref.state[q]["step"].item()
+
+
 # ------------------------------------------------------------------ FSDP2, 2 gloo ranks
 
 def _fsdp_worker(rank, world, port, name, result):

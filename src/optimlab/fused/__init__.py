@@ -72,7 +72,7 @@ import weakref
 
 import torch
 
-from .plan import Plan, Unfusable, check_device, hkey, readable
+from .plan import Plan, Unfusable, all_readable, check_device, hkey, readable
 
 _plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _warned: set = set()
@@ -170,7 +170,7 @@ def _step(optimizer, group, params, grads, h, required: bool) -> None:
             and plan.pptrs == list(map(_ptr, params))):
         _unfused(optimizer, group, plan, h)  # no grad is read here: no need to check them
         return
-    if not all(map(readable, grads)):
+    if not all_readable(grads):
         if required:
             for p in params:
                 check_device(p)

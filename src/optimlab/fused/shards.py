@@ -27,6 +27,9 @@ import torch
 
 _views: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _grad = operator.attrgetter("grad")
+_spec = operator.attrgetter("_spec")
+_local_tensor = operator.attrgetter("_local_tensor")
+_shape = operator.attrgetter("shape")
 
 
 def _dtensor_type():
@@ -57,6 +60,8 @@ class LocalView:
         self.origin: dict = {}  # id(local param) -> the optimizer's param
         self.entries: list = []  # see _layout
         self.key = None  # what entries were computed for
+        self.sharded = None  # _Sharded: the entries when every param is a DTensor on the shard path
+        self.stepped: list = []  # the DTensor params the last split sent to the fused path
 
     @property
     def name(self) -> str:
@@ -79,6 +84,35 @@ class LocalView:
 
     def _check_grads(self, locals_) -> None:
         self.optimizer._check_grads([self.origin[id(t)] for t in locals_])
+
+
+class _Sharded:
+    """A group whose params all take the shard path, as checked by :func:`_layout`: what a
+    step compares its grads with (the params' specs and local shapes), and the lists it
+    hands on, the same objects every step (the fused path's plan then holds by identity)."""
+
+    def __init__(self, params, entries):
+        self.params = list(params)
+        self.specs = [p._spec for p in params]
+        self.locals = [lp for _, lp in entries]
+        self.shapes = [lp.shape for lp in self.locals]
+
+    def grads(self, params):
+        """The local grads, when ``params`` are these params and every grad is a DTensor
+        with its param's spec (FSDP2's backward gives it the param's very spec object) and
+        local shape; else None (the full check of :func:`split` decides)."""
+        if len(params) != len(self.params) or not all(map(operator.is_, params, self.params)):
+            return None
+        grads = list(map(_grad, params))
+        try:
+            specs = list(map(_spec, grads))
+            local = list(map(_local_tensor, grads))
+        except AttributeError:  # a missing or plain grad
+            return None
+        if not all(map(operator.is_, specs, self.specs)) and not all(
+                a is b or (a.mesh is b.mesh and a.placements == b.placements) for a, b in zip(specs, self.specs)):
+            return None  # (a grad made by DTensor.from_local has its own spec object)
+        return local if list(map(_shape, local)) == self.shapes else None
 
 
 def _twin(t, p, dtensor) -> bool:
@@ -121,6 +155,8 @@ def _layout(view, optimizer, params, h, dtensor) -> list:
     view.nsource = len(optimizer.state)
     view.origin = {id(p if lp is None else lp): p for p, lp in entries if lp is not False}
     view.key = (tuple(map(id, params)), view.nsource) if complete else None
+    uniform = complete and all(lp is not None for _, lp in entries)
+    view.sharded = _Sharded(params, entries) if uniform and params else None
     return entries
 
 
@@ -132,6 +168,15 @@ def split(optimizer, group, h, required: bool):
     view = views.get(id(group))
     if view is None or not view.current(optimizer):
         view = views[id(group)] = LocalView(optimizer, group)
+    sharded = view.sharded
+    if sharded is not None and view.key is not None and view.key[1] == len(optimizer.state):
+        local_grads = sharded.grads(group["params"])
+        if local_grads is not None:  # every param and grad as checked when the view was laid out
+            view.group.clear()
+            view.group.update({k: v for k, v in group.items() if k != "params"})
+            view.group["params"] = sharded.locals
+            view.stepped = sharded.params
+            return view, sharded.locals, local_grads, []
     params = [p for p in group["params"] if p.grad is not None]
     if view.key is None or view.key != (tuple(map(id, params)), len(optimizer.state)):
         view.entries = _layout(view, optimizer, params, h, dtensor)
@@ -153,6 +198,7 @@ def split(optimizer, group, h, required: bool):
     view.group.clear()
     view.group.update({k: v for k, v in group.items() if k != "params"})
     view.group["params"] = locals_
+    view.stepped = [view.origin[id(t)] for t in locals_ if isinstance(view.origin[id(t)], dtensor)]
     return view, locals_, grads, rest
 
 
@@ -167,10 +213,8 @@ def step(optimizer, group, h) -> None:
         optimizer._check_grads([view.origin[id(t)] for t in locals_])
         for t in locals_:
             optimizer.reference_step(view.origin[id(t)], h)
-    if locals_:
-        dtensor = _dtensor_type()
-        torch._C._increment_version([p for p in group["params"] if isinstance(p, dtensor)
-                                     and id(p._local_tensor) in view.origin])
+    if view.stepped:
+        torch._C._increment_version(view.stepped)
     if rest:
         optimizer._check_grads(rest)
         for p in rest:

@@ -41,6 +41,7 @@ contiguous and of the param's dtype.
 
 from __future__ import annotations
 
+import itertools
 import operator
 import weakref
 
@@ -53,6 +54,10 @@ from .plan import hkey
 MIN_NUMEL = 0
 _partitions: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _data_ptr = torch.Tensor.data_ptr
+_contiguous = torch.Tensor.is_contiguous
+_grad = operator.attrgetter("grad")
+_dtype = operator.attrgetter("dtype")
+_version = operator.attrgetter("_version")
 
 _LOW = (torch.float16, torch.bfloat16)
 _TYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16,
@@ -85,7 +90,7 @@ def _sgd(h):
         return None
     kw = dict(weight_decay=float(h.weight_decay), momentum=float(h.momentum), lr=float(h.lr),
               dampening=float(h.dampening), nesterov=bool(h.nesterov), maximize=bool(h.maximize))
-    return torch._fused_sgd_, (), kw
+    return torch._fused_sgd_, ("momentum_buffer",), kw
 
 
 #: rule function -> ``match(h)``: ``(kernel, state buffers in kernel order, keyword arguments)`` or None
@@ -115,11 +120,62 @@ def invalidate(optimizer) -> None:
     _partitions.pop(optimizer, None)
 
 
-class _Partition:
-    """One group's split of its params with grads: ``buckets`` ``{(dtype, lazy state):
-    [(param, state)]}`` for the kernel, ``rest`` for the other paths."""
+class _Run:
+    """One call of the kernel: a bucket's params with their state, the lists the kernel
+    takes built once (real views), and what the step counters were left at."""
 
-    def __init__(self, optimizer, group, params, h, key, vouch):
+    def __init__(self, lazy, members, buffers, scalar):
+        self.lazy = lazy
+        self.params = [p for p, _ in members]
+        self.states = [st for _, st in members]
+        self.dtype = self.params[0].dtype
+        self.complex = self.params[0].is_complex()
+        self.ps = [_real(p) for p in self.params]
+        self.lists = None if lazy else [[_real(st[k]) for st in self.states] for k in buffers]
+        self.steps = [st["step"] for st in self.states] if scalar and not lazy else None
+        self.known = None  # (version counters, value) of the steps after this path's last write
+
+    def grads(self):
+        """The params' grads as the kernel takes them, or None where one is not dense,
+        contiguous and of the param's dtype this step (then :func:`_grad_ok` sorts them).
+        ``p.grad = g`` already checks device and shape; ``.data`` assignments are caught
+        by the dtype check."""
+        grads = list(map(_grad, self.params))
+        try:
+            if not all(map(_contiguous, grads)):  # also false for other layouts, which raise
+                return None
+        except RuntimeError:
+            return None
+        if any(map(operator.is_not, map(_dtype, grads), itertools.repeat(self.dtype))):
+            return None
+        return list(map(torch.view_as_real, grads)) if self.complex else grads
+
+    def bump(self, steps) -> None:
+        """``step += 1`` for every param, as torch's fused optimizers do before the kernel.
+        Per tensor, ``_foreach_add_`` costs ~2 us on 0-dim tensors, a copy from one tensor
+        ~0.5 us: when the counters are known to hold one value (this path wrote them and
+        their version counters have not moved since, or read once), that value + 1 is
+        copied in; the result is the same float32 (counts below 2**24 are exact)."""
+        known = self.known
+        if known is not None and known[0] == list(map(_version, steps)):
+            value = known[1]
+        else:
+            values = torch.stack(steps).tolist()
+            value = values[0] if values.count(values[0]) == len(values) else None
+        if value is None:
+            torch._foreach_add_(steps, 1)
+            self.known = None
+            return
+        value = float(torch.tensor(value + 1.0, dtype=steps[0].dtype))
+        torch._foreach_copy_(steps, [torch.tensor(value, dtype=steps[0].dtype)] * len(steps))
+        self.known = (list(map(_version, steps)), value)
+
+
+class _Partition:
+    """One group's split of its params with grads: ``runs`` (one :class:`_Run` per dtype
+    and lazily created state) for the kernel, ``rest`` for the other paths."""
+
+    def __init__(self, optimizer, group, params, h, key, vouch, buffers):
         self.group, self.key, self.state, self.vouch = group, key, optimizer.state, vouch
         self.given = params  # the C path's own list (see holds)
         self.params = list(params)
@@ -127,7 +183,7 @@ class _Partition:
         rule = optimizer.rule
         fills = rule.tensors(h)
         keys = list(fills)
-        self.buckets, self.rest = {}, []
+        buckets, self.rest = {}, []
         self.lazy = False
         for p in params:
             state = optimizer.init_state(p, h)
@@ -135,11 +191,13 @@ class _Partition:
             if _takes(p, state, keys) and not (rule.fn is rules.SGD.fn and p.dtype in _LOW):
                 lazy = tuple(k for k, f in fills.items() if f is None and k not in state)
                 self.lazy = self.lazy or bool(lazy)
-                self.buckets.setdefault((p.dtype, lazy), []).append((p, state))
+                buckets.setdefault((p.dtype, lazy), []).append((p, state))
             else:
                 self.rest.append(p)
         self.nstate = len(optimizer.state)
-        self.taken = [p for members in self.buckets.values() for p, _ in members]
+        scalar = "step" in rule.scalars
+        self.runs = [_Run(lazy, members, buffers, scalar) for (_, lazy), members in buckets.items()]
+        self.taken = [p for run in self.runs for p in run.params]
 
     def holds(self, optimizer, group, params, key, vouch) -> bool:
         """Still valid; the params' identity and storage need no check when the C path's
@@ -153,14 +211,14 @@ class _Partition:
                 and self.pptrs == list(map(_data_ptr, params)))
 
 
-def _partition(optimizer, group, params, h, vouch) -> _Partition:
+def _partition(optimizer, group, params, h, vouch, buffers) -> _Partition:
     key = hkey(h)
     parts = _partitions.get(optimizer)
     if parts is None:
         parts = _partitions[optimizer] = {}
     part = parts.get(id(group))
     if part is None or not part.holds(optimizer, group, params, key, vouch):
-        part = parts[id(group)] = _Partition(optimizer, group, params, h, key, vouch)
+        part = parts[id(group)] = _Partition(optimizer, group, params, h, key, vouch, buffers)
     return part
 
 
@@ -175,36 +233,45 @@ def step(optimizer, group, params: list, h, vouch=None) -> list:
     found = match(h) if match is not None else None
     if found is None:
         return params
-    part = _partition(optimizer, group, params, h, vouch)
-    if not part.buckets:
-        return part.rest
-    buckets, rest = part.buckets, part.rest
-    if not all(map(_grad_ok, part.taken)):  # a grad laid out otherwise this step: not taken
-        buckets = {k: [(p, st) for p, st in m if _grad_ok(p)] for k, m in buckets.items()}
-        rest = rest + [p for p in part.taken if not _grad_ok(p)]
     fn, buffers, kw = found
-    rule = optimizer.rule
-    for (_, lazy), members in buckets.items():
-        if not members:
+    part = _partition(optimizer, group, params, h, vouch, buffers)
+    rest = part.rest
+    work = []
+    for run in part.runs:
+        grads = run.grads()
+        if grads is not None:
+            work.append((run, run.params, run.ps, grads, run.states))
             continue
-        ps = [_real(p) for p, _ in members]
-        grads = [_real(p.grad) for p, _ in members]
-        if rule.fn is rules.SGD.fn:
-            first = bool(lazy)
+        # a grad laid out otherwise this step: not taken
+        members = [(p, st) for p, st in zip(run.params, run.states) if _grad_ok(p)]
+        rest = rest + [p for p in run.params if not _grad_ok(p)]
+        if members:
+            work.append((run, [p for p, _ in members], [_real(p) for p, _ in members],
+                         [_real(p.grad) for p, _ in members], [st for _, st in members]))
+    sgd = optimizer.rule.fn is rules.SGD.fn
+    for run, taken, ps, grads, states in work:
+        whole = taken is run.params
+        if sgd:
+            first = bool(run.lazy)
             if kw["momentum"] != 0:
-                for p, state in members:
-                    if first:
+                if first:
+                    for p, state in zip(taken, states):
                         state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.preserve_format)
-                bufs = [_real(state["momentum_buffer"]) for _, state in members]
+                bufs = run.lists[0] if whole and not first else [_real(st["momentum_buffer"]) for st in states]
             else:
                 bufs = []
             fn(ps, grads, bufs, is_first_step=first, **kw)
             continue
-        lists = [[_real(state[k]) for _, state in members] for k in buffers]
+        lists = run.lists if whole else [[_real(st[k]) for st in states] for k in buffers]
         if len(lists) == 2 and fn is not torch._fused_adagrad_:  # Adam without AMSGrad
-            lists.append([])
-        steps = [state["step"] for _, state in members]
-        torch._foreach_add_(steps, 1)
+            lists = lists + [[]]
+        if whole:
+            run.bump(run.steps)
+            steps = run.steps
+        else:
+            steps = [st["step"] for st in states]
+            torch._foreach_add_(steps, 1)
+            run.known = None
         fn(ps, grads, *lists, steps, **kw)
     if part.lazy:
         _partitions[optimizer].pop(id(group), None)  # lazily created state: decide again
