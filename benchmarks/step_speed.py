@@ -30,7 +30,7 @@ full run (no selection flags) replaces only the section it owns, and a run with
 ``--optimizers``/``--mixes``/``--threads``/``--no-variants`` replaces only the section of
 that selection.
 
-    python benchmarks/step_speed.py            # full run, writes BENCHMARKS.md (~7 min)
+    python benchmarks/step_speed.py            # full run, writes BENCHMARKS.md
     python benchmarks/step_speed.py --quick    # smoke run: small mixes, prints only
     python benchmarks/step_speed.py --optimizers radam,lion --mixes A,B,D --threads 1
 """
