@@ -230,28 +230,6 @@ def _elementwise_lerp(a, b, w):
     return _math.where(_math.abs_(w) < 0.5, small, large)
 
 
-_DEMOTABLE = {"add", "sub", "mul", "div", "pow", "neg", "sqrt", "abs", "max", "min", "sign",
-              "clamp_min", "clamp_max"}
-
-
-def _demote(graph: PassGraph, roots: dict) -> None:
-    """Torch arithmetic on values of the parameter's shape whose every use is per element
-    (Muon's ``lr * ratio * O``, Adafactor's ``R C^T / mean(R)``) moves into the passes."""
-    users: dict = {}
-    for n in graph.nodes:
-        for a in n.args:
-            users.setdefault(a.index, []).append(n)
-    stored = {n.index for n in roots.values()}
-    for n in reversed(graph.nodes):
-        if (n.kind == "T" and n.op in _DEMOTABLE and tuple(n.meta.shape) == graph.shape
-                and n.meta.dtype == graph.compute
-                and all(a.kind != "T" or tuple(a.meta.shape) == graph.shape or a.meta.numel() == 1
-                        for a in n.args)
-                and (users.get(n.index) or n.index in stored)
-                and all(u.kind == "E" for u in users.get(n.index, []))):
-            n.kind, n.scalar = "E", False
-
-
 def _levels(graph: PassGraph, needed: set) -> dict:
     """The pass in which each E node is computed / before which each S and T node is known."""
     lvl: dict = {}
