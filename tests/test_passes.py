@@ -52,6 +52,15 @@ class _Counter:
         monkeypatch.setattr(cls, "run", run)
 
 
+def _reference_step(optimizer):
+    """One step of ``optimizer`` on the reference path."""
+    os.environ["OPTIMLAB_DISABLE_FUSED"] = "1"
+    try:
+        optimizer.step()
+    finally:
+        del os.environ["OPTIMLAB_DISABLE_FUSED"]
+
+
 def _pair(entry, variant, dtype, steps=STEPS, seed=0):
     gen = torch.Generator().manual_seed(seed)
     shapes = _shapes(entry)
@@ -64,11 +73,7 @@ def _pair(entry, variant, dtype, steps=STEPS, seed=0):
             g = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(dtype)
             p.grad, q.grad = g, g.clone()
         a.step()
-        os.environ["OPTIMLAB_DISABLE_FUSED"] = "1"
-        try:
-            b.step()
-        finally:
-            del os.environ["OPTIMLAB_DISABLE_FUSED"]
+        _reference_step(b)
     return (a, ours), (b, ref)
 
 
@@ -172,11 +177,7 @@ def test_opting_out_takes_the_reference_path(flags, monkeypatch):
         g = torch.randn(5, 4, dtype=torch.float64)
         p.grad, q.grad = g, g.clone()
         a.step()
-        os.environ["OPTIMLAB_DISABLE_FUSED"] = "1"
-        try:
-            b.step()
-        finally:
-            del os.environ["OPTIMLAB_DISABLE_FUSED"]
+        _reference_step(b)
     assert counter.runs == 0
     assert torch.equal(p, q)
 
@@ -194,11 +195,7 @@ def test_bucket_sorting_kept_between_steps_is_redone_when_things_change(monkeypa
     def step(g):
         w.grad, v.grad = g, g.clone()
         ours.step()
-        os.environ["OPTIMLAB_DISABLE_FUSED"] = "1"
-        try:
-            ref.step()
-        finally:
-            del os.environ["OPTIMLAB_DISABLE_FUSED"]
+        _reference_step(ref)
 
     step(torch.randn(6, 4, generator=gen, dtype=torch.float64))
     step(torch.randn(6, 4, generator=gen, dtype=torch.float64))
@@ -233,11 +230,7 @@ def test_without_a_compiler_the_graph_runs_as_torch_operations(monkeypatch, tmp_
                 p.grad = torch.randn(p.shape, generator=gen)
                 q.grad = p.grad.clone()
             a.step()
-            os.environ["OPTIMLAB_DISABLE_FUSED"] = "1"
-            try:
-                b.step()
-            finally:
-                del os.environ["OPTIMLAB_DISABLE_FUSED"]
+            _reference_step(b)
     assert counter.runs == 20  # a run per bucket and step: the two matrices, the vector
     for p, q in zip(ours, ref):
         assert _rel(p, q) <= DTYPES[torch.float32]
