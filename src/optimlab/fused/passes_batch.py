@@ -59,6 +59,10 @@ BATCHED = {
 }
 
 
+#: a per-element input (grad, param) of this many elements or more is not stacked for a
+#: batched call (a copy of each tensor); the call runs per tensor on the tensors themselves
+STACK_NUMEL = 1 << 16
+
 #: torch's CPU bmm/baddbmm run products of fewer multiply-adds per matrix through their
 #: own loop, whose rounding of ``beta * c + alpha * a @ b`` is not addmm's; from this size
 #: on they are addmm's kernels (oneDNN, or addmm per matrix)

@@ -114,8 +114,13 @@ class Runner:
             elif a.op == "ein":
                 if a.index not in self.stacked:
                     shape = passes_batch.padded(self.prog.graph.shape, self.nt, self.prog.rank)
-                    self.stacked[a.index] = torch.stack(
-                        [self._input(a.name, i) for i in range(self.nt)]).view(shape)
+                    ts = [self._input(a.name, i) for i in range(self.nt)]
+                    if self.nt == 1:
+                        self.stacked[a.index] = ts[0].view(shape)  # a view, no copy
+                    elif ts[0].numel() >= passes_batch.STACK_NUMEL:
+                        return None  # large: a copy of each would cost more than the calls
+                    else:
+                        self.stacked[a.index] = torch.stack(ts).view(shape)
                 values.append(self.stacked[a.index])
             elif a.index in self.stacked:
                 values.append(self.stacked[a.index])
