@@ -302,7 +302,7 @@ class RuleOptimizer(Optimizer):
         scalar state that requires grad (NAdam's ``mu_product``) stays a tensor.
         """
         new_p = self._on_tensors(p, h, lambda q, g, s: update(self.rule, q, g, s, h))
-        as_real(p).copy_(new_p)
+        as_real(p).copy_(_placed_like(new_p, p))
 
     def _on_tensors(self, p: torch.Tensor, h: SimpleNamespace, run):
         """``run(p, g, s)`` on ``p``'s tensors and state (see :meth:`reference_step`); the
@@ -340,5 +340,15 @@ class RuleOptimizer(Optimizer):
                 continue
             if key not in state:
                 state[key] = torch.empty_like(p, memory_format=torch.preserve_format)
-            as_real(state[key]).copy_(value)
+            as_real(state[key]).copy_(_placed_like(value, state[key]))
         return result
+
+
+def _placed_like(value, target):
+    """``value`` laid out as ``target`` where both are DTensors with other placements: a
+    DTensor ``copy_`` cannot change placements (Adafactor's col_var of a (1, m) FSDP2 weight
+    is sharded like the weight, its new value replicated)."""
+    placements = getattr(target, "placements", None)
+    if placements is None or getattr(value, "placements", placements) == placements:
+        return value
+    return value.redistribute(target.device_mesh, placements)
