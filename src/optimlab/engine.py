@@ -255,8 +255,9 @@ class RuleOptimizer(Optimizer):
         if self.rule.elementwise:
             rest = foreach.step(self, group, params, h, vouch)
         else:  # reductions, matrix products: generated passes (optimlab.fused.passes)
-            from .fused import passes
+            from .fused import passes, passes_shards
 
+            params = passes_shards.step(self, group, params, h)  # DTensors: on their shards
             rest = passes.step(self, group, params, h)
         for p in rest:
             self.reference_step(p, h)

@@ -185,7 +185,7 @@ class _Group:
         if n.op == "tin":
             return self._stack(self._tensors(n.name))
         if self._stacked_call(n):
-            f, full = n.fn[0], tuple(n.meta.shape) == tuple(self.params[0].shape)
+            f, full = n.fn[0], tuple(n.meta.shape) == self.prog.graph.shape  # (global: shards)
             if f is operator.matmul and full:  # Adafactor's R C^T, into a buffer
                 a, b = (self.v[a.index] for a in n.args)
                 out = self._buffer(n, n.meta.dtype)
@@ -280,7 +280,8 @@ class _Group:
     def _reduction(self, n):
         """A whole-tensor sum per param, taken in the compute dtype as the reference path
         takes it (``vector_norm``, ``sum``, ``dot``), then carried in double."""
-        x = [self.v[a.index].reshape(self.nt, -1) for a in n.args]
+        x = [self.v[a.index] for a in n.args]
+        x = [v.reshape(self.nt, -1) if v.numel() else v.new_zeros(self.nt, 0) for v in x]  # an empty shard
         if n.op == "red_sumsq":
             r = torch.linalg.vector_norm(x[0], dim=1).to(torch.float64).square()
         elif n.op == "red_sum":

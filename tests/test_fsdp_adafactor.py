@@ -1,0 +1,110 @@
+"""Adafactor on FSDP2: the traced graph on local shards, its sums completed over the ranks
+(:mod:`optimlab.fused.passes_shards`), equal to torch.optim.Adafactor on the unsharded
+model, with the optimizer state still DTensor for ``state_dict`` and DCP.
+
+A real 2-rank gloo group. The model has an odd row count (33, split 17/16), a weight of
+one column (6, 1), a weight of one row (1, 33), whose rows are on one rank only, and a
+bias of one element (a (0,) shard on rank 1); the (1, 33) weight takes the reference
+path, every other param the shard path.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from dist_harness import run_group
+
+STEPS = 20
+
+
+def _model(shard: bool):
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(16, 33), torch.nn.Tanh(), torch.nn.Linear(33, 1),
+                            torch.nn.Tanh(), torch.nn.Linear(1, 6), torch.nn.Tanh(), torch.nn.Linear(6, 4))
+    if shard:
+        for layer in m:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer)
+        fully_shard(m)
+    return m
+
+
+def _full(t):
+    return t.full_tensor() if hasattr(t, "full_tensor") else t.detach()
+
+
+def _rel(a, b) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def _train(ours, opt, theirs, ref, rank, steps, seed=0):
+    """``steps`` steps of both: FSDP's averaged grads, and the same grads in full for ``ref``."""
+    gen = torch.Generator().manual_seed(100 * seed + rank)
+    for _ in range(steps):
+        x, y = torch.randn(8, 16, generator=gen), torch.randn(8, 4, generator=gen)
+        opt.zero_grad()
+        (ours(x) - y).square().mean().backward()
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            b.grad = _full(a.grad).clone()
+        opt.step()
+        if ref is not None:
+            ref.step()
+
+
+def _worker(rank, world, out_dir):
+    import torch.distributed.checkpoint.state_dict as dsd
+
+    import optimlab
+    from optimlab.fused import passes_shards
+
+    ours, theirs = _model(True), _model(False)
+    opt = optimlab.Adafactor(ours.parameters(), lr=1e-2, weight_decay=0.01)
+    ref = torch.optim.Adafactor(theirs.parameters(), lr=1e-2, weight_decay=0.01)
+    _train(ours, opt, theirs, ref, rank, STEPS)
+    err = max(_rel(_full(a), b.detach()) for a, b in zip(ours.parameters(), theirs.parameters()))
+    steps = {opt.state[a]["step"].item() for a in ours.parameters()}
+    (layout,) = passes_shards._layouts[opt].values()
+    on_shards = sorted(tuple(p.shape) for b in layout.buckets for p in b.params)
+    state_types = sorted({type(v).__name__ for a in ours.parameters() for k, v in opt.state[a].items()
+                          if k != "step"})
+
+    # state_dict / get_optimizer_state_dict, and a fresh optimizer loaded from (a copy of) the
+    # latter continues as this one does
+    sd = opt.state_dict()
+    osd = dsd.get_optimizer_state_dict(ours, opt)
+    saved = torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, osd)  # osd holds opt's tensors
+    opt.zero_grad()
+    again = optimlab.Adafactor(ours.parameters(), lr=1e-2, weight_decay=0.01)
+    dsd.set_optimizer_state_dict(ours, again, saved)
+    before = [p.detach().to_local().clone() for p in ours.parameters()]
+    _train(ours, opt, theirs, None, rank, 3, seed=1)
+    after = [_full(p).detach().clone() for p in ours.parameters()]
+    with torch.no_grad():
+        for p, b in zip(ours.parameters(), before):
+            p.to_local().copy_(b)
+    _train(ours, again, theirs, None, rank, 3, seed=1)
+    resumed = max(_rel(_full(p), a) for p, a in zip(ours.parameters(), after))
+    if rank == 0:
+        torch.save({"err": err, "steps": sorted(steps), "on_shards": on_shards, "state_types": state_types,
+                    "sd_states": len(sd["state"]), "osd_states": len(osd["state"]), "resumed": resumed},
+                   os.path.join(out_dir, "results.pt"))
+    dist.barrier()
+
+
+@pytest.mark.slow
+def test_adafactor_on_fsdp2_shards_matches_torch(tmp_path):
+    run_group(_worker, tmp_path)
+    r = torch.load(tmp_path / "results.pt", weights_only=True)
+    assert r["err"] <= 1e-5, r["err"]
+    assert r["steps"] == [float(STEPS)]
+    # every param but the (1, 33) weight stepped on its shards
+    assert r["on_shards"] == sorted([(33, 16), (33,), (1,), (6, 1), (6,), (4, 6), (4,)]), r["on_shards"]
+    assert r["state_types"] == ["DTensor"]
+    assert r["sd_states"] == r["osd_states"] == 8
+    assert r["resumed"] <= 1e-6, r["resumed"]
