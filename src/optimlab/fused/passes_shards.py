@@ -49,6 +49,9 @@ _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 #: recorded calls whose value is element-wise in their arguments (a local block of local blocks)
 _ELEMENTWISE = set(TORCH_OPS.values()) | {_reduce.lerp, _reduce.low_precision, _to}
 _MEANS = (_reduce.mean, _reduce.mean_square)
+_grad = operator.attrgetter("grad")
+_spec = operator.attrgetter("_spec")
+_local_tensor = operator.attrgetter("_local_tensor")
 #: optimizer -> {id(group): _Layout}
 _layouts: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 #: (id(program), shape, sharding) -> _Sums, or None where the program cannot run on shards
@@ -153,28 +156,28 @@ class _Bucket:
         self.key, self.layout, self.sharding = key, layout, sharding
         self.params: list = []
         self.locals: list = []
+        self.specs: list = []
 
 
 class _Layout:
     """A group's DTensor params sorted into buckets, their local state, and the params left
     to the reference path; a stand-in optimizer for :class:`.passes_torch.TorchRunner`
-    (``state``: local param -> its local state), kept from step to step."""
+    (``state``: local param -> its local state). Kept while the params with grads, the
+    hyperparameters' flags and ``optimizer.state`` (the object and its size) are the same:
+    ``load_state_dict`` replaces it."""
 
-    def __init__(self):
+    def __init__(self, optimizer, key):
         self.state: dict = {}
         self.buckets: list = []
         self.rest: list = []
-        self.key = None
-        self.signature = None
+        self.key, self.source = key, optimizer.state
 
-
-def _signature(optimizer, params) -> tuple:
-    state = optimizer.state
-    return tuple(tuple(map(id, state[p].values())) if p in state else None for p in params)
+    def current(self, optimizer, key) -> bool:
+        return self.key == key and self.source is optimizer.state
 
 
 def _lay_out(optimizer, params, h, hk, dtensor) -> _Layout:
-    out = _Layout()
+    out = _Layout(optimizer, None)
     fills = optimizer.rule.tensors(h)
     buckets: dict = {}
     for p in params:
@@ -230,15 +233,26 @@ def _lay_out(optimizer, params, h, hk, dtensor) -> _Layout:
                     st[key] = st[key].redistribute(q.device_mesh, want)
             local = q._local_tensor
             bucket.locals.append(local)
+            bucket.specs.append(q._spec)
             out.state[local] = {k: v._local_tensor if isinstance(v, dtensor) else v for k, v in st.items()}
         out.buckets.append(bucket)
     return out
 
 
-def _grad_fits(p, dtensor) -> bool:
-    g = p.grad
-    return (isinstance(g, dtensor) and g.shape == p.shape and g.dtype == p.dtype
-            and (g._spec is p._spec or (g.device_mesh == p.device_mesh and g.placements == p.placements)))
+def _local_grads(bucket, dtensor):
+    """The local grads of the bucket's params, and which params they fit (None: all):
+    a DTensor grad with its param's mesh, placements, global shape and dtype."""
+    grads = list(map(_grad, bucket.params))
+    try:
+        specs = list(map(_spec, grads))
+        if all(map(operator.is_, specs, bucket.specs)):  # FSDP2's grads share the param's spec
+            return list(map(_local_tensor, grads)), None
+    except AttributeError:  # a plain grad
+        pass
+    fits = [isinstance(g, dtensor) and g.shape == p.shape and g.dtype == p.dtype
+            and g.device_mesh == p.device_mesh and g.placements == p.placements
+            for p, g in zip(bucket.params, grads)]
+    return [g._local_tensor for g, ok in zip(grads, fits) if ok], fits
 
 
 def step(optimizer, group, params, h) -> list:
@@ -251,22 +265,24 @@ def step(optimizer, group, params, h) -> list:
     layouts = _layouts.setdefault(optimizer, {})
     layout = layouts.get(id(group))
     key = (tuple(map(id, params)), hk, len(optimizer.state))
-    if layout is None or layout.key != key or layout.signature != _signature(optimizer, params):
+    if layout is None or not layout.current(optimizer, key):
         layout = layouts[id(group)] = _lay_out(optimizer, params, h, hk, dtensor)
-        layout.key, layout.signature = key, _signature(optimizer, params)
+        layout.key = (key[0], key[1], len(optimizer.state))  # with the state just created
     rest = list(layout.rest)
     stepped = []
     for bucket in layout.buckets:
-        fits = [_grad_fits(p, dtensor) for p in bucket.params]
-        ps = [p for p, ok in zip(bucket.params, fits) if ok]
-        rest.extend(p for p, ok in zip(bucket.params, fits) if not ok)
+        grads, fits = _local_grads(bucket, dtensor)
+        ps, locals_ = bucket.params, bucket.locals
+        if fits is not None:  # the same on every rank: placements and shapes only
+            rest.extend(p for p, ok in zip(ps, fits) if not ok)
+            ps = [p for p, ok in zip(ps, fits) if ok]
+            locals_ = [t for t, ok in zip(locals_, fits) if ok]
         if not ps:
             continue
-        locals_ = [t for t, ok in zip(bucket.locals, fits) if ok]
         prog = passes.program(bucket.key, h) or passes._traced(
             bucket.key, optimizer.rule, "update", h, tuple(ps[0].shape), ps[0].dtype, bucket.layout)
         sums = _sums[(id(prog), tuple(ps[0].shape), bucket.sharding)]
-        _ShardRunner(prog, layout, locals_, h, sums, ps).run()
+        _ShardRunner(prog, layout, locals_, grads, h, sums, ps[0].device_mesh).run()
         stepped.extend(ps)
     if stepped:
         torch._C._increment_version(stepped)
@@ -277,10 +293,9 @@ class _ShardRunner(passes_torch.TorchRunner):
     """:class:`.passes_torch.TorchRunner` on the local shards of one bucket, its partial
     sums completed over the mesh."""
 
-    def __init__(self, prog, layout, locals_, h, sums, params):
+    def __init__(self, prog, layout, locals_, grads, h, sums, mesh):
         super().__init__(prog, layout, locals_, h)
-        self.sums, self.dparams = sums, params
-        mesh = params[0].device_mesh
+        self.sums, self.grads = sums, grads
         self.groups = {i: [mesh.get_group(k) for k in ks] for i, ks in sums.mesh_dims.items()}
 
     def run(self):
@@ -292,7 +307,8 @@ class _ShardRunner(passes_torch.TorchRunner):
 class _ShardGroup(passes_torch._Group):
     def __init__(self, runner, params):
         super().__init__(runner, params)
-        self.grads = [p.grad._local_tensor for p in runner.dparams]
+        self.grads = runner.grads
+        self.squares: dict = {}
 
     def _tensors(self, name):
         return self.grads if name == "grad" else super()._tensors(name)
@@ -302,11 +318,63 @@ class _ShardGroup(passes_torch._Group):
             torch.distributed.all_reduce(t, group=pg)
         return t
 
+    def _direct(self) -> dict:
+        """Besides :meth:`.passes_torch._Group._direct`: with several params, an output
+        ``x - y`` of the input ``x`` of its own name (the parameter's ``p - step``) is
+        subtracted in place from each destination (no stacked result to copy back); and that
+        input, where nothing else reads it but norms, is not stacked at all."""
+        out = super()._direct()
+        self.in_place, self.unstacked = {}, set()
+        if self.nt == 1:
+            return out
+        readers: dict = {}
+        for n in self.prog.graph.nodes:
+            if n.index in self.prog.level:
+                for a in n.args:
+                    readers.setdefault(a.index, []).append(n)
+        for key, n in self.prog.elem_outputs.items():
+            x = n.args[0] if n.op == "sub" else None
+            if (x is None or x.op != "ein" or x.name != key or n.args[1].kind != "E"
+                    or self._tensors(key)[0].dtype != self.compute or self.last.get(x.index) != n.index):
+                continue
+            self.in_place[n.index] = key
+            out[n.index] = None  # written here, not copied back after the step
+            if all(r is n or r.op == "red_sumsq" for r in readers.get(x.index, ())):
+                self.unstacked.add(x.index)
+        return out
+
+    def _element(self, n):
+        if n.index in self.unstacked:  # read by norms and the in-place update only
+            return self._tensors(n.name)
+        key = self.in_place.get(n.index)
+        if key is None:
+            return super()._element(n)
+        torch._foreach_sub_(self._tensors(key), list(self.v[n.args[1].index].unbind(0)))
+        return None
+
     def _reduction(self, n):
-        r = super()._reduction(n)
+        if n.args[0].index in self.unstacked:  # red_sumsq of the unstacked input
+            norms = torch._foreach_norm(self.v[n.args[0].index])
+            r = torch.stack(norms).to(torch.float64).square().numpy()
+        else:
+            r = super()._reduction(n)
         if n.index in self.runner.groups:
             r = self._add_up(n, torch.from_numpy(np.ascontiguousarray(r))).numpy()
         return r
+
+    def _square(self, a):
+        """x * x of the value of node ``a``, computed once for all means of it (Adafactor's
+        row and column means of g^2), into a workspace buffer."""
+        sq = self.squares.get(a.index)
+        if sq is None:
+            x = self.v[a.index]
+            full = tuple(x.shape[1:]) == tuple(self.params[0].shape) and x.dtype == self.compute
+            sq = self.squares[a.index] = torch.mul(x, x, out=self._buffer(None, x.dtype)) if full else x * x
+        return sq
+
+    def _mean_square(self, n):
+        x, dim = self.v[n.args[0].index], dict(n.fn[2])["dim"]
+        return self._square(n.args[0]).sum(dim=dim, keepdim=True).div_(x.size(dim))  # an unsharded dim
 
     def _torch_value(self, n):
         mean = self.runner.sums.means.get(n.index)
@@ -315,7 +383,7 @@ class _ShardGroup(passes_torch._Group):
         dims, count = mean
         x = self.v[n.args[0].index]
         if n.fn[0] is _reduce.mean_square:
-            x = x * x
+            x = self._square(n.args[0])
         if n.fn[2] and dict(n.fn[2]).get("dim") is not None:
             total = x.sum(dim=dims, keepdim=True)
         else:  # a 0-dim value per tensor

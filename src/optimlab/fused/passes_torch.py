@@ -88,14 +88,16 @@ class _Group:
         self.owned: dict = {}  # node index -> its buffer, given back after the node's last use
 
     def _buffer(self, n, dtype):
-        """A full-size buffer of this group's workspace for the value of ``n``."""
+        """A full-size buffer of this group's workspace for the value of ``n`` (None: kept
+        to the end of the step)."""
         shape = (self.nt,) + tuple(self.params[0].shape)
         free = self.free.setdefault((shape, dtype), [])
         buf = free.pop() if free else None
         if buf is None:
             buf = torch.empty(shape, dtype=dtype)
             self.buffers.setdefault((shape, dtype), []).append(buf)
-        self.owned[n.index] = buf
+        if n is not None:
+            self.owned[n.index] = buf
         return buf
 
     # ---- inputs
