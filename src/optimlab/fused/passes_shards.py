@@ -252,7 +252,7 @@ def _local_grads(bucket, dtensor):
     fits = [isinstance(g, dtensor) and g.shape == p.shape and g.dtype == p.dtype
             and g.device_mesh == p.device_mesh and g.placements == p.placements
             for p, g in zip(bucket.params, grads)]
-    return [g._local_tensor for g, ok in zip(grads, fits) if ok], fits
+    return [g._local_tensor for g, ok in zip(grads, fits) if ok], None if all(fits) else fits
 
 
 def step(optimizer, group, params, h) -> list:
