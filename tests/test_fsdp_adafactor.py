@@ -5,7 +5,8 @@ model, with the optimizer state still DTensor for ``state_dict`` and DCP.
 A real 2-rank gloo group. The model has an odd row count (33, split 17/16), a weight of
 one column (6, 1), a weight of one row (1, 33), whose rows are on one rank only, and a
 bias of one element (a (0,) shard on rank 1); the (1, 33) weight takes the reference
-path, every other param the shard path.
+path, every other param the shard path. LAMB and LARS (norms only) take it for every
+param; Muon (Newton-Schulz) takes the reference path.
 """
 
 from __future__ import annotations
@@ -90,11 +91,33 @@ def _worker(rank, world, out_dir):
             p.to_local().copy_(b)
     _train(ours, again, theirs, None, rank, 3, seed=1)
     resumed = max(_rel(_full(p), a) for p, a in zip(ours.parameters(), after))
+    others = {name: _other(name, rank) for name in OTHERS}
     if rank == 0:
         torch.save({"err": err, "steps": sorted(steps), "on_shards": on_shards, "state_types": state_types,
-                    "sd_states": len(sd["state"]), "osd_states": len(osd["state"]), "resumed": resumed},
-                   os.path.join(out_dir, "results.pt"))
+                    "sd_states": len(sd["state"]), "osd_states": len(osd["state"]), "resumed": resumed,
+                    "others": others}, os.path.join(out_dir, "results.pt"))
     dist.barrier()
+
+
+#: other rules with reductions: LAMB and LARS (norms only) on the shards, equal to their
+#: unsharded run; Muon's Newton-Schulz has no local form: the reference path, no crash
+OTHERS = ("lamb", "lars", "muon")
+
+
+def _other(name, rank):
+    import optimlab
+    from optimlab.fused import passes_shards
+
+    ours, theirs = _model(True), _model(False)
+    pick = (lambda m: [p for p in m.parameters() if p.dim() == 2]) if name == "muon" else (
+        lambda m: list(m.parameters()))
+    opt, ref = optimlab.create(name, pick(ours), lr=1e-2), optimlab.create(name, pick(theirs), lr=1e-2)
+    start = [_full(p).detach().clone() for p in pick(ours)]
+    _train(ours, opt, theirs, ref, rank, STEPS)
+    err = max(_rel(_full(a), b.detach()) for a, b in zip(pick(ours), pick(theirs)))
+    moved = min((_full(a) - b).abs().max().item() for a, b in zip(pick(ours), start))
+    on_shards = sum(len(b.params) for layout in passes_shards._layouts[opt].values() for b in layout.buckets)
+    return err, moved, on_shards
 
 
 @pytest.mark.slow
@@ -108,3 +131,8 @@ def test_adafactor_on_fsdp2_shards_matches_torch(tmp_path):
     assert r["state_types"] == ["DTensor"]
     assert r["sd_states"] == r["osd_states"] == 8
     assert r["resumed"] <= 1e-6, r["resumed"]
+    for name in ("lamb", "lars"):
+        err, _, on_shards = r["others"][name]
+        assert err <= 1e-5 and on_shards == 8, (name, err, on_shards)
+    _, moved, on_shards = r["others"]["muon"]
+    assert moved > 0 and on_shards == 0
