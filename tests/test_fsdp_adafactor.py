@@ -5,8 +5,8 @@ model, with the optimizer state still DTensor for ``state_dict`` and DCP.
 A real 2-rank gloo group. The model has an odd row count (33, split 17/16), a weight of
 one column (6, 1), a weight of one row (1, 33), whose rows are on one rank only, and a
 bias of one element (a (0,) shard on rank 1); the (1, 33) weight takes the reference
-path, every other param the shard path. LAMB and LARS (norms only) take it for every
-param; Muon (Newton-Schulz) takes the reference path.
+path, every other param the shard path. LAMB, LARS and Prodigy (norms and dot products
+only) take it for every param; Muon (Newton-Schulz) takes the reference path.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _worker(rank, world, out_dir):
     _train(ours, opt, theirs, ref, rank, STEPS)
     err = max(_rel(_full(a), b.detach()) for a, b in zip(ours.parameters(), theirs.parameters()))
     steps = {opt.state[a]["step"].item() for a in ours.parameters()}
-    (layout,) = passes_shards._layouts[opt].values()
+    (layout,) = passes_shards._layouts[opt].values()  # one group, one phase
     on_shards = sorted(tuple(p.shape) for b in layout.buckets for p in b.params)
     state_types = sorted({type(v).__name__ for a in ours.parameters() for k, v in opt.state[a].items()
                           if k != "step"})
@@ -99,9 +99,10 @@ def _worker(rank, world, out_dir):
     dist.barrier()
 
 
-#: other rules with reductions: LAMB and LARS (norms only) on the shards, equal to their
-#: unsharded run; Muon's Newton-Schulz has no local form: the reference path, no crash
-OTHERS = ("lamb", "lars", "muon")
+#: other rules with reductions: LAMB, LARS (norms only) and Prodigy's estimate (dot
+#: products) on the shards, equal to their unsharded run; Muon's Newton-Schulz has no local
+#: form: the reference path, no crash
+OTHERS = ("lamb", "lars", "prodigy", "muon")
 
 
 def _other(name, rank):
@@ -116,8 +117,9 @@ def _other(name, rank):
     _train(ours, opt, theirs, ref, rank, STEPS)
     err = max(_rel(_full(a), b.detach()) for a, b in zip(pick(ours), pick(theirs)))
     moved = min((_full(a) - b).abs().max().item() for a, b in zip(pick(ours), start))
-    on_shards = sum(len(b.params) for layout in passes_shards._layouts[opt].values() for b in layout.buckets)
-    return err, moved, on_shards
+    layouts = passes_shards._layouts[opt]
+    return err, moved, {phase: sum(len(b.params) for b in layouts[(g, phase)].buckets)
+                        for g, phase in layouts}
 
 
 @pytest.mark.slow
@@ -131,8 +133,9 @@ def test_adafactor_on_fsdp2_shards_matches_torch(tmp_path):
     assert r["state_types"] == ["DTensor"]
     assert r["sd_states"] == r["osd_states"] == 8
     assert r["resumed"] <= 1e-6, r["resumed"]
-    for name in ("lamb", "lars"):
-        err, _, on_shards = r["others"][name]
-        assert err <= 1e-5 and on_shards == 8, (name, err, on_shards)
+    for name, phases in (("lamb", {"update": 8}), ("lars", {"update": 8}),
+                         ("prodigy", {"estimate": 8})):  # (Prodigy's update: element-wise)
+        err, moved, on_shards = r["others"][name]
+        assert err <= 1e-5 and moved > 0 and on_shards == phases, (name, err, moved, on_shards)
     _, moved, on_shards = r["others"]["muon"]
-    assert moved > 0 and on_shards == 0
+    assert moved > 0 and on_shards == {"update": 0}

@@ -273,9 +273,12 @@ class RuleOptimizer(Optimizer):
             return self.rule.combine((), group)
         params = [p for p in group["params"] if p.grad is not None]
         self._check_grads(params)
-        from .fused import passes
+        from .fused import passes, passes_shards
 
-        params, totals = passes.estimate(self, group, params, h)  # the generated pass first
+        params, totals = passes_shards.estimate(self, group, params, h)  # DTensors: on their shards
+        params, more = passes.estimate(self, group, params, h)  # the generated pass first
+        if more is not None:
+            totals = more if totals is None else [a + b for a, b in zip(totals, more)]
         for p in params:
             parts = self._on_tensors(p, h, lambda q, g, s: estimate(self.rule, q, g, s, h))
             parts = [float(x) for x in parts]

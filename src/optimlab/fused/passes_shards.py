@@ -176,7 +176,7 @@ class _Layout:
         return self.key == key and self.source is optimizer.state
 
 
-def _lay_out(optimizer, params, h, hk, dtensor) -> _Layout:
+def _lay_out(optimizer, params, h, hk, dtensor, phase) -> _Layout:
     out = _Layout(optimizer, None)
     fills = optimizer.rule.tensors(h)
     buckets: dict = {}
@@ -202,7 +202,7 @@ def _lay_out(optimizer, params, h, hk, dtensor) -> _Layout:
         if not ok:
             out.rest.append(p)
             continue
-        key = passes._key(optimizer.rule, "update", hk, tuple(p.shape), p.dtype, layout) + ("torch",)
+        key = passes._key(optimizer.rule, phase, hk, tuple(p.shape), p.dtype, layout) + ("torch",)
         bkey = (key, sharding, id(p.device_mesh))
         bucket = buckets.get(bkey)
         if bucket is None:
@@ -212,7 +212,7 @@ def _lay_out(optimizer, params, h, hk, dtensor) -> _Layout:
         p = bucket.params[0]
         try:
             prog = passes.program(bucket.key, h) or passes._traced(
-                bucket.key, optimizer.rule, "update", h, tuple(p.shape), p.dtype, bucket.layout)
+                bucket.key, optimizer.rule, phase, h, tuple(p.shape), p.dtype, bucket.layout)
         except passes.TraceError as e:
             passes._warn(optimizer, e)
             out.rest.extend(bucket.params)
@@ -258,18 +258,30 @@ def _local_grads(bucket, dtensor):
 def step(optimizer, group, params, h) -> list:
     """One step of a whole-tensor rule for the DTensor params of ``params`` (with grads)
     whose graph runs on their shards; returns the other params."""
+    return _run(optimizer, group, params, h, "update")[0]
+
+
+def estimate(optimizer, group, params, h):
+    """Phase 1 of a two-phase rule (Prodigy) for the DTensor params whose graph runs on
+    their shards: (the other params, the sums of their partial sums or None)."""
+    rest, sums = _run(optimizer, group, params, h, "estimate")
+    if not sums:
+        return rest, None
+    return rest, [float(np.sum(np.concatenate([s[i] for s in sums]))) for i in range(len(sums[0]))]
+
+
+def _run(optimizer, group, params, h, phase):
     if not shards.any_dtensor(params) or not passes._wanted(group):
-        return params
+        return params, []
     dtensor = shards._dtensor_type()
     hk = (passes.hkey(h), passes._extra_key(h))
     layouts = _layouts.setdefault(optimizer, {})
-    layout = layouts.get(id(group))
+    layout = layouts.get((id(group), phase))
     key = (tuple(map(id, params)), hk, len(optimizer.state))
     if layout is None or not layout.current(optimizer, key):
-        layout = layouts[id(group)] = _lay_out(optimizer, params, h, hk, dtensor)
+        layout = layouts[(id(group), phase)] = _lay_out(optimizer, params, h, hk, dtensor, phase)
         layout.key = (key[0], key[1], len(optimizer.state))  # with the state just created
-    rest = list(layout.rest)
-    stepped = []
+    rest, sums, stepped = list(layout.rest), [], []
     for bucket in layout.buckets:
         grads, fits = _local_grads(bucket, dtensor)
         ps, locals_ = bucket.params, bucket.locals
@@ -280,13 +292,13 @@ def step(optimizer, group, params, h) -> list:
         if not ps:
             continue
         prog = passes.program(bucket.key, h) or passes._traced(
-            bucket.key, optimizer.rule, "update", h, tuple(ps[0].shape), ps[0].dtype, bucket.layout)
-        sums = _sums[(id(prog), tuple(ps[0].shape), bucket.sharding)]
-        _ShardRunner(prog, layout, locals_, grads, h, sums, ps[0].device_mesh).run()
+            bucket.key, optimizer.rule, phase, h, tuple(ps[0].shape), ps[0].dtype, bucket.layout)
+        plan = _sums[(id(prog), tuple(ps[0].shape), bucket.sharding)]
+        sums.append(_ShardRunner(prog, layout, locals_, grads, h, plan, ps[0].device_mesh).run())
         stepped.extend(ps)
-    if stepped:
+    if stepped and phase == "update":
         torch._C._increment_version(stepped)
-    return rest
+    return rest, sums
 
 
 class _ShardRunner(passes_torch.TorchRunner):
@@ -299,9 +311,9 @@ class _ShardRunner(passes_torch.TorchRunner):
         self.groups = {i: [mesh.get_group(k) for k in ks] for i, ks in sums.mesh_dims.items()}
 
     def run(self):
+        """The per-tensor values of the program's returns (an estimate's partial sums)."""
         with np.errstate(all="ignore"):
-            _ShardGroup(self, self.params).run()
-        return []
+            return _ShardGroup(self, self.params).run()
 
 
 class _ShardGroup(passes_torch._Group):
@@ -391,4 +403,4 @@ class _ShardGroup(passes_torch._Group):
         return self._add_up(n, total.contiguous()).div_(count)
 
 
-__all__ = ["step"]
+__all__ = ["step", "estimate"]
