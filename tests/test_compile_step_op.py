@@ -66,6 +66,25 @@ def frames() -> int:
     return counters["frames"]["ok"]
 
 
+def scheduled(entry, steps: int, backend, dtype=torch.float64):
+    """``steps`` steps of ``torch.compile(opt.step)`` and of the eager step side by side, each
+    optimizer's ``CosineAnnealingLR`` stepped after it; (compiled params, eager params, frames
+    compiled after the first step)."""
+    p_c, opt_c = make(entry, dtype=dtype)
+    p_e, opt_e = make(entry, dtype=dtype)
+    schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) for opt in (opt_c, opt_e)]
+    step = torch.compile(opt_c.step, backend=backend)
+    first = None
+    for t in range(steps):
+        set_grads([p_c, p_e], t)
+        step()
+        opt_e.step()
+        for scheduler in schedulers:
+            scheduler.step()
+        first = frames() if t == 0 else first
+    return p_c, p_e, first
+
+
 def test_default_mode():
     assert compiled.MODE == "step_op" and compiled.MODES[0] == "step_op"
 
@@ -75,22 +94,10 @@ def test_every_entry_cosine_schedule(entry, caplog):
     """50 steps of ``torch.compile(opt.step)`` under ``CosineAnnealingLR``: bit-equal to eager,
     one frame compiled and no graph at all (the backend is never called: the frame's bytecode
     calls the eager step), no graph break of any kind, no warning, no recompile message."""
-    p_c, opt_c = make(entry)
-    p_e, opt_e = make(entry)
-    sched_c = torch.optim.lr_scheduler.CosineAnnealingLR(opt_c, 50)
-    sched_e = torch.optim.lr_scheduler.CosineAnnealingLR(opt_e, 50)
     rec = Recorder()
-    step = torch.compile(opt_c.step, backend=rec)
     with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
         warnings.simplefilter("always")
-        for t in range(50):
-            set_grads([p_c, p_e], t)
-            step()
-            opt_e.step()
-            sched_c.step()
-            sched_e.step()
-            if t == 0:
-                first = frames()
+        p_c, p_e, first = scheduled(entry, 50, rec)
     assert rel(p_c, p_e) == 0
     assert first == frames() == 1
     assert rec.graphs == [] and graphs() == 0
@@ -105,20 +112,9 @@ def test_without_the_replayed_call_the_step_is_one_op(name):
     """Where Dynamo would not replay the call (the set of replayed functions replaced, as
     ``torch._dynamo.config.patch`` does), the frame's graph is one ``optimlab::step`` with no
     tensor in it: still bit-equal to eager, one graph, no recompile, no break."""
-    entry = lookup(name)
-    p_c, opt_c = make(entry)
-    p_e, opt_e = make(entry)
-    sched_c = torch.optim.lr_scheduler.CosineAnnealingLR(opt_c, 20)
-    sched_e = torch.optim.lr_scheduler.CosineAnnealingLR(opt_e, 20)
     rec = Recorder()
-    step = torch.compile(opt_c.step, backend=rec)
     with torch._dynamo.config.patch(reorderable_logging_functions=set()):
-        for t in range(20):
-            set_grads([p_c, p_e], t)
-            step()
-            opt_e.step()
-            sched_c.step()
-            sched_e.step()
+        p_c, p_e, _ = scheduled(lookup(name), 20, rec)
     assert rel(p_c, p_e) == 0
     assert frames() == graphs() == len(rec.graphs) == 1
     assert rec.targets() == [torch._C._set_grad_enabled, STEP, torch._C._set_grad_enabled], rec.targets()
@@ -260,17 +256,7 @@ def test_lr_scheduler_keeps_its_warning_and_does_not_wrap_the_step():
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", RULE_PARAMS)
 def test_inductor_every_entry(entry):
-    p_c, opt_c = make(entry, dtype=torch.float32)
-    p_e, opt_e = make(entry, dtype=torch.float32)
-    sched_c = torch.optim.lr_scheduler.CosineAnnealingLR(opt_c, 20)
-    sched_e = torch.optim.lr_scheduler.CosineAnnealingLR(opt_e, 20)
-    step = torch.compile(opt_c.step)
-    for t in range(20):
-        set_grads([p_c, p_e], t)
-        step()
-        opt_e.step()
-        sched_c.step()
-        sched_e.step()
+    p_c, p_e, _ = scheduled(entry, 20, "inductor", dtype=torch.float32)
     assert rel(p_c, p_e) == 0
     assert frames() == 1 and graphs() == 0 and not counters["graph_break"]
     assert len(SHAPES) == len(p_c)
