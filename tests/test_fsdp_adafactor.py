@@ -92,10 +92,19 @@ def _worker(rank, world, out_dir):
     _train(ours, again, theirs, None, rank, 3, seed=1)
     resumed = max(_rel(_full(p), a) for p, a in zip(ours.parameters(), after))
     others = {name: _other(name, rank) for name in OTHERS}
+    # every param alone (the large-param path: views, each output written in place)
+    from optimlab.fused import passes_torch
+
+    passes_torch.GROUP_NUMEL = 1
+    ours, theirs = _model(True), _model(False)
+    opt = optimlab.Adafactor(ours.parameters(), lr=1e-2, weight_decay=0.01)
+    ref = torch.optim.Adafactor(theirs.parameters(), lr=1e-2, weight_decay=0.01)
+    _train(ours, opt, theirs, ref, rank, STEPS)
+    alone = max(_rel(_full(a), b.detach()) for a, b in zip(ours.parameters(), theirs.parameters()))
     if rank == 0:
         torch.save({"err": err, "steps": sorted(steps), "on_shards": on_shards, "state_types": state_types,
                     "sd_states": len(sd["state"]), "osd_states": len(osd["state"]), "resumed": resumed,
-                    "others": others}, os.path.join(out_dir, "results.pt"))
+                    "others": others, "alone": alone}, os.path.join(out_dir, "results.pt"))
     dist.barrier()
 
 
@@ -127,6 +136,7 @@ def test_adafactor_on_fsdp2_shards_matches_torch(tmp_path):
     run_group(_worker, tmp_path)
     r = torch.load(tmp_path / "results.pt", weights_only=True)
     assert r["err"] <= 1e-5, r["err"]
+    assert r["alone"] <= 1e-5, r["alone"]
     assert r["steps"] == [float(STEPS)]
     # every param but the (1, 33) weight stepped on its shards
     assert r["on_shards"] == sorted([(33, 16), (33,), (1,), (6, 1), (6,), (4, 6), (4,)]), r["on_shards"]

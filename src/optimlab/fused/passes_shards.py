@@ -293,8 +293,12 @@ def _run(optimizer, group, params, h, phase):
             continue
         prog = passes.program(bucket.key, h) or passes._traced(
             bucket.key, optimizer.rule, phase, h, tuple(ps[0].shape), ps[0].dtype, bucket.layout)
-        plan = _sums[(id(prog), tuple(ps[0].shape), bucket.sharding)]
-        sums.append(_ShardRunner(prog, layout, locals_, grads, h, plan, ps[0].device_mesh).run())
+        plan, mesh = _sums[(id(prog), tuple(ps[0].shape), bucket.sharding)], ps[0].device_mesh
+        # large params one by one, as passes_torch does (views, no stacked copies); decided on
+        # the global size, so that every rank makes the same collectives
+        n = 1 if ps[0].numel() // mesh.size() >= passes_torch.GROUP_NUMEL else len(ps)
+        for i in range(0, len(ps), n):
+            sums.append(_ShardRunner(prog, layout, locals_[i:i + n], grads[i:i + n], h, plan, mesh).run())
         stepped.extend(ps)
     if stepped and phase == "update":
         torch._C._increment_version(stepped)
