@@ -252,10 +252,12 @@ class RuleOptimizer(Optimizer):
     def unfused_step(self, group: dict, params: list, h: SimpleNamespace, vouch=None) -> None:
         """Params (with grads) the C kernel did not take: torch's own fused kernel where the
         rule is one torch ships (:mod:`optimlab.fused.torch_kernels`, default flags only), the
-        multi-tensor path (:mod:`optimlab.fused.foreach`) unless ``foreach=False``, else the
-        reference path. ``vouch``: the C path's plan when it has just checked that ``params``
-        are the objects, with the storage, it was built for (the backends' caches built under
-        the same plan then skip that check)."""
+        multi-tensor path (:mod:`optimlab.fused.foreach`) unless ``foreach=False`` (a rule
+        with reductions: its generated passes, :mod:`optimlab.fused.passes`, on DTensors their
+        local shards, :mod:`optimlab.fused.passes_shards`), else the reference path.
+        ``vouch``: the C path's plan when it has just checked that ``params`` are the objects,
+        with the storage, it was built for (the backends' caches built under the same plan
+        then skip that check)."""
         from .fused import foreach, torch_kernels
 
         params = torch_kernels.step(self, group, params, h, vouch)

@@ -29,7 +29,9 @@ bfloat16/float16, dense and contiguous with a grad of the same layout, unless ``
 ``foreach=True``, ``differentiable`` or ``OPTIMLAB_DISABLE_FUSED``; anything else, and any
 failure to trace (warned once), takes the per-tensor reference path. Without a working C
 compiler (warned once) the same traced graph runs as batched torch operations on the
-bucket's params (:mod:`.passes_torch`: the multi-tensor path of these rules).
+bucket's params (:mod:`.passes_torch`: the multi-tensor path of these rules). DTensor
+params (FSDP2) run the same graph on their local shards, its sums completed over the ranks
+(:mod:`.passes_shards`, which the engine asks first).
 """
 
 from __future__ import annotations

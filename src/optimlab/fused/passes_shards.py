@@ -31,6 +31,13 @@ dimension with torch values in the graph (a (1, m) weight: its rows are on one r
 is left to the reference path, which runs on the DTensors themselves. Every choice here
 depends on global shapes and placements only, the same on every rank, so the ranks call
 the same collectives in the same order.
+
+Cost: the params of one global shape are stacked as in :mod:`.passes_torch` (large ones
+run alone, as views); on top of it, x^2 is computed once for all means of x (Adafactor's
+row and column means of g^2), and the parameter's update ``p - step`` is subtracted in
+place from each shard (``_foreach_sub_``), so ``p``, read otherwise only by norms
+(``_foreach_norm``), is neither stacked nor copied back. One ``all_reduce`` per partial
+sum and bucket (four for Adafactor's matrices, two for its vectors).
 """
 
 from __future__ import annotations
@@ -350,7 +357,7 @@ class _ShardGroup(passes_torch._Group):
                     readers.setdefault(a.index, []).append(n)
         for key, n in self.prog.elem_outputs.items():
             x = n.args[0] if n.op == "sub" else None
-            if (x is None or x.op != "ein" or x.name != key or n.args[1].kind != "E"
+            if (x is None or x.op != "ein" or x.name != key or n.args[1].kind != "E" or n.args[1] is x
                     or self._tensors(key)[0].dtype != self.compute or self.last.get(x.index) != n.index):
                 continue
             self.in_place[n.index] = key
