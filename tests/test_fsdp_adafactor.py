@@ -1,6 +1,7 @@
 """Adafactor on FSDP2: the traced graph on local shards, its sums completed over the ranks
 (:mod:`optimlab.fused.passes_shards`), equal to torch.optim.Adafactor on the unsharded
-model, with the optimizer state still DTensor for ``state_dict`` and DCP.
+model, with the optimizer state still DTensor for ``state_dict`` and DCP (a checkpoint saved
+and loaded on the 2 ranks continues the trajectory).
 
 A real 2-rank gloo group. The model has an odd row count (33, split 17/16), a weight of
 one column (6, 1), a weight of one row (1, 33), whose rows are on one rank only, and a
@@ -59,6 +60,7 @@ def _train(ours, opt, theirs, ref, rank, steps, seed=0):
 
 
 def _worker(rank, world, out_dir):
+    import torch.distributed.checkpoint as dcp
     import torch.distributed.checkpoint.state_dict as dsd
 
     import optimlab
@@ -75,14 +77,17 @@ def _worker(rank, world, out_dir):
     state_types = sorted({type(v).__name__ for a in ours.parameters() for k, v in opt.state[a].items()
                           if k != "step"})
 
-    # state_dict / get_optimizer_state_dict, and a fresh optimizer loaded from (a copy of) the
-    # latter continues as this one does
+    # state_dict, and get_optimizer_state_dict saved with DCP: a fresh optimizer loaded from
+    # it (dcp.load + set_optimizer_state_dict) continues as this one does
     sd = opt.state_dict()
     osd = dsd.get_optimizer_state_dict(ours, opt)
-    saved = torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, osd)  # osd holds opt's tensors
+    checkpoint = os.path.join(out_dir, "checkpoint")
+    dcp.save({"optim": osd}, checkpoint_id=checkpoint)
     opt.zero_grad()
     again = optimlab.Adafactor(ours.parameters(), lr=1e-2, weight_decay=0.01)
-    dsd.set_optimizer_state_dict(ours, again, saved)
+    loaded = {"optim": dsd.get_optimizer_state_dict(ours, again)}
+    dcp.load(loaded, checkpoint_id=checkpoint)
+    dsd.set_optimizer_state_dict(ours, again, loaded["optim"])
     before = [p.detach().to_local().clone() for p in ours.parameters()]
     _train(ours, opt, theirs, None, rank, 3, seed=1)
     after = [_full(p).detach().clone() for p in ours.parameters()]
