@@ -332,14 +332,54 @@ class _ShardGroup(passes_torch._Group):
         super().__init__(runner, params)
         self.grads = runner.grads
         self.squares: dict = {}
+        self.pending: list = []  # (node index, this rank's part of its sum, count to divide by)
+        self.waiting: list = []  # per-tensor scalars that read a pending sum, in graph order
+        self.unsettled: set = set()
 
     def _tensors(self, name):
         return self.grads if name == "grad" else super()._tensors(name)
 
-    def _add_up(self, n, t: torch.Tensor) -> torch.Tensor:
-        for pg in self.runner.groups.get(n.index, ()):
-            torch.distributed.all_reduce(t, group=pg)
+    def _add_up(self, n, t: torch.Tensor, count=None) -> torch.Tensor:
+        """``t``, this rank's part of the sum of node ``n``: completed over the ranks (and
+        divided by ``count``) in place, with the other sums pending, once a value that is
+        not a per-tensor scalar reads one of them (:meth:`_later`)."""
+        self.pending.append((n.index, t, count))
+        self.unsettled.add(n.index)
         return t
+
+    def _later(self, n) -> bool:
+        """Per-tensor scalars of a pending sum wait (Adafactor's alpha from RMS(p) waits for the
+        column sums); anything else that reads one settles every pending sum with one
+        ``all_reduce``: two for Adafactor's matrices instead of four, one for its vectors.
+        The graph alone decides, the same on every rank."""
+        if not any(a.index in self.unsettled for a in n.args):
+            return False
+        if n.kind == "S" and n.op not in REDUCTIONS:
+            self.waiting.append(n)
+            self.unsettled.add(n.index)
+            return True
+        self._settle()
+        return False
+
+    def _settle(self) -> None:
+        by_groups: dict = {}
+        for index, t, count in self.pending:
+            by_groups.setdefault(tuple(map(id, self.runner.groups[index])), []).append((index, t, count))
+        for entries in by_groups.values():
+            flat = torch.cat([t.reshape(-1).to(torch.float64) for _, t, _ in entries])
+            for pg in self.runner.groups[entries[0][0]]:
+                torch.distributed.all_reduce(flat, group=pg)
+            offset = 0
+            for _, t, count in entries:
+                t.copy_(flat[offset:offset + t.numel()].view(t.shape))
+                offset += t.numel()
+                if count is not None:
+                    t.div_(count)
+        self.pending.clear()
+        for n in self.waiting:
+            self.v[n.index] = self._scalar(n)
+        self.waiting.clear()
+        self.unsettled.clear()
 
     def _direct(self) -> dict:
         """Besides :meth:`.passes_torch._Group._direct`: with several params, an output
@@ -382,7 +422,8 @@ class _ShardGroup(passes_torch._Group):
         else:
             r = super()._reduction(n)
         if n.index in self.runner.groups:
-            r = self._add_up(n, torch.from_numpy(np.ascontiguousarray(r))).numpy()
+            r = np.ascontiguousarray(r)
+            self._add_up(n, torch.from_numpy(r))  # completed in place (shares r's memory)
         return r
 
     def _square(self, a):
@@ -411,7 +452,7 @@ class _ShardGroup(passes_torch._Group):
             total = x.sum(dim=dims, keepdim=True)
         else:  # a 0-dim value per tensor
             total = x.reshape(self.nt, -1).sum(dim=1) if x.numel() else x.new_zeros(self.nt)
-        return self._add_up(n, total.contiguous()).div_(count)
+        return self._add_up(n, total.contiguous(), count)
 
 
 __all__ = ["step", "estimate"]

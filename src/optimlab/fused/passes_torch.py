@@ -299,6 +299,14 @@ class _Group:
         return r.numpy()
 
     # ---- the step
+    def _later(self, n) -> bool:
+        """Whether ``n`` is evaluated later than in graph order (see :mod:`.passes_shards`,
+        whose sums wait for other ranks); then :meth:`_settle` evaluates it."""
+        return False
+
+    def _settle(self) -> None:
+        """Evaluate what :meth:`_later` put off (called before the outputs are written)."""
+
     def run(self):
         prog = self.prog
         last = self.last = {}  # node index -> the last node that reads it (None: an output)
@@ -323,7 +331,7 @@ class _Group:
             last[n.index] = None  # kept to the end
         with torch.no_grad():
             for n in prog.graph.nodes:
-                if n.index not in prog.level:
+                if n.index not in prog.level or self._later(n):
                     continue
                 if n.op in REDUCTIONS:
                     self.v[n.index] = self._reduction(n)
@@ -337,6 +345,7 @@ class _Group:
                     if last.get(a.index) == n.index and a.index in self.owned:
                         buf = self.owned.pop(a.index)
                         self.free[(tuple(buf.shape), buf.dtype)].append(buf)
+            self._settle()
             outputs = []
             for key, n in list(prog.elem_outputs.items()) + list(prog.tensor_outputs.items()):
                 if n.index not in self.direct:
