@@ -13,31 +13,23 @@ sums over a sharded dimension is a partial sum that one ``all_reduce`` completes
   dimensions that shard that dimension (none for Adafactor's row means: FSDP2 shards rows),
   divided by the global count.
 
-Which values are local blocks follows from their global shapes alone, right-aligned with
-the parameter's: a dimension of the parameter's size that the parameter shards is this
-rank's slice of it; a dimension of size 1 (a broadcast or reduced one) is whole on every
-rank. So Adafactor's ``row_var`` (n, 1) is sharded like the rows and ``col_var`` (1, m) is
-replicated: every rank adds the same column sums, so every rank holds the same, complete
-``col_var``. The state stays DTensor; state created in another layout (``p.new_zeros``
-makes both replicated; a checkpoint may hold any) is redistributed once to this one, so
-``state_dict()``, ``get_optimizer_state_dict`` and DCP read the state as the step keeps it.
-
-The graph is accepted only where this holds for each of its torch values: element-wise
-calls, outer products (``(n, 1) @ (1, m)``), means along a dimension, state whose shape is
-laid out as above. A parameter whose mesh placements are not ``Shard``/``Replicate`` (a
-pending ``Partial``, FSDP2 + TP's strided shards), whose grad is not laid out like it, not
-on CPU, or whose graph holds another call (Muon's Newton-Schulz), or a size-1 sharded
-dimension with torch values in the graph (a (1, m) weight: its rows are on one rank only),
-is left to the reference path, which runs on the DTensors themselves. Every choice here
-depends on global shapes and placements only, the same on every rank, so the ranks call
-the same collectives in the same order.
+Which values are local blocks, and which graphs have a local form at all, follows from
+global shapes and placements alone (:mod:`.shard_layout`), the same on every rank, so the
+ranks call the same collectives in the same order. Adafactor's ``row_var`` (n, 1) is
+sharded like the rows, ``col_var`` (1, m) replicated (every rank adds the same column
+sums); the state stays DTensor, redistributed once to that layout where it was created in
+another, so ``state_dict()``, ``get_optimizer_state_dict`` and DCP read it as the step
+keeps it. Anything else goes to the reference path, which runs on the DTensors themselves.
 
 Cost: the params of one global shape are stacked as in :mod:`.passes_torch` (large ones
 run alone, as views); on top of it, x^2 is computed once for all means of x (Adafactor's
 row and column means of g^2), and the parameter's update ``p - step`` is subtracted in
 place from each shard (``_foreach_sub_``), so ``p``, read otherwise only by norms
-(``_foreach_norm``), is neither stacked nor copied back. One ``all_reduce`` per partial
-sum and bucket (four for Adafactor's matrices, two for its vectors).
+(``_foreach_norm``), is neither stacked nor copied back. The partial sums of a bucket
+are completed together where the graph allows: the per-tensor scalars that read one wait
+until a per-element or torch value needs them, so Adafactor's matrices make three
+``all_reduce`` calls a step (RMS(p) with the column sums, mean(R), RMS(U)) and its vectors
+one (RMS(p) with RMS(U)).
 """
 
 from __future__ import annotations
@@ -49,111 +41,17 @@ import numpy as np
 import torch
 
 from .. import _reduce
-from . import passes, passes_torch, shards
-from .passes_trace import REDUCTIONS, TORCH_OPS, _to
+from . import passes, passes_torch, shard_layout, shards
+from .passes_trace import REDUCTIONS
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-#: recorded calls whose value is element-wise in their arguments (a local block of local blocks)
-_ELEMENTWISE = set(TORCH_OPS.values()) | {_reduce.lerp, _reduce.low_precision, _to}
-_MEANS = (_reduce.mean, _reduce.mean_square)
 _grad = operator.attrgetter("grad")
 _spec = operator.attrgetter("_spec")
 _local_tensor = operator.attrgetter("_local_tensor")
 #: optimizer -> {id(group): _Layout}
 _layouts: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-#: (id(program), shape, sharding) -> _Sums, or None where the program cannot run on shards
+#: (id(program), shape, sharding) -> its shard_layout.Sums, or None where the program cannot run on shards
 _sums: dict = {}
-
-
-def _sharding(p):
-    """``((param dim, mesh dims that shard it), ...)`` of the DTensor ``p``, or None where a
-    placement is neither ``Shard`` nor ``Replicate``."""
-    from torch.distributed.tensor import Replicate, Shard
-
-    dims: dict = {}
-    for k, placement in enumerate(p.placements):
-        if type(placement) is Shard:
-            dims.setdefault(placement.dim % max(p.dim(), 1), []).append(k)
-        elif type(placement) is not Replicate:
-            return None
-    return tuple((d, tuple(ks)) for d, ks in sorted(dims.items()))
-
-
-def _aligned(shape, param_shape) -> bool:
-    """``shape`` broadcasts to the parameter's, right-aligned, each dim its size or 1."""
-    offset = len(param_shape) - len(shape)
-    return offset >= 0 and all(s in (1, param_shape[offset + j]) for j, s in enumerate(shape))
-
-
-def _split_dims(shape, param_shape, sharding) -> dict:
-    """The dims (negative) of a value of global ``shape`` that are local slices on this
-    rank: {dim: the mesh dims sharding it}."""
-    out = {}
-    for d, ks in sharding:
-        i = d - len(param_shape)
-        if -i <= len(shape) and shape[i] == param_shape[d] > 1:
-            out[i] = ks
-    return out
-
-
-class _Sums:
-    """Where a program's local values are partial sums: ``mesh_dims[node index]`` (the mesh
-    dims to add over), ``means[node index] = (reduced dims, global count)`` for means along
-    dims of a torch value that span ranks."""
-
-    def __init__(self):
-        self.mesh_dims: dict = {}
-        self.means: dict = {}
-
-
-def _plan(prog, shape, sharding) -> _Sums | None:
-    """The partial sums of ``prog`` on shards of a parameter of global ``shape`` sharded as
-    ``sharding``, or None where a value of its graph has no local form (module docstring)."""
-    sums = _Sums()
-    whole = tuple(sorted({k for _, ks in sharding for k in ks}))
-    tiny = any(shape[d] == 1 for d, _ in sharding)
-    for n in prog.graph.nodes:
-        if n.index not in prog.level:
-            continue
-        if n.op in REDUCTIONS:
-            if whole:
-                sums.mesh_dims[n.index] = whole
-            continue
-        if n.kind != "T":
-            continue
-        if tiny or not _aligned(tuple(n.meta.shape), shape):
-            return None
-        if n.op == "tin" or (n.op != "call" and n.op in TORCH_OPS):
-            continue
-        f, _, kws = n.fn
-        metas = [prog.graph.meta_of(a) for a in n.args]
-        if f is operator.matmul:
-            a, b = (m.shape for m in metas)
-            if len(a) < 2 or len(b) < 2 or a[-1] != 1 or b[-2] != 1:
-                return None  # not an outer product: a contraction over a sharded dim
-        elif f in _MEANS:
-            x = tuple(metas[0].shape)
-            dim = dict(kws).get("dim")
-            dims = tuple(range(-len(x), 0)) if dim is None else ((dim - len(x) if dim >= 0 else dim),)
-            split = _split_dims(x, shape, sharding)
-            ks = tuple(sorted({k for d in dims for k in split.get(d, ())}))
-            if ks:
-                sums.mesh_dims[n.index] = ks
-                sums.means[n.index] = (dims, float(np.prod([x[d] for d in dims])))
-        elif f not in _ELEMENTWISE:
-            return None
-    return sums
-
-
-def _placements(shape, param, sharding):
-    """The placements of a state of global ``shape`` laid out as the module docstring says."""
-    from torch.distributed.tensor import Replicate, Shard
-
-    out = [Replicate()] * param.device_mesh.ndim
-    for i, ks in _split_dims(shape, tuple(param.shape), sharding).items():
-        for k in ks:
-            out[k] = Shard(len(shape) + i)
-    return tuple(out)
 
 
 class _Bucket:
@@ -188,7 +86,7 @@ def _lay_out(optimizer, params, h, hk, dtensor, phase) -> _Layout:
     fills = optimizer.rule.tensors(h)
     buckets: dict = {}
     for p in params:
-        sharding = _sharding(p) if isinstance(p, dtensor) else None
+        sharding = shard_layout.sharding(p) if isinstance(p, dtensor) else None
         if (sharding is None or p.dtype not in _DTYPES or p.device_mesh.device_type != "cpu"
                 or p.is_complex()):
             out.rest.append(p)
@@ -226,7 +124,7 @@ def _lay_out(optimizer, params, h, hk, dtensor, phase) -> _Layout:
             continue
         memo = (id(prog), tuple(p.shape), bucket.sharding)
         if memo not in _sums:
-            _sums[memo] = _plan(prog, tuple(p.shape), bucket.sharding)
+            _sums[memo] = shard_layout.plan(prog, tuple(p.shape), bucket.sharding)
         if _sums[memo] is None:
             out.rest.extend(bucket.params)
             continue
@@ -235,7 +133,8 @@ def _lay_out(optimizer, params, h, hk, dtensor, phase) -> _Layout:
             for key, kind in bucket.layout.items():
                 if not isinstance(key, str) or kind is None:
                     continue
-                want = q.placements if kind == "E" else _placements(tuple(st[key].shape), q, bucket.sharding)
+                want = (q.placements if kind == "E" else
+                        shard_layout.placements(tuple(st[key].shape), q, bucket.sharding))
                 if tuple(st[key].placements) != tuple(want):  # the same choice on every rank
                     st[key] = st[key].redistribute(q.device_mesh, want)
             local = q._local_tensor
@@ -350,8 +249,8 @@ class _ShardGroup(passes_torch._Group):
     def _later(self, n) -> bool:
         """Per-tensor scalars of a pending sum wait (Adafactor's alpha from RMS(p) waits for the
         column sums); anything else that reads one settles every pending sum with one
-        ``all_reduce``: two for Adafactor's matrices instead of four, one for its vectors.
-        The graph alone decides, the same on every rank."""
+        ``all_reduce``. The graph alone decides, the same on every rank. (Only per-tensor
+        scalars move: they hold no workspace buffer whose reuse the graph order decides.)"""
         if not any(a.index in self.unsettled for a in n.args):
             return False
         if n.kind == "S" and n.op not in REDUCTIONS:
