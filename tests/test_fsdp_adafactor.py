@@ -154,3 +154,43 @@ def test_adafactor_on_fsdp2_shards_matches_torch(tmp_path):
         assert err <= 1e-5 and moved > 0 and on_shards == phases, (name, err, moved, on_shards)
     _, moved, on_shards = r["others"]["muon"]
     assert moved > 0 and on_shards == {"update": 0}
+
+
+# ------------------------------------------------------------------ the plan, no process group
+def _program(name, shape):
+    import optimlab
+    from optimlab.fused import passes
+    from optimlab.rules.base import hyperparameters
+
+    opt = optimlab.create(name, [torch.nn.Parameter(torch.zeros(shape))])
+    p = opt.param_groups[0]["params"][0]
+    h = hyperparameters(opt.param_groups[0])
+    state = opt.init_state(p, h)
+    layout = {}
+    for key in opt.rule.tensors(h):
+        v = state.get(key)
+        layout[key] = None if v is None else "E" if v.shape == p.shape else "T"
+        if layout[key] == "T":
+            layout[("shape", key)] = tuple(v.shape)
+    return passes.trace_program(opt.rule, "update", h, shape, torch.float32, layout, cut=False)
+
+
+def test_plan_completes_the_sums_that_span_ranks():
+    """Adafactor on rows sharded over mesh dim 0: RMS(p), RMS(U), the column means and
+    mean(R) are partial sums; the row means are not; a (1, m) weight or Muon's Newton-Schulz
+    has no local form; an unsharded param needs no sum."""
+    from optimlab import _reduce
+    from optimlab.fused import shard_layout
+
+    prog = _program("adafactor", (6, 4))
+    sums = shard_layout.plan(prog, (6, 4), ((0, (0,)),))
+    nodes = {n.index: n for n in prog.graph.nodes}
+    kinds = sorted(nodes[i].op if nodes[i].op != "call" else nodes[i].fn[0].__name__ for i in sums.mesh_dims)
+    assert kinds == ["mean", "mean_square", "red_sumsq", "red_sumsq"]
+    assert all(ks == (0,) for ks in sums.mesh_dims.values())
+    means = {nodes[i].fn[0]: v for i, v in sums.means.items()}
+    assert means == {_reduce.mean_square: ((-2,), 6.0), _reduce.mean: ((-2,), 6.0)}
+    assert shard_layout.plan(_program("adafactor", (1, 4)), (1, 4), ((0, (0,)),)) is None
+    assert shard_layout.plan(_program("muon", (4, 4)), (4, 4), ((0, (0,)),)) is None
+    unsharded = shard_layout.plan(prog, (6, 4), ())
+    assert unsharded.mesh_dims == {} and unsharded.means == {}

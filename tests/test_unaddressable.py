@@ -23,7 +23,7 @@ from torch.testing._internal.two_tensor import TwoTensor
 from conftest import CASES
 import optimlab
 from optimlab import fused
-from optimlab.fused import shards
+from optimlab.fused import passes, passes_shards, shards
 from optimlab.fused.plan import addressable
 
 STEPS = 100
@@ -141,13 +141,17 @@ def test_dtensor_params_step_on_local_shards(mesh, entry, variant):
             p.grad = g.clone()
         opt.step()
         ref.step()
-    # a rule with reductions (Adafactor) steps the whole DTensor on the reference path: its
-    # row/column means need the other shards, so there is no local kernel to check
-    if (opt.param_groups[0].get("fused") is not False and entry.cls.rule.elementwise
+    # a rule with reductions (Adafactor) runs its traced graph on the shard, its sums
+    # completed over the mesh (passes_shards); Muon's Newton-Schulz has no local form
+    group = opt.param_groups[0]
+    if (group.get("fused") is not False and entry.cls.rule.elementwise
             and not os.environ.get("OPTIMLAB_DISABLE_FUSED")):
         view = shards._views[opt][id(opt.param_groups[0])]
         plan = fused._plans[view][id(view.group)]
         assert any(t is ours[0]._local_tensor for t in plan.fused_params) and plan.buckets
+    elif not entry.cls.rule.elementwise and entry.name != "muon" and passes._wanted(group):
+        layout = passes_shards._layouts[opt][(id(group), "update")]
+        assert [b.params for b in layout.buckets] == [[ours[0]]]
     torch.testing.assert_close(ours[0].full_tensor(), theirs[0].detach(), rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(ours[1].detach(), theirs[1].detach(), rtol=1e-7, atol=1e-9)
     # the optimizer's state stays DTensor, as torch's would
