@@ -145,6 +145,13 @@ def _lay_out(optimizer, params, h, hk, dtensor, phase) -> _Layout:
     return out
 
 
+def _same_layout(a, b) -> bool:
+    """Two DTensor specs with one mesh, placements, global shape and dtype (a grad made by
+    ``DTensor.from_local`` has its own spec object)."""
+    return a is b or ((a.mesh is b.mesh or a.mesh == b.mesh) and a.placements == b.placements
+                      and a.shape == b.shape and a.tensor_meta.dtype == b.tensor_meta.dtype)
+
+
 def _local_grads(bucket, dtensor):
     """The local grads of the bucket's params, and which params they fit (None: all):
     a DTensor grad with its param's mesh, placements, global shape and dtype."""
@@ -155,9 +162,8 @@ def _local_grads(bucket, dtensor):
             return list(map(_local_tensor, grads)), None
     except AttributeError:  # a plain grad
         pass
-    fits = [isinstance(g, dtensor) and g.shape == p.shape and g.dtype == p.dtype
-            and g.device_mesh == p.device_mesh and g.placements == p.placements
-            for p, g in zip(bucket.params, grads)]
+    fits = [isinstance(g, dtensor) and _same_layout(g._spec, spec)
+            for g, spec in zip(grads, bucket.specs)]
     return [g._local_tensor for g, ok in zip(grads, fits) if ok], None if all(fits) else fits
 
 
