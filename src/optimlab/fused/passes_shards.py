@@ -289,10 +289,12 @@ class _ShardGroup(passes_torch._Group):
     def _direct(self) -> dict:
         """Besides :meth:`.passes_torch._Group._direct`: with several params, an output
         ``x - y`` of the input ``x`` of its own name (the parameter's ``p - step``) is
-        subtracted in place from each destination (no stacked result to copy back); and that
-        input, where nothing else reads it but norms, is not stacked at all."""
+        subtracted in place from each destination (no stacked result to copy back), in one
+        pass with ``alpha`` where ``y = s * u`` is read only there (as the one-param path's
+        ``torch.sub(x, u, alpha=s)``); and that input, where nothing else reads it but norms,
+        is not stacked at all."""
         out = super()._direct()
-        self.in_place, self.unstacked = {}, set()
+        self.in_place, self.unstacked, self.products = {}, set(), {}
         if self.nt == 1:
             return out
         readers: dict = {}
@@ -309,15 +311,34 @@ class _ShardGroup(passes_torch._Group):
             out[n.index] = None  # written here, not copied back after the step
             if all(r is n or r.op == "red_sumsq" for r in readers.get(x.index, ())):
                 self.unstacked.add(x.index)
+            m = n.args[1]  # x - s * y, the product read only here: sub_(y, alpha=s), one pass
+            if (m.op == "mul" and self.last.get(m.index) == n.index and x not in m.args
+                    and sorted(a.kind for a in m.args) == ["E", "S"]):
+                self.products[m.index] = m.args if m.args[0].kind == "S" else m.args[::-1]
+                for a in m.args:  # read at n, not at m
+                    if self.last.get(a.index) == m.index:
+                        self.last[a.index] = n.index
         return out
 
     def _element(self, n):
         if n.index in self.unstacked:  # read by norms and the in-place update only
             return self._tensors(n.name)
+        if n.index in self.products:  # evaluated by its reader
+            return None
         key = self.in_place.get(n.index)
         if key is None:
             return super()._element(n)
-        torch._foreach_sub_(self._tensors(key), list(self.v[n.args[1].index].unbind(0)))
+        dests, m = self._tensors(key), n.args[1]
+        if m.index not in self.products:
+            torch._foreach_sub_(dests, list(self.v[m.index].unbind(0)))
+            return None
+        s, y = (self.v[a.index] for a in self.products[m.index])
+        ys = y.unbind(0)
+        if not isinstance(s, np.ndarray) or s.ndim == 0 or (s == s[0]).all():
+            torch._foreach_sub_(dests, list(ys), alpha=float(np.asarray(s).reshape(-1)[0]))
+        else:
+            for d, yi, si in zip(dests, ys, s.tolist()):
+                d.sub_(yi, alpha=si)
         return None
 
     def _reduction(self, n):
