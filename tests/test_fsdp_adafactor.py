@@ -3,11 +3,12 @@
 model, with the optimizer state still DTensor for ``state_dict`` and DCP (a checkpoint saved
 and loaded on the 2 ranks continues the trajectory).
 
-A real 2-rank gloo group. The model has an odd row count (33, split 17/16), a weight of
+A real 2-rank gloo group. The FSDP2 model has an odd row count (33, split 17/16), a weight of
 one column (6, 1), a weight of one row (1, 33), whose rows are on one rank only, and a
 bias of one element (a (0,) shard on rank 1); the (1, 33) weight takes the reference
 path, every other param the shard path. LAMB, LARS and Prodigy (norms and dot products
-only) take it for every param; Muon (Newton-Schulz) takes the reference path.
+only) take it for every param; Muon (Newton-Schulz) takes the reference path. Tensor
+parallelism's layouts (a matrix sharded by columns, one replicated) take it too.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def _worker(rank, world, out_dir):
     _train(ours, again, theirs, None, rank, 3, seed=1)
     resumed = max(_rel(_full(p), a) for p, a in zip(ours.parameters(), after))
     others = {name: _other(name, rank) for name in OTHERS}
+    placed = _placements_other_than_fsdp()
     # every param alone (the large-param path: views, each output written in place)
     from optimlab.fused import passes_torch
 
@@ -109,8 +111,38 @@ def _worker(rank, world, out_dir):
     if rank == 0:
         torch.save({"err": err, "steps": sorted(steps), "on_shards": on_shards, "state_types": state_types,
                     "sd_states": len(sd["state"]), "osd_states": len(osd["state"]), "resumed": resumed,
-                    "others": others, "alone": alone}, os.path.join(out_dir, "results.pt"))
+                    "others": others, "alone": alone, "placed": placed},
+                   os.path.join(out_dir, "results.pt"))
     dist.barrier()
+
+
+def _placements_other_than_fsdp():
+    """Tensor parallelism's layouts: a matrix sharded by columns (its row means span the
+    ranks), one sharded by rows, one replicated, with plain optimlab on the full tensors."""
+    import optimlab
+    from optimlab.fused import passes_shards
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (2,))
+    gen = torch.Generator().manual_seed(0)
+    shapes, places = [(6, 5), (7, 3), (4, 9), (5,)], [[Shard(1)], [Shard(0)], [Replicate()], [Shard(0)]]
+    x0 = [torch.randn(s, generator=gen) for s in shapes]
+    ours = [torch.nn.Parameter(distribute_tensor(x.clone(), mesh, pl)) for x, pl in zip(x0, places)]
+    theirs = [torch.nn.Parameter(x.clone()) for x in x0]
+    opt = optimlab.Adafactor(ours, lr=1e-2, weight_decay=0.1)
+    ref = optimlab.Adafactor(theirs, lr=1e-2, weight_decay=0.1)
+    for _ in range(STEPS):
+        grads = [torch.randn(s, generator=gen) for s in shapes]
+        for p, g, pl in zip(ours, grads, places):
+            p.grad = distribute_tensor(g.clone(), mesh, pl)
+        for p, g in zip(theirs, grads):
+            p.grad = g.clone()
+        opt.step()
+        ref.step()
+    err = max(_rel(a.full_tensor(), b.detach()) for a, b in zip(ours, theirs))
+    (layout,) = passes_shards._layouts[opt].values()
+    return err, sum(len(b.params) for b in layout.buckets)
 
 
 #: other rules with reductions: LAMB, LARS (norms only) and Prodigy's estimate (dot
@@ -142,6 +174,7 @@ def test_adafactor_on_fsdp2_shards_matches_torch(tmp_path):
     r = torch.load(tmp_path / "results.pt", weights_only=True)
     assert r["err"] <= 1e-5, r["err"]
     assert r["alone"] <= 1e-5, r["alone"]
+    assert r["placed"][0] <= 1e-5 and r["placed"][1] == 4, r["placed"]
     assert r["steps"] == [float(STEPS)]
     # every param but the (1, 33) weight stepped on its shards
     assert r["on_shards"] == sorted([(33, 16), (33,), (1,), (6, 1), (6,), (4, 6), (4,)]), r["on_shards"]
