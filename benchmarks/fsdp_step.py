@@ -179,30 +179,39 @@ def _timings(entry, args, params, start):
 
 
 def _error(entry, args, params, start, sharded: bool) -> float:
-    """Largest relative difference after 20 steps from ``start`` with a fresh grad per step:
-    torch on the same shards, or (``sharded`` False) on the unsharded model with the full
-    grads. One optimizer alive at a time: optimlab's end point is kept, then torch runs."""
+    """Largest relative difference after 20 steps from ``start`` with a fresh grad per step
+    (rank 0's figure): torch on the same shards, or (``sharded`` False) on the unsharded
+    model with the full grads, built on rank 0 only (the other ranks take part in the
+    gathers). One optimizer alive at a time: optimlab's end point is kept, then torch runs."""
+    rank0 = dist.get_rank() == 0
     _restore(params, start)
     opt = entry.build(params, lr=1e-3)
     for step in range(20):
         _set_grads(params, step)
         opt.step()
-    with torch.no_grad():
-        ours = [_local(p).clone() if sharded else p.full_tensor() for p in params]
+    with torch.no_grad():  # full_tensor is a collective: every rank gathers, rank 0 keeps
+        ours = ([_local(p).clone() for p in params] if sharded
+                else [t if rank0 else None for t in map(torch.distributed.tensor.DTensor.full_tensor, params)])
     del opt
     _free()
+    theirs = None
     if sharded:
         _restore(params, start)
         theirs = params
-    else:
+    elif rank0:
         theirs = list(_model(args, shard=False).parameters())
-    ref = entry.build_torch(theirs, lr=1e-3)
+    ref = entry.build_torch(theirs, lr=1e-3) if theirs is not None else None
     for step in range(20):
         _set_grads(params, step)
         if not sharded:
-            for a, b in zip(params, theirs):
-                b.grad = a.grad.full_tensor()
-        ref.step()
+            for i, p in enumerate(params):
+                full = p.grad.full_tensor()
+                if theirs is not None:
+                    theirs[i].grad = full
+        if ref is not None:
+            ref.step()
+    if theirs is None:
+        return 0.0
     err = 0.0
     for a, b in zip(ours, theirs):
         b = _local(b)
