@@ -244,8 +244,11 @@ def _worker(rank, world, port, args, result):
             params = list(model.parameters())
             start = [_local(p).clone() for p in params]
             _set_grads(params, 0)
+            t1 = time.perf_counter()
             times, sharded = _timings(entry, args, params, start)
+            t2 = time.perf_counter()
             err = _error(entry, args, params, start, sharded)
+            t3 = time.perf_counter()
             del model, params, start
             _free()
             peaks = [None] * world
@@ -253,7 +256,8 @@ def _worker(rank, world, port, args, result):
             rows.append((entry.name, times, err, sharded, peaks))
             if rank == 0:
                 print(_row(*rows[-1]), flush=True)
-                print(f"fsdp_step: {entry.name} {time.perf_counter() - t0:.0f} s; peak RSS "
+                print(f"fsdp_step: {entry.name} {time.perf_counter() - t0:.0f} s (setup {t1 - t0:.0f}, timing "
+                      f"{t2 - t1:.0f}, 20-step check {t3 - t2:.0f}); peak RSS "
                       + ", ".join(f"rank {i} {gb:.2f} GB" for i, gb in enumerate(peaks))
                       + ("" if per_class else " (since the start: no /proc/self/clear_refs)"),
                       file=sys.stderr, flush=True)
