@@ -96,8 +96,9 @@ def _model(args, shard: bool = True):
 
 def _set_grads(params, step: int):
     for i, p in enumerate(params):
-        g = torch.randn(p.to_local().shape, generator=torch.Generator().manual_seed(1000 * step + i))
-        p.grad = torch.distributed.tensor.DTensor.from_local(g * 1e-2, p.device_mesh, p.placements,
+        p.grad = None  # the old grad goes before the new one is drawn
+        g = torch.randn(p.to_local().shape, generator=torch.Generator().manual_seed(1000 * step + i)).mul_(1e-2)
+        p.grad = torch.distributed.tensor.DTensor.from_local(g, p.device_mesh, p.placements,
                                                              shape=p.shape, stride=p.stride())
 
 
