@@ -58,10 +58,17 @@ def _hooked(step):
 
     @functools.wraps(step)
     def wrapper(self, *args, **kwargs):
-        if not torch.compiler.is_compiling():  # Dynamo drops it: compiled.prepare sets it
+        compiling = torch.compiler.is_compiling()
+        if not compiling:  # Dynamo drops it: compiled.prepare sets it
             self._opt_called = True
         if _observed(self):
             return observed(self, *args, **kwargs)
+        if compiling and not args and not kwargs:
+            from .fused import step_op
+
+            if step_op.frame_owner() == id(self):  # torch.compile(opt.step): no graph at all
+                step_op.replayed_step(id(self))  # called by the frame's own bytecode
+                return None
         return step(self, *args, **kwargs)
 
     wrapper.hooked = True  # torch.optim.Optimizer would wrap it again otherwise

@@ -11,9 +11,10 @@ exactly as it does for torch.optim.
 Four modes (:data:`MODE`), measured side by side by ``benchmarks/compile_step.py``:
 
 * ``"step_op"`` (default): where the compiled frame is the step itself
-  (``torch.compile(opt.step)``, no closure), the whole eager step as one op,
-  ``optimlab::step``, with no tensor in the graph (:mod:`.step_op`); anywhere else (the step
-  inside a larger compiled function), as ``"kernel"``.
+  (``torch.compile(opt.step)``, no closure), no graph: the frame's bytecode calls the eager
+  step (a call Dynamo replays), or where Dynamo would not replay it, the whole eager step as
+  one op, ``optimlab::step``, with no tensor in the graph (:mod:`.step_op`); anywhere else
+  (the step inside a larger compiled function), as ``"kernel"``.
 * ``"kernel"``: a group the C kernel takes (dense CPU tensors it can address, a
   working compiler, ``fused`` not False) is stepped by the custom op
   ``optimlab::fused_step`` (:mod:`.kernel_op`), one call per bucket, *inside* the graph:

@@ -1,31 +1,34 @@
-"""``torch.compile(opt.step)``: the whole eager step as one op, ``optimlab::step``, when the step is the compiled frame.
+"""``torch.compile(opt.step)``: the whole eager step run by the compiled frame's own bytecode, or as one op.
 
 Where the frame Dynamo compiles is the optimizer's ``step`` itself (``torch.compile(opt.step)``,
-no closure), its graph holds nothing but the step: no other node reads or writes the params,
-grads or state, so nothing needs ordering against the update and nothing can be fused with it.
-There the step is one call of this op, whose only argument is the optimizer's ``id``::
+no closure, no step hook), nothing else in that frame reads or writes the params, grads or
+state: nothing needs ordering against the update and nothing can be fused with it. There the
+step needs no graph at all. Its call, ``_step(id(optimizer))``, is one that Dynamo records
+and replays in the bytecode it generates for the frame: :func:`_step` is registered in
+``torch._dynamo.config.reorderable_logging_functions``, the calls Dynamo moves after the graph
+when their arguments are constants (an ``int`` here). The frame then has no graph, so no
+backend runs: each call costs Dynamo's guards and the eager step, ~4 us over the step instead
+of ~15 us for an op in a graph (AOTAutograd's and Inductor's wrappers, the dispatcher),
+measured in ``benchmarks/compile_step.py``. Dynamo replays only the calls recorded in the
+frame it compiles, not in functions it inlines, so the call sits in the engine's step wrapper
+(``engine._hooked``), after the hook check whose guards make a later hook recompile, and only
+where :func:`frame_owner` says that wrapper is the compiled frame, for this optimizer.
 
-    step(int optimizer) -> ()
-
-and which runs the eager step (the C kernel, as ``opt.step()`` does) when the graph runs.
-Dynamo then sees none of the params, grads or state: it guards on the optimizer's identity
-and the few attributes the step's wrappers read (hooks, ``defaults["differentiable"]``), and
-Inductor's wrapper checks no input. What a step costs besides the kernel is Dynamo's frame
-(~15 us), against ~100-150 us for the kernel op with every tensor as a graph input
-(:mod:`.kernel_op`: guards, ``assert_size_stride`` and boxing per tensor), a cost that grows
-several-fold with the data because the kernel's streaming evicts the caches that code and its
-guards run from (measured in ``benchmarks/compile_step.py``'s section of BENCHMARKS.md).
-Hyperparameters are read by the eager step when it runs, so a per-step schedule of any of them
-(float or tensor) never recompiles, and SGD's momentum buffer created by the first step does
-not recompile either.
+Where the replay is not available (the set replaced, e.g. by ``torch._dynamo.config.patch``;
+``torch.export``, which drops such calls) the step is one op in the graph instead,
+``optimlab::step(int optimizer) -> ()``, which runs the same eager step when the graph runs.
+Either way Dynamo sees none of the params, grads or state: it guards on the optimizer's
+identity and the few attributes the step's wrappers read. Hyperparameters are read by the
+eager step when it runs, so a per-step schedule of any of them (float or tensor) never
+recompiles, and SGD's momentum buffer created by the first step does not recompile either.
 
 Anywhere else (a compiled function that calls ``opt.step()`` among other work, a closure, step
 hooks, a class that overrides ``step``, ``differentiable=True``) the step is traced into the caller's
-graph by :mod:`.compiled` as before: an op with hidden effects there could be reordered
-against the caller's reads and writes of the params. :func:`whole_frame` tells the two apart
-while Dynamo traces: Dynamo runs it once per compilation (``assume_constant_result``) and
-bakes its answer into that frame's code, which is only ever entered for the frame it was
-compiled for (the root frame's code object is what the answer depends on).
+graph by :mod:`.compiled`: an opaque call there could be reordered against the caller's reads
+and writes of the params. :func:`whole_frame` tells the two apart while Dynamo traces: Dynamo
+runs it once per compilation (``assume_constant_result``) and bakes its answer into that
+frame's code, which is only ever entered for the frame it was compiled for (the root frame's
+code object is what the answer depends on).
 """
 
 from __future__ import annotations
@@ -46,6 +49,12 @@ def _step(optimizer: int) -> None:
     opt._opt_called = True  # for LR schedulers (see engine._hooked)
     with torch.no_grad():
         opt.step_groups(opt.param_groups)
+
+
+#: :func:`_step` for the compiled frame's bytecode to call: Dynamo off while it runs (the frame
+#: is compiled; the calls it makes would be intercepted and compiled as frames of their own)
+replayed_step = torch._dynamo.disable(_step, recursive=True)
+torch._dynamo.config.reorderable_logging_functions.add(replayed_step)
 
 
 _lib.impl("step", _step, "CompositeExplicitAutograd")
@@ -78,6 +87,22 @@ def whole_frame() -> bool:
     return True
 
 
+@torch._dynamo.assume_constant_result
+def frame_owner() -> int:
+    """The ``id`` of the optimizer whose engine ``step`` is the frame Dynamo is compiling, where
+    :func:`whole_frame` holds and a call of :func:`_step` in that frame is replayed by Dynamo's
+    generated bytecode; else 0."""
+    from torch._dynamo.symbolic_convert import InstructionTranslator
+
+    from . import compiled
+
+    tx = InstructionTranslator.current_tx()
+    if (compiled.MODE != "step_op" or tx is None or tx.export or not whole_frame()
+            or replayed_step not in torch._dynamo.config.reorderable_logging_functions):
+        return 0
+    return id(tx.f_locals["self"])
+
+
 def _hooked(opt) -> bool:
     """Step hooks run in the same graph as the step (Dynamo traces them): the step must be in
     the graph for them to be ordered around it. Adding one later recompiles (the engine's
@@ -90,5 +115,6 @@ def _hooked(opt) -> bool:
 
 
 def run(optimizer) -> None:
-    """The step as one ``optimlab::step`` call (while Dynamo traces; :func:`whole_frame` is True)."""
+    """The step as one ``optimlab::step`` call (while Dynamo traces; :func:`whole_frame` is True
+    but the frame does not replay :func:`_step`)."""
     torch.ops.optimlab.step(id(optimizer))
