@@ -9,6 +9,15 @@ on the same grads (medians of ``--reps`` steps per round, ``--rounds`` rounds, r
 clock); then 20 steps from equal parameters with a fresh grad per step, and the largest
 relative difference between optimlab's and torch's parameters (float32).
 
+Memory: one implementation's optimizer is alive at a time. The params and grads are shared
+by all of them; each round times each implementation in its own block (params restored
+from one saved copy, a fresh optimizer, two warm-up steps, the timed steps, then freed), the
+order rotated from round to round; the 20-step check keeps optimlab's end point, frees its
+optimizer, then runs torch's. Each row gives each rank's peak RSS for that class
+(``ru_maxrss``, reset per class through ``/proc/self/clear_refs``); on GPT-2's shapes
+(62M float32 elements a rank) that is params + grads + the saved copy + one optimizer's
+state and temporaries.
+
 Where torch.optim raises on DTensor shards (Rprop, Adafactor), torch is timed on plain
 tensors of the same local shapes and the same grads, and its 20-step trajectory is run on
 the unsharded model with the full grads; the row says so (``torch on`` column).
@@ -20,8 +29,11 @@ the unsharded model with the full grads; the row says so (``torch on`` column).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
+import gc
 import os
+import resource
 import socket
 import statistics
 import sys
@@ -53,60 +65,100 @@ class _Leaf(torch.nn.Module):
 class _Shapes(torch.nn.Module):
     """GPT-2 small's parameters as leaves (``fully_shard`` wants a module with ``forward``)."""
 
-    def __init__(self):
+    def __init__(self, made=lambda leaf: leaf):
         super().__init__()
-        self.leaves = torch.nn.ModuleList([_Leaf(s) for s in gpt2_small()])
+        self.leaves = torch.nn.ModuleList([made(_Leaf(s)) for s in gpt2_small()])
 
     def forward(self, x):  # never called: the benchmark sets grads directly
         raise NotImplementedError
 
 
 def _model(args, shard: bool = True):
+    """The model from seed 0; ``shard``: each layer ``fully_shard``-ed as soon as it is made
+    (the same values: sharding draws no random numbers), so the whole unsharded model never
+    exists on a rank (500 MB for GPT-2's shapes)."""
     from torch.distributed.fsdp import fully_shard
+
+    def made(layer):
+        if shard:
+            fully_shard(layer)
+        return layer
 
     torch.manual_seed(0)
     if args.shapes == "gpt2":
-        model = _Shapes()
-        layers = model.leaves
+        model = _Shapes(made)
     else:
-        model = layers = torch.nn.Sequential(*[torch.nn.Linear(args.width, args.width) for _ in range(args.layers)])
+        model = torch.nn.Sequential(*[made(torch.nn.Linear(args.width, args.width)) for _ in range(args.layers)])
     if shard:
-        for layer in layers:
-            fully_shard(layer)
         fully_shard(model)
     return model
 
 
 def _set_grads(params, step: int):
     for i, p in enumerate(params):
-        g = torch.randn(p.to_local().shape, generator=torch.Generator().manual_seed(1000 * step + i))
-        p.grad = torch.distributed.tensor.DTensor.from_local(g * 1e-2, p.device_mesh, p.placements,
+        p.grad = None  # the old grad goes before the new one is drawn
+        g = torch.randn(p.to_local().shape, generator=torch.Generator().manual_seed(1000 * step + i)).mul_(1e-2)
+        p.grad = torch.distributed.tensor.DTensor.from_local(g, p.device_mesh, p.placements,
                                                              shape=p.shape, stride=p.stride())
 
 
-def _torch_impls(entry, params):
-    out = {}
-    for name, extra in _IMPLS:
-        try:
-            opt = entry.build_torch(params, lr=1e-3, **extra)
-            opt.step()
-            out[name] = opt
-        except (RuntimeError, TypeError, ValueError, NotImplementedError):
-            pass
-    return out
+def _build(entry, name, params):
+    """A fresh optimizer: optimlab's default step, or one of torch's implementations."""
+    if name == "optimlab":
+        return entry.build(params, lr=1e-3)
+    return entry.build_torch(params, lr=1e-3, **dict(_IMPLS)[name])
 
 
-def _implementations(entry, params):
-    """optimlab on the DTensors, and torch on them where it can, else on plain tensors of
-    the local shapes with the local grads; (implementations, whether torch ran on shards)."""
-    out = {"optimlab": entry.build(params, lr=1e-3)}
-    theirs = _torch_impls(entry, params)
-    if theirs:
-        return {**out, **theirs}, True
-    plain = [p.to_local().detach().clone().requires_grad_() for p in params]
-    for q, p in zip(plain, params):
-        q.grad = p.grad.to_local().clone()
-    return {**out, **_torch_impls(entry, plain)}, False
+def _restore(params, start) -> None:
+    """Every implementation starts from the same parameters: ``start``'s local shards."""
+    with torch.no_grad():
+        for p, s in zip(params, start):
+            _local(p).copy_(s)
+
+
+def _local(p):
+    return p.to_local().detach() if isinstance(p, torch.distributed.tensor.DTensor) else p.detach()
+
+
+def _free() -> None:
+    """Drop what the last block left (optimizers and FSDP modules hold reference cycles) and
+    hand freed heap pages back to the OS, so the next block starts from the shared tensors."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _implementations(entry, params, start):
+    """The torch implementations that step on the DTensor shards; where none does, those that
+    step on plain tensors sharing the shards' memory, with the local grads. Each is tried
+    alone (built, one step, freed) on the smallest param of each rank (1-D, 2-D: Adafactor
+    factors only matrices), so a refusal costs neither time nor memory (torch's fused SGD on
+    DTensors allocates ~1 GB on GPT-2's shapes before it raises).
+    ``(names, params torch steps, whether those are the shards)``."""
+    probe = {}
+    for p in sorted(params, key=torch.Tensor.numel):
+        probe.setdefault(p.dim(), p)
+    for sharded in (True, False):
+        theirs = params
+        if not sharded:
+            theirs = [_local(p).requires_grad_() for p in params]
+            for q, p in zip(theirs, params):
+                q.grad = p.grad.to_local()
+        tried = [theirs[i] for i, p in enumerate(params) if any(p is q for q in probe.values())]
+        names = []
+        for name, _ in _IMPLS:
+            try:
+                _build(entry, name, tried).step()
+                names.append(name)
+            except (RuntimeError, TypeError, ValueError, NotImplementedError):
+                pass
+            _free()
+            _restore(params, start)
+        if names:
+            return names, theirs, sharded
+    return [], params, True
 
 
 def _time(opt, reps: int) -> float:
@@ -119,26 +171,76 @@ def _time(opt, reps: int) -> float:
     return statistics.median(times)
 
 
-def _error(entry, args, sharded: bool) -> float:
-    """Largest relative difference after 20 steps: torch on the same shards, or (``sharded``
-    False) on the unsharded model with the full grads."""
-    ours, theirs = _model(args), _model(args, shard=sharded)
-    opt = entry.build(list(ours.parameters()), lr=1e-3)
-    ref = entry.build_torch(list(theirs.parameters()), lr=1e-3)
+def _timings(entry, args, params, start):
+    """Median step time of every implementation, one implementation alive at a time: each
+    round times each implementation in its own block (parameters restored to ``start``, a
+    fresh optimizer, two warm-up steps that create its state and plans, ``--reps`` timed steps, freed),
+    the order rotated from round to round; the same grads throughout."""
+    names, theirs, sharded = _implementations(entry, params, start)
+    names = ["optimlab"] + names
+    times = {name: [] for name in names}
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            _restore(params, start)
+            opt = _build(entry, name, params if name == "optimlab" else theirs)
+            for _ in range(2):  # warm-up: state (lazily created state takes a step), kernels, plans
+                opt.step()
+            times[name].append(_time(opt, args.reps))
+            del opt
+            _free()
+    return {k: statistics.median(v) for k, v in times.items()}, sharded
+
+
+def _error(entry, args, params, start, sharded: bool) -> float:
+    """Largest relative difference after 20 steps from ``start`` with a fresh grad per step
+    (rank 0's figure): torch on the same shards, or (``sharded`` False) on the unsharded
+    model with the full grads, built on rank 0 only (the other ranks take part in the
+    gathers). One optimizer alive at a time: optimlab's end point is kept, then torch runs."""
+    rank0 = dist.get_rank() == 0
+    _restore(params, start)
+    opt = entry.build(params, lr=1e-3)
     for step in range(20):
-        _set_grads(list(ours.parameters()), step)
-        if sharded:
-            _set_grads(list(theirs.parameters()), step)
-        else:
-            for a, b in zip(ours.parameters(), theirs.parameters()):
-                b.grad = a.grad.full_tensor()
+        _set_grads(params, step)
         opt.step()
-        ref.step()
+    with torch.no_grad():  # full_tensor is a collective: every rank gathers, rank 0 keeps
+        ours = ([_local(p).clone() for p in params] if sharded
+                else [t if rank0 else None for t in map(torch.distributed.tensor.DTensor.full_tensor, params)])
+    del opt
+    _free()
+    theirs = None
+    if sharded:
+        _restore(params, start)
+        theirs = params
+    elif rank0:
+        theirs = list(_model(args, shard=False).parameters())
+    ref = entry.build_torch(theirs, lr=1e-3) if theirs is not None else None
+    for step in range(20):
+        _set_grads(params, step)
+        if not sharded:
+            for i, p in enumerate(params):
+                full = p.grad.full_tensor()
+                if theirs is not None:
+                    theirs[i].grad = full
+        if ref is not None:
+            ref.step()
+    if theirs is None:
+        return 0.0
     err = 0.0
-    for a, b in zip(ours.parameters(), theirs.parameters()):
-        a, b = (a.to_local(), b.to_local()) if sharded else (a.full_tensor(), b.detach())
+    for a, b in zip(ours, theirs):
+        b = _local(b)
         err = max(err, ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item())
     return err
+
+
+def _reset_peak() -> bool:
+    """Restart the kernel's peak-RSS count of this process (Linux: ``/proc/self/clear_refs``),
+    so ``ru_maxrss`` then reports the peak of one class; False: it counts since the start."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _worker(rank, world, port, args, result):
@@ -150,32 +252,40 @@ def _worker(rank, world, port, args, result):
         for entry in TORCH_ENTRIES:
             if args.only and entry.name not in args.only:
                 continue
+            t0, per_class = time.perf_counter(), _reset_peak()
             model = _model(args)
             params = list(model.parameters())
+            start = [_local(p).clone() for p in params]
             _set_grads(params, 0)
-            impls, sharded = _implementations(entry, params)
-            for opt in impls.values():  # warm-up: state, kernels, plans
-                opt.step()
-            times = {name: [] for name in impls}
-            for _ in range(args.rounds):
-                for name, opt in impls.items():
-                    times[name].append(_time(opt, args.reps))
-            del impls, model, params
-            rows.append((entry.name, {k: statistics.median(v) for k, v in times.items()},
-                         _error(entry, args, sharded), sharded))
+            t1 = time.perf_counter()
+            times, sharded = _timings(entry, args, params, start)
+            t2 = time.perf_counter()
+            err = _error(entry, args, params, start, sharded)
+            t3 = time.perf_counter()
+            del model, params, start
+            _free()
+            peaks = [None] * world
+            dist.all_gather_object(peaks, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9)
+            rows.append((entry.name, times, err, sharded, peaks))
             if rank == 0:
                 print(_row(*rows[-1]), flush=True)
+                print(f"fsdp_step: {entry.name} {time.perf_counter() - t0:.0f} s (setup {t1 - t0:.0f}, timing "
+                      f"{t2 - t1:.0f}, 20-step check {t3 - t2:.0f}); peak RSS "
+                      + ", ".join(f"rank {i} {gb:.2f} GB" for i, gb in enumerate(peaks))
+                      + ("" if per_class else " (since the start: no /proc/self/clear_refs)"),
+                      file=sys.stderr, flush=True)
         result[rank] = rows
     finally:
         dist.destroy_process_group()
 
 
-def _row(name, t, err, sharded) -> str:
+def _row(name, t, err, sharded, peaks) -> str:
     best = min(v for k, v in t.items() if k != "optimlab")
     cells = [f"{t[k] * 1e3:.2f}" if k in t else "–"
              for k in ("optimlab", "torch for-loop", "torch foreach", "torch fused")]
     where = "shards" if sharded else "plain local tensors (raises on DTensor)"
-    return f"| {name} | " + " | ".join(cells) + f" | {where} | {best / t['optimlab']:.2f}x | {err:.1e} |"
+    return (f"| {name} | " + " | ".join(cells) + f" | {where} | {best / t['optimlab']:.2f}x | {err:.1e} | "
+            + " / ".join(f"{gb:.1f}" for gb in peaks) + " |")
 
 
 def _free_port() -> int:
@@ -211,7 +321,7 @@ def main(argv=None) -> int:
         command = f"python benchmarks/fsdp_step.py --reps {args.reps} --rounds {args.rounds}"
     if args.only:
         command += " --only " + ",".join(args.only)
-    ratios = [min(v for k, v in t.items() if k != "optimlab") / t["optimlab"] for _, t, _, _ in rows]
+    ratios = [min(v for k, v in t.items() if k != "optimlab") / t["optimlab"] for _, t, *_ in rows]
     below = [r[0] for r, x in zip(rows, ratios) if x < 1.0]
     lines = [f"<!-- fsdp-step {tag}: begin -->",
              f"## FSDP2 on CPU: {title}, 2 gloo ranks",
@@ -222,11 +332,12 @@ def main(argv=None) -> int:
              "fastest torch.optim implementation / optimlab (>1: optimlab faster). Max rel err: optimlab vs "
              "torch after 20 steps, float32. `torch on`: where torch.optim raises on DTensor shards, torch is "
              "timed on plain tensors of the same local shapes (and its 20 steps run on the unsharded model "
-             "with the full grads).",
+             "with the full grads). `peak RSS`: the class's peak resident memory of each rank "
+             "(`ru_maxrss`), one implementation's optimizer alive at a time.",
              "",
              "| optimizer | optimlab ms | torch for-loop ms | torch foreach ms | torch fused ms | torch on "
-             "| vs torch best | max rel err |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| vs torch best | max rel err | peak RSS GB rank 0 / 1 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     lines += [_row(*row) for row in rows]
     lines += ["", f"vs torch best: min {min(ratios):.2f}x, median {statistics.median(ratios):.2f}x; "
               f"{len(below)} of {len(rows)} rows below 1.00x" + (f" ({', '.join(below)})." if below else ".")]

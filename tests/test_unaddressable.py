@@ -162,6 +162,27 @@ def test_dtensor_params_step_on_local_shards(mesh, entry, variant):
                                        rtol=1e-7, atol=1e-9)
 
 
+def test_dropped_dtensor_optimizer_is_freed(mesh):
+    """The shard path's view of an optimizer does not keep it alive: once the user drops a
+    stepped optimizer over DTensor params, it and its state are freed (they used to live
+    for ever, held by the view cached under the optimizer's own weak key)."""
+    import gc
+    import weakref
+
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    p = torch.nn.Parameter(distribute_tensor(torch.randn(8, 3), mesh, [Shard(0)]))
+    opt = optimlab.AdamW([p], lr=0.01)
+    for _ in range(3):
+        p.grad = distribute_tensor(torch.randn(8, 3), mesh, [Shard(0)])
+        opt.step()
+    assert opt in shards._views  # the shard path ran and cached its view
+    state, alive = weakref.ref(opt.state[p]["exp_avg"]), weakref.ref(opt)
+    del opt
+    gc.collect()
+    assert alive() is None and state() is None
+
+
 def test_fused_true_refuses_a_dtensor_it_cannot_take(mesh):
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 

@@ -47,11 +47,14 @@ class LocalView:
     """A stand-in optimizer for the fused path: local tensors, their local state.
 
     Persistent per (optimizer, group) so the fused path's cached plan holds from step to
-    step; replaced when ``optimizer.state`` is (``load_state_dict``).
+    step; replaced when ``optimizer.state`` is (``load_state_dict``). It holds its optimizer
+    by a weak reference: the views are the values of a ``WeakKeyDictionary`` keyed by that
+    optimizer, and a strong one would keep the optimizer, its params and its state alive
+    for ever after the user drops it.
     """
 
     def __init__(self, optimizer, group):
-        self.optimizer = optimizer
+        self._optimizer = weakref.ref(optimizer)
         self.rule = optimizer.rule
         self.source = optimizer.state
         self.nsource = len(optimizer.state)
@@ -62,6 +65,10 @@ class LocalView:
         self.key = None  # what entries were computed for
         self.sharded = None  # _Sharded: the entries when every param is a DTensor on the shard path
         self.stepped: list = []  # the DTensor params the last split sent to the fused path
+
+    @property
+    def optimizer(self):
+        return self._optimizer()
 
     @property
     def name(self) -> str:
