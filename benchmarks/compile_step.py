@@ -39,6 +39,7 @@ import statistics
 import sys
 import time
 import warnings
+import weakref
 
 import torch
 from torch._dynamo.utils import counters
@@ -110,7 +111,7 @@ class Floor(Method):
         from optimlab.fused import step_op
 
         self.nothing = _Nothing()
-        step_op._optimizers[id(self.opt)] = self.nothing
+        step_op._optimizers[id(self.opt)] = weakref.ref(self.nothing)
 
 
 def methods(entry, shapes):

@@ -260,3 +260,23 @@ def test_inductor_every_entry(entry):
     assert rel(p_c, p_e) == 0
     assert frames() == 1 and graphs() == 0 and not counters["graph_break"]
     assert len(SHAPES) == len(p_c)
+
+
+def test_a_dropped_optimizer_leaves_the_registry():
+    """The compiled frame finds its optimizer through a weak reference: dropping the optimizer
+    (and its compiled step) frees it and its registry entry."""
+    import gc
+    import weakref
+
+    from optimlab.fused import step_op
+
+    params, opt = make(lookup("adam"))
+    set_grads([params], 0)
+    step = torch.compile(opt.step, backend="eager")
+    step()
+    key, alive = id(opt), weakref.ref(opt)
+    assert step_op._optimizers[key]() is opt
+    del step, opt
+    torch._dynamo.reset()
+    gc.collect()
+    assert alive() is None and key not in step_op._optimizers

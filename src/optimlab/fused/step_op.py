@@ -37,7 +37,7 @@ import weakref
 
 import torch
 
-_optimizers: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> optimizer
+_optimizers: dict = {}  # id -> weakref to the optimizer (a plain dict: cheaper to read than a WeakValueDictionary)
 
 _lib = torch.library.Library("optimlab", "FRAGMENT")
 _lib.define("step(int optimizer) -> ()")
@@ -45,10 +45,23 @@ _lib.define("step(int optimizer) -> ()")
 
 def _step(optimizer: int) -> None:
     """The eager step of the optimizer registered under ``optimizer`` (its ``id``)."""
-    opt = _optimizers[optimizer]
+    opt = _optimizers[optimizer]()
     opt._opt_called = True  # for LR schedulers (see engine._hooked)
-    with torch.no_grad():
+    # grad mode set directly, not by ``no_grad()``: the per-call cost of the compiled step is
+    # mostly such Python run from cold caches right after a step (benchmarks/compile_step.py)
+    grad_mode = torch.is_grad_enabled()
+    torch._C._set_grad_enabled(False)
+    try:
         opt.step_groups(opt.param_groups)
+    finally:
+        torch._C._set_grad_enabled(grad_mode)
+
+
+def register(opt) -> None:
+    """Make ``opt`` the optimizer :func:`_step` steps for ``id(opt)`` (while it lives)."""
+    key = id(opt)
+    _optimizers[key] = weakref.ref(opt, lambda ref: _optimizers.pop(key, None)
+                                   if _optimizers.get(key) is ref else None)
 
 
 #: :func:`_step` for the compiled frame's bytecode to call: Dynamo off while it runs (the frame
@@ -83,7 +96,7 @@ def whole_frame() -> bool:
             or any(g.get("differentiable") for g in opt.param_groups)
             or _hooked(opt)):
         return False
-    _optimizers[id(opt)] = opt
+    register(opt)
     return True
 
 
