@@ -318,11 +318,43 @@ class _ShardGroup(passes_torch._Group):
                 for a in m.args:  # read at n, not at m
                     if self.last.get(a.index) == m.index:
                         self.last[a.index] = n.index
+        for x in self.prog.graph.nodes:  # an input read only by x^2 for means and by +-*/
+            if (x.op == "ein" and x.index in self.prog.level and x.index not in self.unstacked
+                    and self._tensors(x.name)[0].dtype == self.compute and readers.get(x.index)
+                    and all(self._per_tensor_reader(r, x) for r in readers[x.index])):
+                self.unstacked.add(x.index)
+        return out
+
+    def _per_tensor_reader(self, r, x) -> bool:
+        """``r`` reads the input ``x`` one param at a time: ``mean_square(x)`` (its x^2,
+        :meth:`_square`) or ``x +-*/ y`` with ``y`` not ``x`` (:meth:`_one_by_one`)."""
+        if r.kind == "T":
+            return r.op == "call" and r.fn[0] is _reduce.mean_square and r.args[0] is x
+        return (r.kind == "E" and r.op in ("add", "sub", "mul", "div") and r.index not in self.in_place
+                and r.index not in self.products
+                and sum(a is x for a in r.args) == 1)
+
+    def _one_by_one(self, n):
+        """``n``, which reads an unstacked input, one param at a time into its stacked buffer
+        (200 small calls cost less than stacking the input: one copy of it fewer)."""
+        values = [self.v[a.index] if a.index in self.unstacked else self._arg(a, self.rank, self.compute)
+                  for a in n.args]
+        out = self._reused(n, self.compute)
+        out = self._buffer(n, self.compute) if out is None else out
+        fn, nt = passes_torch._OUT[n.op], self.nt
+
+        def item(v, i):
+            return v[i] if isinstance(v, list) or (isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == nt) else v
+
+        for i in range(nt):
+            fn(*(item(v, i) for v in values), out=out[i])
         return out
 
     def _element(self, n):
-        if n.index in self.unstacked:  # read by norms and the in-place update only
+        if n.index in self.unstacked:  # read by norms, the in-place update or one param at a time
             return self._tensors(n.name)
+        if any(a.index in self.unstacked and a.op == "ein" for a in n.args) and n.index not in self.in_place:
+            return self._one_by_one(n)
         if n.index in self.products:  # evaluated by its reader
             return None
         key = self.in_place.get(n.index)
@@ -356,6 +388,10 @@ class _ShardGroup(passes_torch._Group):
         """x * x of the value of node ``a``, computed once for all means of it (Adafactor's
         row and column means of g^2), into a workspace buffer."""
         sq = self.squares.get(a.index)
+        if sq is None and isinstance(self.v[a.index], list):  # an unstacked input
+            sq = self.squares[a.index] = self._buffer(None, self.compute)
+            for i, t in enumerate(self.v[a.index]):
+                torch.mul(t, t, out=sq[i])
         if sq is None:
             x = self.v[a.index]
             full = tuple(x.shape[1:]) == tuple(self.params[0].shape) and x.dtype == self.compute
@@ -363,8 +399,8 @@ class _ShardGroup(passes_torch._Group):
         return sq
 
     def _mean_square(self, n):
-        x, dim = self.v[n.args[0].index], dict(n.fn[2])["dim"]
-        return self._square(n.args[0]).sum(dim=dim, keepdim=True).div_(x.size(dim))  # an unsharded dim
+        sq, dim = self._square(n.args[0]), dict(n.fn[2])["dim"]
+        return sq.sum(dim=dim, keepdim=True).div_(sq.size(dim))  # an unsharded dim
 
     def _torch_value(self, n):
         mean = self.runner.sums.means.get(n.index)
