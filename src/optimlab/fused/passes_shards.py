@@ -240,6 +240,7 @@ class _ShardGroup(passes_torch._Group):
         self.pending: list = []  # (node index, this rank's part of its sum, count to divide by)
         self.waiting: list = []  # per-tensor scalars that read a pending sum, in graph order
         self.unsettled: set = set()
+        self.early: set = set()  # means evaluated ahead of their place (_ahead)
 
     def _tensors(self, name):
         return self.grads if name == "grad" else super()._tensors(name)
@@ -257,14 +258,27 @@ class _ShardGroup(passes_torch._Group):
         column sums); anything else that reads one settles every pending sum with one
         ``all_reduce``. The graph alone decides, the same on every rank. (Only per-tensor
         scalars move: they hold no workspace buffer whose reuse the graph order decides.)"""
+        if n.index in self.early:
+            return True
         if not any(a.index in self.unsettled for a in n.args):
             return False
         if n.kind == "S" and n.op not in REDUCTIONS:
             self.waiting.append(n)
             self.unsettled.add(n.index)
             return True
+        self._ahead(n)
         self._settle()
         return False
+
+    def _ahead(self, n) -> None:
+        """Before a settle: the later means that span ranks whose arguments are known now
+        (Adafactor's mean(R), known once R is) join it, one ``all_reduce`` fewer. They are
+        small torch values, no workspace buffer, read where they are."""
+        for m in self.prog.graph.nodes[n.index + 1:]:
+            if (m.index in self.runner.sums.means and m.index in self.prog.level
+                    and all(a.index in self.v and a.index not in self.unsettled for a in m.args)):
+                self.v[m.index] = self._torch_value(m)
+                self.early.add(m.index)
 
     def _settle(self) -> None:
         by_groups: dict = {}
