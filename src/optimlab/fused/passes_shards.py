@@ -27,9 +27,9 @@ row and column means of g^2), and the parameter's update ``p - step`` is subtrac
 place from each shard (``_foreach_sub_``), so ``p``, read otherwise only by norms
 (``_foreach_norm``), is neither stacked nor copied back. The partial sums of a bucket
 are completed together where the graph allows: the per-tensor scalars that read one wait
-until a per-element or torch value needs them, so Adafactor's matrices make three
-``all_reduce`` calls a step (RMS(p) with the column sums, mean(R), RMS(U)) and its vectors
-one (RMS(p) with RMS(U)).
+until a per-element or torch value needs them, and later means whose arguments are known
+join them, so Adafactor's matrices make two ``all_reduce`` calls a step (RMS(p) with the
+column sums and mean(R); RMS(U)) and its vectors one (RMS(p) with RMS(U)).
 """
 
 from __future__ import annotations
@@ -332,43 +332,11 @@ class _ShardGroup(passes_torch._Group):
                 for a in m.args:  # read at n, not at m
                     if self.last.get(a.index) == m.index:
                         self.last[a.index] = n.index
-        for x in self.prog.graph.nodes:  # an input read only by x^2 for means and by +-*/
-            if (x.op == "ein" and x.index in self.prog.level and x.index not in self.unstacked
-                    and self._tensors(x.name)[0].dtype == self.compute and readers.get(x.index)
-                    and all(self._per_tensor_reader(r, x) for r in readers[x.index])):
-                self.unstacked.add(x.index)
-        return out
-
-    def _per_tensor_reader(self, r, x) -> bool:
-        """``r`` reads the input ``x`` one param at a time: ``mean_square(x)`` (its x^2,
-        :meth:`_square`) or ``x +-*/ y`` with ``y`` not ``x`` (:meth:`_one_by_one`)."""
-        if r.kind == "T":
-            return r.op == "call" and r.fn[0] is _reduce.mean_square and r.args[0] is x
-        return (r.kind == "E" and r.op in ("add", "sub", "mul", "div") and r.index not in self.in_place
-                and r.index not in self.products
-                and sum(a is x for a in r.args) == 1)
-
-    def _one_by_one(self, n):
-        """``n``, which reads an unstacked input, one param at a time into its stacked buffer
-        (200 small calls cost less than stacking the input: one copy of it fewer)."""
-        values = [self.v[a.index] if a.index in self.unstacked else self._arg(a, self.rank, self.compute)
-                  for a in n.args]
-        out = self._reused(n, self.compute)
-        out = self._buffer(n, self.compute) if out is None else out
-        fn, nt = passes_torch._OUT[n.op], self.nt
-
-        def item(v, i):
-            return v[i] if isinstance(v, list) or (isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == nt) else v
-
-        for i in range(nt):
-            fn(*(item(v, i) for v in values), out=out[i])
         return out
 
     def _element(self, n):
-        if n.index in self.unstacked:  # read by norms, the in-place update or one param at a time
+        if n.index in self.unstacked:  # read by norms and the in-place update only
             return self._tensors(n.name)
-        if any(a.index in self.unstacked and a.op == "ein" for a in n.args) and n.index not in self.in_place:
-            return self._one_by_one(n)
         if n.index in self.products:  # evaluated by its reader
             return None
         key = self.in_place.get(n.index)
@@ -402,10 +370,6 @@ class _ShardGroup(passes_torch._Group):
         """x * x of the value of node ``a``, computed once for all means of it (Adafactor's
         row and column means of g^2), into a workspace buffer."""
         sq = self.squares.get(a.index)
-        if sq is None and isinstance(self.v[a.index], list):  # an unstacked input
-            sq = self.squares[a.index] = self._buffer(None, self.compute)
-            for i, t in enumerate(self.v[a.index]):
-                torch.mul(t, t, out=sq[i])
         if sq is None:
             x = self.v[a.index]
             full = tuple(x.shape[1:]) == tuple(self.params[0].shape) and x.dtype == self.compute
