@@ -149,7 +149,7 @@ def _placements_other_than_fsdp():
 #: other rules with reductions: LAMB, LARS (norms only) and Prodigy's estimate (dot
 #: products) on the shards, equal to their unsharded run; Muon's Newton-Schulz has no local
 #: form: the reference path, no crash
-OTHERS = ("lamb", "lars", "prodigy", "muon")
+OTHERS = ("lamb", "lars", "prodigy", "muon", "prodigy-foreach")
 
 
 def _other(name, rank):
@@ -159,12 +159,15 @@ def _other(name, rank):
     ours, theirs = _model(True), _model(False)
     pick = (lambda m: [p for p in m.parameters() if p.dim() == 2]) if name == "muon" else (
         lambda m: list(m.parameters()))
-    opt, ref = optimlab.create(name, pick(ours), lr=1e-2), optimlab.create(name, pick(theirs), lr=1e-2)
+    name, _, foreach = name.partition("-")  # foreach=True: the reference path on the DTensors
+    flags = {"foreach": True} if foreach else {}
+    opt = optimlab.create(name, pick(ours), lr=1e-2, **flags)
+    ref = optimlab.create(name, pick(theirs), lr=1e-2, **flags)
     start = [_full(p).detach().clone() for p in pick(ours)]
     _train(ours, opt, theirs, ref, rank, STEPS)
     err = max(_rel(_full(a), b.detach()) for a, b in zip(pick(ours), pick(theirs)))
     moved = min((_full(a) - b).abs().max().item() for a, b in zip(pick(ours), start))
-    layouts = passes_shards._layouts[opt]
+    layouts = passes_shards._layouts.get(opt, {})
     return err, moved, {phase: sum(len(b.params) for b in layouts[(g, phase)].buckets)
                         for g, phase in layouts}
 
@@ -188,6 +191,8 @@ def test_adafactor_on_fsdp2_shards_matches_torch(tmp_path):
         assert err <= 1e-5 and moved > 0 and on_shards == phases, (name, err, moved, on_shards)
     _, moved, on_shards = r["others"]["muon"]
     assert moved > 0 and on_shards == {"update": 0}
+    err, moved, on_shards = r["others"]["prodigy-foreach"]  # its dot products on uneven shards
+    assert err <= 1e-5 and moved > 0 and on_shards == {}, (err, moved, on_shards)
 
 
 # ------------------------------------------------------------------ the plan, no process group

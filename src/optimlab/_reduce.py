@@ -63,6 +63,8 @@ def dot(a, b) -> torch.Tensor:
     """<a, b> over all elements of two tensors of one shape."""
     if _symbolic(a, b) is not None:
         return _symbolic(a, b).__optimlab_call__(dot, (a, b), {})
+    if hasattr(a, "placements"):  # a DTensor: an unevenly sharded one has no flat view
+        return torch.sum(a * b)
     return torch.dot(_tensor(a, "dot").reshape(-1), _tensor(b, "dot").reshape(-1))
 
 
