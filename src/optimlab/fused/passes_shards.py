@@ -48,7 +48,7 @@ _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _grad = operator.attrgetter("grad")
 _spec = operator.attrgetter("_spec")
 _local_tensor = operator.attrgetter("_local_tensor")
-#: optimizer -> {id(group): _Layout}
+#: optimizer -> {(id(group), phase): _Layout}
 _layouts: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 #: (id(program), shape, sharding) -> its shard_layout.Sums, or None where the program cannot run on shards
 _sums: dict = {}
@@ -275,7 +275,7 @@ class _ShardGroup(passes_torch._Group):
         (Adafactor's mean(R), known once R is) join it, one ``all_reduce`` fewer. They are
         small torch values, no workspace buffer, read where they are."""
         for m in self.prog.graph.nodes[n.index + 1:]:
-            if (m.index in self.runner.sums.means and m.index in self.prog.level
+            if (m.index in self.runner.sums.means and m.index in self.prog.level and m.index not in self.v
                     and all(a.index in self.v and a.index not in self.unsettled for a in m.args)):
                 self.v[m.index] = self._torch_value(m)
                 self.early.add(m.index)
