@@ -5,7 +5,7 @@ GPT-2 small's 148 parameter shapes (``--shapes gpt2``, 124M parameters), every m
 ``fully_shard``-ed, so every parameter is a DTensor sharded over the two ranks. For every
 registry class with a torch.optim twin, at default flags: torch's for-loop, foreach and
 (where torch has it) fused step, and optimlab's default step, timed in interleaved rounds
-on the same grads (medians of ``--reps`` steps per round, ``--rounds`` rounds, rank 0's
+on the same grads (``--reps`` steps per round timed to the slowest rank, median of ``--rounds`` rounds, rank 0's
 clock); then 20 steps from equal parameters with a fresh grad per step, and the largest
 relative difference between optimlab's and torch's parameters (float32).
 
@@ -162,13 +162,18 @@ def _implementations(entry, params, start):
 
 
 def _time(opt, reps: int) -> float:
+    """Wall time of one step of the whole job: ``reps`` steps from a barrier to the barrier
+    after the slowest rank's last step, divided by ``reps``. In training the next forward's
+    all-gather waits for the slowest rank; timing rank 0's steps alone (as this benchmark did
+    until 2026-12-03) let an implementation without collectives run while the other rank
+    idled (torch's Adafactor on local tensors read 36 ms a step then, 60 ms with both ranks
+    stepping)."""
     dist.barrier()
-    times = []
+    t = time.perf_counter()
     for _ in range(reps):
-        t = time.perf_counter()
         opt.step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    dist.barrier()
+    return (time.perf_counter() - t) / reps
 
 
 def _timings(entry, args, params, start):
@@ -328,7 +333,7 @@ def main(argv=None) -> int:
              "",
              f"{started}; {machine()}; one thread per rank; {(time.perf_counter() - t0) / 60:.1f} min, load "
              f"average {load[0]:.1f} before / {os.getloadavg()[0]:.1f} after (shared machine). `{command}` "
-             f"(medians of {args.reps} steps x {args.rounds} interleaved rounds, rank 0). `vs torch best`: "
+             f"({args.reps} steps timed from a barrier to the slowest rank's end, median of {args.rounds} interleaved rounds). `vs torch best`: "
              "fastest torch.optim implementation / optimlab (>1: optimlab faster). Max rel err: optimlab vs "
              "torch after 20 steps, float32. `torch on`: where torch.optim raises on DTensor shards, torch is "
              "timed on plain tensors of the same local shapes (and its 20 steps run on the unsharded model "
