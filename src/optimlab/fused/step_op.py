@@ -1,18 +1,20 @@
 """``torch.compile(opt.step)``: the whole eager step run by the compiled frame's own bytecode, or as one op.
 
-Where the frame Dynamo compiles is the optimizer's ``step`` itself (``torch.compile(opt.step)``,
-no closure, no step hook), nothing else in that frame reads or writes the params, grads or
-state: nothing needs ordering against the update and nothing can be fused with it. There the
-step needs no graph at all. Its call, ``_step(id(optimizer))``, is one that Dynamo records
-and replays in the bytecode it generates for the frame: ``replayed_step`` (:func:`_step`,
-run with Dynamo off) is registered in ``torch._dynamo.config.reorderable_logging_functions``, the calls Dynamo moves after the graph
+Where the frame Dynamo compiles is the optimizer's ``step`` itself
+(``torch.compile(opt.step)``, no closure, no step hook), nothing else in that frame reads or
+writes the params, grads or state: nothing needs ordering against the update and nothing can be
+fused with it. There the step needs no graph at all. Its call, ``_step(id(optimizer))``, is one
+that Dynamo records and replays in the bytecode it generates for the frame: ``replayed_step``
+(:func:`_step`, run with Dynamo off) is registered in
+``torch._dynamo.config.reorderable_logging_functions``, the calls Dynamo moves after the graph
 when their arguments are constants (an ``int`` here). The frame then has no graph, so no
-backend runs: a call costs the eager step plus Dynamo's frame and guards (12-17 us warm
-with the step's work removed, against ~20-30 us with an op in a graph: AOTAutograd's and
-Inductor's wrappers, the dispatcher), measured in ``benchmarks/compile_step.py``. Dynamo
-replays only the calls recorded in the frame it compiles, not in functions it inlines, so the call sits in the engine's step wrapper
-(``engine._hooked``), after the hook check whose guards make a later hook recompile, and only
-where :func:`frame_owner` says that wrapper is the compiled frame, for this optimizer.
+backend runs: a call costs the eager step plus Dynamo's frame and guards (12-17 us warm with
+the step's work removed, against ~20-30 us with an op in a graph: AOTAutograd's and Inductor's
+wrappers, the dispatcher), measured in ``benchmarks/compile_step.py``. Dynamo replays only the
+calls recorded in the frame it compiles, not in functions it inlines, so the call sits in the
+engine's step wrapper (``engine._hooked``), after the hook check whose guards make a later hook
+recompile, and only where :func:`frame_owner` says that wrapper is the compiled frame, for this
+optimizer.
 
 Where the replay is not available (the set replaced, e.g. by ``torch._dynamo.config.patch``;
 ``torch.export``, which drops such calls) the step is one op in the graph instead,
