@@ -116,8 +116,7 @@ def _lay_out(optimizer, params, h, hk, dtensor, phase) -> _Layout:
     for bucket in buckets.values():
         p = bucket.params[0]
         try:
-            prog = passes.program(bucket.key, h) or passes._traced(
-                bucket.key, optimizer.rule, phase, h, tuple(p.shape), p.dtype, bucket.layout)
+            prog = _program(optimizer, bucket, phase, h)
         except passes.TraceError as e:
             passes._warn(optimizer, e)
             out.rest.extend(bucket.params)
@@ -143,6 +142,13 @@ def _lay_out(optimizer, params, h, hk, dtensor, phase) -> _Layout:
             out.state[local] = {k: v._local_tensor if isinstance(v, dtensor) else v for k, v in st.items()}
         out.buckets.append(bucket)
     return out
+
+
+def _program(optimizer, bucket, phase, h):
+    """The bucket's traced pass program (memoised by :mod:`.passes`), for its global shape."""
+    p = bucket.params[0]
+    return passes.program(bucket.key, h) or passes._traced(
+        bucket.key, optimizer.rule, phase, h, tuple(p.shape), p.dtype, bucket.layout)
 
 
 def _same_layout(a, b) -> bool:
@@ -203,8 +209,7 @@ def _run(optimizer, group, params, h, phase):
             locals_ = [t for t, ok in zip(locals_, fits) if ok]
         if not ps:
             continue
-        prog = passes.program(bucket.key, h) or passes._traced(
-            bucket.key, optimizer.rule, phase, h, tuple(ps[0].shape), ps[0].dtype, bucket.layout)
+        prog = _program(optimizer, bucket, phase, h)
         plan, mesh = _sums[(id(prog), tuple(ps[0].shape), bucket.sharding)], ps[0].device_mesh
         # large params one by one, as passes_torch does (views, no stacked copies); decided on
         # the global size, so that every rank makes the same collectives

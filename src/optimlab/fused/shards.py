@@ -1,13 +1,13 @@
 """DTensor parameters (FSDP2, tensor parallelism) on the fast path, shard by shard.
 
 A DTensor is a wrapper: its own ``data_ptr()`` is 0 and its values live in a plain local
-tensor on each rank (``to_local()``). An element-wise rule's step of a sharded parameter
-is the step of its local shard, computed from the local shards of its grad and state (the
-rules with reductions, whose sums span the ranks: :mod:`.passes_shards`). :class:`LocalView` is a stand-in optimizer over those local tensors:
-its state dicts hold the local views of the optimizer's DTensor state, so the kernel
-writes through the shards' memory while ``optimizer.state`` stays DTensor and
-``state_dict()``, ``get_optimizer_state_dict`` and DCP see exactly what they see with
-torch's optimizers.
+tensor on each rank (``to_local()``). An element-wise rule's step of a sharded parameter is
+the step of its local shard, computed from the local shards of its grad and state (the rules
+with reductions, whose sums span the ranks: :mod:`.passes_shards`). :class:`LocalView` is a
+stand-in optimizer over those local tensors: its state dicts hold the local views of the
+optimizer's DTensor state, so the kernel writes through the shards' memory while
+``optimizer.state`` stays DTensor and ``state_dict()``, ``get_optimizer_state_dict`` and DCP
+see exactly what they see with torch's optimizers.
 
 A DTensor parameter takes the shard path when its grad is a DTensor with the same mesh,
 placements and local shape (not a pending ``Partial`` sum) and every state tensor is its

@@ -39,7 +39,8 @@ import weakref
 
 import torch
 
-_optimizers: dict = {}  # id -> weakref to the optimizer (a plain dict: cheaper to read than a WeakValueDictionary)
+#: id -> weak reference to the optimizer (a plain dict: cheaper to read than a WeakValueDictionary)
+_optimizers: dict = {}
 
 _lib = torch.library.Library("optimlab", "FRAGMENT")
 _lib.define("step(int optimizer) -> ()")
