@@ -57,11 +57,17 @@ class Runner:
         self.offs = np.zeros(self.nt + 1, dtype=np.int64)
         self.offs[1:] = np.cumsum([p.numel() for p in params])
         self.compute = prog.graph.compute
+        #: the shape of each param (:mod:`.passes_shards_c`: a local shard's, not the graph's)
+        self.shape = prog.graph.shape
 
     # ---- values as the reference path sees them
-    def _input(self, name: str, i: int):
+    def _raw(self, name: str, i: int):
+        """Tensor ``i``'s input ``name`` (the param, its grad or a state), as stored."""
         p = self.params[i]
-        t = p if name == "param" else p.grad if name == "grad" else self.states[i][name]
+        return p if name == "param" else p.grad if name == "grad" else self.states[i][name]
+
+    def _input(self, name: str, i: int):
+        t = self._raw(name, i)
         return t.to(self.compute) if t.dtype != self.compute else t
 
     def _scalar(self, n):
@@ -78,7 +84,8 @@ class Runner:
     def _item(self, a, i: int):
         """The value of the T or E (not input) node ``a`` for tensor ``i``."""
         if a.index in self.stacked:
-            return self.stacked[a.index][i].view(a.meta.shape if a.kind == "T" else self.prog.graph.shape)
+            v = self.stacked[a.index][i]  # (1, ..., 1) + its shape: the padding dropped
+            return v.view(v.shape[v.dim() - (a.meta.dim() if a.kind == "T" else len(self.shape)):])
         return self.tv[a.index][i]
 
     def _tensor(self, n, i: int):
@@ -113,7 +120,7 @@ class Runner:
                 values.append(v)
             elif a.op == "ein":
                 if a.index not in self.stacked:
-                    shape = passes_batch.padded(self.prog.graph.shape, self.nt, self.prog.rank)
+                    shape = passes_batch.padded(self.shape, self.nt, self.prog.rank)
                     ts = [self._input(a.name, i) for i in range(self.nt)]
                     if self.nt == 1:
                         self.stacked[a.index] = ts[0].view(shape)  # a view, no copy
@@ -145,14 +152,13 @@ class Runner:
         keep = []
         for b, (kind, what) in enumerate(ps.buffers):
             if kind == "ein":
-                ts = [p if what == "param" else p.grad if what == "grad" else st[what]
-                      for p, st in zip(self.params, self.states)]
+                ts = [self._raw(what, i) for i in range(nt)]
             elif what.index in self.stacked or kind == "tmp":
                 # one buffer for the bucket, tensor i at element offs[i]
                 if kind == "tmp":
                     narrow = what.index in self.prog.aliases.values()
                     flat = torch.empty(int(self.offs[-1]), dtype=torch.bfloat16 if narrow else self.compute)
-                    shape = passes_batch.padded(self.prog.graph.shape, nt, self.prog.rank)
+                    shape = passes_batch.padded(self.shape, nt, self.prog.rank)
                     self.stacked[what.index] = flat.view(shape)
                 else:
                     flat = self.stacked[what.index].to(self._tbuf(what)).contiguous()
@@ -186,9 +192,25 @@ class Runner:
 
     def run(self):
         with np.errstate(all="ignore"):
-            return self._run()
+            for _ in self.steps():
+                pass
+            return self.finish()
 
-    def _run(self):
+    def _wait(self, nodes):
+        """Before a value that reads ``nodes``: a generator, empty here
+        (:mod:`.passes_shards_c` yields while a sum over the ranks is pending)."""
+        return ()
+
+    def _torch_value(self, n) -> None:
+        """The T node ``n``: once for the bucket where it has a batched form, else per tensor."""
+        value = self._batched(n)
+        if value is not None:
+            self.stacked[n.index] = value
+        else:
+            self.tv[n.index] = [self._tensor(n, i) for i in range(self.nt)]
+
+    def steps(self):
+        """The step up to its outputs, level by level (a generator: see :meth:`_wait`)."""
         prog = self.prog
         # the values of the scalars that depend on hyperparameters only, for these ones
         key = tuple(self._scalar(n) for n in prog.graph.nodes if n.op == "hp" and n.index in prog.constant)
@@ -197,6 +219,7 @@ class Runner:
         known = prog.constants[1]
         for level, todo in enumerate(prog.schedule):
             for n in todo:
+                yield from self._wait(n.args)
                 if n.kind == "S":
                     if n.index in known:
                         self.sv[n.index] = known[n.index]
@@ -207,19 +230,21 @@ class Runner:
                 elif n.index in prog.aliases:  # written by the last pass (passes_rewrite.narrowed)
                     self.stacked[n.index] = self.stacked[prog.aliases[n.index]]
                 else:
-                    value = self._batched(n)
-                    if value is not None:
-                        self.stacked[n.index] = value
-                    else:
-                        self.tv[n.index] = [self._tensor(n, i) for i in range(self.nt)]
+                    self._torch_value(n)
             if level < len(prog.passes) and prog.passes[level] is not None:
-                self._pass(prog.passes[level])
+                ps = prog.passes[level]
+                yield from self._wait(ps.scalars + [w for k, w in ps.buffers if k == "tbuf"])
+                self._pass(ps)
+
+    def finish(self):
+        """Writes the outputs the passes do not (0-dim state, state of another shape); the
+        per-tensor values of the returns (an estimate's partial sums)."""
+        prog = self.prog
         if prog.elem_outputs:
             torch._C._increment_version(self.params)
         for key, n in prog.scalar_outputs.items():
             for st, v in zip(self.states, self._per_tensor(n)):
                 st[key].fill_(float(v))
         for key, n in prog.tensor_outputs.items():
-            for i, st in enumerate(self.states):
-                st[key].copy_(self._item(n, i))
+            torch._foreach_copy_([st[key] for st in self.states], [self._item(n, i) for i in range(self.nt)])
         return [self._per_tensor(n) for n in prog.returns]
