@@ -243,8 +243,13 @@ class Runner:
         if prog.elem_outputs:
             torch._C._increment_version(self.params)
         for key, n in prog.scalar_outputs.items():
-            for st, v in zip(self.states, self._per_tensor(n)):
-                st[key].fill_(float(v))
+            values = torch.from_numpy(np.array(self._per_tensor(n), dtype=np.float64))
+            torch._foreach_copy_([st[key] for st in self.states], list(values.unbind(0)))
         for key, n in prog.tensor_outputs.items():
-            torch._foreach_copy_([st[key] for st in self.states], [self._item(n, i) for i in range(self.nt)])
+            targets = [st[key] for st in self.states]
+            if n.index in self.stacked:  # one shape in the bucket: the padding dropped at once
+                values = self.stacked[n.index].view((self.nt,) + tuple(targets[0].shape)).unbind(0)
+            else:
+                values = [self._item(n, i) for i in range(self.nt)]
+            torch._foreach_copy_(targets, list(values))
         return [self._per_tensor(n) for n in prog.returns]

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from .. import _reduce
-from . import passes, passes_torch, shard_layout, shards
+from . import passes, passes_shards_c, passes_torch, shard_layout, shards
 from .passes_trace import REDUCTIONS
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -76,6 +76,7 @@ class _Layout:
         self.buckets: list = []
         self.rest: list = []
         self.key, self.source = key, optimizer.state
+        self.spaces: dict = {}  # workspaces of :mod:`.passes_shards_c`
 
     def current(self, optimizer, key) -> bool:
         return self.key == key and self.source is optimizer.state
@@ -199,7 +200,7 @@ def _run(optimizer, group, params, h, phase):
     if layout is None or not layout.current(optimizer, key):
         layout = layouts[(id(group), phase)] = _lay_out(optimizer, params, h, hk, dtensor, phase)
         layout.key = (key[0], key[1], len(optimizer.state))  # with the state just created
-    rest, sums, stepped = list(layout.rest), [], []
+    rest, sums, stepped, runners = list(layout.rest), [], [], []
     for bucket in layout.buckets:
         grads, fits = _local_grads(bucket, dtensor)
         ps, locals_ = bucket.params, bucket.locals
@@ -209,14 +210,20 @@ def _run(optimizer, group, params, h, phase):
             locals_ = [t for t, ok in zip(locals_, fits) if ok]
         if not ps:
             continue
-        prog = _program(optimizer, bucket, phase, h)
-        plan, mesh = _sums[(id(prog), tuple(ps[0].shape), bucket.sharding)], ps[0].device_mesh
+        mesh, compiled = ps[0].device_mesh, passes_shards_c.program(optimizer, bucket, phase, h)
+        if compiled is None:
+            prog = _program(optimizer, bucket, phase, h)
+            plan = _sums[(id(prog), tuple(ps[0].shape), bucket.sharding)]
         # large params one by one, as passes_torch does (views, no stacked copies); decided on
         # the global size, so that every rank makes the same collectives
         n = 1 if ps[0].numel() // mesh.size() >= passes_torch.GROUP_NUMEL else len(ps)
         for i in range(0, len(ps), n):
-            sums.append(_ShardRunner(prog, layout, locals_[i:i + n], grads[i:i + n], h, plan, mesh).run())
+            if compiled is not None:  # the C passes, all buckets together below
+                runners.append(passes_shards_c.ShardRunner(*compiled, layout, locals_[i:i + n], grads[i:i + n], h, mesh))
+            else:
+                sums.append(_ShardRunner(prog, layout, locals_[i:i + n], grads[i:i + n], h, plan, mesh).run())
         stepped.extend(ps)
+    sums.extend(passes_shards_c.run(runners))
     if stepped and phase == "update":
         torch._C._increment_version(stepped)
     return rest, sums
