@@ -76,7 +76,11 @@ class ShardRunner(Runner):
         self.grads, self.sums = grads, sums
         self.groups = {i: [mesh.get_group(k) for k in ks] for i, ks in sums.mesh_dims.items()}
         self.shape = tuple(locals_[0].shape)
-        self.space = layout.spaces.setdefault((id(prog), self.shape, self.nt), {})
+        # workspaces: values kept across a wait are this runner's own; the rest is shared by
+        # the layout's runners, and forgotten at each wait (another runner may write it)
+        self.own = layout.spaces.setdefault(("own", id(prog), id(locals_[0])), {})
+        self.shared = layout.spaces.setdefault("shared", {})
+        self.transient: set = set()  # node indices whose stacked value is in a shared buffer
         self.pending: list = []  # (node index, this rank's part of its sum, count to divide by)
         self.unsettled: set = set()
         self.early: set = set()  # means evaluated ahead of their place
@@ -85,11 +89,13 @@ class ShardRunner(Runner):
     def _raw(self, name, i):
         return self.grads[i] if name == "grad" else super()._raw(name, i)
 
-    def _buffer(self, key, shape, dtype):
-        """A workspace buffer, the same one every step."""
-        buf = self.space.get(key)
+    def _buffer(self, key, shape, dtype, own=False):
+        """A workspace buffer, the same one every step: this runner's own, or (x^2, stacked
+        inputs: read only before the next wait) shared by the layout's runners."""
+        space, key = (self.own, key) if own else (self.shared, key + (tuple(shape), dtype))
+        buf = space.get(key)
         if buf is None or tuple(buf.shape) != tuple(shape) or buf.dtype != dtype:
-            buf = self.space[key] = torch.empty(shape, dtype=dtype)
+            buf = space[key] = torch.empty(shape, dtype=dtype)
         return buf
 
     # ---- waiting for sums over the ranks
@@ -97,6 +103,10 @@ class ShardRunner(Runner):
         if any(a.index in self.unsettled for a in nodes):
             self._ahead()
             yield
+            self.squares.clear()
+            for i in self.transient:
+                del self.stacked[i]
+            self.transient.clear()
 
     def _ahead(self) -> None:
         """The means that span ranks whose arguments are complete now join this wait."""
@@ -127,8 +137,8 @@ class ShardRunner(Runner):
             if self.nt == 1:
                 v = ts[0].view(shape)
             elif a.kind == "E":
-                v = torch.stack(ts, out=self._buffer(("stack", a.index), (self.nt,) + self.shape,
-                                                     self.compute)).view(shape)
+                v = torch.stack(ts, out=self._buffer(("stack", a.index), (self.nt,) + self.shape, self.compute)).view(shape)
+                self.transient.add(a.index)
             else:
                 v = torch.stack(ts).view(shape)
         else:
@@ -169,7 +179,7 @@ class ShardRunner(Runner):
         elif f is operator.matmul and self._outer(n):
             a, b = (self._stacked(a) for a in n.args)  # an outer product: one product an element
             shape = torch.broadcast_shapes(a.shape, b.shape)
-            self.stacked[n.index] = torch.mul(a, b, out=self._buffer(("product", n.index), shape, a.dtype))
+            self.stacked[n.index] = torch.mul(a, b, out=self._buffer(("product", n.index), shape, a.dtype, own=True))
         elif n.op == "tin":
             self._stacked(n)
         elif f in shard_layout._ELEMENTWISE and all(self._uniform(a) for a in n.args if a.kind == "S"):
