@@ -1,6 +1,6 @@
 """Adafactor on FSDP2: the traced graph on local shards, its sums completed over the ranks
-(:mod:`optimlab.fused.passes_shards`), equal to torch.optim.Adafactor on the unsharded
-model, with the optimizer state still DTensor for ``state_dict`` and DCP (a checkpoint saved
+(:mod:`optimlab.fused.passes_shards`: the generated C passes, and without them batched torch
+ops), equal to torch.optim.Adafactor on the unsharded model, with the optimizer state still DTensor for ``state_dict`` and DCP (a checkpoint saved
 and loaded on the 2 ranks continues the trajectory).
 
 A real 2-rank gloo group. The FSDP2 model has an odd row count (33, split 17/16), a weight of
@@ -75,6 +75,10 @@ def _worker(rank, world, out_dir):
     steps = {opt.state[a]["step"].item() for a in ours.parameters()}
     (layout,) = passes_shards._layouts[opt].values()  # one group, one phase
     on_shards = sorted(tuple(p.shape) for b in layout.buckets for p in b.params)
+    compiled = layout.compiled  # params stepped by the generated C passes on their shards
+    calls = _all_reduce_calls(opt)
+    routes = {"torch ops": _run_with(rank, compiled=False),  # no C compiler: torch ops
+              "no all_reduce": _run_with(rank, all_reduce=lambda *a, **k: None)}
     state_types = sorted({type(v).__name__ for a in ours.parameters() for k, v in opt.state[a].items()
                           if k != "step"})
 
@@ -103,6 +107,7 @@ def _worker(rank, world, out_dir):
     from optimlab.fused import passes_torch
 
     passes_torch.GROUP_NUMEL = 1
+    placed_alone = _placements_other_than_fsdp()  # three params of a shape, each alone
     ours, theirs = _model(True), _model(False)
     opt = optimlab.Adafactor(ours.parameters(), lr=1e-2, weight_decay=0.01)
     ref = torch.optim.Adafactor(theirs.parameters(), lr=1e-2, weight_decay=0.01)
@@ -111,9 +116,39 @@ def _worker(rank, world, out_dir):
     if rank == 0:
         torch.save({"err": err, "steps": sorted(steps), "on_shards": on_shards, "state_types": state_types,
                     "sd_states": len(sd["state"]), "osd_states": len(osd["state"]), "resumed": resumed,
-                    "others": others, "alone": alone, "placed": placed},
+                    "others": others, "alone": alone, "placed": placed, "placed_alone": placed_alone,
+                    "compiled": compiled, "calls": calls, "routes": routes},
                    os.path.join(out_dir, "results.pt"))
     dist.barrier()
+
+
+def _all_reduce_calls(opt) -> int:
+    """How many ``all_reduce`` calls one step of ``opt`` makes."""
+    calls, real = [], dist.all_reduce
+    dist.all_reduce = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        opt.step()
+    finally:
+        dist.all_reduce = real
+    return len(calls)
+
+
+def _run_with(rank, compiled=True, all_reduce=None) -> float:
+    """The 20-step error vs torch from fresh models, with the C passes switched on or off,
+    or ``dist.all_reduce`` replaced."""
+    import optimlab
+    from optimlab.fused import passes
+
+    ours, theirs = _model(True), _model(False)
+    opt = optimlab.Adafactor(ours.parameters(), lr=1e-2, weight_decay=0.01)
+    ref = torch.optim.Adafactor(theirs.parameters(), lr=1e-2, weight_decay=0.01)
+    real = dist.all_reduce
+    passes.compiled, dist.all_reduce = compiled, all_reduce or real
+    try:
+        _train(ours, opt, theirs, ref, rank, STEPS)
+    finally:
+        passes.compiled, dist.all_reduce = True, real
+    return max(_rel(_full(a), b.detach()) for a, b in zip(ours.parameters(), theirs.parameters()))
 
 
 def _placements_other_than_fsdp():
@@ -179,6 +214,16 @@ def test_adafactor_on_fsdp2_shards_matches_torch(tmp_path):
     assert r["err"] <= 1e-5, r["err"]
     assert r["alone"] <= 1e-5, r["alone"]
     assert r["placed"][0] <= 1e-5 and r["placed"][1] == 12, r["placed"]
+    assert r["placed_alone"][0] <= 1e-5 and r["placed_alone"][1] == 12, r["placed_alone"]
+    # the generated C passes stepped every param on its shards; their sums over the ranks
+    # take one all_reduce call per round for the whole model, whatever the number of params:
+    # the column sums and mean(R) of every matrix; RMS(p) and RMS(U) of every param; and a
+    # third for the (6, 1) weight, whose row_var has its shape, so that R comes out of a
+    # pass and mean(R) waits for it. Without them the step is wrong.
+    assert r["compiled"] == 7, r["compiled"]
+    assert r["calls"] == 3, r["calls"]
+    assert r["routes"]["torch ops"] <= 1e-5, r["routes"]
+    assert r["routes"]["no all_reduce"] > 1e-3, r["routes"]
     assert r["steps"] == [float(STEPS)]
     # every param but the (1, 33) weight stepped on its shards
     assert r["on_shards"] == sorted([(33, 16), (33,), (1,), (6, 1), (6,), (4, 6), (4,)]), r["on_shards"]
