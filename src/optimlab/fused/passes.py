@@ -94,6 +94,8 @@ class Program:
     schedule: list = None
     #: low_precision T node -> its per-element argument, which the pass stores in bfloat16
     aliases: dict = None
+    #: outer product T node -> its (rows, columns) factors, multiplied in the passes
+    products: dict = None
     constant: set = None
     constants: tuple = (None, {})
 
@@ -152,12 +154,13 @@ def trace_program(rule, phase: str, h, shape, dtype: torch.dtype, layout: dict, 
     needed = live(roots)
     lvl = _levels(graph, needed)
     aliases = passes_rewrite.narrowed(graph, needed)
-    passes = _cut(graph, needed, lvl, elem, dtype, set(aliases.values())) if cut else []
+    products = passes_rewrite.outer_products(graph, needed, roots) if cut else {}
+    passes = _cut(graph, needed, lvl, elem, dtype, set(aliases.values()), products) if cut else []
     sin = [k for k in rule.scalars if any(n.op == "sin" and n.name == k and n.index in needed
                                           for n in graph.nodes)]
     prog = Program(graph, hps, lvl, passes, elem, tensor, scal, returns, sin,
                    passes_batch.plan(graph, needed, aliases), passes_batch.rank(graph, needed))
-    prog.aliases = aliases
+    prog.aliases, prog.products = aliases, products
     nodes = [n for n in graph.nodes if n.index in lvl and n.op not in REDUCTIONS and n.kind != "E"]
     prog.schedule = [[n for n in nodes if lvl[n.index] == level]
                      for level in range(max(max(lvl.values(), default=0), len(passes) - 1) + 1)]
@@ -168,7 +171,7 @@ def trace_program(rule, phase: str, h, shape, dtype: torch.dtype, layout: dict, 
     return prog
 
 
-def _cut(graph, needed, lvl, elem, dtype, narrow=frozenset()) -> list:
+def _cut(graph, needed, lvl, elem, dtype, narrow=frozenset(), products=None) -> list:
     nodes = [n for n in graph.nodes if n.index in needed]
     final = max((lvl[n.index] for n in nodes if n.kind == "E"), default=-1)
     if any(lvl[n.index] > final and any(a.op == "ein" for a in n.args) for n in nodes if n.kind == "T"):
@@ -184,11 +187,11 @@ def _cut(graph, needed, lvl, elem, dtype, narrow=frozenset()) -> list:
         if not roots:
             passes.append(None)
             continue
-        passes.append(_pass(graph, roots, reds, temps, stores, dtype, narrow))
+        passes.append(_pass(graph, roots, reds, temps, stores, dtype, narrow, products or {}))
     return passes
 
 
-def _pass(graph, roots, reds, temps, stores, dtype, narrow=frozenset()) -> Pass:
+def _pass(graph, roots, reds, temps, stores, dtype, narrow=frozenset(), products=None) -> Pass:
     """The body of one pass: the E nodes ``roots`` need, stopping at S/T values and inputs."""
     body, seen, scalars, stack = [], set(), [], list(roots)
     while stack:
@@ -199,7 +202,7 @@ def _pass(graph, roots, reds, temps, stores, dtype, narrow=frozenset()) -> Pass:
         if n.kind == "E" and n.op != "ein":
             stack.extend(n.args)
     compute = _DTYPES[graph.compute]
-    buffers, loads, order = [], {}, []
+    buffers, loads, order, factors = [], {}, [], {}
     for n in graph.nodes:
         if n.index not in seen:
             continue
@@ -208,6 +211,10 @@ def _pass(graph, roots, reds, temps, stores, dtype, narrow=frozenset()) -> Pass:
             if n.op == "ein":
                 loads[n.index] = len(buffers)
                 buffers.append((("ein", n.name), _DTYPES[dtype]))
+        elif n.index in (products or {}):  # R C^T: R[i] * C[j], the factors read along rows, columns
+            body.append(n)
+            factors[n.index] = (len(buffers), len(buffers) + 1)
+            buffers += [(("rows", products[n.index][0]), compute), (("cols", products[n.index][1]), compute)]
         elif n.kind == "T" and tuple(n.meta.shape) == graph.shape and n.meta.numel() != 1:
             body.append(n)
             loads[n.index] = len(buffers)
@@ -228,12 +235,12 @@ def _pass(graph, roots, reds, temps, stores, dtype, narrow=frozenset()) -> Pass:
         written[names[name]] = True
         store_list.append((names[name], n))
     order = [(d, i in written) for i, (_, d) in enumerate(buffers)]
-    source = generate(body, order, loads, store_list, scalars, reds, compute)
+    source = generate(body, order, loads, store_list, scalars, reds, compute, factors=factors)
     lib = build._library(source, ['-fopenmp-simd'])
     build.pool()
     fn = lib.optimlab_pass
     fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                   ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p]
+                   ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64]
     fn.restype = None
     sizes, loaded = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}, set(loads.values())
     traffic = [sizes[d] * ((i in loaded) + (i in written)) for i, (_, d) in enumerate(buffers)]

@@ -31,15 +31,20 @@ _TERMS = {"red_sumsq": "(double){0} * (double){0}", "red_sum": "(double){0}", "r
 
 
 def generate(body_nodes, buffers, loads, stores, scalars, reductions, compute_dtype: str,
-             symbol: str = "optimlab_pass") -> str:
+             symbol: str = "optimlab_pass", factors=None) -> str:
     """C source of one pass.
 
     ``body_nodes``: the per-element nodes to evaluate, in graph order; ``buffers``: list of
     (storage dtype name, written) in argument order; ``loads``: node index -> buffer index
     for nodes read from a buffer; ``stores``: list of (buffer index, node); ``scalars``:
     nodes read from the per-tensor scalar slots; ``reductions``: reduction nodes (their
-    arguments are computed in this pass).
+    arguments are computed in this pass); ``factors``: outer product node -> the buffers of
+    its (n, 1) and (1, m) factors: the element (i, j) is ``R[i] * C[j]``, the pieces of a
+    tensor cut at its rows (of ``inner`` elements), so that R is one number a piece and C
+    is read from the piece's column on.
     """
+    factors = factors or {}
+    broadcast = {b: k for pair in factors.values() for b, k in zip(pair, ("rows", "cols"))}
     compute = DTYPES[compute_dtype][1]
     slot = {n.index: j for j, n in enumerate(scalars)}
 
@@ -59,7 +64,10 @@ def generate(body_nodes, buffers, loads, stores, scalars, reductions, compute_dt
     lines += [f"    #pragma omp simd reduction(+:{', '.join(f'r{j}' for j in range(nr))})" if nr else "",
               "    for (int64_t i = 0; i < n; ++i) {"]
     for n in body_nodes:
-        if n.index in loads:
+        if n.index in factors:
+            (r, c), load = factors[n.index], (lambda b, at: _LOAD[buffers[b][0]][1].format(f"b{b}[{at}]"))
+            lines.append(f"        const {compute} e{n.index} = ({compute}){load(r, 0)} * ({compute}){load(c, 'i')};")
+        elif n.index in loads:
             b = loads[n.index]
             expr = _LOAD[buffers[b][0]][1].format(f"b{b}[i]")
             lines.append(f"        const {compute} e{n.index} = ({compute}){expr};")
@@ -74,20 +82,33 @@ def generate(body_nodes, buffers, loads, stores, scalars, reductions, compute_dt
     lines.append("}")
 
     nsc = max(len(scalars), 1)
-    call_args = ", ".join(f"({_LOAD[d][0]}*)j->bufs[{i} * nt + t] + off" for i, (d, _) in enumerate(buffers))
+    if not broadcast:
+        call_args = ", ".join(f"({_LOAD[d][0]}*)j->bufs[{i} * nt + t] + off" for i, (d, _) in enumerate(buffers))
+        segment = (f"double part[{max(nr, 1)}]; elements(end - lo, j->scratch + t * {nsc}, part, {call_args}); "
+                   f"for (int r = 0; r < {nr}; ++r) j->red[r * j->nslots + c + t] = part[r];")
+    else:  # the piece cut at rows: the sums of its parts added in order, in double
+        at = {"rows": "row", "cols": "col"}
+        call_args = ", ".join(f"({_LOAD[d][0]}*)j->bufs[{i} * nt + t] + {at.get(broadcast.get(i), 's')}"
+                              for i, (d, _) in enumerate(buffers))
+        segment = (f"double acc[{max(nr, 1)}] = {{0}}; const int64_t w = j->inner; "
+                   "for (int64_t s = off, stop = off + (end - lo); s < stop; ) { "
+                   "const int64_t row = s / w, col = s - row * w; "
+                   "const int64_t e = stop < (row + 1) * w ? stop : (row + 1) * w; "
+                   f"double part[{max(nr, 1)}]; elements(e - s, j->scratch + t * {nsc}, part, {call_args}); "
+                   f"for (int r = 0; r < {nr}; ++r) acc[r] += part[r]; s = e; }} "
+                   f"for (int r = 0; r < {nr}; ++r) j->red[r * j->nslots + c + t] = acc[r];")
     driver = f"""
 typedef void (*chunk_fn)(void*, int64_t);
 typedef void (*run_fn)(chunk_fn, void*, int64_t, int);
 struct job {{ int64_t nt, total, chunk, nslots; void* const* bufs; const double* scratch;
-              const int64_t* offs; double* red; }};
+              const int64_t* offs; double* red; int64_t inner; }};
 
-{chunk_walker(f"double part[{max(nr, 1)}]; elements(end - lo, j->scratch + t * {nsc}, part, {call_args}); "
-               f"for (int r = 0; r < {nr}; ++r) j->red[r * j->nslots + c + t] = part[r];")}
+{chunk_walker(segment)}
 void {symbol}(int64_t nt, void* const* bufs, const double* scratch, const int64_t* offs,
-              double* red, int64_t chunk_size, int64_t nslots, int nthreads, void* run) {{
+              double* red, int64_t chunk_size, int64_t nslots, int nthreads, void* run, int64_t inner) {{
     const int64_t total = offs[nt];
     if (total == 0) return;
-    struct job j = {{nt, total, chunk_size, nslots, bufs, scratch, offs, red}};
+    struct job j = {{nt, total, chunk_size, nslots, bufs, scratch, offs, red, inner}};
     ((run_fn)run)(chunk, &j, (total + chunk_size - 1) / chunk_size, nthreads);
 }}
 """

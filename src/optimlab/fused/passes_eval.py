@@ -153,6 +153,17 @@ class Runner:
         for b, (kind, what) in enumerate(ps.buffers):
             if kind == "ein":
                 ts = [self._raw(what, i) for i in range(nt)]
+            elif kind in ("rows", "cols"):  # the factors of an outer product, one buffer each a tensor
+                if what.index in self.stacked:
+                    flat = self.stacked[what.index].to(self._tbuf(what)).contiguous()
+                    keep.append(flat)
+                    step = flat.numel() // nt * flat.element_size()
+                    bufs[b] = flat.data_ptr() + np.arange(nt, dtype=np.uint64) * np.uint64(step)
+                else:
+                    ts = [t.to(self._tbuf(what)).contiguous() for t in self.tv[what.index]]
+                    keep.append(ts)
+                    bufs[b] = [t.data_ptr() for t in ts]
+                continue
             elif what.index in self.stacked or kind == "tmp":
                 # one buffer for the bucket, tensor i at element offs[i]
                 if kind == "tmp":
@@ -183,7 +194,7 @@ class Runner:
         red = np.zeros((max(len(ps.reductions), 1), nslots), dtype=np.float64)
         t0 = time.perf_counter()
         ps.fn(nt, bufs.ctypes.data, scratch.ctypes.data, self.offs.ctypes.data, red.ctypes.data,
-              chunk, nslots, self.nthreads, build.pool())
+              chunk, nslots, self.nthreads, build.pool(), int(self.shape[-1]) if self.shape else 1)
         if Runner.profile is not None:
             Runner.profile.append((time.perf_counter() - t0, sum(ps.traffic) * total))
         starts = self.offs[:-1] // chunk + np.arange(nt)
@@ -219,6 +230,8 @@ class Runner:
         known = prog.constants[1]
         for level, todo in enumerate(prog.schedule):
             for n in todo:
+                if n.index in prog.products:  # computed by the passes
+                    continue
                 yield from self._wait(n.args)
                 if n.kind == "S":
                     if n.index in known:
@@ -233,7 +246,7 @@ class Runner:
                     self._torch_value(n)
             if level < len(prog.passes) and prog.passes[level] is not None:
                 ps = prog.passes[level]
-                yield from self._wait(ps.scalars + [w for k, w in ps.buffers if k == "tbuf"])
+                yield from self._wait(ps.scalars + [w for k, w in ps.buffers if k in ("tbuf", "rows", "cols")])
                 self._pass(ps)
 
     def finish(self):

@@ -9,12 +9,17 @@ cost no extra trip through memory:
   the pass itself (a float32 rounding of a bfloat16 value is the identity);
 * a per-element value whose every torch use is a rounding to bfloat16 (Muon's momentum
   before Newton-Schulz) is written by its pass in bfloat16, and the rounding is that
-  temporary (:func:`narrowed`).
+  temporary (:func:`narrowed`);
+* an outer product of a column and a row (Adafactor's ``R C^T``) read only per element is
+  one product an element in the passes, its factors read along rows and columns
+  (:func:`outer_products`).
 
 Each rewrite gives the values of the call it replaces, bit for bit.
 """
 
 from __future__ import annotations
+
+import operator
 
 import torch
 
@@ -80,4 +85,32 @@ def narrowed(graph, needed) -> dict:
     return out
 
 
-__all__ = ["demote", "narrowed"]
+def outer_products(graph, needed, roots) -> dict:
+    """Adafactor's ``R @ C`` of a (n, 1) and a (1, m) torch value, for a matrix parameter
+    (n, m), read only per element: computed by the passes themselves, each element one
+    product ``R[i] * C[j]`` of the factors read along rows and columns (:mod:`.passes_codegen`),
+    the value the matrix product gives (one product, rounded once), and no full-size
+    temporary. {node index: (R node, C node)}."""
+    shape, stored = graph.shape, {n.index for n in roots}
+    if len(shape) != 2:
+        return {}
+    users: dict = {}
+    for n in graph.nodes:
+        if n.index in needed:
+            for a in n.args:
+                users.setdefault(a.index, []).append(n)
+    out = {}
+    for n in graph.nodes:
+        if (n.index in needed and n.kind == "T" and n.op == "call" and n.fn[0] is operator.matmul
+                and len(n.args) == 2 and n.index not in stored and tuple(n.meta.shape) == shape
+                and n.meta.dtype == graph.compute and users.get(n.index)
+                and all(u.kind == "E" for u in users[n.index])):
+            a, b = n.args
+            if (a.kind == b.kind == "T" and tuple(a.meta.shape) == (shape[0], 1)
+                    and tuple(b.meta.shape) == (1, shape[1])
+                    and a.meta.dtype == b.meta.dtype == graph.compute):
+                out[n.index] = (a, b)
+    return out
+
+
+__all__ = ["demote", "narrowed", "outer_products"]
