@@ -104,9 +104,10 @@ def _worker(rank, world, out_dir):
     others = {name: _other(name, rank) for name in OTHERS}
     placed = _placements_other_than_fsdp()
     # every param alone (the large-param path: views, each output written in place)
-    from optimlab.fused import passes_torch
+    from optimlab.fused import passes_shards_c, passes_torch
 
     passes_torch.GROUP_NUMEL = 1
+    passes_shards_c.BLOCK = 32  # the sums of g^2 of a matrix over blocks of a row or two
     placed_alone = _placements_other_than_fsdp()  # three params of a shape, each alone
     ours, theirs = _model(True), _model(False)
     opt = optimlab.Adafactor(ours.parameters(), lr=1e-2, weight_decay=0.01)

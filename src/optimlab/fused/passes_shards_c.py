@@ -11,9 +11,11 @@ stacked values, its per-tensor scalars in double with NumPy. What differs:
 * a whole-tensor sum that a pass accumulates (``norm``, ``sum_``, ``dot``: Adafactor's
   RMS(p) and RMS(U)) is this rank's part of it;
 * a mean along a dimension that spans ranks (Adafactor's column means of g^2 and mean(R),
-  rows being sharded) is taken as this rank's sum (of squares, for ``mean_square``, from
-  x^2 computed once for all means of x), divided by the global count once completed; a
-  mean along an unsharded dimension (the row means) is local as it is;
+  rows being sharded) is taken as this rank's sum (of squares, for ``mean_square``),
+  divided by the global count once completed; a mean along an unsharded dimension (the
+  row means) is local as it is. The sums of g^2 of a matrix along both dimensions are
+  taken together, tensor by tensor, in blocks of rows that stay in cache (one read of g,
+  no full-size g^2: :meth:`ShardRunner._matrix_sums`);
 * a value that reads an incomplete sum waits (:meth:`ShardRunner._wait`): the runner yields,
   after evaluating the later means whose arguments are known (mean(R) joins the column
   sums).
@@ -23,9 +25,11 @@ next wait, then one ``all_reduce`` per set of process groups completes every buc
 pending sums (in float64), so Adafactor's step makes two calls for the whole model (the
 column sums and mean(R) of every matrix; then RMS(p) and RMS(U) of every param), whatever
 the number of shapes. The rounds, and the sizes of the sums in each, follow from the graphs
-and global shapes alone, the same on every rank. Full-size intermediates (the stacked grads,
-their squares, Adafactor's R C^T read by the passes) live in a workspace kept between
-steps (a fresh large tensor costs more in page faults than the operation).
+and global shapes alone, the same on every rank. Full-size intermediates (stacked inputs,
+their squares, where the graph needs them) live in a workspace kept between
+steps (a fresh large tensor costs more in page faults than the operation). Adafactor's
+R C^T is no such intermediate: the passes multiply R[i] * C[j] themselves
+(:func:`.passes_rewrite.outer_products`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from .passes_trace import call
 from .trace import TraceError
 
 _MEANS = (_reduce.mean, _reduce.mean_square)
+#: elements of a block of rows summed while in cache (:meth:`ShardRunner._matrix_sums`)
+BLOCK = 1 << 16
 #: (id(program), global shape, sharding) -> its shard_layout.Sums (None: no local form)
 _sums: dict = {}
 
@@ -85,6 +91,7 @@ class ShardRunner(Runner):
         self.unsettled: set = set()
         self.early: set = set()  # means evaluated ahead of their place
         self.squares: dict = {}
+        self.matrix_sums: dict = {}
 
     def _raw(self, name, i):
         return self.grads[i] if name == "grad" else super()._raw(name, i)
@@ -154,12 +161,48 @@ class ShardRunner(Runner):
             sq = self.squares[a.index] = torch.mul(x, x, out=self._buffer(("square", a.index), x.shape, x.dtype))
         return sq
 
+    def _matrix_sums(self, a):
+        """{dim: the sums of x^2 along ``dim`` (-1, -2), stacked}, for every ``mean_square``
+        of the input ``a`` of a matrix parameter (Adafactor's row and column means of g^2),
+        or None where another form is needed. Each tensor is read once, in blocks of rows
+        that stay in cache while their square is summed both ways: no stacked copy, no
+        full-size x^2 (the column sums are added block by block)."""
+        if a.index in self.matrix_sums:
+            return self.matrix_sums[a.index]
+        dims = {dict(m.fn[2] or ()).get("dim") for m in self.prog.graph.nodes if m.index in self.prog.level
+                and m.op == "call" and m.fn[0] is _reduce.mean_square and m.args[0] is a}
+        out = None
+        if a.op == "ein" and len(self.shape) == 2 and dims and dims <= {-1, -2} and self.prog.rank == 2:
+            n, m = self.shape
+            out = {d: torch.zeros((self.nt, n, 1) if d == -1 else (self.nt, 1, m), dtype=self.compute) for d in dims}
+            rows = max(1, BLOCK // max(m, 1))
+            sq = self._buffer(("block", a.index), (min(rows, n), m), self.compute)
+            for i in range(self.nt):
+                x = self._input(a.name, i)
+                for r in range(0, n, rows):
+                    xb = x[r:r + rows]
+                    sqb = torch.mul(xb, xb, out=sq[:xb.shape[0]])
+                    if -1 in out:
+                        torch.sum(sqb, dim=-1, keepdim=True, out=out[-1][i, r:r + rows])
+                    if -2 in out:
+                        out[-2][i].add_(sqb.sum(dim=-2, keepdim=True))
+        self.matrix_sums[a.index] = out
+        return out
+
     def _torch_value(self, n) -> None:
         if n.index in self.early:
             return
         f, kws = n.fn[0], dict(n.fn[2] or ())
         mean, dim = self.sums.means.get(n.index), kws.get("dim")
-        if mean is not None:  # this rank's sum: completed, then divided by the global count
+        sums = self._matrix_sums(n.args[0]) if f is _reduce.mean_square else None
+        if sums is not None:  # this rank's sums; along a dimension it holds whole, the mean
+            if mean is not None:
+                self.pending.append((n.index, sums[dim], mean[1]))
+                self.unsettled.add(n.index)
+                self.stacked[n.index] = sums[dim]
+            else:
+                self.stacked[n.index] = sums[dim] / self.shape[dim]
+        elif mean is not None:  # this rank's sum: completed, then divided by the global count
             dims, count = mean
             x = self._square(n.args[0]) if f is _reduce.mean_square else self._stacked(n.args[0])
             if dim is not None:
