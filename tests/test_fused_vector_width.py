@@ -26,6 +26,8 @@ def test_streaming_kernels_are_narrow_and_dense_ones_wide():
     for tr in (sgd, momentum, amsgrad):  # 0, 0, 4 slow ops; 3, 5, 9 streams
         assert codegen.narrow_vectors(tr, "float32") and codegen.narrow_vectors(tr, "float64")
     assert not codegen.narrow_vectors(adam, "float32")  # 4 slow ops, 7 streams
+    lion = _trace(optimlab.Lion, frozenset({"exp_avg"}))
+    assert not codegen.narrow_vectors(lion, "float32")  # no slow op, but 9 others per 5 streams
     for dtype in ("bfloat16", "float16"):  # conversions are compute: always the native width
         assert not codegen.narrow_vectors(sgd, dtype)
     assert "prefer-vector-width=256" in codegen.generate(sgd, "float32", {})[0]

@@ -16,11 +16,11 @@ Per-element nodes are evaluated in the DAG's order, with no contraction into FMA
 no reassociation (``-ffp-contract=off``, no ``-ffast-math``): torch's per-op rounding.
 The one op that differs is ``sqrt``: IEEE-exact here, within an ulp in torch (MKL/Sleef).
 
-Vector width: the element loop of a float32/float64 kernel with fewer than one division,
-square root or power per two memory streams (SGD, momentum, AMSGrad: load/store bound)
-asks GCC for 256-bit vectors on x86 (see :func:`narrow_vectors`); the others, and
-bfloat16/float16 (integer conversions per element), keep ``-march=native``'s width, 512
-bits with AVX-512. The width changes no result: every op is element-wise.
+Vector width: the element loop of a float32/float64 kernel that does little per byte it
+moves (SGD, momentum, AMSGrad: see :func:`narrow_vectors`) asks GCC for 256-bit vectors
+on x86; the others, and bfloat16/float16 (integer conversions per element), keep
+``-march=native``'s width, 512 bits with AVX-512. The width changes no result: every op
+is element-wise.
 """
 
 from __future__ import annotations
@@ -91,25 +91,29 @@ _NARROW = ('#if defined(__GNUC__) && __GNUC__ >= 8 && !defined(__clang__) && (de
 
 
 def narrow_vectors(tr: Trace, dtype: str) -> bool:
-    """Whether the element loop asks for 256-bit vectors: a float32/float64 kernel with
-    fewer than one slow op (:data:`_SLOW`) per two memory streams (buffers read plus
-    buffers written), i.e. one whose speed is the memory's.
+    """Whether the element loop asks for 256-bit vectors: a float32/float64 kernel that does
+    little per byte it moves, with fewer than one slow op (:data:`_SLOW`) per two memory
+    streams and fewer than three other ops per two streams (streams: buffers read plus
+    buffers written).
 
     Why: on AVX-512 machines ``-march=native`` vectorises with 512-bit registers, but on
-    the reference machine (AMD EPYC, Zen 4, 1 thread) the same loop with 256-bit loads
-    streams from memory faster: SGD's (read p, g; write p) 5-14% faster, momentum and
-    AMSGrad 2-10%, a read-only sum 3%, measured side by side on the same tensors. It is
-    what torch runs: its element-wise kernels (``add_``, the fused Adam) are the AVX2
-    builds even where ``torch.backends.cpu.get_cpu_capability()`` says AVX512. Where slow
-    ops are dense (Adam, AdamW, Adagrad, NAdam: 4 per 7 streams) fewer, wider
-    instructions win instead (512 bits 4-8% faster), and so for bfloat16 (8-22%), whose
-    conversions are integer work per element."""
+    the reference machine (AMD EPYC, Zen 4, one thread) a loop that only streams runs
+    faster with 256-bit loads, measured side by side on the same tensors: SGD (read p
+    and g, write p) 5-14%, momentum 2-10%, AMSGrad, ASGD and schedule-free SGD 2-8%, a
+    read-only sum 3%. It is what torch runs: its element-wise kernels (``add_``, the fused
+    Adam) are its AVX2 builds even where ``torch.backends.cpu.get_cpu_capability()`` says
+    AVX512. Where the loop computes more per byte, fewer and wider instructions win
+    instead: Adam, AdamW, Adagrad, NAdam, AdaBelief (4 slow ops per 7 streams) 4-8%,
+    Lion, Adadelta, RAdam (9-13 other ops per 5-7 streams) 1-5%, and bfloat16 8-22%,
+    whose conversions are integer work per element."""
     if dtype not in ("float32", "float64"):
         return False
     roots = list(tr.elem_outputs.values()) + list(tr.scalar_outputs.values())
     needed = live(roots)
-    slow = sum(1 for n in tr.graph.nodes if n.index in needed and not n.scalar and n.op in _SLOW)
-    return 2 * slow < len(tr.reads) + len(tr.elem_outputs)
+    ops = [n.op for n in tr.graph.nodes if n.index in needed and not n.scalar and n.op != "ein"]
+    slow = sum(op in _SLOW for op in ops)
+    streams = len(tr.reads) + len(tr.elem_outputs)
+    return 2 * slow < streams and 2 * (len(ops) - slow) < 3 * streams
 
 
 def _expr(n: Node, ref, compute: str) -> str:
