@@ -36,6 +36,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from markdown_section import replace_section  # noqa: E402
 
 BEGIN, END = "<!-- vector-width: begin -->", "<!-- vector-width: end -->"
+_NOTE = """Why the width is chosen per kernel: torch's own element-wise CPU kernels (`add_`,
+the fused Adam) run their AVX2 builds, 256-bit, even where the CPU capability reads AVX512
+(a `perf` profile names `at::native::AVX2::VectorizedLoop2d<... add_kernel ...>`; its loop
+is two `ymm` vectors per iteration). GCC's `-march=native` vectorises optimlab's loops with
+512-bit `zmm` instead; on the AMD EPYC (Zen 4) of these runs a loop that only streams is
+faster with 256-bit loads (probes: a read-only sum 3%; 512-bit loads with 256-bit stores
+slower, 256-bit loads with 512-bit stores not), while loops dense in divisions and square
+roots are faster with 512 bits. Excluded as causes of SGD's gap to torch's `add_`: the
+chunking of the step into 256K-element calls (32K, 256K, 1M and one call: equal), the
+thread pool (one thread: a plain loop over the chunks), aliasing checks (`restrict`, no
+versioning), 2x and 4x unrolling, non-temporal stores (slower), software prefetch (much
+slower). Memory-bound results on this shared 2-core machine move by several percent from
+run to run."""
 RULE = codegen.narrow_vectors
 
 
@@ -123,7 +136,7 @@ def main() -> None:
         *rows, "", "torch's `p.add_(g, alpha=-lr)` (its AVX2 build, whatever the capability says) / "
         "optimlab's SGD step, same rounds (>1: optimlab faster):", "",
         "| SGD kernel | torch / optimlab |", "|---|---|", *(torch_rows if "sgd" in {e.name for e in entries} else []),
-        END])
+        "", _NOTE, END])
     if args.out:
         replace_section(args.out, BEGIN, END, body)
         print(f"wrote {args.out}")
