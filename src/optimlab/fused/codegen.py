@@ -85,9 +85,10 @@ _BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 #: per-element ops that cost several cycles per vector (a few per 8 floats on Zen 4)
 _SLOW = ("div", "sqrt", "pow")
 #: GCC on x86: 256-bit vectors for one function (the attribute exists since GCC 8)
-_NARROW = ('#if defined(__GNUC__) && __GNUC__ >= 8 && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))\n'
+_NARROW = ("#if defined(__GNUC__) && __GNUC__ >= 8 && !defined(__clang__) \\\n"
+           "    && (defined(__x86_64__) || defined(__i386__))\n"
            '__attribute__((target("prefer-vector-width=256")))\n'
-           '#endif')
+           "#endif")
 
 
 def narrow_vectors(tr: Trace, dtype: str) -> bool:
