@@ -202,6 +202,7 @@ def bench_config(entry, variant, params, probe, reps, fused_adam_ref, rounds=3):
     for rnd in range(rounds):
         ours = entry.build(params, **variant)
         ours.step()
+        ours.step()  # a lazily created state (SGD's momentum buffer) builds a new plan once
         methods = {"optimlab": ours.step, "probe": probe}
         for name, opt in torch_variants(entry, params, variant, skip=dropped).items():
             methods[name if name.startswith("ref ") else f"torch {name}"] = opt.step
