@@ -12,6 +12,8 @@ from optimlab.fused import codegen
 from optimlab.fused import plan as plan_mod
 from optimlab.fused.trace import trace
 
+from test_fused import _compiler_works
+
 
 def _trace(cls, state=frozenset(), **kw):
     opt = cls([torch.zeros(1)], **kw)
@@ -32,16 +34,6 @@ def test_streaming_kernels_are_narrow_and_dense_ones_wide():
         assert not codegen.narrow_vectors(sgd, dtype)
     assert "prefer-vector-width=256" in codegen.generate(sgd, "float32", {})[0]
     assert "prefer-vector-width" not in codegen.generate(adam, "float32", {"step": "float32"})[0]
-
-
-def _compiler_works() -> bool:
-    try:
-        p = torch.zeros(3, requires_grad=True)
-        p.grad = torch.ones(3)
-        optimlab.SGD([p], lr=0.1, fused=True).step()
-        return True
-    except RuntimeError:
-        return False
 
 
 def _train(make, width, monkeypatch, dtype):

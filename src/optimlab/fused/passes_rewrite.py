@@ -60,6 +60,16 @@ def demote(graph: PassGraph, roots: dict) -> None:
             n.kind, n.scalar, n.op = "E", False, "float32"
 
 
+def _users(graph, needed) -> dict:
+    """{node index: the needed nodes that read it}."""
+    users: dict = {}
+    for n in graph.nodes:
+        if n.index in needed:
+            for a in n.args:
+                users.setdefault(a.index, []).append(n)
+    return users
+
+
 def narrowed(graph, needed) -> dict:
     """Muon's ``low_precision(M)``: a per-element value whose every torch use is a rounding
     to bfloat16 is written by its pass straight in bfloat16 (the store rounds as
@@ -67,11 +77,7 @@ def narrowed(graph, needed) -> dict:
     float32 compute only (from double, torch rounds through float)."""
     if graph.compute != torch.float32:
         return {}
-    users: dict = {}
-    for n in graph.nodes:
-        if n.index in needed:
-            for a in n.args:
-                users.setdefault(a.index, []).append(n)
+    users = _users(graph, needed)
 
     def rounding(u):
         return u.kind == "T" and u.op == "call" and u.fn[0] is _reduce.low_precision and len(u.args) == 1
@@ -94,11 +100,7 @@ def outer_products(graph, needed, roots) -> dict:
     shape, stored = graph.shape, {n.index for n in roots}
     if len(shape) != 2:
         return {}
-    users: dict = {}
-    for n in graph.nodes:
-        if n.index in needed:
-            for a in n.args:
-                users.setdefault(a.index, []).append(n)
+    users = _users(graph, needed)
     out = {}
     for n in graph.nodes:
         if (n.index in needed and n.kind == "T" and n.op == "call" and n.fn[0] is operator.matmul
