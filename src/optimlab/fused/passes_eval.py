@@ -153,18 +153,14 @@ class Runner:
         for b, (kind, what) in enumerate(ps.buffers):
             if kind == "ein":
                 ts = [self._raw(what, i) for i in range(nt)]
-            elif kind in ("rows", "cols"):  # the factors of an outer product, one buffer each a tensor
-                if what.index in self.stacked:
-                    flat = self.stacked[what.index].to(self._tbuf(what)).contiguous()
-                    keep.append(flat)
-                    step = flat.numel() // nt * flat.element_size()
-                    bufs[b] = flat.data_ptr() + np.arange(nt, dtype=np.uint64) * np.uint64(step)
-                else:
-                    ts = [t.to(self._tbuf(what)).contiguous() for t in self.tv[what.index]]
-                    keep.append(ts)
-                    bufs[b] = [t.data_ptr() for t in ts]
+            elif kind in ("rows", "cols") and what.index in self.stacked:
+                # an outer product's factor for the bucket: tensor i's at i * (its numel)
+                flat = self.stacked[what.index].to(self._tbuf(what)).contiguous()
+                keep.append(flat)
+                step = flat.numel() // nt * flat.element_size()
+                bufs[b] = flat.data_ptr() + np.arange(nt, dtype=np.uint64) * np.uint64(step)
                 continue
-            elif what.index in self.stacked or kind == "tmp":
+            elif kind == "tmp" or (kind == "tbuf" and what.index in self.stacked):
                 # one buffer for the bucket, tensor i at element offs[i]
                 if kind == "tmp":
                     narrow = what.index in self.prog.aliases.values()
