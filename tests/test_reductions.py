@@ -130,6 +130,44 @@ def test_adafactor_foreach_true_equals_torch_foreach():
     assert rel_err(drive(opt, ours, problem, STEPS), drive(ref, theirs, problem, STEPS)) <= 1e-6
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_adafactor_bucket_means_and_factors_run_batched(dtype, monkeypatch):
+    """Equal-shape matrices (three tall, two wide, two 3-D) take their row and column means,
+    the factors' moving averages and mean(R) once per bucket, on the stacked grads and state
+    (:mod:`.passes_batch`), not once per matrix: the same trajectory as torch.optim.Adafactor's
+    per-matrix calls over 120 steps."""
+    calls = []
+    original = passes_batch.BATCHED[_reduce.mean_square]
+    monkeypatch.setitem(passes_batch.BATCHED, _reduce.mean_square,
+                        lambda x, dim: calls.append((tuple(x.shape), dim)) or original(x, dim))
+    lerps = []
+    monkeypatch.setitem(passes_batch.BATCHED, _reduce.lerp,
+                        lambda a, b, w: lerps.append(tuple(a.shape)) or _reduce.lerp(a, b, w))
+    passes._programs.clear()
+    passes._reads.clear()
+    shapes = ((12, 8),) * 3 + ((8, 12),) * 2 + ((2, 3, 4),) * 2
+    gen = torch.Generator().manual_seed(0)
+    ours = [torch.randn(s, generator=gen, dtype=dtype).requires_grad_() for s in shapes]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    opt, ref = optimlab.Adafactor(ours, lr=0.05), torch.optim.Adafactor(theirs, lr=0.05)
+    for _ in range(STEPS):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.randn(p.shape, generator=gen, dtype=dtype)
+            q.grad = p.grad.clone()
+        opt.step()
+        ref.step()
+    passes._programs.clear()
+    passes._reads.clear()
+    assert ((3, 12, 8), -1) in calls and ((2, 8, 12), -2) in calls and ((2, 2, 3, 4), -1) in calls
+    assert not [c for c in calls if c[0][0] == 1]  # never one matrix at a time
+    assert (3, 12, 1) in lerps and (2, 1, 12) in lerps and (2, 2, 3, 1) in lerps  # the state, stacked
+    tol = 1e-10 if dtype == torch.float64 else 1e-6
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=tol, atol=tol)
+        for k in ("row_var", "col_var"):
+            torch.testing.assert_close(opt.state[p][k], ref.state[q][k], rtol=tol, atol=0)
+
+
 def test_adafactor_factors_every_matrix_over_its_last_two_dims():
     p = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
     q = p.detach().clone().requires_grad_()

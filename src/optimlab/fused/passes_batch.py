@@ -9,7 +9,10 @@ below runs once on the bucket's values stacked along a new leading dimension:
   are their own batched form (broadcasting does the rest);
 * ``mm`` is ``torch.bmm``, ``addmm`` ``torch.baddbmm`` (the same beta/alpha form),
   ``transpose`` swaps the last two dimensions, ``norm`` is taken over all but the leading
-  dimension, kept as size-1 dimensions so it broadcasts per matrix.
+  dimension, kept as size-1 dimensions so it broadcasts per matrix; a mean along a
+  dimension counted from the end (Adafactor's row and column means) is its own batched form;
+* state of another shape than the parameter's (Adafactor's row and column factors) is
+  stacked like a small input, and written back from the stacked result.
 
 A per-tensor value of shape ``s`` is held batched as ``(n, 1, ..., 1) + s`` with as many 1s
 as bring it to the graph's largest rank, so batched values broadcast against each other
@@ -41,6 +44,16 @@ def _addmm(c, a, b, beta=1.0, alpha=1.0):
     return torch.baddbmm(c, a, b, beta=beta, alpha=alpha)
 
 
+def _along_negative(f):
+    """``f(x, dim)`` (a mean along ``dim``, kept) on stacked values: the same call where
+    ``dim`` counts from the end (the leading dimension leaves it in place), else none."""
+    def batched(x, dim=None):
+        if dim is None or dim >= 0:
+            raise ValueError("no batched form: the dimension moves with a leading one")
+        return f(x, dim)
+    return batched
+
+
 def _contiguous_to(x, dtype):
     # the same values; a contiguous result, so a pass reads it without a second copy
     return x.to(dtype, memory_format=torch.contiguous_format)
@@ -55,6 +68,8 @@ BATCHED = {
     _reduce.mm: torch.bmm, _reduce.addmm: _addmm,
     _reduce.transpose: lambda x: x.transpose(-2, -1),
     _reduce.norm: _norm,
+    _reduce.mean_square: _along_negative(_reduce.mean_square),
+    _reduce.mean: _along_negative(_reduce.mean),
     _to: _contiguous_to,
 }
 
@@ -95,7 +110,11 @@ def plan(graph, needed, aliases=None) -> dict:
     nodes that are a pass's temporary, stacked by construction)."""
     r, out, metas = rank(graph, needed), {}, {}
     for n in graph.nodes:
-        if n.index not in needed or n.kind != "T" or n.op == "tin":
+        if n.index not in needed or n.kind != "T":
+            continue
+        if n.op == "tin":  # state of another shape: stacked when small (Adafactor's factors)
+            if n.meta.numel() < STACK_NUMEL:
+                metas[n.index] = torch.empty(padded(n.meta.shape, 2, r), dtype=n.meta.dtype, device="meta")
             continue
         if n.index in (aliases or {}):
             metas[n.index] = torch.empty(padded(n.meta.shape, 2, r), dtype=n.meta.dtype, device="meta")
