@@ -7,7 +7,10 @@ registry class with a torch.optim twin, at default flags: torch's for-loop, fore
 (where torch has it) fused step, and optimlab's default step, timed in interleaved rounds
 on the same grads (``--reps`` steps per round timed to the slowest rank, median of ``--rounds`` rounds, rank 0's
 clock); then 20 steps from equal parameters with a fresh grad per step, and the largest
-relative difference between optimlab's and torch's parameters (float32).
+relative difference between optimlab's and torch's parameters (float32). After each class,
+an in-place probe ``a.add_(b)`` on flat tensors of a rank's local size, on both ranks at
+once, measures the bandwidth the step can reach: each time is also given as a fraction of
+that roofline (the bytes the rule must move on the shards / the probe's bandwidth).
 
 Memory: one implementation's optimizer is alive at a time. The params and grads are shared
 by all of them; each round times each implementation in its own block (params restored
@@ -45,7 +48,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(__file__))
 from markdown_section import replace_section  # noqa: E402
-from step_speed import gpt2_small, machine  # noqa: E402
+from step_speed import gpt2_small, machine, must_touch  # noqa: E402
 
 import optimlab  # noqa: E402,F401
 from optimlab.registry import TORCH_ENTRIES  # noqa: E402
@@ -184,16 +187,37 @@ def _timings(entry, args, params, start):
     names, theirs, sharded = _implementations(entry, params, start)
     names = ["optimlab"] + names
     times = {name: [] for name in names}
+    nbytes = None
     for r in range(args.rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             _restore(params, start)
             opt = _build(entry, name, params if name == "optimlab" else theirs)
             for _ in range(2):  # warm-up: state (lazily created state takes a step), kernels, plans
                 opt.step()
+            if name == "optimlab" and nbytes is None:
+                nbytes = sum(must_touch(opt, g) for g in opt.param_groups)
             times[name].append(_time(opt, args.reps))
             del opt
             _free()
-    return {k: statistics.median(v) for k, v in times.items()}, sharded
+    return {k: statistics.median(v) for k, v in times.items()}, sharded, nbytes
+
+
+def _probe(nelem: int, args) -> float:
+    """The bandwidth probe on every rank at once: ``a.add_(b)`` on flat tensors of the rank's
+    number of local elements (12 bytes each), timed as a step (:func:`_time`), median of
+    ``--rounds``; run after the class's block, so its memory is not in the class's peak RSS."""
+    a, b = torch.randn(nelem), torch.randn(nelem)
+
+    class Probe:
+        def step(self):
+            a.add_(b)
+
+    probe = Probe()
+    probe.step()
+    t = statistics.median(_time(probe, args.reps) for _ in range(args.rounds))
+    del a, b
+    _free()
+    return t
 
 
 def _error(entry, args, params, start, sharded: bool) -> float:
@@ -263,15 +287,19 @@ def _worker(rank, world, port, args, result):
             start = [_local(p).clone() for p in params]
             _set_grads(params, 0)
             t1 = time.perf_counter()
-            times, sharded = _timings(entry, args, params, start)
+            times, sharded, nbytes = _timings(entry, args, params, start)
             t2 = time.perf_counter()
             err = _error(entry, args, params, start, sharded)
             t3 = time.perf_counter()
+            n_local = sum(_local(p).numel() for p in params)
+            local_bytes = nbytes * n_local / sum(p.numel() for p in params)  # sharded evenly
             del model, params, start
             _free()
             peaks = [None] * world
             dist.all_gather_object(peaks, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9)
-            rows.append((entry.name, times, err, sharded, peaks))
+            t_probe = _probe(n_local, args)
+            roofline = {k: local_bytes * t_probe / (12 * n_local * t) for k, t in times.items()}
+            rows.append((entry.name, times, err, sharded, peaks, roofline, 12 * n_local * world / t_probe / 1e9))
             if rank == 0:
                 print(_row(*rows[-1]), flush=True)
                 print(f"fsdp_step: {entry.name} {time.perf_counter() - t0:.0f} s (setup {t1 - t0:.0f}, timing "
@@ -284,12 +312,13 @@ def _worker(rank, world, port, args, result):
         dist.destroy_process_group()
 
 
-def _row(name, t, err, sharded, peaks) -> str:
-    best = min(v for k, v in t.items() if k != "optimlab")
+def _row(name, t, err, sharded, peaks, roofline, bw) -> str:
+    best = min((k for k in t if k != "optimlab"), key=t.get)
     cells = [f"{t[k] * 1e3:.2f}" if k in t else "–"
              for k in ("optimlab", "torch for-loop", "torch foreach", "torch fused")]
     where = "shards" if sharded else "plain local tensors (raises on DTensor)"
-    return (f"| {name} | " + " | ".join(cells) + f" | {where} | {best / t['optimlab']:.2f}x | {err:.1e} | "
+    return (f"| {name} | " + " | ".join(cells) + f" | {where} | {t[best] / t['optimlab']:.2f}x | "
+            f"{roofline['optimlab']:.2f} / {roofline[best]:.2f} | {bw:.1f} | {err:.1e} | "
             + " / ".join(f"{gb:.1f}" for gb in peaks) + " |")
 
 
@@ -338,11 +367,15 @@ def main(argv=None) -> int:
              "torch after 20 steps, float32. `torch on`: where torch.optim raises on DTensor shards, torch is "
              "timed on plain tensors of the same local shapes (and its 20 steps run on the unsharded model "
              "with the full grads). `peak RSS`: the class's peak resident memory of each rank "
-             "(`ru_maxrss`), one implementation's optimizer alive at a time.",
+             "(`ru_maxrss`), one implementation's optimizer alive at a time. `roofline`: the bytes the rule "
+             "must move on a rank's shards per step (`step_speed.must_touch`) / the bandwidth of an in-place "
+             "probe `a.add_(b)` on flat tensors of the rank's local size, run on both ranks at once and timed "
+             "the same way after the class's rounds / the step's time, for optimlab and for torch's best "
+             "(1.0: at the probe's bandwidth); `probe GB/s`: both ranks together.",
              "",
              "| optimizer | optimlab ms | torch for-loop ms | torch foreach ms | torch fused ms | torch on "
-             "| vs torch best | max rel err | peak RSS GB rank 0 / 1 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| vs torch best | roofline optimlab / torch best | probe GB/s | max rel err | peak RSS GB rank 0 / 1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [_row(*row) for row in rows]
     lines += ["", f"vs torch best: min {min(ratios):.2f}x, median {statistics.median(ratios):.2f}x; "
               f"{len(below)} of {len(rows)} rows below 1.00x" + (f" ({', '.join(below)})." if below else ".")]

@@ -11,9 +11,14 @@ torch.optim twin (``TORCH_ENTRIES``; default flags) on mixes A and C of ``step_s
 one process times, interleaved on the same param/grad tensors, optimlab's default
 ``step()``, optimlab's per-tensor reference path (``foreach=False``, what ran before the
 multi-tensor path existed; mix C only, it is slow on A) and torch.optim's for-loop,
-foreach and fused implementations where torch has them. ``vs torch best`` is the median
-of per-repetition ratios (fastest torch implementation, by median, / optimlab; >1:
-optimlab faster).
+foreach and fused implementations where torch has them, and an in-place probe
+``a.add_(b)`` on flat tensors as large as the mix (12 bytes per element: the bandwidth the
+machine gives right now). ``vs torch best`` is the median of per-repetition ratios (fastest
+torch implementation, by median, / optimlab; >1: optimlab faster); ``roofline`` is the bytes
+the rule must move per step (its traced graph's per-element reads and writes, as
+``step_speed.py`` counts them; one pass over param, grad and state for Adafactor) over the
+probe's bandwidth and the step's time, for optimlab and for torch's best (1.0: the step
+runs at the probe's bandwidth, and no implementation of the rule can be much faster).
 
     python benchmarks/no_compiler.py           # mixes A and C, writes its section of BENCHMARKS.md
     python benchmarks/no_compiler.py --quick   # small mixes, prints only
@@ -41,15 +46,34 @@ from markdown_section import replace_section  # noqa: E402
 
 from optimlab import fused  # noqa: E402
 from optimlab.fused import foreach, torch_kernels  # noqa: E402
+from optimlab.fused.trace import trace  # noqa: E402
+from optimlab.rules.base import hyperparameters  # noqa: E402
 from optimlab.registry import TORCH_ENTRIES  # noqa: E402
 
 BEGIN, END = "<!-- no-compiler: begin -->", "<!-- no-compiler: end -->"
 
 
-def bench_entry(entry, params, reps, reference: bool) -> dict:
-    """{method: [seconds per repetition]}, methods rotated so none always goes first."""
+def must_touch(opt) -> int:
+    """Bytes the rule must move per step: its traced graph's per-element reads and writes (no
+    compiler needed), or for a rule with reductions one pass over param, grad and state."""
+    group = opt.param_groups[0]
+    if not opt.rule.elementwise:
+        return step_speed.must_touch(opt, group)
+    h = hyperparameters(group)
+    total = 0
+    for p in group["params"]:
+        st = opt.state.get(p, {})
+        lazy = frozenset(k for k, f in opt.rule.tensors(h).items() if f is None and k in st)
+        tr = trace(opt.rule, h, lazy)
+        total += (len(tr.reads) + len(tr.elem_outputs)) * p.numel() * p.element_size()
+    return total
+
+
+def bench_entry(entry, params, probe, reps, reference: bool):
+    """({method: [seconds per repetition]}, bytes the rule must move), methods rotated so
+    none always goes first."""
     ours = entry.build(params)
-    methods = {"optimlab": ours.step}
+    methods = {"optimlab": ours.step, "probe": probe}
     if reference:
         ref = entry.build(params, foreach=False)
         methods["optimlab reference"] = ref.step
@@ -69,15 +93,20 @@ def bench_entry(entry, params, reps, reference: bool) -> dict:
         for i in range(len(names)):
             n = names[(i + rep) % len(names)]
             times.setdefault(n, []).append(step_speed.timed(methods[n]))
-    return times
+    return times, must_touch(ours)
 
 
-def summarize(times) -> dict:
+def summarize(times, nbytes, nelem) -> dict:
     med = {n: statistics.median(v) for n, v in times.items()}
     torch_names = [n for n in med if n.startswith("torch ")]
     best = min(torch_names, key=med.get)
     ratios = [tb / to for tb, to in zip(times[best], times["optimlab"])]
-    return {**med, "best": best, "vs_best": statistics.median(ratios), "iqr": step_speed._quartiles(ratios)}
+
+    def roofline(name):  # per repetition: the probe and the step timed back to back
+        return statistics.median(nbytes * tp / (12 * nelem * t) for tp, t in zip(times["probe"], times[name]))
+
+    return {**med, "best": best, "vs_best": statistics.median(ratios), "iqr": step_speed._quartiles(ratios),
+            "frac": roofline("optimlab"), "frac_best": roofline(best), "bw": 12 * nelem / med["probe"] / 1e9}
 
 
 def fmt(x) -> str:
@@ -85,13 +114,15 @@ def fmt(x) -> str:
 
 
 HEADER = ("| mix | optimizer | optimlab ms | optimlab reference ms | torch for-loop ms | "
-          "torch foreach ms | torch fused ms | torch best | vs torch best (IQR) |")
+          "torch foreach ms | torch fused ms | torch best | vs torch best (IQR) | "
+          "roofline optimlab / torch best | probe GB/s |")
 
 
 def row(mix, name, r) -> str:
     return (f"| {mix} | {name} | {fmt(r['optimlab'])} | {fmt(r.get('optimlab reference'))} | "
             f"{fmt(r.get('torch for-loop'))} | {fmt(r.get('torch foreach'))} | {fmt(r.get('torch fused'))} | "
-            f"{r['best'][6:]} | {r['vs_best']:.2f}x ({r['iqr'][0]:.2f}-{r['iqr'][1]:.2f}) |")
+            f"{r['best'][6:]} | {r['vs_best']:.2f}x ({r['iqr'][0]:.2f}-{r['iqr'][1]:.2f}) | "
+            f"{r['frac']:.2f} / {r['frac_best']:.2f} | {r['bw']:.1f} |")
 
 
 def run(mixes, reps, scale, only=()) -> list:
@@ -103,11 +134,15 @@ def run(mixes, reps, scale, only=()) -> list:
         params = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
         for p in params:
             p.grad = torch.randn(p.shape, generator=gen)
+        nelem = sum(p.numel() for p in params)
+        a, b = torch.randn(nelem), torch.randn(nelem)
+        probe = lambda: a.add_(b)  # noqa: E731
         print(f"\n== mix {mix}: {title}, {reps[mix]} reps\n{HEADER}", flush=True)
         for entry in TORCH_ENTRIES:
             if only and entry.name not in only:
                 continue
-            line = row(mix, entry.name, summarize(bench_entry(entry, params, reps[mix], mix == "C")))
+            times, nbytes = bench_entry(entry, params, probe, reps[mix], mix == "C")
+            line = row(mix, entry.name, summarize(times, nbytes, nelem))
             lines.append(line)
             print(line, flush=True)
     return lines
@@ -127,7 +162,11 @@ def write_section(path, lines, started, load, wall, notes=()) -> None:
                "momentum, Adagrad); Adafactor (not element-wise) runs its "
                "traced graph as batched torch operations (`fused/passes_torch.py`). Every class with a torch.optim twin, fp32 params, default "
                "flags. `optimlab reference` is the per-tensor path (`foreach=False`), what ran without a compiler "
-               "before; `vs torch best` = fastest torch.optim implementation / optimlab (>1: optimlab faster).", "",
+               "before; `vs torch best` = fastest torch.optim implementation / optimlab (>1: optimlab faster); "
+               "`roofline` = bytes the rule must move per step (its traced graph's per-element reads and writes; "
+               "Adafactor: one pass over param, grad and state) / the bandwidth of an in-place probe `a.add_(b)` "
+               "on flat tensors as large as the mix, timed back to back / the step's time, for optimlab and for "
+               "torch's best (1.0: at the probe's bandwidth; no implementation of the rule moves fewer bytes).", "",
                HEADER, "|" + "---|" * (HEADER.count("|") - 1), *lines, "",
                f"vs torch best: min {min(vs):.2f}x, median {statistics.median(vs):.2f}x; "
                f"{sum(v < 1 for v in vs)} of {len(vs)} rows below 1.00x"
