@@ -206,16 +206,16 @@ def _probe(nelem: int, args) -> float:
     """The bandwidth probe on every rank at once: ``a.add_(b)`` on flat tensors of the rank's
     number of local elements (12 bytes each), timed as a step (:func:`_time`), median of
     ``--rounds``; run after the class's block, so its memory is not in the class's peak RSS."""
-    a, b = torch.randn(nelem), torch.randn(nelem)
-
     class Probe:
+        a, b = torch.randn(nelem), torch.randn(nelem)
+
         def step(self):
-            a.add_(b)
+            self.a.add_(self.b)
 
     probe = Probe()
     probe.step()
     t = statistics.median(_time(probe, args.reps) for _ in range(args.rounds))
-    del a, b
+    del probe, Probe
     _free()
     return t
 
