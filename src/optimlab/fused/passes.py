@@ -21,8 +21,8 @@ module cuts that graph where a per-element value must be complete before the ste
 So LAMB is two passes (read p, g, m, v: sums of r^2 and p^2; then read them again and
 write p, m, v), LARS two, Adafactor's matrices two around torch's row/column means and
 outer product, Muon one before and one after torch's Newton-Schulz, Prodigy's estimate
-one. The passes are C (:mod:`.passes_codegen`), for all tensors of one shape and dtype
-at once; the scalars between them are evaluated in double with NumPy, one value per tensor.
+one (the cutting: :mod:`.passes_cut`). The passes are C (:mod:`.passes_codegen`), for all
+tensors of one shape and dtype at once; the scalars between them are evaluated in double with NumPy, one value per tensor.
 
 Selection: the engine runs a whole-tensor rule here for params on CPU, float32/float64/
 bfloat16/float16, dense and contiguous with a grad of the same layout, unless ``fused=False``,
@@ -36,7 +36,6 @@ params (FSDP2) run the same graph on their local shards, its sums completed over
 
 from __future__ import annotations
 
-import ctypes
 import os
 import warnings
 from dataclasses import dataclass
@@ -47,31 +46,19 @@ import torch
 from ..rules.base import estimate as _estimate
 from ..rules.base import update
 from . import build, passes_batch, passes_rewrite
-from .passes_codegen import chunk_size, generate
+from .passes_codegen import chunk_size
+from .passes_cut import Pass, cut_passes  # noqa: F401  (Pass: re-exported, see __all__)
 from .passes_eval import Runner
 from .passes_select import _eligible, _plain
 from .passes_torch import TorchRunner
-from .passes_trace import REDUCTIONS, PassGraph, PassSym, _levels, tbuf_dtype
+from .passes_trace import REDUCTIONS, PassGraph, PassSym, _levels
 from .plan import hkey
 from .trace import Sym, TraceError, _sym_hyperparameters, live
 
-_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
-           torch.float16: "float16"}
 _programs: dict = {}
 _warned: set = set()
 #: False: never the C passes, always :mod:`.passes_torch` (tests; a build error does the same)
 compiled = True
-
-
-@dataclass
-class Pass:
-    """One generated pass: its C function and what to hand it."""
-
-    fn: object
-    buffers: list  # ('ein', name) | ('tbuf', node) | ('tmp', node), in argument order
-    scalars: list  # nodes read from the per-tensor scalar slots
-    reductions: list  # reduction nodes accumulated here
-    traffic: list  # per buffer: bytes per element moved (read + written)
 
 
 @dataclass
@@ -155,7 +142,7 @@ def trace_program(rule, phase: str, h, shape, dtype: torch.dtype, layout: dict, 
     lvl = _levels(graph, needed)
     aliases = passes_rewrite.narrowed(graph, needed)
     products = passes_rewrite.outer_products(graph, needed, roots) if cut else {}
-    passes = _cut(graph, needed, lvl, elem, dtype, set(aliases.values()), products) if cut else []
+    passes = cut_passes(graph, needed, lvl, elem, dtype, set(aliases.values()), products) if cut else []
     sin = [k for k in rule.scalars if any(n.op == "sin" and n.name == k and n.index in needed
                                           for n in graph.nodes)]
     prog = Program(graph, hps, lvl, passes, elem, tensor, scal, returns, sin,
@@ -169,82 +156,6 @@ def trace_program(rule, phase: str, h, shape, dtype: torch.dtype, layout: dict, 
         if n.kind == "S" and n.op != "sin" and all(a.index in prog.constant for a in n.args):
             prog.constant.add(n.index)
     return prog
-
-
-def _cut(graph, needed, lvl, elem, dtype, narrow=frozenset(), products=None) -> list:
-    nodes = [n for n in graph.nodes if n.index in needed]
-    final = max((lvl[n.index] for n in nodes if n.kind == "E"), default=-1)
-    if any(lvl[n.index] > final and any(a.op == "ein" for a in n.args) for n in nodes if n.kind == "T"):
-        raise TraceError("a torch call reads an input after the last pass wrote it")
-    materialise = {a.index: a for n in nodes if n.kind == "T" for a in n.args
-                   if a.kind == "E" and a.op != "ein"}
-    passes = []
-    for level in range(final + 1):
-        reds = [n for n in nodes if n.op in REDUCTIONS and lvl[n.index] == level + 1]
-        temps = [a for a in materialise.values() if lvl[a.index] == level]
-        stores = list(elem.items()) if level == final else []
-        roots = [a for r in reds for a in r.args] + temps + [n for _, n in stores]
-        if not roots:
-            passes.append(None)
-            continue
-        passes.append(_pass(graph, roots, reds, temps, stores, dtype, narrow, products or {}))
-    return passes
-
-
-def _pass(graph, roots, reds, temps, stores, dtype, narrow=frozenset(), products=None) -> Pass:
-    """The body of one pass: the E nodes ``roots`` need, stopping at S/T values and inputs."""
-    body, seen, scalars, stack = [], set(), [], list(roots)
-    while stack:
-        n = stack.pop()
-        if n.index in seen:
-            continue
-        seen.add(n.index)
-        if n.kind == "E" and n.op != "ein":
-            stack.extend(n.args)
-    compute = _DTYPES[graph.compute]
-    buffers, loads, order, factors = [], {}, [], {}
-    for n in graph.nodes:
-        if n.index not in seen:
-            continue
-        if n.kind == "E":
-            body.append(n)
-            if n.op == "ein":
-                loads[n.index] = len(buffers)
-                buffers.append((("ein", n.name), _DTYPES[dtype]))
-        elif n.index in (products or {}):  # R C^T: R[i] * C[j], the factors read along rows, columns
-            body.append(n)
-            factors[n.index] = (len(buffers), len(buffers) + 1)
-            buffers += [(("rows", products[n.index][0]), compute), (("cols", products[n.index][1]), compute)]
-        elif n.kind == "T" and tuple(n.meta.shape) == graph.shape and n.meta.numel() != 1:
-            body.append(n)
-            loads[n.index] = len(buffers)
-            buffers.append((("tbuf", n), _DTYPES[tbuf_dtype(n.meta.dtype, graph.compute)]))
-        else:
-            scalars.append(n)
-    written = {}
-    store_list = []
-    for t in temps:
-        written[len(buffers)] = True
-        store_list.append((len(buffers), t))
-        buffers.append((("tmp", t), "bfloat16" if t.index in narrow else compute))
-    names = {b[0][1]: i for i, b in enumerate(buffers) if b[0][0] == "ein"}
-    for name, n in stores:
-        if name not in names:
-            names[name] = len(buffers)
-            buffers.append((("ein", name), _DTYPES[dtype]))
-        written[names[name]] = True
-        store_list.append((names[name], n))
-    order = [(d, i in written) for i, (_, d) in enumerate(buffers)]
-    source = generate(body, order, loads, store_list, scalars, reds, compute, factors=factors)
-    lib = build._library(source, ['-fopenmp-simd'])
-    build.pool()
-    fn = lib.optimlab_pass
-    fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                   ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64]
-    fn.restype = None
-    sizes, loaded = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}, set(loads.values())
-    traffic = [sizes[d] * ((i in loaded) + (i in written)) for i, (_, d) in enumerate(buffers)]
-    return Pass(fn, [b[0] for b in buffers], scalars, reds, traffic)
 
 
 def _extra_key(h) -> tuple:
