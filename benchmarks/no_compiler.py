@@ -46,27 +46,9 @@ from markdown_section import replace_section  # noqa: E402
 
 from optimlab import fused  # noqa: E402
 from optimlab.fused import foreach, torch_kernels  # noqa: E402
-from optimlab.fused.trace import trace  # noqa: E402
-from optimlab.rules.base import hyperparameters  # noqa: E402
 from optimlab.registry import TORCH_ENTRIES  # noqa: E402
 
 BEGIN, END = "<!-- no-compiler: begin -->", "<!-- no-compiler: end -->"
-
-
-def must_touch(opt) -> int:
-    """Bytes the rule must move per step: its traced graph's per-element reads and writes (no
-    compiler needed), or for a rule with reductions one pass over param, grad and state."""
-    group = opt.param_groups[0]
-    if not opt.rule.elementwise:
-        return step_speed.must_touch(opt, group)
-    h = hyperparameters(group)
-    total = 0
-    for p in group["params"]:
-        st = opt.state.get(p, {})
-        lazy = frozenset(k for k, f in opt.rule.tensors(h).items() if f is None and k in st)
-        tr = trace(opt.rule, h, lazy)
-        total += (len(tr.reads) + len(tr.elem_outputs)) * p.numel() * p.element_size()
-    return total
 
 
 def bench_entry(entry, params, probe, reps, reference: bool):
@@ -93,7 +75,7 @@ def bench_entry(entry, params, probe, reps, reference: bool):
         for i in range(len(names)):
             n = names[(i + rep) % len(names)]
             times.setdefault(n, []).append(step_speed.timed(methods[n]))
-    return times, must_touch(ours)
+    return times, step_speed.must_touch(ours, ours.param_groups[0])
 
 
 def summarize(times, nbytes, nelem) -> dict:

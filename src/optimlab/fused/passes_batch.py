@@ -112,12 +112,11 @@ def plan(graph, needed, aliases=None) -> dict:
     for n in graph.nodes:
         if n.index not in needed or n.kind != "T":
             continue
-        if n.op == "tin":  # state of another shape: stacked when small (Adafactor's factors)
-            if n.meta.numel() < STACK_NUMEL:
+        # stacked by construction: a pass's temporary; state of another shape when small
+        # (Adafactor's factors, stacked by the runner)
+        if n.index in (aliases or {}) or n.op == "tin":
+            if n.op != "tin" or n.meta.numel() < STACK_NUMEL:
                 metas[n.index] = torch.empty(padded(n.meta.shape, 2, r), dtype=n.meta.dtype, device="meta")
-            continue
-        if n.index in (aliases or {}):
-            metas[n.index] = torch.empty(padded(n.meta.shape, 2, r), dtype=n.meta.dtype, device="meta")
             continue
         f, pos, kws = n.fn
         fb = BATCHED.get(f)

@@ -131,8 +131,7 @@ class Runner:
                 values.append(self.stacked[a.index])
             elif a.index in self.stacked:
                 values.append(self.stacked[a.index])
-            elif a.op == "tin" and a.meta.numel() < passes_batch.STACK_NUMEL:
-                # state of another shape (Adafactor's row and column factors): small, stacked
+            elif a.op == "tin":  # small state of another shape (passes_batch.plan): stacked
                 shape = passes_batch.padded(tuple(a.meta.shape), self.nt, self.prog.rank)
                 self.stacked[a.index] = torch.stack(self.tv[a.index]).view(shape)
                 values.append(self.stacked[a.index])

@@ -61,11 +61,6 @@ class Kernel:
         self.scalar_inputs = tr.scalar_inputs
         self.hps = tr.hps
 
-    @property
-    def bytes_per_element(self) -> int:
-        """Buffers read plus buffers written, in elements (28 bytes/4 = 7 for Adam)."""
-        return len(self.trace.reads) + len(self.trace.elem_outputs)
-
 
 _kernels: dict = {}
 
@@ -361,7 +356,8 @@ class Plan:
 
 
 def roofline_bytes(optimizer, group) -> int:
-    """Bytes the rule must touch per step for this group (for benchmarks)."""
+    """Bytes the rule must touch per step for this group (for benchmarks): per element, the
+    buffers its traced graph reads plus those it writes (no kernel is compiled)."""
     from ..rules.base import hyperparameters
 
     h = hyperparameters(group)
@@ -369,10 +365,8 @@ def roofline_bytes(optimizer, group) -> int:
     for p in group["params"]:
         st = optimizer.state.get(p, {})
         lazy = frozenset(k for k, f in optimizer.rule.tensors(h).items() if f is None and k in st)
-        sstate = tuple((k, _SCALAR_STATE.get(getattr(st.get(k), "dtype", None), "float32"))
-                       for k in optimizer.rule.scalars)
-        kern = kernel(optimizer.rule, h, hkey(h), SUPPORTED[p.dtype][0], sstate, lazy)
-        total += kern.bytes_per_element * p.numel() * p.element_size()
+        tr = trace(optimizer.rule, h, lazy)
+        total += (len(tr.reads) + len(tr.elem_outputs)) * p.numel() * p.element_size()
     return total
 
 
