@@ -43,7 +43,7 @@ import time
 
 import torch
 
-from optimlab.lab import runner, selection as SEL, sweep
+from optimlab.lab import executor, runner, selection as SEL, sweep
 from optimlab.lab.problems import DEFAULT_SUITE, _supervised
 from optimlab.lab.store import Store
 
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         _supervised._SharedForward = (lambda m: m) if old else shared_forward
 
     rng = random.Random(0)
-    problems = {n: sweep._problem(n) for n in DEFAULT_SUITE}
+    problems = {n: executor._problem(n) for n in DEFAULT_SUITE}
     cpu = collections.defaultdict(lambda: {"new": [], "old": []})
     for key in sorted(set(groups["new"]) | set(groups["old"])):
         pool = groups["old"].get(key) or groups["new"][key]
@@ -123,7 +123,7 @@ def _serve(store: str) -> int:
         r = by_id[line.strip()]
         name = r.spec.problem
         if name not in problems:
-            problems[name] = sweep._problem(name)
+            problems[name] = executor._problem(name)
         c = time.process_time()
         out = runner.run(r.spec, problems[name])
         cpu = time.process_time() - c

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from markdown_section import replace_section
-from optimlab.lab import ray_executor, sweep
+from optimlab.lab import executor, ray_executor
 from optimlab.lab.spec import RunSpec
 from optimlab.lab.store import Store
 
@@ -64,7 +64,7 @@ def timed_run(ex, specs, path: Path) -> float:
 
 
 def measure(reps: int, tmp: Path) -> dict:
-    problems = {name: sweep._problem(name) for name in SLICE}
+    problems = {name: executor._problem(name) for name in SLICE}
     sources = {name: name for name in SLICE}
     work = workloads(problems)
     warm = [RunSpec(s.problem, s.optimizer, s.lr, 99, 1) for s in work["slice"]]
@@ -72,7 +72,7 @@ def measure(reps: int, tmp: Path) -> dict:
     for name in ("local", "ray"):
         t0 = time.perf_counter()
         if name == "local":
-            ex = sweep.Executor(None, sources, WORKERS, problems=problems)
+            ex = executor.Executor(None, sources, WORKERS, problems=problems)
         else:
             ex = ray_executor.RayExecutor(None, sources, WORKERS, problems=problems)
             ex.connect()

@@ -146,9 +146,10 @@ def write(rows, reps: int, path: str, load: float) -> None:
         "",
         table(rows),
         "",
-        f"Load average during the run: {load:.1f} on {os.cpu_count()} CPUs. Above ~2 the "
-        f"machine was shared and the figures are inflated and noisy (differences under "
-        f"~20% between columns are not meaningful); rerun on an idle machine.",
+        f"Load average during the run: {load:.1f} on {os.cpu_count()} CPUs"
+        + (": the machine was shared, the figures are inflated and noisy (differences under "
+           "~20% between columns are not meaningful); rerun on an idle machine."
+           if load > 2 else " (idle: nothing else ran)."),
         "",
         MARK_END,
     ])

@@ -18,7 +18,8 @@ from optimlab.lab.analysis import Selection
 from optimlab.lab.problems.base import Problem
 from optimlab.lab.spec import RunSpec
 from optimlab.lab.store import Store
-from optimlab.lab.sweep import Executor, Plan, lr_grid
+from optimlab.lab.executor import Executor
+from optimlab.lab.sweep import Plan, lr_grid
 
 
 class _Point(torch.nn.Module):

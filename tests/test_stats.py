@@ -6,6 +6,7 @@ import random
 import pytest
 
 from optimlab.lab import stats as S
+from optimlab.lab.ranks import tie_ranks
 
 INF = float("inf")
 
@@ -232,11 +233,11 @@ def test_deterministic_problem_resolution():
     v = S.compare_to_best(scores)
     assert v.best == "momentum" and v.tied == ["momentum", "adam"] and not v.significant
     assert v.pvalues["adam"] == 1.0 and v.pvalues["rmsprop"] == 0.0
-    r = S.tie_ranks(v.means, groups=[v.tied], rtol=S.RTOL)
+    r = tie_ranks(v.means, groups=[v.tied], rtol=S.RTOL)
     assert r == {"momentum": 1.5, "adam": 1.5, "rmsprop": 3.0, "sgd": 4.0}
     # Without the resolution the ulps would decide.
     assert S.compare_to_best(scores, rtol=0.0).tied == ["momentum"]
-    assert S.tie_ranks({"a": 1.0, "b": 1.0 + 1e-7, "c": INF, "d": INF}, rtol=S.RTOL) == \
+    assert tie_ranks({"a": 1.0, "b": 1.0 + 1e-7, "c": INF, "d": INF}, rtol=S.RTOL) == \
         {"a": 1.5, "b": 1.5, "c": 3.5, "d": 3.5}
 
 
@@ -261,21 +262,21 @@ def test_losses_that_reached_the_optimum_tie():
 # ------------------------------------------------------------------ ranks
 
 def test_tie_ranks_equal_values_share():
-    assert S.tie_ranks({"a": 0.56, "b": 0.56, "c": 0.56, "d": 0.9}) == \
+    assert tie_ranks({"a": 0.56, "b": 0.56, "c": 0.56, "d": 0.9}) == \
         {"a": 2.0, "b": 2.0, "c": 2.0, "d": 4.0}
-    assert S.tie_ranks({"a": 0.56, "b": 0.56, "c": 0.7}, method="min") == \
+    assert tie_ranks({"a": 0.56, "b": 0.56, "c": 0.7}, method="min") == \
         {"a": 1.0, "b": 1.0, "c": 3.0}
-    r = S.tie_ranks({"a": 1.0, "b": float("nan"), "c": INF})
+    r = tie_ranks({"a": 1.0, "b": float("nan"), "c": INF})
     assert r["a"] == 1.0 and r["b"] == r["c"] == 2.5
 
 
 def test_tie_ranks_groups():
     vals = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}
-    assert S.tie_ranks(vals, groups=[["a", "c"]]) == {"a": 1.5, "c": 1.5, "b": 3.0, "d": 4.0}
-    assert S.tie_ranks(vals, groups=[["a", "b", "c"]], method="min") == \
+    assert tie_ranks(vals, groups=[["a", "c"]]) == {"a": 1.5, "c": 1.5, "b": 3.0, "d": 4.0}
+    assert tie_ranks(vals, groups=[["a", "b", "c"]], method="min") == \
         {"a": 1.0, "b": 1.0, "c": 1.0, "d": 4.0}
     # Ranks always add up to 1 + ... + n with mean ranking.
-    assert sum(S.tie_ranks(vals, groups=[["b", "d"]]).values()) == 10.0
+    assert sum(tie_ranks(vals, groups=[["b", "d"]]).values()) == 10.0
 
 
 # ------------------------------------------------------------------ claims

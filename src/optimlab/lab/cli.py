@@ -17,11 +17,9 @@ still written only here, on the driver, so everything above holds on a cluster t
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as _dt
 import json
-import math
 import os
 import shlex
 import sys
@@ -30,135 +28,13 @@ from pathlib import Path
 import optimlab
 
 from . import runner, sweep
+from .cli_args import PROG, UsageError, parser
+from .executor import SweepError
 from .store import Store, StoreError, comparison_id
 from .summary import _kinds, summary, verdict_rows
 from .wording import canonical, plural
 
 STORE_NAME = "results.sqlite"
-PROG = "optimlab"
-
-
-class _UsageError(Exception):
-    """A command-line error, reported as one line with exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse would print the usage block and exit
-        raise _UsageError(f"{message} (see '{self.prog} --help')")
-
-
-# --------------------------------------------------------------------- arguments
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-    return parse
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return value
-
-
-def _names(text: str) -> list:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"no names in {text!r}")
-    return names
-
-
-def _lrs(text: str) -> list:
-    out = []
-    for item in _names(text):
-        try:
-            lr = float(item)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {item!r}") from None
-        if not (math.isfinite(lr) and lr > 0):
-            raise argparse.ArgumentTypeError(f"learning rates must be positive, got {item!r}")
-        out.append(lr)
-    return out
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Compare first-order optimizers fairly.")
-    parser.add_argument("--version", action="version", version=f"optimlab {optimlab.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    c = sub.add_parser("compare", help="search lrs, rerun the best with more seeds, pick "
-                       "on validation",
-                       description="Every optimizer gets the same lr search (a shared log "
-                                   "grid 1e-4..1, extended past an edge within 1e-6..10, "
-                                   "refined to 4 points per decade around the best), the "
-                                   "same initial weights and batch order; the best 3 lrs "
-                                   "are rerun with a second seed, those within noise of "
-                                   "the leader with all seeds, and the lr with the lowest "
-                                   "seed-mean validation loss is selected. "
-                                   "Names are case-insensitive. Each comparison in --out gets "
-                                   "its own report; index.html lists them.")
-    c.add_argument("--problems", type=_names,
-                   help="comma-separated problem names (see 'optimlab problems')")
-    c.add_argument("--problem", action="append", default=[], metavar="PKG.MODULE:FACTORY",
-                   help="a custom problem factory (repeatable)")
-    c.add_argument("--suite", choices=("default", "full"),
-                   help="problem suite when no problem is named (default: default)")
-    c.add_argument("--optimizers", type=_names, metavar="NAMES",
-                   help="comma-separated optimizer names and named sets, mixed freely: "
-                        + "; ".join(f"{k} ({', '.join(v) if k != 'all' else 'every one'})"
-                                    for k, v in _optimizer_sets().items())
-                        + " (default: classic, the articles' eleven)")
-    c.add_argument("--lrs", type=_lrs, help="comma-separated learning rates: a fixed grid, "
-                   "no extension or refinement (default: the adaptive search from 1e-4 .. 1, "
-                   "one per decade; the report lists every lr tried)")
-    c.add_argument("--seeds", type=_int_at_least(1), default=5,
-                   help="seeds in total for the leading candidate lrs; the selected lr "
-                        "always has them all (default: %(default)s)")
-    c.add_argument("--steps", type=_int_at_least(1),
-                   help="steps per run (default: each problem's budget)")
-    c.add_argument("--schedule", default="constant", help="lr schedule (default: constant)")
-    c.add_argument("--workers", type=_int_at_least(1), default=sweep.default_workers(),
-                   help=f"parallel worker processes, or Ray tasks in flight (default: "
-                        f"{sweep.default_workers()})")
-    c.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="where runs execute: local worker processes (default) or Ray tasks "
-                        "(pip install \"optimlab[ray]\"); the store stays in --out either way")
-    c.add_argument("--ray-address", metavar="ADDRESS",
-                   help="with --executor ray: join this cluster (auto, HOST:PORT of the head "
-                        "node, or ray://HOST:PORT) instead of starting a local Ray instance")
-    c.add_argument("--ray-cpus-per-run", type=_positive, metavar="N",
-                   help="with --executor ray: CPUs each run's task asks for (default: 1)")
-    c.add_argument("--ray-retries", type=_int_at_least(0), metavar="N",
-                   help="with --executor ray: retries of a run whose worker died before it "
-                        "is recorded as failed (default: 3)")
-    c.add_argument("--out", default="optimlab-results", help="output directory "
-                   "(default: ./optimlab-results)")
-    c.add_argument("--json", action="store_true",
-                   help="print a JSON summary of every run on stdout")
-    c.add_argument("--no-report", dest="report", action="store_false",
-                   help="skip building the report (build it later with 'optimlab report DIR')")
-
-    sub.add_parser("problems", help="list the available problems")
-
-    r = sub.add_parser("report", help="rebuild the reports from a results directory",
-                       description="Rebuild every comparison's report in DIR (report-<id>.html "
-                                   "and summary-<id>.md; report.html and summary.md for the "
-                                   "latest; index.html), or one comparison's.")
-    r.add_argument("dir", help="a directory written by 'optimlab compare'")
-    r.add_argument("--comparison", metavar="ID",
-                   help="rebuild only this comparison's report (an id from index.html, or a "
-                        "unique prefix of one)")
-    return parser
 
 
 # ---------------------------------------------------------------------- commands
@@ -188,17 +64,12 @@ def _problem_sources(args) -> tuple:
     return _unique(sources), suite
 
 
-def _optimizer_sets() -> dict:
-    """{set name: registry names}: ``optimlab.sets()`` (classic, modern, torch, all)."""
-    return optimlab.sets()
-
-
 def _optimizer_names(given) -> list:
     """Registry names of the optimizers asked for (case-insensitive, aliases allowed), a
     named set standing for its members; the default is the classic set."""
     from optimlab.registry import ENTRIES
 
-    sets = _optimizer_sets()
+    sets = optimlab.sets()
     known = optimlab.names() + sorted(a for e in ENTRIES for a in e.aliases) + list(sets)
     out = []
     for name in given or ["classic"]:
@@ -331,7 +202,7 @@ def _check_executor_args(args) -> None:
                                           ("--ray-cpus-per-run", args.ray_cpus_per_run))
                  if value is not None]
         if given:
-            raise _UsageError(f"{', '.join(given)} needs --executor ray")
+            raise UsageError(f"{', '.join(given)} needs --executor ray")
         return
     from .ray_executor import _import_ray, check_address
 
@@ -387,19 +258,19 @@ def main(argv=None) -> int:
     """Entry point of the ``optimlab`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = _parser().parse_args(argv)
+        args = parser().parse_args(argv)
         if args.command == "compare":
             return cmd_compare(args, argv)
         if args.command == "problems":
             return cmd_problems(args)
         return cmd_report(args)
-    except _UsageError as exc:
+    except UsageError as exc:
         _say(f"{PROG}: error: {exc}")
         return 2
     except (StoreError, ValueError, OSError) as exc:
         _say(f"{PROG}: error: {_one_line(exc)}")
         return 2
-    except sweep.SweepError as exc:
+    except SweepError as exc:
         _say(f"{PROG}: error: {_one_line(exc)}")
         return 1
     except KeyboardInterrupt:

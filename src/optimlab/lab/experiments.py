@@ -85,7 +85,7 @@ def specs(plan, selections: dict) -> list:
 
 
 def run(plan, selections: dict, executor, log) -> list:
-    """Run both phases with ``executor`` (a ``sweep.Executor``); returns their specs."""
+    """Run both phases with ``executor`` (an ``executor.Executor``); returns their specs."""
     phases = ((SCHEDULE_PHASE, schedule_specs(plan, selections),
                f"{', '.join(SCHEDULE_OPTIMIZERS)} x schedules {', '.join(SCHEDULES)} "
                f"at the selected lr"),

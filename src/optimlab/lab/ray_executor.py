@@ -3,10 +3,10 @@
 Each run is one Ray task asking for ``cpus_per_run`` CPUs (and the problem's ``gpus``);
 at most ``workers`` are in flight at a time. A task carries the run's spec and its
 problem's *source* (a registry name or ``"pkg.module:factory"``); the worker builds the
-problem once per worker process (``sweep._problem``) and returns the record.
+problem once per worker process (``executor._problem``) and returns the record.
 
 The store stays on the driver (this process), the single source of truth: each record
-is committed as it arrives, exactly as with the local executor (:class:`sweep.Executor`
+is committed as it arrives, exactly as with the local executor (:class:`executor.Executor`
 decides what to run and stores). So a killed driver loses nothing that had finished,
 and re-running the same command resumes; run ids make duplicates impossible.
 
@@ -34,7 +34,7 @@ import sys
 from dataclasses import dataclass
 
 from . import runner
-from .sweep import Executor, _problem
+from .executor import Executor, _problem
 from .wording import plural
 
 INSTALL = 'pip install "optimlab[ray]"'
@@ -132,7 +132,7 @@ def _task(spec, source):
 # ------------------------------------------------------------------ the executor
 
 class RayExecutor(Executor):
-    """An :class:`sweep.Executor` whose runs are Ray tasks (see the module docstring).
+    """An :class:`executor.Executor` whose runs are Ray tasks (see the module docstring).
 
     address: None (start a local instance), ``auto``, ``HOST:PORT`` or ``ray://...``;
     workers: tasks in flight at most; cpus_per_run: CPUs each task asks for;

@@ -18,6 +18,7 @@ from collections import defaultdict
 
 from . import analysis as A
 from . import stats as S
+from .ranks import tie_ranks
 
 ALPHA = 0.05
 LEVEL = 0.95
@@ -80,9 +81,10 @@ def deltas(vs: dict, sc: dict) -> dict:
 
 def rank_table(vs: dict) -> dict:
     """{problem: {optimizer: tie-aware rank}}: seed means equal to stats.RTOL share a
-    rank (a seed with a failure makes the mean inf), and the tied group shares one rank (fractional ranking, stats.tie_ranks). Problems without
-    a verdict are left out: nothing there orders the optimizers."""
-    return {p: S.tie_ranks(v.means, groups=[v.tied], rtol=S.RTOL)
+    rank (a seed with a failure makes the mean inf), and the tied group shares one rank
+    (fractional ranking, ranks.tie_ranks). Problems without a verdict are left out:
+    nothing there orders the optimizers."""
+    return {p: tie_ranks(v.means, groups=[v.tied], rtol=S.RTOL)
             for p, v in vs.items() if v.status != NO_VERDICT}
 
 
