@@ -28,10 +28,10 @@ SRC = os.path.dirname(optimlab.__file__)
 SHAPES = [(5, 3), (7,), (2, 2, 2)]
 
 
-def _taken(entry, mode="kernel") -> bool:
-    """Whether the compiled path steps the entry in the graph in ``mode`` (else: its eager
-    step behind a graph break, for two-phase rules, schedule-free's own step, or ops the
-    printed graph does not have yet)."""
+def _plans(entry, mode="kernel") -> set:
+    """The types of the plans the compiled path makes for the entry's groups in ``mode``
+    (``NoneType``: its eager step behind a graph break, for two-phase rules and
+    schedule-free's own step)."""
     ps = [torch.zeros(s, requires_grad=True) for s in SHAPES]
     for p in ps:
         p.grad = torch.ones_like(p)
@@ -41,7 +41,12 @@ def _taken(entry, mode="kernel") -> bool:
         compiled.prepare(opt)
     finally:
         compiled.MODE = before
-    return all(plan is not None for plan in opt._compiled_plans)
+    return {type(plan) for plan in opt._compiled_plans}
+
+
+def _taken(entry, mode="kernel") -> bool:
+    """Whether the compiled path steps the entry in the graph in ``mode``."""
+    return type(None) not in _plans(entry, mode)
 
 
 NOT_TAKEN = pytest.mark.xfail(strict=True, reason="not in the graph yet: eager step behind a break")
@@ -232,7 +237,6 @@ def test_differentiable_group_takes_the_eager_step():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.complex64])
 def test_low_precision_and_complex(dtype):
-    entry = lookup("adam")
     gen = torch.Generator().manual_seed(0)
     base = [torch.randn(s, generator=gen, dtype=dtype) for s in SHAPES]
     p_c = [b.clone().requires_grad_() for b in base]
@@ -255,7 +259,7 @@ def test_low_precision_and_complex(dtype):
 def test_kernel_mode_calls_the_c_kernel_in_the_graph():
     """Every entry the eager path steps with the C kernel is stepped by ``optimlab::fused_step``
     in the compiled graph (no silent fallback to the printed graph), RAdam, Rprop, ASGD and
-    Lion included, which the printed graph does not take."""
+    Lion included, which the printed graph does not take (there: the reference path, traced)."""
     from optimlab.fused import kernel_op
 
     for param in RULE_PARAMS:
@@ -269,8 +273,13 @@ def test_kernel_mode_calls_the_c_kernel_in_the_graph():
         expected = (rule.elementwise and getattr(rule, "estimate", None) is None
                     and not compiled._own_hooks(opt))
         assert isinstance(opt._compiled_plans[0], kernel_op.KernelPlan) == expected, entry.name
-    for name in ("radam", "rprop", "asgd", "lion"):
-        assert _taken(lookup(name), "kernel") and not _taken(lookup(name), "printed"), name
+    for name in ("rprop", "asgd", "lion"):  # masks and signs: traced as the reference path
+        assert _taken(lookup(name), "kernel") and _plans(lookup(name), "printed") == {compiled.ReferencePlan}, name
+    for name in ("adafactor", "lars"):  # reductions: the reference path in every mode
+        for mode in ("kernel", "printed"):
+            assert _plans(lookup(name), mode) == {compiled.ReferencePlan}, (name, mode)
+    for name in compiled.TRACED_SLOWER:  # measured slower traced: their eager step behind a break
+        assert _plans(lookup(name), "printed") == {type(None)}, name
 
 
 def test_printed_where_the_kernel_cannot_run(monkeypatch):
@@ -372,3 +381,15 @@ def test_inductor_every_entry(entry, mode):
     p_c, p_e, opt, seen = run_scheduled(entry, "inductor", 20, dtype=torch.float32)
     assert rel(p_c, p_e) <= 2e-6
     assert seen[-1] == seen[1] == 1 + lazy_state(opt) and not optimlab_breaks()
+
+
+@pytest.mark.parametrize("name, mode", [("lamb", "kernel"), ("radam", "printed")])
+def test_traced_reference_of_the_rules_kept_eager(monkeypatch, name, mode):
+    """``TRACED_SLOWER`` keeps LAMB's and RAdam's eager step for speed; traced, their reference
+    step is correct all the same: one graph under Inductor, equal to eager, no recompiles."""
+    monkeypatch.setattr(compiled, "TRACED_SLOWER", frozenset())
+    compiled.MODE = mode
+    p_c, p_e, opt, seen = run_scheduled(lookup(name), "inductor", 20, dtype=torch.float32)
+    assert isinstance(opt._compiled_plans[0], compiled.ReferencePlan)
+    assert rel(p_c, p_e) <= 2e-6
+    assert seen[-1] == seen[1] == 1 and not optimlab_breaks()

@@ -119,10 +119,11 @@ def where(cond, a, b):
     if isinstance(cond, torch.Tensor):
         if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
             raise TypeError("where(mask, a, b) on tensors needs a tensor branch to give the dtype")
-        if cond.dim() == 0:
+        if cond.dim() == 0 and not torch.compiler.is_compiling():
             # one condition (a scalar computed from Tensor hyperparameters, or a 0-dim param):
             # pick the branch, as torch.optim's `if`, so that autograd never differentiates
-            # the other one (a NaN there would give NaN gradients through torch.where)
+            # the other one (a NaN there would give NaN gradients through torch.where).
+            # Dynamo (no autograd through a traced step) cannot branch on a tensor: torch.where
             x, other = (a, b) if cond else (b, a)
             return x if isinstance(x, torch.Tensor) else torch.full_like(other, x)
         return torch.where(cond, a, b)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import operator
-from types import SimpleNamespace
 from typing import ClassVar
 
 import torch
@@ -25,7 +24,7 @@ from torch.optim import optimizer as _torch_optimizer
 from . import checkpoint
 from .rules import Rule, update  # noqa: F401  (update: the step the reference path runs)
 from .rules.base import estimate
-from .rules.base import hyperparameters  # noqa: F401  (the group as the rules read it)
+from .rules.base import Namespace, hyperparameters  # noqa: F401  (the group as the rules read it)
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _grad = operator.attrgetter("grad")
@@ -146,7 +145,7 @@ class RuleOptimizer(Optimizer):
                 if value is not None and group.get(key, value) is None:
                     group[key] = value
 
-    def init_state(self, p: torch.Tensor, h: SimpleNamespace) -> dict:
+    def init_state(self, p: torch.Tensor, h: Namespace) -> dict:
         """Create ``self.state[p]`` with torch.optim's keys, in torch.optim's order.
 
         A rule without state (plain SGD) leaves ``self.state`` untouched, as torch does.
@@ -224,7 +223,7 @@ class RuleOptimizer(Optimizer):
             self._step_group(group, h)
             group.update(after)
 
-    def _step_group(self, group: dict, h: SimpleNamespace) -> None:
+    def _step_group(self, group: dict, h: Namespace) -> None:
         """One group's step: the steady or planned C kernel, FSDP2 shards, or the unfused paths."""
         use_fused = (group.get("fused") is not False and group.get("foreach") is not True
                      and not group.get("differentiable") and self.rule.elementwise)
@@ -249,7 +248,7 @@ class RuleOptimizer(Optimizer):
         self._check_grads(params)
         self.unfused_step(group, params, h)
 
-    def unfused_step(self, group: dict, params: list, h: SimpleNamespace, vouch=None) -> None:
+    def unfused_step(self, group: dict, params: list, h: Namespace, vouch=None) -> None:
         """Params (with grads) the C kernel did not take: torch's own fused kernel where the
         rule is one torch ships (:mod:`optimlab.fused.torch_kernels`, default flags only), the
         multi-tensor path (:mod:`optimlab.fused.foreach`) unless ``foreach=False`` (a rule
@@ -271,7 +270,7 @@ class RuleOptimizer(Optimizer):
         for p in rest:
             self.reference_step(p, h)
 
-    def estimate_step(self, group: dict, h: SimpleNamespace) -> dict | None:
+    def estimate_step(self, group: dict, h: Namespace) -> dict | None:
         """Phase 1 of a two-phase rule (see :class:`~optimlab.rules.Rule`): the per-parameter
         partial sums of ``rule.estimate`` over the group's params with grads, added up in
         double, handed to ``rule.combine``; returns the group values it gives (written into
@@ -306,7 +305,7 @@ class RuleOptimizer(Optimizer):
                     "use torch.optim.SparseAdam or dense gradients"
                 )
 
-    def reference_step(self, p: torch.Tensor, h: SimpleNamespace) -> None:
+    def reference_step(self, p: torch.Tensor, h: Namespace, traced: bool = False) -> None:
         """The readable path: run :func:`update` on tensors for one parameter.
 
         With ``h.differentiable`` (under grad mode) autograd records the step, as in
@@ -314,12 +313,14 @@ class RuleOptimizer(Optimizer):
         place with ``copy_``, so the graph runs through them into the next step, and a
         scalar state that requires grad (NAdam's ``mu_product``) stays a tensor.
         """
-        new_p = self._on_tensors(p, h, lambda q, g, s: update(self.rule, q, g, s, h))
+        new_p = self._on_tensors(p, h, lambda q, g, s: update(self.rule, q, g, s, h), traced)
         as_real(p).copy_(_placed_like(new_p, p))
 
-    def _on_tensors(self, p: torch.Tensor, h: SimpleNamespace, run):
+    def _on_tensors(self, p: torch.Tensor, h: Namespace, run, traced: bool = False):
         """``run(p, g, s)`` on ``p``'s tensors and state (see :meth:`reference_step`); the
-        state ``run`` rebinds in ``s`` is written back. Returns what ``run`` returns."""
+        state ``run`` rebinds in ``s`` is written back. Returns what ``run`` returns.
+        ``traced`` (Dynamo traces the step, :mod:`optimlab.fused.compiled`): scalar state
+        (``step``) is read as a float64 tensor, not with ``item()``, which would break the graph."""
         state = self.init_state(p, h)
         grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
         compute = torch.float32 if p.dtype in _LOW_PRECISION else None
@@ -334,10 +335,13 @@ class RuleOptimizer(Optimizer):
             return t.clone() if keep else t
 
         keys = self.rule.tensors(h)
-        s = SimpleNamespace()
+        s = Namespace()
         for key in self.rule.scalars:
             value = state[key]
-            setattr(s, key, value.clone() if differentiable and value.requires_grad else value.item())
+            if traced:  # float64: the double a Python float would be
+                setattr(s, key, value.to(torch.float64))
+            else:
+                setattr(s, key, value.clone() if differentiable and value.requires_grad else value.item())
         for key in keys:  # lazily created state (SGD's momentum buffer) is None at first
             setattr(s, key, load(state[key], differentiable) if key in state else None)
         old = dict(vars(s))

@@ -44,7 +44,6 @@ rate or weight decay themselves.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -200,19 +199,33 @@ _LEGACY_DEFAULTS = {
 }
 
 
-def hyperparameters(group: dict) -> SimpleNamespace:
+class Namespace:
+    """Attributes given as keywords: ``types.SimpleNamespace``, in a form Dynamo can build
+    while it traces a step (it cannot call ``SimpleNamespace``). The hyperparameters ``h``
+    and the state ``s`` a rule reads and writes."""
+
+    def __init__(self, **attributes):
+        self.__dict__.update(attributes)
+
+    def __repr__(self) -> str:
+        return f"Namespace({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+def hyperparameters(group: dict, *, traced: bool = False) -> Namespace:
     """The group's hyperparameters as attributes, with a float ``lr``.
 
     A ``differentiable`` group keeps Tensor ``lr``/``weight_decay``/``betas`` as 0-dim
-    tensors (torch.optim's ``_to_scalar``), so autograd records their use.
+    tensors (torch.optim's ``_to_scalar``), so autograd records their use. ``traced``
+    (the step traced by Dynamo, :mod:`optimlab.fused.compiled`) keeps Tensor ``lr`` and
+    ``betas`` as tensors, graph inputs; ``weight_decay`` is branched on, so it stays a number.
     """
     h = {**_LEGACY_DEFAULTS, **{k: v for k, v in group.items() if k != "params"}}
     scalar = _squeezed if h["differentiable"] else _item
-    for key in ("lr", "weight_decay"):
-        h[key] = scalar(h[key])
-    h["betas"] = tuple(map(scalar, h.get("betas", ())))
+    h["lr"] = (_squeezed if traced else scalar)(h["lr"])
+    h["weight_decay"] = scalar(h["weight_decay"])
+    h["betas"] = tuple(map(_squeezed if traced else scalar, h.get("betas", ())))
     h.setdefault("grad_scale", None)
-    return SimpleNamespace(**h)
+    return Namespace(**h)
 
 
 def _item(x):
