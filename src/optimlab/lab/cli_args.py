@@ -36,13 +36,13 @@ def _int_at_least(low: int):
     return parse
 
 
-def _positive(text: str) -> float:
+def _positive(text: str, what: str = "must be positive") -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
     return value
 
 
@@ -54,16 +54,7 @@ def _names(text: str) -> list:
 
 
 def _lrs(text: str) -> list:
-    out = []
-    for item in _names(text):
-        try:
-            lr = float(item)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {item!r}") from None
-        if not (math.isfinite(lr) and lr > 0):
-            raise argparse.ArgumentTypeError(f"learning rates must be positive, got {item!r}")
-        out.append(lr)
-    return out
+    return [_positive(item, "learning rates must be positive") for item in _names(text)]
 
 
 def parser() -> argparse.ArgumentParser:
