@@ -19,7 +19,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import optimlab
-from optimlab.fused import compiled
+from optimlab.fused import compiled, traced_reference
 from optimlab.registry import lookup
 
 from conftest import RULE_PARAMS
@@ -95,7 +95,7 @@ def traced(entry) -> bool:
     ps = [torch.zeros(s, requires_grad=True) for s in SHAPES]
     for p in ps:
         p.grad = torch.ones_like(p)
-    return compiled.traces_whole_step(entry.build(ps, lr=entry.test_lr))
+    return traced_reference.traces_whole_step(entry.build(ps, lr=entry.test_lr))
 
 
 def test_rules_with_reductions_are_traced():

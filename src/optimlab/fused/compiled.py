@@ -43,23 +43,23 @@ step creates the momentum buffer.
 
 Groups neither mode takes, rules with reductions (Adafactor, LARS) and, in the printed
 mode, Rprop's, ASGD's and Lion's masks and signs, are stepped by the reference path
-itself, :func:`optimlab.rules.update` traced by Dynamo (:class:`ReferencePlan`), one param at
+itself, :func:`optimlab.rules.update` traced by Dynamo (:mod:`.traced_reference`), one param at
 a time, scalar state and ``lr``/``betas`` as tensors. What remains (``differentiable=True``,
 sparse grads, other layouts, two-phase rules (Prodigy: its group-level sums are Python
 floats), schedule-free's own step, GradScaler's ``found_inf``, the rules in
-:data:`TRACED_SLOWER`) runs the eager step for that
+:data:`.traced_reference.TRACED_SLOWER`) runs the eager step for that
 group, behind one graph break; its ``lr`` is made a tensor all the same, so a schedule
 does not recompile the frame around the break.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from . import kernel_op, step_op
+from . import kernel_op, step_op, traced_reference
+from .traced_reference import ReferencePlan, eligible, init_state, own_hooks, reference_plan, tensorize
 from ..rules.base import hyperparameters
 from .compiled_print import generate
 from .trace import TraceError, trace
@@ -109,43 +109,13 @@ def _program(rule, h, lazy: frozenset):
     return found
 
 
-def _eligible(p) -> bool:
-    g = p.grad
-    return (p.layout == torch.strided and g.layout == torch.strided
-            and (p.is_floating_point() or p.is_complex()))
-
-
-def _tensorize(group: dict, key: str, index) -> None:
-    """Store a float hyperparameter as a 0-dim float64 tensor (see the module docstring)."""
-    value = group[key]
-    if index is not None:
-        if not isinstance(value, tuple) or isinstance(value[index], (bool, torch.Tensor)):
-            return
-        v = value[index]
-        if isinstance(v, (int, float)) and math.isfinite(v):
-            group[key] = tuple(torch.tensor(float(x), dtype=torch.float64) if i == index else x
-                               for i, x in enumerate(value))
-        return
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        group[key] = torch.tensor(float(value), dtype=torch.float64)
-
-
-def _own_hooks(optimizer) -> bool:
-    """The class changes the engine's step (schedule-free's train/eval points): its eager step."""
-    from ..engine import RuleOptimizer
-
-    cls = type(optimizer)
-    return any(getattr(cls, name, None) is not getattr(RuleOptimizer, name, None)
-               for name in ("estimate_step", "unfused_step", "reference_step", "step_groups", "init_state"))
-
-
 def _group_plan(optimizer, group, grad_scale):
     rule = optimizer.rule
     if (group.get("differentiable") or not getattr(rule, "elementwise", True)
-            or getattr(rule, "estimate", None) is not None or _own_hooks(optimizer)):
+            or getattr(rule, "estimate", None) is not None or own_hooks(optimizer)):
         return None
     params = [p for p in group["params"] if p.grad is not None]
-    if not all(map(_eligible, params)):
+    if not all(map(eligible, params)):
         return None
     h = hyperparameters(group)
     h.grad_scale = grad_scale
@@ -177,114 +147,28 @@ def _group_plan(optimizer, group, grad_scale):
     return GroupPlan(buckets, hps, signs)
 
 
-@dataclass(eq=False)
-class ReferencePlan:
-    """A rule neither the C kernel nor the printed graph takes (reductions: Adafactor, LARS;
-    Rprop's, ASGD's, Lion's masks and signs where the printed graph runs):
-    :func:`optimlab.rules.update` itself, the reference path, traced by Dynamo one param at a
-    time (``reference_step(traced=True)``), with ``lr``, ``betas`` and the scalar state as
-    tensors. ``index``: the params with grads."""
-
-    index: tuple
-
-
-#: rules whose traced reference step is slower than the eager step it would replace: Inductor's
-#: CPU code recomputes their bias corrections (``beta ** step``, a ``std::pow`` per vector) inside
-#: every element loop. LAMB 3.3-4.2x the eager step on 20 x 256^2 and 28M params, RAdam 1.5x the
-#: multi-tensor path (no compiler) on 20 x 256^2 (benchmarks/compile_step.py, 2026-12-04). They
-#: keep their eager step behind a break.
-TRACED_SLOWER = frozenset({"lamb", "radam"})
-
-
-def _traceable(optimizer, group, grad_scale) -> bool:
-    """Whether the reference path traces ``group`` without a break: plain tensors, no
-    ``differentiable`` group, no two-phase rule (its phase-1 sums are Python floats), no
-    schedule-free step, no GradScaler scale, not in :data:`TRACED_SLOWER`."""
-    rule = optimizer.rule
-    if (group.get("differentiable") or rule.combine is not None or grad_scale is not None
-            or rule.name in TRACED_SLOWER or _own_hooks(optimizer)):
-        return False
-    params = [p for p in group["params"] if p.grad is not None]
-    return all(map(_eligible, params)) and all(map(_plain, params))
-
-
-def traces_whole_step(optimizer) -> bool:
-    """Whether ``torch.compile(opt.step)`` traces the step as well, rather than calling the
-    eager step from a frame with no graph (:mod:`.step_op`): a rule with reductions (no C
-    kernel) whose every group the reference path traces. Inductor's fused graph of it takes
-    0.24-0.71x Adafactor's eager step and 0.36-1.11x LARS's (BENCHMARKS.md), against
-    0.98-1.19x for the frame that calls the eager step."""
-    grad_scale = getattr(optimizer, "grad_scale", None)
-    return (not optimizer.rule.elementwise
-            and all(_traceable(optimizer, g, grad_scale) for g in optimizer.param_groups))
-
-
-def _reference_plan(optimizer, group, grad_scale):
-    """A :class:`ReferencePlan` where the reference path traces without a break
-    (:func:`_traceable`) and the step creates no state (all of it is made here, eagerly)."""
-    if not _traceable(optimizer, group, grad_scale):
-        return None
-    rule = optimizer.rule
-    params = [p for p in group["params"] if p.grad is not None]
-    h = hyperparameters(group)
-    h.grad_scale = None
-    fills = rule.tensors(h)
-    for p in params:
-        state = optimizer.init_state(p, h)
-        if any(fill is None and key not in state for key, fill in fills.items()):
-            return None
-    _tensorize(group, "lr", None)
-    for index in range(len(group.get("betas", ()))):
-        _tensorize(group, "betas", index)
-    position = {id(p): i for i, p in enumerate(group["params"])}
-    return ReferencePlan(tuple(position[id(p)] for p in params))
-
-
-def _plain(p) -> bool:
-    """A param and grad of torch's own tensor types: no subclass (DTensor shards keep their
-    eager step, which steps the local shards)."""
-    return type(p) in (torch.Tensor, torch.nn.Parameter) and type(p.grad) is torch.Tensor
-
-
-def _run_reference(optimizer, group, plan: ReferencePlan) -> None:
-    h = hyperparameters(group, traced=True)
-    h.grad_scale = None
-    params = group["params"]
-    for i in plan.index:
-        optimizer.reference_step(params[i], h, traced=True)
-
-
-def _init_state(optimizer, group) -> None:
-    """The state of a group left to the eager step, made now: made by that step, after the
-    frame's guards on the state, it would recompile the frame at the second step."""
-    h = hyperparameters(group)
-    for p in group["params"]:
-        if p.grad is not None:
-            optimizer.init_state(p, h)
-
-
 def _plan(optimizer, group, grad_scale):
     """The group's kernel plan (``MODE == "kernel"`` and the C kernel takes the group), else its
     printed plan, else its reference plan, else None (the eager step behind a break);
     hyperparameters as tensors."""
     if MODE not in MODES:
         raise ValueError(f"optimlab.fused.compiled.MODE must be one of {MODES}, not {MODE!r}")
-    if _own_hooks(optimizer):
+    if own_hooks(optimizer):
         return None
     plan = kernel_op.group_plan(optimizer, group, grad_scale) if MODE in ("step_op", "kernel") else None
     if plan is None:
-        plan = _group_plan(optimizer, group, grad_scale) or _reference_plan(optimizer, group, grad_scale)
+        plan = _group_plan(optimizer, group, grad_scale) or reference_plan(optimizer, group, grad_scale)
         if plan is None:  # the eager step behind a break: lr a tensor all the same, no recompiles
             if not group.get("differentiable"):
-                _tensorize(group, "lr", None)
-                _init_state(optimizer, group)
+                tensorize(group, "lr", None)
+                init_state(optimizer, group)
             return None
         if isinstance(plan, ReferencePlan):
             return plan
     hps = plan.hps if ("lr", None) in plan.hps or "lr" not in group else [*plan.hps, ("lr", None)]
     for key, index in hps:  # lr too where only the state's first fill reads it (Rprop's step size)
         if (key, index) not in plan.signs:
-            _tensorize(group, key, index)
+            tensorize(group, key, index)
     return plan
 
 
@@ -382,7 +266,7 @@ def step(optimizer, closure=None):
         if plan is None:
             continue
         if isinstance(plan, ReferencePlan):
-            _run_reference(optimizer, group, plan)
+            traced_reference.run(optimizer, group, plan)
             continue
         for key, index in plan.signs:  # guard the sign the program was traced for
             v = group[key] if index is None else group[key][index]

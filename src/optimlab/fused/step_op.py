@@ -26,7 +26,7 @@ recompiles, and SGD's momentum buffer created by the first step does not recompi
 
 Anywhere else (a compiled function that calls ``opt.step()`` among other work, a closure, step
 hooks, a class that overrides ``step``, ``differentiable=True``, and rules whose traced step
-Inductor makes faster than their eager one, :func:`.compiled.traces_whole_step`: Adafactor,
+Inductor makes faster than their eager one, :func:`.traced_reference.traces_whole_step`: Adafactor,
 LARS) the step is traced into the caller's
 graph by :mod:`.compiled`: an opaque call there could be reordered against the caller's reads
 and writes of the params. :func:`whole_frame` tells the two apart while Dynamo traces: Dynamo
@@ -86,12 +86,12 @@ def whole_frame() -> bool:
     """Whether the frame Dynamo is compiling is ``RuleOptimizer.step`` itself, called without a
     closure, on an optimizer whose class keeps the engine's ``step``, has no
     ``differentiable`` group and is not one whose step is better traced
-    (:func:`.compiled.traces_whole_step`: Adafactor, LARS); if so the optimizer is registered
+    (:func:`.traced_reference.traces_whole_step`: Adafactor, LARS); if so the optimizer is registered
     for :func:`_step`."""
     from torch._dynamo.symbolic_convert import InstructionTranslator
 
     from ..engine import RuleOptimizer
-    from . import compiled
+    from .traced_reference import traces_whole_step
 
     tx = InstructionTranslator.current_tx()
     if tx is None or tx.f_code is not RuleOptimizer.step.__code__:
@@ -102,7 +102,7 @@ def whole_frame() -> bool:
     if (not isinstance(opt, RuleOptimizer) or type(opt).step is not RuleOptimizer.step
             or args or kwargs.get("closure") is not None
             or any(g.get("differentiable") for g in opt.param_groups)
-            or _hooked(opt) or compiled.traces_whole_step(opt)):
+            or _hooked(opt) or traces_whole_step(opt)):
         return False
     register(opt)
     return True
