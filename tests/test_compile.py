@@ -18,7 +18,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import optimlab
-from optimlab.fused import compiled, traced_reference
+from optimlab.fused import compiled, compiled_groups, traced_reference
 from optimlab.registry import lookup
 from optimlab.rules.base import hyperparameters
 
@@ -276,7 +276,7 @@ def test_kernel_mode_calls_the_c_kernel_in_the_graph():
         compiled.prepare(opt)
         rule = opt.rule
         expected = (rule.elementwise and getattr(rule, "estimate", None) is None
-                    and not traced_reference.own_hooks(opt))
+                    and not compiled_groups.own_hooks(opt))
         assert isinstance(opt._compiled_plans[0], kernel_op.KernelPlan) == expected, entry.name
     for name in ("rprop", "asgd", "lion"):  # masks and signs: traced as the reference path
         assert _taken(lookup(name), "kernel") and _plans(lookup(name), "printed") == {traced_reference.ReferencePlan}, name

@@ -59,7 +59,8 @@ from dataclasses import dataclass
 import torch
 
 from . import kernel_op, step_op, traced_reference
-from .traced_reference import ReferencePlan, eligible, init_state, own_hooks, reference_plan, tensorize
+from .compiled_groups import eligible, own_hooks, tensorize
+from .traced_reference import ReferencePlan, reference_plan
 from ..rules.base import hyperparameters
 from .compiled_print import generate
 from .trace import TraceError, trace
@@ -147,6 +148,15 @@ def _group_plan(optimizer, group, grad_scale):
     return GroupPlan(buckets, hps, signs)
 
 
+def _init_state(optimizer, group) -> None:
+    """The state of a group left to the eager step, made now: made by that step, after the
+    frame's guards on the state, it would recompile the frame at the second step."""
+    h = hyperparameters(group)
+    for p in group["params"]:
+        if p.grad is not None:
+            optimizer.init_state(p, h)
+
+
 def _plan(optimizer, group, grad_scale):
     """The group's kernel plan (``MODE == "kernel"`` and the C kernel takes the group), else its
     printed plan, else its reference plan, else None (the eager step behind a break);
@@ -161,7 +171,7 @@ def _plan(optimizer, group, grad_scale):
         if plan is None:  # the eager step behind a break: lr a tensor all the same, no recompiles
             if not group.get("differentiable"):
                 tensorize(group, "lr", None)
-                init_state(optimizer, group)
+                _init_state(optimizer, group)
             return None
         if isinstance(plan, ReferencePlan):
             return plan

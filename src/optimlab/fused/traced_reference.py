@@ -13,43 +13,12 @@ breaks (``fullgraph=True``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from ..rules.base import hyperparameters
-
-
-def eligible(p) -> bool:
-    """A strided floating-point or complex param with a strided grad."""
-    g = p.grad
-    return (p.layout == torch.strided and g.layout == torch.strided
-            and (p.is_floating_point() or p.is_complex()))
-
-
-def tensorize(group: dict, key: str, index) -> None:
-    """Store a float hyperparameter as a 0-dim float64 tensor (see :mod:`.compiled`)."""
-    value = group[key]
-    if index is not None:
-        if not isinstance(value, tuple) or isinstance(value[index], (bool, torch.Tensor)):
-            return
-        v = value[index]
-        if isinstance(v, (int, float)) and math.isfinite(v):
-            group[key] = tuple(torch.tensor(float(x), dtype=torch.float64) if i == index else x
-                               for i, x in enumerate(value))
-        return
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        group[key] = torch.tensor(float(value), dtype=torch.float64)
-
-
-def own_hooks(optimizer) -> bool:
-    """The class changes the engine's step (schedule-free's train/eval points): its eager step."""
-    from ..engine import RuleOptimizer
-
-    cls = type(optimizer)
-    return any(getattr(cls, name, None) is not getattr(RuleOptimizer, name, None)
-               for name in ("estimate_step", "unfused_step", "reference_step", "step_groups", "init_state"))
+from .compiled_groups import eligible, own_hooks, tensorize
 
 
 @dataclass(eq=False)
@@ -71,27 +40,28 @@ class ReferencePlan:
 TRACED_SLOWER = frozenset({"lamb", "radam"})
 
 
-def _traceable(optimizer, group, grad_scale, slower=False) -> bool:
-    """Whether the reference path traces ``group`` without a break: plain tensors, no
-    ``differentiable`` group, no two-phase rule (its phase-1 sums are Python floats), no
-    schedule-free step, no GradScaler scale, not in :data:`TRACED_SLOWER` unless ``slower``."""
+def _traceable(optimizer, group, grad_scale, slower=False) -> list | None:
+    """The group's params with grads, where the reference path traces ``group`` without a
+    break: torch's own tensor types, no ``differentiable`` group, no two-phase rule (its
+    phase-1 sums are Python floats), no schedule-free step, no GradScaler scale, not in
+    :data:`TRACED_SLOWER` unless ``slower``; else None."""
     rule = optimizer.rule
     if (group.get("differentiable") or rule.combine is not None or grad_scale is not None
             or (rule.name in TRACED_SLOWER and not slower) or own_hooks(optimizer)):
-        return False
+        return None
     params = [p for p in group["params"] if p.grad is not None]
-    return all(map(eligible, params)) and all(map(_plain, params))
+    return params if all(map(eligible, params)) and all(map(_torch_types, params)) else None
 
 
 def traces_whole_step(optimizer) -> bool:
     """Whether ``torch.compile(opt.step)`` traces the step as well, rather than calling the
     eager step from a frame with no graph (:mod:`.step_op`): a rule with reductions (no C
-    kernel) whose every group the reference path traces. Inductor's fused graph of it takes
-    0.24-0.71x Adafactor's eager step and 0.36-1.11x LARS's (BENCHMARKS.md), against
-    0.98-1.19x for the frame that calls the eager step."""
+    kernel) whose every group the reference path traces. Compiled so, the step takes
+    0.30-0.71x Adafactor's eager step's time and 0.44-1.12x LARS's, against 0.99-1.19x for the
+    frame that calls the eager step (BENCHMARKS.md, "rules with reductions, traced")."""
     grad_scale = getattr(optimizer, "grad_scale", None)
     return (not optimizer.rule.elementwise
-            and all(_traceable(optimizer, g, grad_scale) for g in optimizer.param_groups))
+            and all(_traceable(optimizer, g, grad_scale) is not None for g in optimizer.param_groups))
 
 
 def reference_plan(optimizer, group, grad_scale):
@@ -99,10 +69,10 @@ def reference_plan(optimizer, group, grad_scale):
     (:func:`_traceable`) and the step creates no state (all of it is made here, eagerly).
     Where the frame refuses graph breaks (``fullgraph=True``) the rules in
     :data:`TRACED_SLOWER` are traced too: slower than their eager step, but not an error."""
-    if not _traceable(optimizer, group, grad_scale, slower=_breaks_refused()):
+    params = _traceable(optimizer, group, grad_scale, slower=_breaks_refused())
+    if params is None:
         return None
     rule = optimizer.rule
-    params = [p for p in group["params"] if p.grad is not None]
     h = hyperparameters(group)
     h.grad_scale = None
     fills = rule.tensors(h)
@@ -127,7 +97,7 @@ def _breaks_refused() -> bool:
     return tx is not None and bool(getattr(tx, "one_graph", False) or getattr(tx, "error_on_graph_break", False))
 
 
-def _plain(p) -> bool:
+def _torch_types(p) -> bool:
     """A param and grad of torch's own tensor types: no subclass (DTensor shards keep their
     eager step, which steps the local shards)."""
     return type(p) in (torch.Tensor, torch.nn.Parameter) and type(p.grad) is torch.Tensor
@@ -139,12 +109,3 @@ def run(optimizer, group, plan: ReferencePlan) -> None:
     params = group["params"]
     for i in plan.index:
         optimizer.reference_step(params[i], h, traced=True)
-
-
-def init_state(optimizer, group) -> None:
-    """The state of a group left to the eager step, made now: made by that step, after the
-    frame's guards on the state, it would recompile the frame at the second step."""
-    h = hyperparameters(group)
-    for p in group["params"]:
-        if p.grad is not None:
-            optimizer.init_state(p, h)

@@ -1,0 +1,43 @@
+"""What the compiled step (:mod:`.compiled`, :mod:`.traced_reference`) reads off a group.
+
+Which params it may trace, whether the class replaces the engine's step, and hyperparameters
+stored as 0-dim float64 tensors (graph inputs a schedule updates in place; see
+:mod:`.compiled`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def eligible(p) -> bool:
+    """A strided floating-point or complex param with a strided grad."""
+    g = p.grad
+    return (p.layout == torch.strided and g.layout == torch.strided
+            and (p.is_floating_point() or p.is_complex()))
+
+
+def tensorize(group: dict, key: str, index) -> None:
+    """Store a float hyperparameter as a 0-dim float64 tensor (see :mod:`.compiled`)."""
+    value = group[key]
+    if index is not None:
+        if not isinstance(value, tuple) or isinstance(value[index], (bool, torch.Tensor)):
+            return
+        v = value[index]
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            group[key] = tuple(torch.tensor(float(x), dtype=torch.float64) if i == index else x
+                               for i, x in enumerate(value))
+        return
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        group[key] = torch.tensor(float(value), dtype=torch.float64)
+
+
+def own_hooks(optimizer) -> bool:
+    """The class changes the engine's step (schedule-free's train/eval points): its eager step."""
+    from ..engine import RuleOptimizer
+
+    cls = type(optimizer)
+    return any(getattr(cls, name, None) is not getattr(RuleOptimizer, name, None)
+               for name in ("estimate_step", "unfused_step", "reference_step", "step_groups", "init_state"))
