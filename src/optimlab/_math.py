@@ -70,6 +70,17 @@ def minimum(a, b):
     return min(a, b)
 
 
+def python_max(a, b):
+    """Python's ``max(a, b)``, on numbers, tensors and symbolic values alike: ``a`` unless
+    ``b > a`` (so a NaN ``b`` is ignored, where :func:`maximum` propagates it)."""
+    return where(b > a, b, a)
+
+
+def python_min(a, b):
+    """Python's ``min(a, b)``: ``a`` unless ``b < a`` (see :func:`python_max`)."""
+    return where(b < a, b, a)
+
+
 def abs_(x):
     """Absolute value (``abs`` is a builtin name, hence the underscore)."""
     if isinstance(x, torch.Tensor):

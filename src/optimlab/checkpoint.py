@@ -30,6 +30,8 @@ next ``step`` (``RuleOptimizer._keep_flags``; a value written by hand stays).
 
 from __future__ import annotations
 
+import torch
+
 #: Group keys that only optimlab has, with the value a torch.optim checkpoint implies.
 OPTIMLAB_ONLY = {"bias_correction": True}
 
@@ -37,12 +39,21 @@ OPTIMLAB_ONLY = {"bias_correction": True}
 IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable", "differentiable")
 
 
-def for_torch(state_dict: dict) -> dict:
-    """``state_dict`` with optimlab-only group keys dropped where they hold torch's value."""
-    groups = [{k: v for k, v in group.items()
+def for_torch(state_dict: dict, group_state: tuple = ()) -> dict:
+    """``state_dict`` with optimlab-only group keys dropped where they hold torch's value, and
+    the group-level state keys ``group_state`` as numbers (a traced step keeps them as 0-dim
+    tensors, :mod:`optimlab.fused.traced_reference`): what the eager step and the authors'
+    implementations write (``k`` an int)."""
+    groups = [{k: _number(k, v) if k in group_state else v for k, v in group.items()
                if not (k in OPTIMLAB_ONLY and _same(v, OPTIMLAB_ONLY[k]))}
               for group in state_dict["param_groups"]]
     return {**state_dict, "param_groups": groups}
+
+
+def _number(key: str, value):
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        return value
+    return int(value.item()) if key == "k" else value.item()
 
 
 def for_loading(state_dict: dict, current_groups: list[dict], defaults: dict) -> dict:

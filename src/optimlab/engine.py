@@ -23,7 +23,7 @@ from torch.optim import optimizer as _torch_optimizer
 
 from . import checkpoint
 from .rules import Rule, update  # noqa: F401  (update: the step the reference path runs)
-from .rules.base import estimate
+from .rules.base import estimate, write_back, write_group
 from .rules.base import Namespace, hyperparameters  # noqa: F401  (the group as the rules read it)
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -120,8 +120,9 @@ class RuleOptimizer(Optimizer):
 
     def state_dict(self) -> dict:
         """torch.optim's ``state_dict``, without optimlab-only group keys at torch's value
-        (see :mod:`optimlab.checkpoint`), so that torch and DCP load it as their own."""
-        return checkpoint.for_torch(super().state_dict())
+        (see :mod:`optimlab.checkpoint`), so that torch and DCP load it as their own; group-level
+        state (Prodigy's ``d``, schedule-free's ``k``) as numbers, also after a traced step."""
+        return checkpoint.for_torch(super().state_dict(), self.rule.group_state)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch.optim's ``load_state_dict``, except that ``fused``/``foreach``/``capturable``/
@@ -221,7 +222,7 @@ class RuleOptimizer(Optimizer):
             for key in self.rule.estimate_keys:  # a two-phase rule: sums written after the step
                 h.__dict__.pop(key, None)
             self._step_group(group, h)
-            group.update(after)
+            write_group(group, after)
 
     def _step_group(self, group: dict, h: Namespace) -> None:
         """One group's step: the steady or planned C kernel, FSDP2 shards, or the unfused paths."""
@@ -314,7 +315,7 @@ class RuleOptimizer(Optimizer):
         scalar state that requires grad (NAdam's ``mu_product``) stays a tensor.
         """
         new_p = self._on_tensors(p, h, lambda q, g, s: update(self.rule, q, g, s, h), traced)
-        as_real(p).copy_(_placed_like(new_p, p))
+        write_back(as_real(p), _placed_like(new_p, p), traced)
 
     def _on_tensors(self, p: torch.Tensor, h: Namespace, run, traced: bool = False):
         """``run(p, g, s)`` on ``p``'s tensors and state (see :meth:`reference_step`); the
@@ -350,14 +351,17 @@ class RuleOptimizer(Optimizer):
 
         for key in self.rule.scalars:
             value = getattr(s, key)
-            state[key].copy_(value) if torch.is_tensor(value) else state[key].fill_(value)
+            if torch.is_tensor(value):
+                write_back(state[key], value, traced)
+            else:
+                state[key].fill_(value)
         for key in keys:
             value = getattr(s, key)
             if value is old[key]:
                 continue
             if key not in state:
                 state[key] = torch.empty_like(p, memory_format=torch.preserve_format)
-            as_real(state[key]).copy_(_placed_like(value, state[key]))
+            write_back(as_real(state[key]), _placed_like(value, state[key]), traced)
         return result
 
 

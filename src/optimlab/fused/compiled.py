@@ -41,14 +41,14 @@ their value compiles once more, after which Dynamo treats them as symbolic with 
 on the sign only. SGD with momentum compiles twice, as torch.optim's does: its first
 step creates the momentum buffer.
 
-Groups neither mode takes, rules with reductions (Adafactor, LARS) and, in the printed
-mode, Rprop's, ASGD's and Lion's masks and signs, are stepped by the reference path
-itself, :func:`optimlab.rules.update` traced by Dynamo (:mod:`.traced_reference`), one param at
-a time, scalar state and ``lr``/``betas`` as tensors. What remains (``differentiable=True``,
-sparse grads, other layouts, two-phase rules (Prodigy: its group-level sums are Python
-floats), schedule-free's own step, GradScaler's ``found_inf``, the rules in
-:data:`.traced_reference.TRACED_SLOWER`) runs the eager step for that
-group, behind one graph break; its ``lr`` is made a tensor all the same, so a schedule
+Groups neither mode takes, rules with reductions (Adafactor, LARS), rules with group-level
+state (Prodigy's two phases, schedule-free's schedule) and, in the printed mode, Rprop's,
+ASGD's and Lion's masks and signs, are stepped by the reference path itself,
+:func:`optimlab.rules.update` traced by Dynamo (:mod:`.traced_reference`), one param at a
+time, scalar and group-level state and ``lr``/``betas`` as tensors. What remains
+(``differentiable=True``, sparse grads, other layouts, tensor subclasses, GradScaler's
+``found_inf``, the rules in :data:`.traced_reference.TRACED_SLOWER`) runs the eager step for
+that group, behind one graph break; its ``lr`` is made a tensor all the same, so a schedule
 does not recompile the frame around the break.
 """
 
@@ -159,22 +159,22 @@ def _init_state(optimizer, group) -> None:
 
 def _plan(optimizer, group, grad_scale):
     """The group's kernel plan (``MODE == "kernel"`` and the C kernel takes the group), else its
-    printed plan, else its reference plan, else None (the eager step behind a break);
-    hyperparameters as tensors."""
+    printed plan, else its reference plan (the only one for group-level state: Prodigy,
+    schedule-free), else None (the eager step behind a break); hyperparameters as tensors."""
     if MODE not in MODES:
         raise ValueError(f"optimlab.fused.compiled.MODE must be one of {MODES}, not {MODE!r}")
-    if own_hooks(optimizer):
+    if own_hooks(optimizer) or optimizer.rule.combine is not None:  # group-level state
+        plan = reference_plan(optimizer, group, grad_scale)
+    else:
+        plan = kernel_op.group_plan(optimizer, group, grad_scale) if MODE in ("step_op", "kernel") else None
+        plan = plan or _group_plan(optimizer, group, grad_scale) or reference_plan(optimizer, group, grad_scale)
+    if plan is None:  # the eager step behind a break: lr a tensor all the same, no recompiles
+        if not group.get("differentiable"):
+            tensorize(group, "lr", None)
+            _init_state(optimizer, group)
         return None
-    plan = kernel_op.group_plan(optimizer, group, grad_scale) if MODE in ("step_op", "kernel") else None
-    if plan is None:
-        plan = _group_plan(optimizer, group, grad_scale) or reference_plan(optimizer, group, grad_scale)
-        if plan is None:  # the eager step behind a break: lr a tensor all the same, no recompiles
-            if not group.get("differentiable"):
-                tensorize(group, "lr", None)
-                _init_state(optimizer, group)
-            return None
-        if isinstance(plan, ReferencePlan):
-            return plan
+    if isinstance(plan, ReferencePlan):
+        return plan
     hps = plan.hps if ("lr", None) in plan.hps or "lr" not in group else [*plan.hps, ("lr", None)]
     for key, index in hps:  # lr too where only the state's first fill reads it (Rprop's step size)
         if (key, index) not in plan.signs:

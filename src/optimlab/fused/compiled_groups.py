@@ -34,10 +34,13 @@ def tensorize(group: dict, key: str, index) -> None:
         group[key] = torch.tensor(float(value), dtype=torch.float64)
 
 
-def own_hooks(optimizer) -> bool:
-    """The class changes the engine's step (schedule-free's train/eval points): its eager step."""
+STEP_METHODS = ("estimate_step", "unfused_step", "reference_step", "step_groups", "init_state")
+
+
+def own_hooks(optimizer, methods=STEP_METHODS) -> bool:
+    """The class changes the engine's step (schedule-free's train-mode check in its
+    ``estimate_step``) in one of ``methods``."""
     from ..engine import RuleOptimizer
 
     cls = type(optimizer)
-    return any(getattr(cls, name, None) is not getattr(RuleOptimizer, name, None)
-               for name in ("estimate_step", "unfused_step", "reference_step", "step_groups", "init_state"))
+    return any(getattr(cls, name, None) is not getattr(RuleOptimizer, name, None) for name in methods)

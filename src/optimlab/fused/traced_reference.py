@@ -1,14 +1,23 @@
 """Under ``torch.compile``, the reference path itself: :func:`optimlab.rules.update` traced by Dynamo.
 
 A group neither the C kernel op nor the printed graph takes (:mod:`.compiled`), rules with
-reductions (Adafactor, LARS) and, where the printed graph runs, Rprop's, ASGD's and Lion's
-masks and signs, is stepped by the engine's reference path with ``traced=True``: one param at
-a time, the scalar state (``step``) and ``lr``/``betas`` as 0-dim tensors, so nothing calls
-``item()`` and a schedule never recompiles. Dynamo traces it into the caller's graph and
-Inductor fuses it. Adafactor's and LARS's traced step is faster than their eager one, so
+reductions (Adafactor, LARS), rules with group-level state (Prodigy, schedule-free) and, where
+the printed graph runs, Rprop's, ASGD's and Lion's masks and signs, is stepped by the engine's
+reference path with ``traced=True``: one param at a time, the scalar state (``step``), the
+group-level state (``Rule.group_state``) and ``lr``/``betas`` as 0-dim tensors, so nothing
+calls ``item()`` and a schedule never recompiles. Dynamo traces it into the caller's graph and
+Inductor fuses it. A two-phase rule's partial sums are added up as float64 tensors, the
+doubles its eager step adds, and where its eager step would stop after phase 1 (Prodigy before
+any gradient), a ``where`` keeps the params and the group's values.
+
+Adafactor's and LARS's traced step is faster than their eager one, so
 ``torch.compile(opt.step)`` traces it as well (:func:`traces_whole_step`); the rules in
 :data:`TRACED_SLOWER` keep their eager step behind a break except where the frame refuses
 breaks (``fullgraph=True``).
+
+Everything the traced step writes (params, state, group-level state) is written by a foreach
+copy (:func:`optimlab.rules.base.write_back`): Dynamo (torch 2.13) silently drops
+``copy_``/``fill_`` into a 0-dim float64 CPU tensor under AOTAutograd.
 """
 
 from __future__ import annotations
@@ -17,17 +26,17 @@ from dataclasses import dataclass
 
 import torch
 
-from ..rules.base import hyperparameters
-from .compiled_groups import eligible, own_hooks, tensorize
+from ..rules.base import estimate, hyperparameters, update, write_back, write_group
+from .compiled_groups import STEP_METHODS, eligible, own_hooks, tensorize
 
 
 @dataclass(eq=False)
 class ReferencePlan:
     """A rule neither the C kernel nor the printed graph takes (reductions: Adafactor, LARS;
-    Rprop's, ASGD's, Lion's masks and signs where the printed graph runs):
-    :func:`optimlab.rules.update` itself, the reference path, traced by Dynamo one param at a
-    time (``reference_step(traced=True)``), with ``lr``, ``betas`` and the scalar state as
-    tensors. ``index``: the params with grads."""
+    group-level state: Prodigy, schedule-free; Rprop's, ASGD's, Lion's masks and signs where
+    the printed graph runs): :func:`optimlab.rules.update` itself, the reference path, traced
+    by Dynamo one param at a time (``reference_step(traced=True)``), with ``lr``, ``betas``, the
+    scalar and the group-level state as tensors. ``index``: the params with grads."""
 
     index: tuple
 
@@ -42,12 +51,14 @@ TRACED_SLOWER = frozenset({"lamb", "radam"})
 
 def _traceable(optimizer, group, grad_scale, slower=False) -> list | None:
     """The group's params with grads, where the reference path traces ``group`` without a
-    break: torch's own tensor types, no ``differentiable`` group, no two-phase rule (its
-    phase-1 sums are Python floats), no schedule-free step, no GradScaler scale, not in
-    :data:`TRACED_SLOWER` unless ``slower``; else None."""
+    break: torch's own tensor types, no ``differentiable`` group, no GradScaler scale, the
+    engine's own step (a class may add to ``estimate_step`` where the rule has no per-param
+    phase 1: schedule-free's train-mode check), not in :data:`TRACED_SLOWER` unless
+    ``slower``; else None."""
     rule = optimizer.rule
-    if (group.get("differentiable") or rule.combine is not None or grad_scale is not None
-            or (rule.name in TRACED_SLOWER and not slower) or own_hooks(optimizer)):
+    methods = STEP_METHODS if rule.estimate is not None else STEP_METHODS[1:]
+    if (group.get("differentiable") or grad_scale is not None
+            or (rule.name in TRACED_SLOWER and not slower) or own_hooks(optimizer, methods)):
         return None
     params = [p for p in group["params"] if p.grad is not None]
     return params if all(map(eligible, params)) and all(map(_torch_types, params)) else None
@@ -66,23 +77,26 @@ def traces_whole_step(optimizer) -> bool:
 
 def reference_plan(optimizer, group, grad_scale):
     """A :class:`ReferencePlan` where the reference path traces without a break
-    (:func:`_traceable`) and the step creates no state (all of it is made here, eagerly).
+    (:func:`_traceable`). The state is made here, eagerly, except what the rule creates on its
+    first step (schedule-free's ``z``: a second graph, as SGD's momentum buffer). The
+    group-level state a step writes (``Rule.group_state``: Prodigy's ``d``, schedule-free's
+    ``k`` and sums) becomes 0-dim float64 tensors, updated in place by the traced step
+    (Prodigy's ``d_denom`` and ``d_hat``, written from the first step on, start at 0).
     Where the frame refuses graph breaks (``fullgraph=True``) the rules in
     :data:`TRACED_SLOWER` are traced too: slower than their eager step, but not an error."""
     params = _traceable(optimizer, group, grad_scale, slower=_breaks_refused())
     if params is None:
         return None
-    rule = optimizer.rule
     h = hyperparameters(group)
     h.grad_scale = None
-    fills = rule.tensors(h)
     for p in params:
-        state = optimizer.init_state(p, h)
-        if any(fill is None and key not in state for key, fill in fills.items()):
-            return None
+        optimizer.init_state(p, h)
     tensorize(group, "lr", None)
-    for index in range(len(group.get("betas", ()))):
-        tensorize(group, "betas", index)
+    for index in range(len(group.get("betas", ())) if optimizer.rule.estimate is None else 0):
+        tensorize(group, "betas", index)  # Prodigy's stay numbers: whether it keeps m is beta1 > 0
+    for key in optimizer.rule.group_state:
+        group.setdefault(key, 0.0)
+        tensorize(group, key, None)
     position = {id(p): i for i, p in enumerate(group["params"])}
     return ReferencePlan(tuple(position[id(p)] for p in params))
 
@@ -104,8 +118,36 @@ def _torch_types(p) -> bool:
 
 
 def run(optimizer, group, plan: ReferencePlan) -> None:
+    """The group's traced step: the reference path as the engine runs it (:meth:`step_groups`),
+    with a two-phase rule's partial sums added up as float64 tensors, not Python floats."""
+    if not plan.index:
+        return
+    rule = optimizer.rule
+    h = _traced_hyperparameters(group)
+    if rule.combine is not None and rule.estimate is None:  # group-level state alone
+        optimizer.estimate_step(group, h)  # written into the group's tensors, in place
+        h = _traced_hyperparameters(group)
+    params = [group["params"][i] for i in plan.index]
+    if rule.estimate is None:
+        for p in params:
+            optimizer.reference_step(p, h, traced=True)
+        return
+    totals = None
+    for p in params:
+        parts = optimizer._on_tensors(p, h, lambda q, g, s: estimate(rule, q, g, s, h), traced=True)
+        parts = [torch.as_tensor(x).to(torch.float64) for x in parts]  # the double a float() is
+        totals = parts if totals is None else [a + b for a, b in zip(totals, parts)]
+    after = rule.combine(totals, h)
+    stop = after.pop("stop")  # the eager step would stop after phase 1: params kept
+    for key in rule.estimate_keys:
+        h.__dict__.pop(key, None)
+    for p in params:
+        new = optimizer._on_tensors(p, h, lambda q, g, s: torch.where(stop, q, update(rule, q, g, s, h)), traced=True)
+        write_back(torch.view_as_real(p) if p.is_complex() else p, new, traced=True)
+    write_group(group, after)
+
+
+def _traced_hyperparameters(group):
     h = hyperparameters(group, traced=True)
     h.grad_scale = None
-    params = group["params"]
-    for i in plan.index:
-        optimizer.reference_step(params[i], h, traced=True)
+    return h

@@ -77,6 +77,9 @@ class Rule:
     #: group keys only ``estimate`` and ``combine`` read (running sums, diagnostics): the
     #: per-parameter rule does not see them, so their changes never re-key its kernel
     estimate_keys: tuple = ()
+    #: group keys the step writes (what ``combine`` gives): 0-dim tensors while Dynamo traces
+    #: the step (:mod:`optimlab.fused.traced_reference`), numbers in ``state_dict``
+    group_state: tuple = ()
     whole_step: bool = False
 
     def scalar_fills(self, h) -> dict:
@@ -183,6 +186,29 @@ def update(rule, p, g, s, h):
     else:
         u = fn(g, s, h)
     return p - h.lr * u if conv.scales_by_lr else p - u
+
+
+def write_back(target: torch.Tensor, value, traced: bool = False) -> None:
+    """``target.copy_(value)``; a foreach copy where Dynamo traces the step (``traced``): Dynamo
+    (torch 2.13) silently drops ``copy_``/``fill_`` into a 0-dim float64 CPU tensor under
+    AOTAutograd (a 0-dim float64 param, its state, a float64 ``step``, group-level state)."""
+    if traced:
+        torch._foreach_copy_([target], [torch.as_tensor(value, dtype=target.dtype, device=target.device)])
+    else:
+        target.copy_(value)
+
+
+def write_group(group: dict, values: dict) -> None:
+    """Group-level state into the param group: in place where the group holds a 0-dim tensor
+    (a graph input of the traced step, :mod:`optimlab.fused.traced_reference`, which a
+    replaced object would recompile; eager steps may run between traced ones), else as the
+    new value."""
+    for key, value in values.items():
+        old = group.get(key)
+        if isinstance(old, torch.Tensor):
+            write_back(old, value, traced=True)
+        else:
+            group[key] = value
 
 
 # Group keys that older torch versions (or other optimizers) may not have written, or that

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .._math import abs_, sqrt
+from .._math import abs_, python_max, python_min, sqrt, where
 from .._reduce import dot, sum_
 from .base import Rule, conventions
 
@@ -55,16 +55,24 @@ def prodigy_estimate(g, s, h, p):
 
 def prodigy_distance(totals, h):
     """Between the phases: d_{k+1} = max(d_k, d_coef r_{k+1} / ||s_{k+1}||_1) (growth capped at
-    ``growth_rate``). Returns the group's new values, or None (no gradient yet: ||s|| = 0)."""
+    ``growth_rate``). Returns the group's new values, or None (no gradient yet: ||s|| = 0).
+
+    Traced by Dynamo (tensor totals, :mod:`optimlab.fused.traced_reference`) the step cannot
+    stop on a value: where ||s|| = 0 the values are the group's own, and ``stop`` (a bool
+    tensor) tells the caller to keep the parameters."""
     delta_numerator, denominator = totals
-    if denominator == 0:
+    stop = denominator == 0
+    if stop is True:
         return None
     numerator = h.d_numerator * _beta3(h) + delta_numerator
     d_hat = h.d_coef * numerator / denominator
-    d = max(h.d, d_hat) if h.d == h.d0 else h.d
-    d_max = max(h.d_max, d_hat)
-    return {"d_numerator": numerator, "d_denom": denominator, "d": min(d_max, d * h.growth_rate),
-            "d_max": d_max, "d_hat": d_hat, "k": h.k + 1}
+    d = where(h.d == h.d0, python_max(h.d, d_hat), h.d)
+    d_max = python_max(h.d_max, d_hat)
+    new = {"d_numerator": numerator, "d_denom": denominator, "d": python_min(d_max, d * h.growth_rate),
+           "d_max": d_max, "d_hat": d_hat, "k": h.k + 1}
+    if stop is False:
+        return new
+    return {key: where(stop, getattr(h, key), value) for key, value in new.items()} | {"stop": stop}
 
 
 @conventions(reads_param=True, weight_decay="rule")
@@ -96,4 +104,5 @@ def _copy(p):
 
 PRODIGY = Rule(prodigy, lambda h: {"s": 0.0, "p0": _copy} | ({"exp_avg": 0.0} if h.betas[0] > 0 else {})
                | {"exp_avg_sq": 0.0}, estimate=prodigy_estimate, combine=prodigy_distance,
-               estimate_keys=("d_numerator", "d_denom", "d_hat", "d_max", "d0", "d_coef", "growth_rate"))
+               estimate_keys=("d_numerator", "d_denom", "d_hat", "d_max", "d0", "d_coef", "growth_rate"),
+               group_state=("d_numerator", "d_denom", "d", "d_max", "d_hat", "k"))

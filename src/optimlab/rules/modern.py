@@ -6,8 +6,10 @@ Each rule is written from its paper's algorithm box; where the authors' publishe
 
 from __future__ import annotations
 
-from .._math import maximum, sqrt
-from .base import Rule, conventions
+import torch
+
+from .._math import maximum, python_max, python_min, sqrt, where
+from .base import Rule, conventions, write_group
 
 
 def adabelief(g, s, h):
@@ -87,35 +89,40 @@ def schedule_free_sgd_schedule(totals, group) -> bool:
     ``weight_lr_power = 2`` this is the paper's ``c_{t+1} = lr_t^2 / sum_i lr_i^2`` while
     ``lr_t`` does not decrease.
     """
-    return _advance(group, float(group["lr"]) * _warmup(group))
+    return _advance(group, _number(group["lr"]) * _warmup(group))
 
 
 def schedule_free_adamw_schedule(totals, group) -> bool:
     """As :func:`schedule_free_sgd_schedule`, with Adam's bias correction in the step size:
     ``lr_t = lr * min(1, t / warmup_steps) * sqrt(1 - beta2^t)`` (Algorithm 1, line 8)."""
-    beta2 = float(group["betas"][1])
-    return _advance(group, float(group["lr"]) * _warmup(group) * sqrt(1 - beta2 ** (group["k"] + 1)))
+    beta2 = _number(group["betas"][1])
+    return _advance(group, _number(group["lr"]) * _warmup(group) * sqrt(1 - beta2 ** (group["k"] + 1)))
+
+
+def _number(x):
+    """A group value as a float; a tensor stays one while Dynamo traces the step (a graph
+    input: no ``item()``, no recompile when a schedule changes it)."""
+    return x if isinstance(x, torch.Tensor) and torch.compiler.is_compiling() else float(x)
 
 
 def _warmup(group):
     t = group["k"] + 1
-    return t / group["warmup_steps"] if t < group["warmup_steps"] else 1.0
+    return python_min(t / group["warmup_steps"], 1.0) if group["warmup_steps"] > 0 else 1.0
 
 
 def _advance(group, lr_t) -> bool:
-    group["k"] = t = group["k"] + 1
-    group["scheduled_lr"] = lr_t
-    group["lr_max"] = max(group["lr_max"], lr_t)
-    weight = t ** group["r"] * group["lr_max"] ** group["weight_lr_power"]
-    group["weight_sum"] = group["weight_sum"] + weight
+    t = group["k"] + 1
+    lr_max = python_max(group["lr_max"], lr_t)
+    weight = t ** group["r"] * lr_max ** group["weight_lr_power"]
+    write_group(group, {"k": t, "scheduled_lr": lr_t, "lr_max": lr_max,
+                        "weight_sum": group["weight_sum"] + weight})
     return True
 
 
 def _averaging_weight(h):
     """c_{t+1} = w_t / sum_{i<=t} w_i from the group's scalars (0 while every lr was 0)."""
-    if h.weight_sum == 0:
-        return 0.0
-    return h.k**h.r * h.lr_max**h.weight_lr_power / h.weight_sum
+    unset = h.weight_sum == 0
+    return where(unset, 0.0, h.k**h.r * h.lr_max**h.weight_lr_power / where(unset, 1.0, h.weight_sum))
 
 
 @conventions(whole_step=True, weight_decay="rule")
@@ -171,9 +178,10 @@ ADAN = Rule(
     lambda h: {"exp_avg": 0.0, "exp_avg_sq": 0.0, "exp_avg_diff": 0.0, "pre_grad": None},
     {"step": 0.0},
 )
+_SCHEDULE = ("k", "scheduled_lr", "lr_max", "weight_sum")
 SCHEDULE_FREE_ADAMW = Rule(schedule_free_adamw, lambda h: {"exp_avg_sq": 0.0, "z": None},
-                          combine=schedule_free_adamw_schedule)
+                          combine=schedule_free_adamw_schedule, group_state=_SCHEDULE)
 SCHEDULE_FREE_SGD = Rule(schedule_free_sgd, lambda h: {"z": None}, whole_step=True,
-                         combine=schedule_free_sgd_schedule)
+                         combine=schedule_free_sgd_schedule, group_state=_SCHEDULE)
 
 MODERN_RULES = (ADABELIEF, ADAN, SCHEDULE_FREE_ADAMW, SCHEDULE_FREE_SGD)
