@@ -522,3 +522,22 @@ def test_traced_reference_writes_zero_dim_float64(entry, mode):
     assert isinstance(opt_c._compiled_plans[0], traced_reference.ReferencePlan)
     assert not torch.equal(p_c[0], base[0])
     assert rel(p_c, p_e) <= 1e-12
+
+
+def test_schedule_free_compiled_step_in_eval_mode_raises():
+    """A compiled step in eval mode raises the eager step's error (from outside Dynamo, a graph
+    break it handles, not an exception inside the trace); after ``train()`` it steps as eager."""
+    entry = lookup("schedule_free_adamw")
+    p_c, opt_c = make(entry)
+    p_e, opt_e = make(entry)
+    step = torch.compile(opt_c.step, backend="aot_eager")
+    for t in range(5):
+        set_grads([p_c, p_e], t)
+        if t == 2:
+            opt_c.eval()
+            with pytest.raises(RuntimeError, match="not in train mode"):
+                step()
+            opt_c.train()
+        step()
+        opt_e.step()
+    assert rel(p_c, p_e) <= 1e-12

@@ -118,8 +118,15 @@ class _ScheduleFree(RuleOptimizer):
     def estimate_step(self, group: dict, h) -> bool:
         """A step is taken at ``y``: refused in eval mode (before anything is updated)."""
         if not all(g["train_mode"] for g in self.param_groups):
-            raise RuntimeError(_NOT_IN_TRAIN_MODE)
+            _refuse_eval_mode()
         return super().estimate_step(group, h)
+
+
+@torch._dynamo.disable(reason=_NOT_IN_TRAIN_MODE)
+def _refuse_eval_mode():
+    """Raise outside Dynamo: raised inside a traced step, the error makes Dynamo run the whole
+    compiled function eagerly from then on, also after ``train()``."""
+    raise RuntimeError(_NOT_IN_TRAIN_MODE)
 
 
 def _check_schedule(warmup_steps) -> None:
