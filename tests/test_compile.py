@@ -112,6 +112,11 @@ def rel(a, b) -> float:
     return max(((x - y).abs().max() / y.abs().max().clamp_min(1e-300)).item() for x, y in zip(a, b))
 
 
+def calling_step(opt, backend="aot_eager"):
+    """A compiled function that calls ``opt.step()`` (``fullgraph=True``: any break raises)."""
+    return torch.compile(lambda: opt.step(), backend=backend, fullgraph=True)
+
+
 def run_scheduled(entry, backend, steps, dtype=torch.float64, **kw):
     """``steps`` compiled and eager steps side by side, a cosine lr schedule stepped after each."""
     p_c, opt_c = make(entry, dtype, **kw)
@@ -155,9 +160,7 @@ def test_fullgraph_function_calling_step(entry):
     p_c, opt_c = make(entry)
     p_e, opt_e = make(entry)
 
-    @torch.compile(backend="eager", fullgraph=True)
-    def train_step():
-        opt_c.step()
+    train_step = calling_step(opt_c, "eager")
 
     for t in range(6):
         set_grads([p_c, p_e], t)
@@ -414,9 +417,7 @@ def test_group_state_traced_in_place(entry):
     p_c, opt_c = make(entry)
     p_e, opt_e = make(entry)
 
-    @torch.compile(backend="aot_eager", fullgraph=True)
-    def train_step():
-        opt_c.step()
+    train_step = calling_step(opt_c)
 
     for t in range(7):
         set_grads([p_c, p_e], t)
@@ -449,9 +450,7 @@ def test_prodigy_traced_step_stops_where_the_eager_one_does():
     p_e, opt_e = make(entry, weight_decay=0.1)
     before = [p.detach().clone() for p in p_c]
 
-    @torch.compile(backend="aot_eager", fullgraph=True)
-    def train_step():
-        opt_c.step()
+    train_step = calling_step(opt_c)
 
     for ps in (p_c, p_e):
         for p in ps:
@@ -508,9 +507,7 @@ def test_traced_reference_writes_zero_dim_float64(entry, mode):
     p_e = [b.clone().requires_grad_() for b in base]
     opt_c, opt_e = entry.build(p_c, lr=entry.test_lr), entry.build(p_e, lr=entry.test_lr)
 
-    @torch.compile(backend="aot_eager", fullgraph=True)
-    def train_step():
-        opt_c.step()
+    train_step = calling_step(opt_c)
 
     for t in range(4):
         gen = torch.Generator().manual_seed(10 + t)
