@@ -538,3 +538,24 @@ def test_schedule_free_compiled_step_in_eval_mode_raises():
         step()
         opt_e.step()
     assert rel(p_c, p_e) <= 1e-12
+
+
+@pytest.mark.parametrize("entry", GROUP_STATE_PARAMS)
+def test_group_state_of_a_group_without_grads(entry):
+    """A second group whose params have no grad at some steps: its group-level state moves as
+    the eager step moves it (schedule-free's ``k`` advances, Prodigy's stays)."""
+    def build(seed):
+        gen = torch.Generator().manual_seed(seed)
+        ps = [torch.randn(s, generator=gen, dtype=torch.float64).requires_grad_() for s in SHAPES]
+        return ps, entry.build([{"params": ps[:2]}, {"params": ps[2:]}], lr=entry.test_lr)
+
+    (p_c, opt_c), (p_e, opt_e) = build(0), build(0)
+    train_step = calling_step(opt_c)
+    for t in range(5):
+        set_grads([p_c, p_e], t)
+        if t in (0, 2):
+            p_c[2].grad = p_e[2].grad = None
+        train_step()
+        opt_e.step()
+    assert rel(p_c, p_e) <= 1e-12
+    assert ([float(g["k"]) for g in opt_c.param_groups] == [float(g["k"]) for g in opt_e.param_groups])

@@ -120,13 +120,13 @@ def _torch_types(p) -> bool:
 def run(optimizer, group, plan: ReferencePlan) -> None:
     """The group's traced step: the reference path as the engine runs it (:meth:`step_groups`),
     with a two-phase rule's partial sums added up as float64 tensors, not Python floats."""
-    if not plan.index:
-        return
     rule = optimizer.rule
     h = _traced_hyperparameters(group)
     if rule.combine is not None and rule.estimate is None:  # group-level state alone
-        optimizer.estimate_step(group, h)  # written into the group's tensors, in place
+        optimizer.estimate_step(group, h)  # in place; as the eager step, also with no grads
         h = _traced_hyperparameters(group)
+    if not plan.index:
+        return
     params = [group["params"][i] for i in plan.index]
     if rule.estimate is None:
         for p in params:
