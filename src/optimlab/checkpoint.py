@@ -39,21 +39,31 @@ OPTIMLAB_ONLY = {"bias_correction": True}
 IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable", "differentiable")
 
 
-def for_torch(state_dict: dict, group_state: tuple = ()) -> dict:
+def for_torch(state_dict: dict) -> dict:
     """``state_dict`` with optimlab-only group keys dropped where they hold torch's value, and
-    the group-level state keys ``group_state`` as numbers (a traced step keeps them as 0-dim
-    tensors, :mod:`optimlab.fused.traced_reference`): what the eager step and the authors'
-    implementations write (``k`` an int)."""
-    groups = [{k: _number(k, v) if k in group_state else v for k, v in group.items()
+    the numbers optimlab made 0-dim tensors for a traced step (:func:`as_tensor`: ``lr``,
+    ``betas``, Prodigy's ``d``, schedule-free's ``k``...) as the numbers they stand for: the
+    checkpoint the eager optimizer writes, which a fresh optimizer (float ``lr``) loads, through
+    DCP too. A Tensor ``lr`` the user gave stays a tensor, as in torch."""
+    groups = [{k: _number(v) for k, v in group.items()
                if not (k in OPTIMLAB_ONLY and _same(v, OPTIMLAB_ONLY[k]))}
               for group in state_dict["param_groups"]]
     return {**state_dict, "param_groups": groups}
 
 
-def _number(key: str, value):
-    if not isinstance(value, torch.Tensor) or value.numel() != 1:
-        return value
-    return int(value.item()) if key == "k" else value.item()
+def as_tensor(value) -> torch.Tensor:
+    """A group's number as the 0-dim float64 tensor a traced step reads (a graph input that a
+    schedule updates in place), marked so that :func:`for_torch` writes the number back."""
+    t = torch.tensor(float(value), dtype=torch.float64)
+    t._optimlab_number = type(value)
+    return t
+
+
+def _number(value):
+    if isinstance(value, tuple):
+        return tuple(map(_number, value))
+    kind = getattr(value, "_optimlab_number", None) if isinstance(value, torch.Tensor) else None
+    return value if kind is None else kind(value.item())
 
 
 def for_loading(state_dict: dict, current_groups: list[dict], defaults: dict) -> dict:

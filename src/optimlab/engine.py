@@ -120,9 +120,9 @@ class RuleOptimizer(Optimizer):
 
     def state_dict(self) -> dict:
         """torch.optim's ``state_dict``, without optimlab-only group keys at torch's value
-        (see :mod:`optimlab.checkpoint`), so that torch and DCP load it as their own; group-level
-        state (Prodigy's ``d``, schedule-free's ``k``) as numbers, also after a traced step."""
-        return checkpoint.for_torch(super().state_dict(), self.rule.group_state)
+        (see :mod:`optimlab.checkpoint`), so that torch and DCP load it as their own; the numbers a
+        traced step keeps as tensors (``lr``, Prodigy's ``d``, ...) written as numbers."""
+        return checkpoint.for_torch(super().state_dict())
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch.optim's ``load_state_dict``, except that ``fused``/``foreach``/``capturable``/

@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from ..checkpoint import as_tensor
+
 
 def eligible(p) -> bool:
     """A strided floating-point or complex param with a strided grad."""
@@ -20,18 +22,19 @@ def eligible(p) -> bool:
 
 
 def tensorize(group: dict, key: str, index) -> None:
-    """Store a float hyperparameter as a 0-dim float64 tensor (see :mod:`.compiled`)."""
+    """Store a float hyperparameter as a 0-dim float64 tensor (see :mod:`.compiled`), which
+    ``state_dict`` writes back as the number (:func:`optimlab.checkpoint.for_torch`)."""
     value = group[key]
     if index is not None:
         if not isinstance(value, tuple) or isinstance(value[index], (bool, torch.Tensor)):
             return
         v = value[index]
         if isinstance(v, (int, float)) and math.isfinite(v):
-            group[key] = tuple(torch.tensor(float(x), dtype=torch.float64) if i == index else x
+            group[key] = tuple(as_tensor(x) if i == index else x
                                for i, x in enumerate(value))
         return
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        group[key] = torch.tensor(float(value), dtype=torch.float64)
+        group[key] = as_tensor(value)
 
 
 STEP_METHODS = ("estimate_step", "unfused_step", "reference_step", "step_groups", "init_state")
