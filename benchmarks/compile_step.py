@@ -92,6 +92,9 @@ class Method:
             if i == 0:
                 g1 = _frames()
         self.compiles, self.recompiles = _frames() - g0, _frames() - g1
+        # timed at the lr of step 51, not cosine's 0 at step 50: prodigyopt skips its step at
+        # lr 0, and the timed steps do not step the scheduler
+        self.sched.step()
 
 
 class _Nothing:
