@@ -18,7 +18,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import optimlab
-from optimlab.fused import compiled, compiled_groups, traced_reference
+from optimlab.fused import compiled, compiled_groups, group_op, traced_reference
 from optimlab.registry import lookup
 from optimlab.rules.base import hyperparameters
 
@@ -30,8 +30,8 @@ SHAPES = [(5, 3), (7,), (2, 2, 2)]
 
 def _plans(entry, mode="kernel") -> set:
     """The types of the plans the compiled path makes for the entry's groups in ``mode``
-    (``NoneType``: its eager step behind a graph break: the rules in
-    ``traced_reference.TRACED_SLOWER``)."""
+    (``NoneType``: its eager step behind a graph break; ``GroupOpPlan``: its eager step as one
+    op in the graph, the rules in ``traced_reference.TRACED_SLOWER``)."""
     ps = [torch.zeros(s, requires_grad=True) for s in SHAPES]
     for p in ps:
         p.grad = torch.ones_like(p)
@@ -49,14 +49,9 @@ def _taken(entry, mode="kernel") -> bool:
     return type(None) not in _plans(entry, mode)
 
 
-NOT_TAKEN = pytest.mark.xfail(strict=True, reason="kept on its eager step behind a break by design: "
-                              "its traced step is slower (traced_reference.TRACED_SLOWER)")
+NOT_TAKEN = pytest.mark.xfail(strict=True, reason="its eager step behind a graph break")
 COMPILE_PARAMS = [pytest.param(p.values[0], id=p.id, marks=() if _taken(p.values[0]) else NOT_TAKEN)
                   for p in RULE_PARAMS]
-#: ``fullgraph=True``: the rules kept on their eager step for speed are traced (no break allowed)
-FULLGRAPH_PARAMS = [pytest.param(p.values[0], id=p.id, marks=() if _taken(p.values[0])
-                                 or p.values[0].cls.rule.name in traced_reference.TRACED_SLOWER else NOT_TAKEN)
-                    for p in RULE_PARAMS]
 MODE_PARAMS = [pytest.param(p.values[0], mode, id=f"{p.id}-{mode}",
                             marks=() if _taken(p.values[0], mode) else NOT_TAKEN)
                for p in RULE_PARAMS for mode in ("kernel", "printed")]
@@ -152,11 +147,11 @@ def test_compiled_step_cosine_schedule(entry, mode, caplog):
     assert torch.is_tensor(opt.param_groups[0]["lr"])  # a graph input, updated in place by the scheduler
 
 
-@pytest.mark.parametrize("entry", FULLGRAPH_PARAMS)
+@pytest.mark.parametrize("entry", COMPILE_PARAMS)
 def test_fullgraph_function_calling_step(entry):
     """A compiled training step that calls ``opt.step()``: one graph (``fullgraph=True`` raises
     on any break), equal to eager, lr changed by hand every step without recompiling. LAMB
-    (kept on its eager step for speed elsewhere) is traced here rather than raising."""
+    (kept on its eager step for speed) is one op in that graph."""
     p_c, opt_c = make(entry)
     p_e, opt_e = make(entry)
 
@@ -287,8 +282,8 @@ def test_kernel_mode_calls_the_c_kernel_in_the_graph():
     for name in ("adafactor", "lars"):  # reductions: the reference path in every mode
         for mode in ("kernel", "printed"):
             assert _plans(lookup(name), mode) == {traced_reference.ReferencePlan}, (name, mode)
-    for name in traced_reference.TRACED_SLOWER:  # measured slower traced: their eager step behind a break
-        assert _plans(lookup(name), "printed") == {type(None)}, name
+    for name in traced_reference.TRACED_SLOWER:  # measured slower traced: their eager step as one op
+        assert _plans(lookup(name), "printed") == {group_op.GroupOpPlan}, name
 
 
 def test_printed_where_the_kernel_cannot_run(monkeypatch):

@@ -45,10 +45,13 @@ Groups neither mode takes, rules with reductions (Adafactor, LARS), rules with g
 state (Prodigy's two phases, schedule-free's schedule) and, in the printed mode, Rprop's,
 ASGD's and Lion's masks and signs, are stepped by the reference path itself,
 :func:`optimlab.rules.update` traced by Dynamo (:mod:`.traced_reference`), one param at a
-time, scalar and group-level state and ``lr``/``betas`` as tensors. What remains
-(``differentiable=True``, sparse grads, other layouts, tensor subclasses, GradScaler's
-``found_inf``, the rules in :data:`.traced_reference.TRACED_SLOWER`) runs the eager step for
-that group, behind one graph break; its ``lr`` is made a tensor all the same, so a schedule
+time, scalar and group-level state and ``lr``/``betas`` as tensors. The rules whose traced
+step is slower than their eager one (:data:`.traced_reference.TRACED_SLOWER`: LAMB, RAdam
+where the printed graph would run), and any other group of dense plain tensors none of these
+takes, run their eager step as one op in the graph, ``optimlab::group_step``
+(:mod:`.group_op`). What remains (``differentiable=True``, sparse grads, other layouts, tensor
+subclasses, a class that overrides the step, GradScaler's ``found_inf``) runs the eager step
+for that group, behind one graph break; its ``lr`` is made a tensor all the same, so a schedule
 does not recompile the frame around the break.
 """
 
@@ -58,7 +61,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import kernel_op, step_op, traced_reference
+from . import group_op, kernel_op, step_op, traced_reference
 from .compiled_groups import eligible, own_hooks, tensorize
 from .traced_reference import ReferencePlan, reference_plan
 from ..rules.base import hyperparameters
@@ -160,7 +163,8 @@ def _init_state(optimizer, group) -> None:
 def _plan(optimizer, group, grad_scale):
     """The group's kernel plan (``MODE == "kernel"`` and the C kernel takes the group), else its
     printed plan, else its reference plan (the only one for group-level state: Prodigy,
-    schedule-free), else None (the eager step behind a break); hyperparameters as tensors."""
+    schedule-free), else its eager step as one op (:mod:`.group_op`), else None (the eager step
+    behind a break); hyperparameters as tensors."""
     if MODE not in MODES:
         raise ValueError(f"optimlab.fused.compiled.MODE must be one of {MODES}, not {MODE!r}")
     if own_hooks(optimizer) or optimizer.rule.combine is not None:  # group-level state
@@ -168,11 +172,12 @@ def _plan(optimizer, group, grad_scale):
     else:
         plan = kernel_op.group_plan(optimizer, group, grad_scale) if MODE in ("step_op", "kernel") else None
         plan = plan or _group_plan(optimizer, group, grad_scale) or reference_plan(optimizer, group, grad_scale)
-    if plan is None:  # the eager step behind a break: lr a tensor all the same, no recompiles
-        if not group.get("differentiable"):
-            tensorize(group, "lr", None)
-            _init_state(optimizer, group)
-        return None
+    if plan is None:  # the eager step as an op, else behind a break: lr a tensor, no recompiles
+        if group.get("differentiable"):
+            return None
+        tensorize(group, "lr", None)
+        _init_state(optimizer, group)
+        return group_op.group_plan(optimizer, group)
     if isinstance(plan, ReferencePlan):
         return plan
     hps = plan.hps if ("lr", None) in plan.hps or "lr" not in group else [*plan.hps, ("lr", None)]
@@ -277,6 +282,9 @@ def step(optimizer, closure=None):
             continue
         if isinstance(plan, ReferencePlan):
             traced_reference.run(optimizer, group, plan)
+            continue
+        if isinstance(plan, group_op.GroupOpPlan):
+            group_op.run(optimizer, group, plan)
             continue
         for key, index in plan.signs:  # guard the sign the program was traced for
             v = group[key] if index is None else group[key][index]

@@ -21,6 +21,12 @@ def eligible(p) -> bool:
             and (p.is_floating_point() or p.is_complex()))
 
 
+def torch_types(p) -> bool:
+    """A param and grad of torch's own tensor types: no subclass (DTensor shards keep their
+    eager step, which steps the local shards)."""
+    return type(p) in (torch.Tensor, torch.nn.Parameter) and type(p.grad) is torch.Tensor
+
+
 def tensorize(group: dict, key: str, index) -> None:
     """Store a float hyperparameter as a 0-dim float64 tensor (see :mod:`.compiled`), which
     ``state_dict`` writes back as the number (:func:`optimlab.checkpoint.for_torch`)."""
@@ -35,6 +41,16 @@ def tensorize(group: dict, key: str, index) -> None:
         return
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         group[key] = as_tensor(value)
+
+
+def tensorize_group_state(optimizer, group: dict) -> None:
+    """The group-level state the step writes (``Rule.group_state``: Prodigy's ``d``,
+    schedule-free's ``k`` and sums) as 0-dim float64 tensors, updated in place by the step
+    (Prodigy's ``d_denom`` and ``d_hat``, written from the first step on, start at 0): a float
+    there would be guarded, and recompile at every step."""
+    for key in optimizer.rule.group_state:
+        group.setdefault(key, 0.0)
+        tensorize(group, key, None)
 
 
 STEP_METHODS = ("estimate_step", "unfused_step", "reference_step", "step_groups", "init_state")

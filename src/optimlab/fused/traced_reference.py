@@ -12,8 +12,8 @@ any gradient), a ``where`` keeps the params and the group's values.
 
 Adafactor's and LARS's traced step is faster than their eager one, so
 ``torch.compile(opt.step)`` traces it as well (:func:`traces_whole_step`); the rules in
-:data:`TRACED_SLOWER` keep their eager step behind a break except where the frame refuses
-breaks (``fullgraph=True``).
+:data:`TRACED_SLOWER` keep their eager step, called in the graph as one op
+(:mod:`.group_op`).
 
 Everything the traced step writes (params, state, group-level state) is written by a foreach
 copy (:func:`optimlab.rules.base.write_back`): Dynamo (torch 2.13) silently drops
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ..rules.base import estimate, hyperparameters, update, write_back, write_group
-from .compiled_groups import STEP_METHODS, eligible, own_hooks, tensorize
+from .compiled_groups import STEP_METHODS, eligible, own_hooks, tensorize, tensorize_group_state, torch_types
 
 
 @dataclass(eq=False)
@@ -45,23 +45,22 @@ class ReferencePlan:
 #: CPU code recomputes their bias corrections (``beta ** step``, a ``std::pow`` per vector) inside
 #: every element loop. LAMB 3.3-4.2x the eager step on 20 x 256^2 and 28M params, RAdam 1.5x the
 #: multi-tensor path (no compiler) on 20 x 256^2 (benchmarks/compile_step.py, 2026-12-04). They
-#: keep their eager step behind a break.
+#: keep their eager step, one op in the graph (:mod:`.group_op`).
 TRACED_SLOWER = frozenset({"lamb", "radam"})
 
 
-def _traceable(optimizer, group, grad_scale, slower=False) -> list | None:
+def _traceable(optimizer, group, grad_scale) -> list | None:
     """The group's params with grads, where the reference path traces ``group`` without a
     break: torch's own tensor types, no ``differentiable`` group, no GradScaler scale, the
     engine's own step (a class may add to ``estimate_step`` where the rule has no per-param
-    phase 1: schedule-free's train-mode check), not in :data:`TRACED_SLOWER` unless
-    ``slower``; else None."""
+    phase 1: schedule-free's train-mode check), not in :data:`TRACED_SLOWER`; else None."""
     rule = optimizer.rule
     methods = STEP_METHODS if rule.estimate is not None else STEP_METHODS[1:]
     if (group.get("differentiable") or grad_scale is not None
-            or (rule.name in TRACED_SLOWER and not slower) or own_hooks(optimizer, methods)):
+            or rule.name in TRACED_SLOWER or own_hooks(optimizer, methods)):
         return None
     params = [p for p in group["params"] if p.grad is not None]
-    return params if all(map(eligible, params)) and all(map(_torch_types, params)) else None
+    return params if all(map(eligible, params)) and all(map(torch_types, params)) else None
 
 
 def traces_whole_step(optimizer) -> bool:
@@ -81,10 +80,8 @@ def reference_plan(optimizer, group, grad_scale):
     first step (schedule-free's ``z``: a second graph, as SGD's momentum buffer). The
     group-level state a step writes (``Rule.group_state``: Prodigy's ``d``, schedule-free's
     ``k`` and sums) becomes 0-dim float64 tensors, updated in place by the traced step
-    (Prodigy's ``d_denom`` and ``d_hat``, written from the first step on, start at 0).
-    Where the frame refuses graph breaks (``fullgraph=True``) the rules in
-    :data:`TRACED_SLOWER` are traced too: slower than their eager step, but not an error."""
-    params = _traceable(optimizer, group, grad_scale, slower=_breaks_refused())
+    (Prodigy's ``d_denom`` and ``d_hat``, written from the first step on, start at 0)."""
+    params = _traceable(optimizer, group, grad_scale)
     if params is None:
         return None
     h = hyperparameters(group)
@@ -94,27 +91,9 @@ def reference_plan(optimizer, group, grad_scale):
     tensorize(group, "lr", None)
     for index in range(len(group.get("betas", ())) if optimizer.rule.estimate is None else 0):
         tensorize(group, "betas", index)  # Prodigy's stay numbers: whether it keeps m is beta1 > 0
-    for key in optimizer.rule.group_state:
-        group.setdefault(key, 0.0)
-        tensorize(group, key, None)
+    tensorize_group_state(optimizer, group)
     position = {id(p): i for i, p in enumerate(group["params"])}
     return ReferencePlan(tuple(position[id(p)] for p in params))
-
-
-def _breaks_refused() -> bool:
-    from torch._dynamo.symbolic_convert import InstructionTranslator
-
-    try:
-        tx = InstructionTranslator.current_tx()
-    except AttributeError:  # this thread has traced nothing yet
-        return False
-    return tx is not None and bool(getattr(tx, "one_graph", False) or getattr(tx, "error_on_graph_break", False))
-
-
-def _torch_types(p) -> bool:
-    """A param and grad of torch's own tensor types: no subclass (DTensor shards keep their
-    eager step, which steps the local shards)."""
-    return type(p) in (torch.Tensor, torch.nn.Parameter) and type(p.grad) is torch.Tensor
 
 
 def run(optimizer, group, plan: ReferencePlan) -> None:
