@@ -46,9 +46,14 @@ def received(monkeypatch):
 
 
 def around_the_step(params, opt):
-    """Writes and reads of the params and state before and after the step, in one graph."""
+    """Writes and reads of the params, lr and state before and after the step, in one graph."""
     with torch.no_grad():
         params[0].mul_(0.5)
+        lr = opt.param_groups[0]["lr"]
+        if torch.is_tensor(lr):  # a foreach op: torch 2.13 drops lr.mul_(0.9) on a 0-dim float64 tensor
+            torch._foreach_mul_([lr], 0.9)
+        else:
+            opt.param_groups[0]["lr"] = lr * 0.9
         before = params[0].sum()
     opt.step()
     with torch.no_grad():
@@ -62,12 +67,14 @@ def around_the_step(params, opt):
 def test_ordered_with_the_graph_around_it(name, mode, backend, received):
     """LAMB's and RAdam's eager step inside a larger compiled function (``fullgraph=True``: a
     break raises) that writes the params before the step and reads and writes them after:
-    equal to eager at every step, one graph under a cosine lr schedule. The op gets copies here
-    (the graph's write before it is not re-inplaced either)."""
+    equal to eager at every step, one graph under a cosine lr schedule, the Tensor lr also
+    changed in the graph. The op gets copies here (the graph's writes before it are not
+    re-inplaced either)."""
     compiled.MODE = mode
     entry = lookup(name)
     p_c, opt_c = make(entry, torch.float32)
     p_e, opt_e = make(entry, torch.float32)
+    opt_c.param_groups[0]["lr"] = torch.tensor(entry.test_lr, dtype=torch.float64)  # written in the graph
     scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, 8) for o in (opt_c, opt_e)]
     compiled_fn = torch.compile(around_the_step, backend=backend, fullgraph=True)
     for t in range(8):

@@ -33,7 +33,7 @@ import torch
 
 from .compiled_groups import eligible, own_hooks, tensorize_group_state, torch_types
 
-#: index -> (weak reference to the optimizer, the group's position in its param_groups)
+#: index -> (weak reference to the optimizer, the group's position in its param_groups, GroupOpPlan.hps)
 _GROUPS: list = []
 _ids: dict = {}
 
@@ -51,13 +51,13 @@ class GroupOpPlan:
     group: int  # index into _GROUPS
 
 
-def _register(optimizer, position: int) -> int:
-    key = (id(optimizer), position)
+def _register(optimizer, position: int, hps: tuple) -> int:
+    key = (id(optimizer), position, hps)
     found = _ids.get(key)
     if found is not None and _GROUPS[found][0]() is optimizer:
         return found
     _ids[key] = len(_GROUPS)
-    _GROUPS.append((weakref.ref(optimizer), position))
+    _GROUPS.append((weakref.ref(optimizer), position, hps))
     return _ids[key]
 
 
@@ -74,8 +74,8 @@ def group_plan(optimizer, group) -> GroupOpPlan | None:
     tensorize_group_state(optimizer, group)
     position = {id(p): i for i, p in enumerate(group["params"])}
     at = next(i for i, g in enumerate(optimizer.param_groups) if g is group)
-    return GroupOpPlan(tuple(position[id(p)] for p in params), _tensor_hps(group, optimizer.rule.group_state),
-                       _register(optimizer, at))
+    hps = _tensor_hps(group, optimizer.rule.group_state)
+    return GroupOpPlan(tuple(position[id(p)] for p in params), hps, _register(optimizer, at, hps))
 
 
 def _tensor_hps(group, written) -> tuple:
@@ -97,26 +97,30 @@ def run(optimizer, group, plan: GroupOpPlan) -> None:
     """The group's step while Dynamo traces: one ``optimlab::group_step``."""
     params = [group["params"][i] for i in plan.index]
     state = _state(optimizer, group, params)
-    hps = [group[k] if i is None else group[k][i] for k, i in plan.hps]
-    torch.ops.optimlab.group_step(params, [p.grad for p in params], state, hps, plan.group)
+    torch.ops.optimlab.group_step(params, [p.grad for p in params], state, _hps(group, plan.hps), plan.group)
+
+
+def _hps(group, keys) -> list:
+    return [group[k] if i is None else group[k][i] for k, i in keys]
 
 
 def _group_step(params, grads, state, hps, group: int) -> None:
-    ref, position = _GROUPS[group]
+    ref, position, keys = _GROUPS[group]
     opt = ref()
     g = opt.param_groups[position]
     real = [p for p in g["params"] if p.grad is not None]
-    own_state = _state(opt, g, real)
-    same = _same(params, grads, state, real, own_state)
+    own_state, own_hps = _state(opt, g, real), _hps(g, keys)
+    same = _same(params, grads, state, real, own_state) and all(map(operator.is_, hps, own_hps))
     grad_mode = torch.is_grad_enabled()
     torch._C._set_grad_enabled(False)
     try:
         if same:
             opt.step_groups([g])
             return
-        # copies (no re-inplacing): their values in, the step on the optimizer's tensors, back out
+        # copies (no re-inplacing): their values in (hyperparameters the graph wrote too), the
+        # step on the optimizer's tensors, its results back out
         kept = [p.grad for p in real]
-        torch._foreach_copy_(real + own_state, list(params) + list(state))
+        torch._foreach_copy_(real + own_state + own_hps, list(params) + list(state) + list(hps))
         for p, gr in zip(real, grads):
             p.grad = gr
         try:
