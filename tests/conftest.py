@@ -76,3 +76,19 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     num = np.abs(a - b).max(axis=1)
     den = np.maximum(np.abs(b).max(axis=1), 1e-12)
     return float((num / den).max())
+
+
+@pytest.fixture
+def fresh_dynamo(request):
+    """A fresh Dynamo (no cached frames, counters cleared) with ``optimlab.fused.compiled.MODE``
+    set to the test module's ``COMPILED_MODE`` for the test, the default restored after."""
+    from torch._dynamo.utils import counters
+
+    from optimlab.fused import compiled
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled.MODE = getattr(request.module, "COMPILED_MODE", compiled.MODES[0])
+    yield
+    torch._dynamo.reset()
+    compiled.MODE = compiled.MODES[0]

@@ -57,16 +57,10 @@ MODE_PARAMS = [pytest.param(p.values[0], mode, id=f"{p.id}-{mode}",
                for p in RULE_PARAMS for mode in ("kernel", "printed")]
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    """The modes that trace the step into the graph (the default, ``"step_op"``, makes a frame
-    that is only ``opt.step`` one opaque op: tests/test_compile_step_op.py)."""
-    torch._dynamo.reset()
-    counters.clear()
-    compiled.MODE = "kernel"
-    yield
-    torch._dynamo.reset()
-    compiled.MODE = compiled.MODES[0]
+#: the modes that trace the step into the graph (the default, ``"step_op"``, makes a frame that
+#: is only ``opt.step`` one opaque op: tests/test_compile_step_op.py)
+COMPILED_MODE = "kernel"
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def make(entry, dtype=torch.float64, seed=0, **kw):

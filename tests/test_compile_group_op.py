@@ -18,17 +18,10 @@ from optimlab.fused import compiled, compiled_groups, group_op, kernel_op, trace
 from optimlab.registry import lookup
 
 from conftest import RULE_PARAMS
-from test_compile import lazy_state, make, rel, set_grads
+from test_compile import calling_step, lazy_state, make, rel, set_grads
 
-
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    compiled.MODE = "kernel"
-    yield
-    torch._dynamo.reset()
-    compiled.MODE = compiled.MODES[0]
+COMPILED_MODE = "kernel"
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 @pytest.fixture
@@ -90,19 +83,25 @@ def test_ordered_with_the_graph_around_it(name, mode, backend, received):
     assert len(received) == 8
 
 
+def stepped_side_by_side(entry, backend, steps, dtype=torch.float64):
+    """``steps`` steps of a ``fullgraph=True`` function calling ``opt.step()`` and of the eager
+    optimizer on the same grads: (compiled params, eager params, compiled optimizer)."""
+    p_c, opt_c = make(entry, dtype)
+    p_e, opt_e = make(entry, dtype)
+    step = calling_step(opt_c, backend)
+    for t in range(steps):
+        set_grads([p_c, p_e], t)
+        step()
+        opt_e.step()
+    return p_c, p_e, opt_c
+
+
 @pytest.mark.parametrize("backend, own", [("inductor", True), ("aot_eager", False)])
 def test_inductor_gives_the_op_the_optimizers_tensors(backend, own, received):
     """A compiled function that only calls ``opt.step()``: Inductor re-inplaces the op, which then
     steps the optimizer's own params and state (no copies); ``aot_eager`` does not re-inplace,
     and the op writes its results into the copies it gets. Equal to eager both ways."""
-    entry = lookup("lamb")
-    p_c, opt_c = make(entry, torch.float32)
-    p_e, opt_e = make(entry, torch.float32)
-    step = torch.compile(lambda: opt_c.step(), backend=backend, fullgraph=True)
-    for t in range(4):
-        set_grads([p_c, p_e], t)
-        step()
-        opt_e.step()
+    p_c, p_e, _ = stepped_side_by_side(lookup("lamb"), backend, 4, torch.float32)
     assert rel(p_c, p_e) <= 1e-6
     assert received == [own] * 4
 
@@ -121,13 +120,7 @@ def test_every_entry_as_one_op(entry, backend, monkeypatch):
     monkeypatch.setattr(kernel_op, "group_plan", lambda *a: None)
     monkeypatch.setattr(compiled, "_group_plan", lambda *a: None)
     monkeypatch.setattr(compiled, "reference_plan", lambda *a: None)
-    p_c, opt_c = make(entry)
-    p_e, opt_e = make(entry)
-    step = torch.compile(lambda: opt_c.step(), backend=backend, fullgraph=True)
-    for t in range(6):
-        set_grads([p_c, p_e], t)
-        step()
-        opt_e.step()
+    p_c, p_e, opt_c = stepped_side_by_side(entry, backend, 6)
     assert rel(p_c, p_e) <= 1e-12
     assert all(isinstance(p, group_op.GroupOpPlan) for p in opt_c._compiled_plans)
     assert counters["stats"]["unique_graphs"] == 1 + lazy_state(opt_c) and not counters["graph_break"]

@@ -29,14 +29,8 @@ STEP = torch.ops.optimlab.step
 FUSED = torch.ops.optimlab.fused_step
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    compiled.MODE = "step_op"
-    yield
-    torch._dynamo.reset()
-    compiled.MODE = "step_op"
+COMPILED_MODE = "step_op"
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 class Recorder:
