@@ -15,9 +15,12 @@ params, the same grads, a ``CosineAnnealingLR`` stepped after every step):
 * ``kernel``: ``MODE = "kernel"``: the C kernel called in the graph as the custom op
   ``optimlab::fused_step`` with every param, grad and state tensor as a graph input
   (:mod:`optimlab.fused.kernel_op`; what a compiled function that calls ``opt.step()`` among
-  other work gets in the default mode);
+  other work gets in the default mode); for a rule the kernel op does not take, its plan in
+  that mode: the traced reference path, or (LAMB) the eager step as the op
+  ``optimlab::group_step`` (:mod:`optimlab.fused.group_op`);
 * ``printed``: ``MODE = "printed"``: the rule's graph printed as ``torch._foreach_*`` ops and
-  fused by Inductor (:mod:`optimlab.fused.compiled`);
+  fused by Inductor (:mod:`optimlab.fused.compiled`); likewise the traced reference path or
+  (LAMB, RAdam) ``optimlab::group_step`` for the rules it does not print;
 * ``kept out``: ``MODE = "kept_out"``: the eager step (C kernel) behind a graph break;
 * ``torch compiled``: ``torch.compile`` of torch.optim's step, torch's recipe (Tensor ``lr``);
 * ``torch eager best``: the fastest of torch.optim's for-loop/foreach/fused steps.
