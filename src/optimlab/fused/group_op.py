@@ -16,11 +16,11 @@ an index into :data:`_GROUPS`, a constant of the graph. The op declares what the
 torch's own in-place ops; nothing of the step is traced, so it costs its eager time plus one
 op call, and the caller's graph stays whole.
 
-Where Inductor re-inplaces the op (the default backend) it receives the caller's own tensors
-and the eager step runs on them. Where it does not (``aot_eager``, or a graph that still reads
-a param's old value), it receives copies: the step then runs on the optimizer's tensors with
-the copies' values written in first, and writes its results back into the copies, which the
-graph copies out at its end.
+Where Inductor re-inplaces the op (the default backend, the step alone in its graph) it
+receives the caller's own tensors and the eager step runs on them. Where it does not
+(``aot_eager``; Inductor too where the graph writes a param or the lr before the step), it
+receives copies: the step then runs on the optimizer's tensors with the copies' values written
+in first, and writes its results back into the copies, which the graph copies out at its end.
 """
 
 from __future__ import annotations
