@@ -24,6 +24,13 @@ COMPILED_MODE = "kernel"
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
+@pytest.fixture(autouse=True)
+def op_at_any_size(monkeypatch):
+    """The op for ``TRACED_SLOWER`` whatever the size (LAMB on small tensors, these tests'
+    shapes, is traced: its limit in ``traced_reference.TRACED_SLOWER``)."""
+    monkeypatch.setattr(traced_reference, "TRACED_SLOWER", dict.fromkeys(traced_reference.TRACED_SLOWER, 0))
+
+
 @pytest.fixture
 def received(monkeypatch):
     """Per op call: whether it received the optimizer's own tensors (True) or copies."""
@@ -126,13 +133,19 @@ def test_every_entry_as_one_op(entry, backend, monkeypatch):
     assert counters["stats"]["unique_graphs"] == 1 + lazy_state(opt_c) and not counters["graph_break"]
 
 
-def test_slower_rules_are_not_traced():
-    """The op, not the traced reference path, for ``TRACED_SLOWER`` (also under ``fullgraph``,
-    where they were traced before the op existed)."""
-    for name in traced_reference.TRACED_SLOWER:
-        p, opt = make(lookup(name))
-        for q in p:
-            q.grad = torch.ones_like(q)
-        compiled.MODE = "printed"
-        compiled.prepare(opt)
-        assert [type(plan) for plan in opt._compiled_plans] == [group_op.GroupOpPlan], name
+@pytest.mark.parametrize("name, size, plan", [
+    ("lamb", 8, traced_reference.ReferencePlan), ("lamb", 128, group_op.GroupOpPlan),
+    ("radam", 8, group_op.GroupOpPlan), ("radam", 128, group_op.GroupOpPlan)])
+def test_slower_rules_traced_on_small_tensors_only(name, size, plan, monkeypatch):
+    """``TRACED_SLOWER`` in the printed mode: the op above the rule's limit on the mean elements
+    per param (also under ``fullgraph``, where they were traced before the op existed), the
+    traced reference path up to it (LAMB's 8192: 8 x 8 and 8 are below, 128 x 128 and 128
+    above; RAdam's 0)."""
+    monkeypatch.setattr(traced_reference, "TRACED_SLOWER", {"lamb": 8192, "radam": 0})
+    ps = [torch.zeros(size, size, requires_grad=True), torch.zeros(size, requires_grad=True)]
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt = lookup(name).build(ps, lr=1e-3)
+    compiled.MODE = "printed"
+    compiled.prepare(opt)
+    assert [type(p) for p in opt._compiled_plans] == [plan]

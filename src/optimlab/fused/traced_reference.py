@@ -13,7 +13,7 @@ any gradient), a ``where`` keeps the params and the group's values.
 Adafactor's and LARS's traced step is faster than their eager one, so
 ``torch.compile(opt.step)`` traces it as well (:func:`traces_whole_step`); the rules in
 :data:`TRACED_SLOWER` keep their eager step, called in the graph as one op
-(:mod:`.group_op`).
+(:mod:`.group_op`), except LAMB on small tensors.
 
 Everything the traced step writes (params, state, group-level state) is written by a foreach
 copy (:func:`optimlab.rules.base.write_back`): Dynamo (torch 2.13) silently drops
@@ -41,25 +41,31 @@ class ReferencePlan:
     index: tuple
 
 
-#: rules whose traced reference step is slower than the eager step it would replace: Inductor's
-#: CPU code recomputes their bias corrections (``beta ** step``, a ``std::pow`` per vector) inside
-#: every element loop. LAMB 3.3-4.2x the eager step on 20 x 256^2 and 28M params, RAdam 1.5x the
-#: multi-tensor path (no compiler) on 20 x 256^2 (benchmarks/compile_step.py, 2026-12-04). They
-#: keep their eager step, one op in the graph (:mod:`.group_op`).
-TRACED_SLOWER = frozenset({"lamb", "radam"})
+#: rules whose traced reference step is slower than the eager step it would replace, and the
+#: mean elements per param up to which it is traced all the same. Inductor's CPU code recomputes
+#: their bias corrections (``beta ** step``, a ``std::pow`` per vector) inside every element
+#: loop, a cost per element; above the limit they keep their eager step, one op in the graph
+#: (:mod:`.group_op`), which costs per tensor (guards and wrapper checks of each param, grad and
+#: state tensor). LAMB traced / as the op: 136 / 436 us on 10 x 32^2, 711 / 1002 on 40 x 64^2,
+#: 2225 / 1575 on 40 x 128^2, 4979 / 2252 on 20 x 256^2; RAdam (printed mode) at best even
+#: (177 / 179 on 10 x 32^2), 618 / 351 on 40 x 64^2 (``benchmarks/compile_slower_rules.py``).
+TRACED_SLOWER = {"lamb": 8192, "radam": 0}
 
 
 def _traceable(optimizer, group, grad_scale) -> list | None:
     """The group's params with grads, where the reference path traces ``group`` without a
     break: torch's own tensor types, no ``differentiable`` group, no GradScaler scale, the
     engine's own step (a class may add to ``estimate_step`` where the rule has no per-param
-    phase 1: schedule-free's train-mode check), not in :data:`TRACED_SLOWER`; else None."""
+    phase 1: schedule-free's train-mode check), not a rule in :data:`TRACED_SLOWER` above its
+    limit; else None."""
     rule = optimizer.rule
     methods = STEP_METHODS if rule.estimate is not None else STEP_METHODS[1:]
-    if (group.get("differentiable") or grad_scale is not None
-            or rule.name in TRACED_SLOWER or own_hooks(optimizer, methods)):
+    if group.get("differentiable") or grad_scale is not None or own_hooks(optimizer, methods):
         return None
     params = [p for p in group["params"] if p.grad is not None]
+    limit = TRACED_SLOWER.get(rule.name)
+    if limit is not None and sum(p.numel() for p in params) > limit * len(params):
+        return None
     return params if all(map(eligible, params)) and all(map(torch_types, params)) else None
 
 
