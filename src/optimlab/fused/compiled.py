@@ -46,10 +46,10 @@ state (Prodigy's two phases, schedule-free's schedule) and, in the printed mode,
 ASGD's and Lion's masks and signs, are stepped by the reference path itself,
 :func:`optimlab.rules.update` traced by Dynamo (:mod:`.traced_reference`), one param at a
 time, scalar and group-level state and ``lr``/``betas`` as tensors. The rules whose traced
-step is slower than their eager one (:data:`.traced_reference.TRACED_SLOWER`: LAMB, RAdam
-where the printed graph would run), and any other group of dense plain tensors none of these
-takes, run their eager step as one op in the graph, ``optimlab::group_step``
-(:mod:`.group_op`). What remains (``differentiable=True``, sparse grads, other layouts, tensor
+step is slower than their eager one (:data:`.traced_reference.TRACED_SLOWER`: LAMB except on
+small tensors, RAdam where the printed graph would run), and any other group of dense plain
+tensors none of these takes, run their eager step as one op in the graph,
+``optimlab::group_step`` (:mod:`.group_op`). What remains (``differentiable=True``, sparse grads, other layouts, tensor
 subclasses, a class that overrides the step, GradScaler's ``found_inf``) runs the eager step
 for that group, behind one graph break; its ``lr`` is made a tensor all the same, so a schedule
 does not recompile the frame around the break.

@@ -2,7 +2,8 @@
 
 Under Dynamo (:mod:`.compiled`) a group that neither the C kernel op, the printed graph nor the
 traced reference path takes, or whose traced step Inductor makes slower than its eager one
-(:data:`.traced_reference.TRACED_SLOWER`: LAMB, RAdam where the printed graph would run), is
+(:data:`.traced_reference.TRACED_SLOWER`: LAMB except on small tensors, RAdam where the printed
+graph would run), is
 stepped by its eager step (the C kernel's generated passes, the multi-tensor path) called from
 inside the caller's graph::
 
