@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+import step_speed  # noqa: E402
 from markdown_section import replace_section  # noqa: E402
 
 from optimlab.fused import compiled, traced_reference  # noqa: E402
@@ -106,8 +106,7 @@ def main(argv=None) -> None:
         traced_reference.TRACED_SLOWER, compiled.MODE = limits, mode
     body = "\n".join([
         BEGIN, "## torch.compile: LAMB and RAdam traced vs as one op", "",
-        f"Machine: {platform.processor() or platform.machine()}; {os.cpu_count()} cores; torch "
-        f"{torch.__version__} (1 thread); Python {platform.python_version()}. Run: {started}, load "
+        f"Machine: {step_speed.machine()}. Run: {started}, load "
         f"average {load:.1f} before. `python benchmarks/compile_slower_rules.py --reps {args.reps}`: a "
         "`fullgraph=True` function calling `opt.step()`, Inductor, float32; us per step, medians of "
         "interleaved windows. `chosen`: what `traced_reference.TRACED_SLOWER` "
