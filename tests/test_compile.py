@@ -89,7 +89,7 @@ def optimlab_breaks() -> dict:
 
 def lazy_state(opt) -> bool:
     """The rule creates state on its first step (SGD's momentum buffer): a second graph."""
-    h = hyperparameters(opt.param_groups[0])
+    h = hyperparameters(opt.param_groups[0], opt.defaults)
     return any(v is None for v in opt.rule.tensors(h).values())
 
 

@@ -80,7 +80,7 @@ def _builders(entry, variant):
 def _lazy_keys(entry, variant) -> list[str]:
     """State the rule creates on its first step (SGD's momentum buffer)."""
     opt = entry.build([torch.zeros(1)], **variant)
-    return [k for k, fill in opt.rule.tensors(hyperparameters(opt.param_groups[0])).items()
+    return [k for k, fill in opt.rule.tensors(hyperparameters(opt.param_groups[0], opt.defaults)).items()
             if fill is None]
 
 

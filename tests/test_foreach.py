@@ -118,7 +118,8 @@ def test_registry_parity(entry, variant, dtype):
 
 def test_generated_program_is_the_traced_graph_as_foreach_calls():
     """Adam prints as torch's own foreach chain: lerp, mul, addcmul, sqrt, div, add, addcdiv."""
-    h = optimlab.engine.hyperparameters(optimlab.Adam([torch.zeros(1)]).param_groups[0])
+    adam = optimlab.Adam([torch.zeros(1)])
+    h = optimlab.engine.hyperparameters(adam.param_groups[0], adam.defaults)
     prog = foreach.program(optimlab.rules.ADAM, h, fused.plan.hkey(h), frozenset(), frozenset())
     calls = [line.split("F._foreach_")[1].split("(")[0] for line in prog.source.splitlines() if "F._foreach_" in line]
     assert calls == ["lerp_", "mul_", "addcmul_", "sqrt", "div_", "add_", "addcdiv_"]
@@ -282,7 +283,7 @@ def test_every_printed_form_and_a_copy_cycle():
     oa, ob = _run_pair(lambda p: _forbid_reference(_Odd(p, foreach=True)),
                        lambda p: _Odd(p, foreach=False, fused=False), ps, 7)
     _assert_same(oa, ob, 1e-12)
-    h = optimlab.engine.hyperparameters(oa.param_groups[0])
+    h = optimlab.engine.hyperparameters(oa.param_groups[0], oa.defaults)
     source = foreach.program(_Odd.rule, h, fused.plan.hkey(h), frozenset(), frozenset()).source
     assert "_full(" in source and "_foreach_clone(" in source and "F._foreach_pow(c[" in source
 
@@ -352,7 +353,7 @@ def test_scalar_where_prints_only_the_branch_it_takes(name):
     before the per-element program runs: each pattern's program has the other branch's
     operations dead and copies nothing for the select."""
     opt = getattr(optimlab, name)([torch.zeros(1)])
-    h = optimlab.engine.hyperparameters(opt.param_groups[0])
+    h = optimlab.engine.hyperparameters(opt.param_groups[0], opt.defaults)
     prog = foreach.program(opt.rule, h, fused.plan.hkey(h), frozenset(), frozenset())
     assert len(prog.conditions) == 1 and set(prog.variants) == {(True,), (False,)}
     taken, other = (src.count("F._foreach_") for _, src in (prog.variants[(True,)], prog.variants[(False,)]))

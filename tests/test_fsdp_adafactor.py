@@ -249,7 +249,7 @@ def _program(name, shape):
 
     opt = optimlab.create(name, [torch.nn.Parameter(torch.zeros(shape))])
     p = opt.param_groups[0]["params"][0]
-    h = hyperparameters(opt.param_groups[0])
+    h = hyperparameters(opt.param_groups[0], opt.defaults)
     state = opt.init_state(p, h)
     layout = {}
     for key in opt.rule.tensors(h):

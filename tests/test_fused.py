@@ -357,7 +357,8 @@ def test_tracer_rejects_what_it_cannot_trace():
     def branchy(g, s, h):
         return g if g else g
 
-    h = optimlab.engine.hyperparameters(optimlab.SGD([torch.zeros(1)], lr=0.1).param_groups[0])
+    sgd = optimlab.SGD([torch.zeros(1)], lr=0.1)
+    h = optimlab.engine.hyperparameters(sgd.param_groups[0], sgd.defaults)
     for fn in (bad, branchy):
         with pytest.raises(TraceError):
             trace(optimlab.rules.Rule(fn, lambda h: {}), h, frozenset())
@@ -365,7 +366,8 @@ def test_tracer_rejects_what_it_cannot_trace():
 
 def test_trace_follows_zero_pattern():
     def h_for(**kw):
-        return optimlab.engine.hyperparameters(optimlab.SGD([torch.zeros(1)], lr=0.1, **kw).param_groups[0])
+        sgd = optimlab.SGD([torch.zeros(1)], lr=0.1, **kw)
+        return optimlab.engine.hyperparameters(sgd.param_groups[0], sgd.defaults)
 
     plain = trace(optimlab.rules.SGD, h_for(), frozenset())
     first = trace(optimlab.rules.SGD, h_for(momentum=0.9), frozenset())

@@ -3,8 +3,8 @@ bookkeeping in one call, against the same bookkeeping in Python.
 
 Both run the same kernels, so every trajectory here must be *bitwise* equal between the two,
 through every event that has to leave the steady state: a grad missing or laid out
-differently, a param's storage replaced, the group's list edited, a new state_dict, a new
-flag pattern.
+differently, a param's storage replaced, the group's list edited, a new state_dict, a
+param's state cleared or a buffer rebound by hand, a new flag pattern.
 """
 
 from __future__ import annotations
@@ -127,6 +127,12 @@ def _events(twins):
     def reload(opt, ps):
         opt.load_state_dict(opt.state_dict())
 
+    def clear_state(opt, ps):
+        opt.state[ps[3]].clear()
+
+    def rebind_buffer(opt, ps):
+        opt.state[ps[2]]["exp_avg"] = opt.state[ps[2]]["exp_avg"] * 0.5
+
     return [
         ("a grad is missing", swap(0, None), None),
         ("a grad in another layout", swap(2, grads[2].t().contiguous().t()), None),
@@ -135,6 +141,8 @@ def _events(twins):
         ("a param appended to the group", None, append),
         ("a new zero pattern (another kernel)", None, no_weight_decay),
         ("load_state_dict", None, reload),
+        ("a param's state cleared", None, clear_state),
+        ("a state buffer rebound", None, rebind_buffer),
         ("a new lr (the same kernel)", None, new_lr),
     ]
 

@@ -17,7 +17,7 @@ from test_fused import _compiler_works
 
 def _trace(cls, state=frozenset(), **kw):
     opt = cls([torch.zeros(1)], **kw)
-    return trace(opt.rule, optimlab.engine.hyperparameters(opt.param_groups[0]), state)
+    return trace(opt.rule, optimlab.engine.hyperparameters(opt.param_groups[0], opt.defaults), state)
 
 
 def test_streaming_kernels_are_narrow_and_dense_ones_wide():

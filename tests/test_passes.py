@@ -129,7 +129,7 @@ def test_two_levels_of_reductions_make_two_passes():
     from optimlab.rules.base import hyperparameters
 
     def cut(opt, shape, layout):
-        h = hyperparameters(opt.param_groups[0])
+        h = hyperparameters(opt.param_groups[0], opt.defaults)
         h.grad_scale = None
         prog = passes.trace_program(opt.rule, "update", h, shape, torch.float32, layout)
         return [None if ps is None else (len(ps.reductions), [b[0] for b in ps.buffers]) for ps in prog.passes]
@@ -145,7 +145,8 @@ def test_two_levels_of_reductions_make_two_passes():
     assert muon[0][1].count("tmp") == 1 and "tbuf" in muon[1][1]
     # the momentum is written in bfloat16 (it is only rounded there), and pass 1 reads the
     # bfloat16 O itself (O.to(float32) is a widening: no float32 copy)
-    h = hyperparameters(optimlab.Muon([w]).param_groups[0])
+    muon = optimlab.Muon([w])
+    h = hyperparameters(muon.param_groups[0], muon.defaults)
     h.grad_scale = None
     prog = passes.trace_program(optimlab.Muon.rule,
                                 "update", h, (4, 3), torch.float32, {"momentum_buffer": "E"})

@@ -116,7 +116,8 @@ def test_tracer_refuses_whole_tensor_rules_cleanly(name):
     which the fused path turns into a fallback) before running a line of it."""
     entry = REGISTRY[name]
     p = torch.zeros(3, 2, requires_grad=True)
-    h = optimlab.engine.hyperparameters(entry.build([p]).param_groups[0])
+    built = entry.build([p])
+    h = optimlab.engine.hyperparameters(built.param_groups[0], built.defaults)
     with pytest.raises(TraceError, match="reads whole tensors"):
         trace(entry.cls.rule, h, frozenset())
 

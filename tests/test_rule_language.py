@@ -181,7 +181,8 @@ def test_each_function_in_a_rule_equals_torch(dtype, path):
 def test_masks_only_select():
     """A comparison is a mask for where(); arithmetic on it, a where without one, or an
     ``if`` on it cannot be traced (the reference path would silently use a bool)."""
-    h = optimlab.engine.hyperparameters(Probe([torch.zeros(1)]).param_groups[0])
+    probe = Probe([torch.zeros(1)])
+    h = optimlab.engine.hyperparameters(probe.param_groups[0], probe.defaults)
 
     def arithmetic(p, g, s, h):
         return p + (g > 0) * g

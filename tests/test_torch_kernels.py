@@ -37,7 +37,7 @@ def _params(dtype, seed=0):
 
 
 def _matches(opt) -> bool:
-    h = hyperparameters(opt.param_groups[0])
+    h = hyperparameters(opt.param_groups[0], opt.defaults)
     h.grad_scale = None
     match = torch_kernels.MATCHES.get(opt.rule.fn)
     return match is not None and match(h) is not None

@@ -25,6 +25,7 @@ import optimlab
 from optimlab import fused
 from optimlab.fused import passes, passes_shards, shards
 from optimlab.fused.plan import addressable
+from optimlab.registry import TORCH_ENTRIES
 
 STEPS = 100
 
@@ -230,6 +231,39 @@ def test_sharded_group_checked_once_then_by_its_grads(mesh, monkeypatch):
     for p, q in zip(ours, theirs):
         torch.testing.assert_close(p.full_tensor(), q.detach(), rtol=1e-7, atol=1e-9)
         assert opt.state[p]["step"].item() == ref.state[q]["step"].item()
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor"])
+def test_dtensor_state_edited_by_hand_takes_effect(mesh, name):
+    """A DTensor param's state cleared, or a buffer rebound, between steps (torch.optim reads
+    the state afresh at each step): the shard path's cached layout sees it and steps the new
+    state, as torch does on plain tensors; AdamW on the C kernel, Adafactor on the passes."""
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    entry = next(e for e in TORCH_ENTRIES if e.name == name)
+    gen = torch.Generator().manual_seed(5)
+    x0 = [torch.randn(8, 4, generator=gen, dtype=torch.float64) for _ in range(2)]
+    ours = [torch.nn.Parameter(distribute_tensor(x.clone(), mesh, [Shard(0)])) for x in x0]
+    theirs = [torch.nn.Parameter(x.clone()) for x in x0]
+    opt, ref = entry.build(ours, lr=entry.test_lr), entry.build_torch(theirs, lr=entry.test_lr)
+    edits = {4: lambda o, ps: o.state[ps[0]].clear(),
+             8: lambda o, ps: o.state[ps[1]].__setitem__(
+                 next(k for k, v in o.state[ps[1]].items() if v.dim() > 0),
+                 next(v for v in o.state[ps[1]].values() if v.dim() > 0) * 0.5)}
+    for step, grads in enumerate(_grads(12, [x.shape for x in x0])):
+        if step in edits:
+            edits[step](opt, ours)
+            edits[step](ref, theirs)
+        for p, q, g in zip(ours, theirs, grads):
+            p.grad = distribute_tensor(g.clone(), mesh, [Shard(0)])
+            q.grad = g.clone()
+        opt.step()
+        ref.step()
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p.full_tensor(), q.detach(), rtol=1e-7, atol=1e-9)
+        for key, value in opt.state[p].items():
+            mine = value.full_tensor() if value.dim() > 0 else value
+            torch.testing.assert_close(mine, ref.state[q][key], rtol=1e-7, atol=1e-9)
 
 
 # ------------------------------------------------------------------ FSDP2, 2 gloo ranks

@@ -154,6 +154,11 @@ class RuleOptimizer(Optimizer):
         if p not in self.state and not self.rule.scalars and not self.rule.tensors(h):
             return {}
         state = self.state[p]
+        if any(map(_is_none, state.values())):
+            # a buffer saved as None (torch < 2.2 wrote SGD's momentum_buffer so): not made yet
+            fills = self.rule.tensors(h)
+            for key in [k for k, v in state.items() if v is None and k in fills]:
+                del state[key]
         if not state:
             # a fill computed from a Tensor hyperparameter (differentiable=True: ASGD's eta and
             # Rprop's step size start at lr) keeps its graph
@@ -206,7 +211,7 @@ class RuleOptimizer(Optimizer):
         grad_scale = None if grad_scale is None else float(grad_scale)
         for group in groups:
             self._keep_flags(group)
-            h = hyperparameters(group)
+            h = hyperparameters(group, self.defaults)
             h.grad_scale = grad_scale
             if self.rule.combine is None:
                 self._step_group(group, h)
@@ -215,7 +220,7 @@ class RuleOptimizer(Optimizer):
             if not after:
                 continue
             if after is True:  # group-level scalar state, already written into the group
-                h = hyperparameters(group)
+                h = hyperparameters(group, self.defaults)
                 h.grad_scale = grad_scale
                 self._step_group(group, h)
                 continue

@@ -141,7 +141,7 @@ class Adagrad(RuleOptimizer):
 
         for group in self.param_groups:
             for p in group["params"]:
-                self.init_state(p, hyperparameters(group))
+                self.init_state(p, hyperparameters(group, self.defaults))
 
 
 class RMSprop(RuleOptimizer):

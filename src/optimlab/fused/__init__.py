@@ -46,9 +46,10 @@ its param is first copied to the param's layout. Kernels are cached in
 choose the compiler.
 
 A plan (pointer tables) is cached per param group and rebuilt when the params with
-grads, their storage, ``optimizer.state`` (``load_state_dict``) or the flag/zero
-pattern of the hyperparameters change. Replacing a single state tensor by hand is not
-detected: call :func:`invalidate` afterwards.
+grads, their storage, the flag/zero pattern of the hyperparameters or anything of
+``optimizer.state`` it read change (``load_state_dict``, or a user's edit: a param's state
+cleared, a buffer or ``step`` replaced; :mod:`.state_snapshot`). A state tensor's storage
+swapped in place (``t.data = u``) is not detected: call :func:`invalidate` afterwards.
 
 The steady state
 ----------------
@@ -131,8 +132,8 @@ def try_steady_step(optimizer, group, h) -> bool:
     bookkeeping and the kernels run. False: nothing was done, take :func:`try_step`."""
     plans = _plans.get(optimizer)
     plan = plans.get(id(group)) if plans else None
-    if (plan is None or plan.gather is None or not plan.holds(optimizer, group, hkey(h))
-            or _disabled() or not plan.gather_grads(group["params"])):
+    if (plan is None or plan.gather is None or plan.group is not group or plan.key != hkey(h)
+            or _disabled() or not plan.gather_grads(optimizer.state, group["params"])):
         return False
     nthreads = torch.get_num_threads()
     for bucket in plan.buckets:

@@ -164,6 +164,7 @@ def gatherer(compile: bool):
     _gather["fn"] = _verified(lib) if lib else None
     if _gather["fn"]:
         _gather["pointers"] = _verified_pointers(lib)
+        _gather["state"] = _verified_state(lib)
     return _gather["fn"]
 
 
@@ -172,6 +173,36 @@ def pointers(compile: bool = True):
     None where :func:`gatherer` is None."""
     gatherer(compile)
     return _gather.get("pointers")
+
+
+def state_checker(compile: bool = False):
+    """``(optimlab_state_positions, optimlab_state_same)`` of ``gather.cpp`` (a plan's check
+    that ``optimizer.state`` is as it read it, :mod:`.state_snapshot`), or None where
+    :func:`gatherer` is None."""
+    gatherer(compile)
+    return _gather.get("state")
+
+
+def _verified_state(lib):
+    positions, same = lib.optimlab_state_positions, lib.optimlab_state_same
+    positions.argtypes = [ctypes.py_object, ctypes.py_object, ctypes.c_void_p, ctypes.c_int64]
+    positions.restype = ctypes.c_int64
+    same.argtypes = [ctypes.py_object, ctypes.c_void_p]
+    same.restype = ctypes.c_int64
+    from .state_snapshot import StateSnapshot
+
+    a, b, c = torch.zeros(1), torch.zeros(1), torch.zeros(1)
+    state = {c: {}, a: {"x": a}}
+    snapshot = StateSnapshot(state, [a, b], checker=(positions, same))
+    kept = state[a]  # alive: a freed dict's address could be the new one's
+    ok = list(snapshot.positions) == [1, -1] and snapshot.holds(state)
+    kept["x"] = b
+    ok = ok and not snapshot.holds(state)
+    kept["x"] = a
+    ok = ok and snapshot.holds(state) and not snapshot.holds(dict(state))
+    state[a] = {"x": a}
+    ok = ok and not snapshot.holds(state)
+    return (positions, same) if ok else None
 
 
 def _verified_pointers(lib):
@@ -192,7 +223,8 @@ def _verified(lib):
     impl_of = lib.optimlab_impl_of
     impl_of.argtypes, impl_of.restype = [ctypes.py_object], ctypes.c_uint64
     fn = lib.optimlab_gather
-    fn.argtypes = [ctypes.py_object, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    fn.argtypes = [ctypes.py_object, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                   ctypes.py_object, ctypes.c_void_p]
     fn.restype = ctypes.c_int64
     p = torch.nn.Parameter(torch.zeros(3))
     p.grad = torch.ones(3)
@@ -203,9 +235,9 @@ def _verified(lib):
     out = np.zeros(1, dtype=np.uint64)
     dest = np.array([out.ctypes.data], dtype=np.uint64)
     version = p._version
-    ok = (fn([p], objs.ctypes.data, pptrs.ctypes.data, dest.ctypes.data, 1) == 0
+    ok = (fn([p], objs.ctypes.data, pptrs.ctypes.data, dest.ctypes.data, 1, None, None) == 0
           and int(out[0]) == p.grad.data_ptr() and p._version == version + 1
-          and fn([p], objs.ctypes.data, pptrs.ctypes.data, dest.ctypes.data, 2) == 3)
+          and fn([p], objs.ctypes.data, pptrs.ctypes.data, dest.ctypes.data, 2, None, None) == 3)
     return fn if ok else None
 
 

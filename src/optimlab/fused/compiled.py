@@ -121,7 +121,7 @@ def _group_plan(optimizer, group, grad_scale):
     params = [p for p in group["params"] if p.grad is not None]
     if not all(map(eligible, params)):
         return None
-    h = hyperparameters(group)
+    h = hyperparameters(group, optimizer.defaults)
     h.grad_scale = grad_scale
     rule = optimizer.rule
     fills = rule.tensors(h)
@@ -154,7 +154,7 @@ def _group_plan(optimizer, group, grad_scale):
 def _init_state(optimizer, group) -> None:
     """The state of a group left to the eager step, made now: made by that step, after the
     frame's guards on the state, it would recompile the frame at the second step."""
-    h = hyperparameters(group)
+    h = hyperparameters(group, optimizer.defaults)
     for p in group["params"]:
         if p.grad is not None:
             optimizer.init_state(p, h)

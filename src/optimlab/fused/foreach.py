@@ -33,6 +33,7 @@ import torch
 
 from .foreach_codegen import Program, generate
 from .plan import hkey
+from .state_snapshot import StateSnapshot
 from .trace import TraceError, hp_value, trace
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -193,20 +194,19 @@ class _Plan:
             lazy = frozenset(k for k, f in fills.items() if f is None and k in st)
             sdtypes = tuple(st[k].dtype for k in fills if k in st)
             members.setdefault((p.device, p.dtype, lazy, sdtypes), []).append((p, st))
-        self.nstate = len(optimizer.state)
+        self.snapshot = StateSnapshot(optimizer.state, self.params)
         try:  # every program first: a failure leaves every tensor untouched
             self.buckets = [_Bucket(self, rule, h, key, lazy, m) for (_, _, lazy, _), m in members.items()]
         except ForeachUnavailable as e:
             self.error, self.buckets = str(e), []
 
     def holds(self, optimizer, group, params, key, vouch=None) -> bool:
-        if not (self.group is group and self.key == key and self.state is optimizer.state
-                and self.nstate == len(optimizer.state)):
+        if not (self.group is group and self.key == key and self.state is optimizer.state):
             return False
         if vouch is not None and vouch is self.vouch and params is self.given:
-            return True  # the C path's plan checked them, and handed on its own list
+            return True  # the C path's plan checked them and the state, and handed on its own list
         return (len(self.params) == len(params) and all(map(operator.is_, self.params, params))
-                and self.pptrs == _ptrs(params))
+                and self.pptrs == _ptrs(params) and self.snapshot.holds(optimizer.state))
 
 
 class _Bucket:

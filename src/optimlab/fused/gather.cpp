@@ -16,6 +16,7 @@
 #include <ATen/core/TensorBase.h>
 
 #include <cstdint>
+#include <unordered_map>
 
 namespace {
 
@@ -48,6 +49,36 @@ inline bool readable_grad(c10::TensorImpl *p, const at::TensorBase &g) {
            gi->dtype() == p->dtype() && gi->numel() == p->numel() && gi->is_contiguous();
 }
 
+/* Whether `state` is as a plan read it (state_snapshot.py). meta: {the address of that state
+ * dict, its size, n, the address of the snapshot's list of n params, then the addresses of
+ * pos (from optimlab_state_positions), dicts, sizes and values}. Checked: the same dict with
+ * as many entries; for each i with pos[i] >= 0, the entry PyDict_Next finds from pos[i] is
+ * still params[i] -> dicts[i] (a moved entry fails: the caller rebuilds), that dict still has
+ * sizes[i] entries, and all their values, in order, are the objects `values`. Pointers are
+ * only compared, never followed, except the snapshot's own (it keeps them alive). */
+inline bool same_state(PyObject *state, const uint64_t *meta) {
+    if (reinterpret_cast<uint64_t>(state) != meta[0] || PyDict_GET_SIZE(state) != static_cast<Py_ssize_t>(meta[1]))
+        return false;
+    const int64_t n = static_cast<int64_t>(meta[2]);
+    PyObject *params = reinterpret_cast<PyObject *>(meta[3]);
+    const int64_t *pos = reinterpret_cast<const int64_t *>(meta[4]);
+    const uint64_t *dicts = reinterpret_cast<const uint64_t *>(meta[5]);
+    const int64_t *sizes = reinterpret_cast<const int64_t *>(meta[6]);
+    const uint64_t *values = reinterpret_cast<const uint64_t *>(meta[7]);
+    int64_t v = 0;
+    PyObject *key, *value, *k, *x;
+    for (int64_t i = 0; i < n; ++i) {
+        if (pos[i] < 0) continue;
+        Py_ssize_t at = pos[i], inner = 0;
+        if (!PyDict_Next(state, &at, &key, &value) || key != PyList_GET_ITEM(params, i) ||
+            reinterpret_cast<uint64_t>(value) != dicts[i] || PyDict_GET_SIZE(value) != sizes[i])
+            return false;
+        while (PyDict_Next(value, &inner, &k, &x))
+            if (reinterpret_cast<uint64_t>(x) != values[v++]) return false;
+    }
+    return true;
+}
+
 }  // namespace
 
 extern "C" {
@@ -58,13 +89,15 @@ uint64_t optimlab_impl_of(PyObject *obj) {
 }
 
 /* For i < n: params[i] must be the object objs[i] whose data is still at pptrs[i], with a grad
- * the kernel can read in place; *dest[i] receives the grad's address. If all n pass, the
- * params' versions are bumped and 0 is returned; else nothing is bumped and the result is
- * i + 1 for the first param that failed (the caller takes the Python path, which explains or
- * rebuilds), or -1 if torch raised. The GIL is held (ctypes.PyDLL). */
+ * the kernel can read in place; *dest[i] receives the grad's address. If all n pass (and, with
+ * `meta` not null, `state` is as the plan read it: same_state), the params' versions are
+ * bumped and 0 is returned; else nothing is bumped and the result is i + 1 for the first
+ * param that failed, n + 1 for the list, n + 2 for the state (the caller takes the Python
+ * path, which explains or rebuilds), or -1 if torch raised. The GIL is held (ctypes.PyDLL). */
 int64_t optimlab_gather(PyObject *params, const uint64_t *objs, const uint64_t *pptrs,
-                        uint64_t *const *dest, int64_t n) {
+                        uint64_t *const *dest, int64_t n, PyObject *state, const uint64_t *meta) {
     if (!PyList_Check(params) || PyList_GET_SIZE(params) != n) return n + 1;
+    if (meta != nullptr && !same_state(state, meta)) return n + 2;
     try {
         for (int64_t i = 0; i < n; ++i) {
             PyObject *obj = PyList_GET_ITEM(params, i);
@@ -115,6 +148,30 @@ int64_t optimlab_pointers(PyObject *lists, uint64_t *out, int64_t cap, int64_t b
         return -1;
     }
     return n;
+}
+
+/* At a plan's build (state_snapshot.py): pos[i] receives the position from which PyDict_Next
+ * finds the key params[i] of the dict `state`, or -1 where it is absent; no key is hashed.
+ * Returns 0, or -1 (not a dict and a list of n). The GIL is held. */
+int64_t optimlab_state_positions(PyObject *state, PyObject *params, int64_t *pos, int64_t n) {
+    if (!PyDict_Check(state) || !PyList_Check(params) || PyList_GET_SIZE(params) != n) return -1;
+    std::unordered_map<PyObject *, int64_t> index;
+    for (int64_t i = 0; i < n; ++i) {
+        index.emplace(PyList_GET_ITEM(params, i), i);
+        pos[i] = -1;
+    }
+    Py_ssize_t at = 0, before = 0;
+    PyObject *key, *value;
+    while (before = at, PyDict_Next(state, &at, &key, &value)) {
+        auto found = index.find(key);
+        if (found != index.end()) pos[found->second] = before;
+    }
+    return 0;
+}
+
+/* optimlab_state_same(state, meta): 1 if `state` is as a plan read it, else 0. */
+int64_t optimlab_state_same(PyObject *state, const uint64_t *meta) {
+    return same_state(state, meta) ? 1 : 0;
 }
 
 }  // extern "C"

@@ -144,7 +144,7 @@ def group_plan(optimizer, group, grad_scale):
             or getattr(rule, "estimate", None) is not None):
         return None
     params = [p for p in group["params"] if p.grad is not None]
-    h = hyperparameters(group)
+    h = hyperparameters(group, optimizer.defaults)
     h.grad_scale = grad_scale
     fills = rule.tensors(h)
     members: dict = {}

@@ -40,6 +40,7 @@ import torch
 
 from . import passes, passes_shards_c, passes_torch, shard_layout, shards
 from .passes_shards_torch import ShardRunner as _ShardRunner
+from .state_snapshot import StateSnapshot
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _grad = operator.attrgetter("grad")
@@ -75,9 +76,11 @@ class _Layout:
         self.key, self.source = key, optimizer.state
         self.spaces: dict = {}  # workspaces of :mod:`.passes_shards_c`
         self.compiled = 0
+        self.snapshot = None  # what it read of the optimizer's state (a user's edit: laid out again)
 
     def current(self, optimizer, key) -> bool:
-        return self.key == key and self.source is optimizer.state
+        return (self.key == key and self.source is optimizer.state and self.snapshot is not None
+                and self.snapshot.holds(optimizer.state))
 
 
 def _lay_out(optimizer, params, h, hk, dtensor, phase) -> _Layout:
@@ -198,6 +201,7 @@ def _run(optimizer, group, params, h, phase):
     if layout is None or not layout.current(optimizer, key):
         layout = layouts[(id(group), phase)] = _lay_out(optimizer, params, h, hk, dtensor, phase)
         layout.key = (key[0], key[1], len(optimizer.state))  # with the state just created
+        layout.snapshot = StateSnapshot(optimizer.state, params)
     rest, sums, stepped, runners = list(layout.rest), [], [], []
     for bucket in layout.buckets:
         grads, fits = _local_grads(bucket, dtensor)

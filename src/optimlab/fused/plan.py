@@ -17,6 +17,7 @@ import torch
 
 from .build import BuildError, gatherer, load, pool
 from .codegen import generate
+from .state_snapshot import StateSnapshot
 from .trace import TraceError, hp_value, trace
 
 # storage dtype -> (kernel dtype name, real-view element count factor)
@@ -255,7 +256,6 @@ class Plan:
                 self.reasons.append(str(e))
                 continue
             groups.setdefault(bucket_key, []).append(i)
-        self.nstate = len(optimizer.state)
         self.buckets = []
         self.slices = []  # each bucket's range in fused_params
         self.fused_params = []
@@ -280,6 +280,8 @@ class Plan:
         # the engine's grads list can be used as is when every param is fused, in order
         self.fused_in_order = list(map(id, self.fused_params)) == self.ids
         self.contiguous = all(p.is_contiguous() for p in self.fused_params)
+        # what the plan read of the state, after creating what was missing (lazily created state)
+        self.snapshot = StateSnapshot(optimizer.state, self.params, compile=len(params) >= GATHER_MIN_TENSORS)
         self.gather = None
         if (not self.reference and not self.lazy_created and self.fused_in_order and self.contiguous
                 and len(params) == len(group["params"])
@@ -287,14 +289,13 @@ class Plan:
             self._init_gather(gatherer(compile=len(params) >= GATHER_MIN_TENSORS))
 
     def holds(self, optimizer, group, key) -> bool:
-        """Still valid for this group object, state object and flag/zero pattern (the
-        params and their storage are checked by the caller)."""
-        return (self.group is group and self.key == key and self.state is optimizer.state
-                and self.nstate == len(optimizer.state))
+        """Still valid for this group object, flag/zero pattern and state (the params and
+        their storage are checked by the caller)."""
+        return self.group is group and self.key == key and self.snapshot.holds(optimizer.state)
 
     def _init_gather(self, fn) -> None:
         """Arguments of the C++ helper: expected param objects and data, grad-row slots."""
-        if fn is None:
+        if fn is None or self.snapshot.meta is None:
             return
         slots = [b.grad_row.ctypes.data + 8 * j for b in self.buckets for j in range(b.nt)]
         self._gather_arrays = (np.array(self.ids, dtype=np.uint64),
@@ -303,10 +304,11 @@ class Plan:
         self._gather_args = tuple(a.ctypes.data for a in self._gather_arrays) + (len(self.ids),)
         self.gather = fn
 
-    def gather_grads(self, params: list) -> bool:
-        """Steady state in one C call: ``params`` (the group's list) is unchanged, grads are
-        readable in place; fills the grad rows and bumps versions. False: nothing done."""
-        return self.gather(params, *self._gather_args) == 0
+    def gather_grads(self, state, params: list) -> bool:
+        """Steady state in one C call: ``state`` is as the plan read it, ``params`` (the
+        group's list) is unchanged, grads are readable in place; fills the grad rows and
+        bumps versions. False: nothing done."""
+        return self.gather(params, *self._gather_args, state, self.snapshot.meta) == 0
 
     @staticmethod
     def _check(p, st, fills, rule):
@@ -360,7 +362,7 @@ def roofline_bytes(optimizer, group) -> int:
     buffers its traced graph reads plus those it writes (no kernel is compiled)."""
     from ..rules.base import hyperparameters
 
-    h = hyperparameters(group)
+    h = hyperparameters(group, optimizer.defaults)
     total = 0
     for p in group["params"]:
         st = optimizer.state.get(p, {})

@@ -25,6 +25,8 @@ import weakref
 
 import torch
 
+from .state_snapshot import StateSnapshot
+
 _views: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _grad = operator.attrgetter("grad")
 _spec = operator.attrgetter("_spec")
@@ -65,6 +67,7 @@ class LocalView:
         self.key = None  # what entries were computed for
         self.sharded = None  # _Sharded: the entries when every param is a DTensor on the shard path
         self.stepped: list = []  # the DTensor params the last split sent to the fused path
+        self.snapshot = None  # what the layout read of the optimizer's state (StateSnapshot)
 
     @property
     def optimizer(self):
@@ -162,6 +165,7 @@ def _layout(view, optimizer, params, h, dtensor) -> list:
     view.nsource = len(optimizer.state)
     view.origin = {id(p if lp is None else lp): p for p, lp in entries if lp is not False}
     view.key = (tuple(map(id, params)), view.nsource) if complete else None
+    view.snapshot = StateSnapshot(optimizer.state, params)  # a user's edit: laid out again
     uniform = complete and all(lp is not None for _, lp in entries)
     view.sharded = _Sharded(params, entries) if uniform and params else None
     return entries
@@ -176,7 +180,7 @@ def split(optimizer, group, h, required: bool):
     if view is None or not view.current(optimizer):
         view = views[id(group)] = LocalView(optimizer, group)
     sharded = view.sharded
-    if sharded is not None and view.key is not None and view.key[1] == len(optimizer.state):
+    if sharded is not None and view.key is not None and view.snapshot.holds(optimizer.state):
         local_grads = sharded.grads(group["params"])
         if local_grads is not None:  # every param and grad as checked when the view was laid out
             view.group.clear()
@@ -185,7 +189,8 @@ def split(optimizer, group, h, required: bool):
             view.stepped = sharded.params
             return view, sharded.locals, local_grads, []
     params = [p for p in group["params"] if p.grad is not None]
-    if view.key is None or view.key != (tuple(map(id, params)), len(optimizer.state)):
+    if (view.key is None or view.key != (tuple(map(id, params)), len(optimizer.state))
+            or not view.snapshot.holds(optimizer.state)):
         view.entries = _layout(view, optimizer, params, h, dtensor)
     locals_, grads, rest = [], [], []
     for p, lp in view.entries:

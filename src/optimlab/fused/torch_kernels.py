@@ -49,6 +49,7 @@ import torch
 
 from .. import rules
 from .plan import hkey
+from .state_snapshot import StateSnapshot
 
 #: params with fewer elements take the multi-tensor path (see the module docstring)
 MIN_NUMEL = 0
@@ -105,7 +106,8 @@ def _takes(p, state, keys) -> bool:
     """Whether the kernel takes ``p`` with its state as it is (the grad is checked per step)."""
     return (p.device.type == "cpu" and p.layout == torch.strided and p.dtype in _TYPES
             and p.numel() >= MIN_NUMEL and p.is_contiguous()  # the kernels index flat memory
-            and all(k not in state or (state[k].dtype == p.dtype and state[k].is_contiguous()) for k in keys)
+            and all(k not in state or (state[k].dtype == p.dtype and state[k].shape == p.shape
+                                       and state[k].is_contiguous()) for k in keys)
             and ("step" not in state or state["step"].dtype == torch.float32))
 
 
@@ -194,7 +196,7 @@ class _Partition:
                 buckets.setdefault((p.dtype, lazy), []).append((p, state))
             else:
                 self.rest.append(p)
-        self.nstate = len(optimizer.state)
+        self.snapshot = StateSnapshot(optimizer.state, self.params)
         scalar = "step" in rule.scalars
         self.runs = [_Run(lazy, members, buffers, scalar) for (_, lazy), members in buckets.items()]
         self.taken = [p for run in self.runs for p in run.params]
@@ -202,13 +204,12 @@ class _Partition:
     def holds(self, optimizer, group, params, key, vouch) -> bool:
         """Still valid; the params' identity and storage need no check when the C path's
         plan that was current when this was built vouches for them."""
-        if not (self.group is group and self.key == key and self.state is optimizer.state
-                and self.nstate == len(optimizer.state)):
+        if not (self.group is group and self.key == key and self.state is optimizer.state):
             return False
         if vouch is not None and vouch is self.vouch and params is self.given:
-            return True
+            return True  # the C path's plan checked them and the state
         return (len(self.params) == len(params) and all(map(operator.is_, self.params, params))
-                and self.pptrs == list(map(_data_ptr, params)))
+                and self.pptrs == list(map(_data_ptr, params)) and self.snapshot.holds(optimizer.state))
 
 
 def _partition(optimizer, group, params, h, vouch, buffers) -> _Partition:

@@ -90,7 +90,7 @@ def reference_plan(optimizer, group, grad_scale):
     params = _traceable(optimizer, group, grad_scale)
     if params is None:
         return None
-    h = hyperparameters(group)
+    h = hyperparameters(group, optimizer.defaults)
     h.grad_scale = None
     for p in params:
         optimizer.init_state(p, h)
@@ -106,10 +106,10 @@ def run(optimizer, group, plan: ReferencePlan) -> None:
     """The group's traced step: the reference path as the engine runs it (:meth:`step_groups`),
     with a two-phase rule's partial sums added up as float64 tensors, not Python floats."""
     rule = optimizer.rule
-    h = _traced_hyperparameters(group)
+    h = _traced_hyperparameters(group, optimizer.defaults)
     if rule.combine is not None and rule.estimate is None:  # group-level state alone
         optimizer.estimate_step(group, h)  # in place; as the eager step, also with no grads
-        h = _traced_hyperparameters(group)
+        h = _traced_hyperparameters(group, optimizer.defaults)
     if not plan.index:
         return
     params = [group["params"][i] for i in plan.index]
@@ -132,7 +132,7 @@ def run(optimizer, group, plan: ReferencePlan) -> None:
     write_group(group, after)
 
 
-def _traced_hyperparameters(group):
-    h = hyperparameters(group, traced=True)
+def _traced_hyperparameters(group, defaults):
+    h = hyperparameters(group, defaults, traced=True)
     h.grad_scale = None
     return h

@@ -223,6 +223,8 @@ _LEGACY_DEFAULTS = {
     "decoupled_weight_decay": False,
     "bias_correction": True,
 }
+#: the keys of _LEGACY_DEFAULTS that change the math; held neutral for a class without them
+_NEUTRAL_UNLESS_TAKEN = ("weight_decay", "maximize", "decoupled_weight_decay", "bias_correction")
 
 
 class Namespace:
@@ -237,8 +239,14 @@ class Namespace:
         return f"Namespace({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
-def hyperparameters(group: dict, *, traced: bool = False) -> Namespace:
+def hyperparameters(group: dict, defaults: dict, *, traced: bool = False) -> Namespace:
     """The group's hyperparameters as attributes, with a float ``lr``.
+
+    ``defaults``: the optimizer's (its constructor's arguments). A key of
+    :data:`_LEGACY_DEFAULTS` the class does not take stays at its neutral value whatever the
+    group holds, as torch.optim ignores group keys its class does not read: a
+    ``"weight_decay"`` written into every group by a generic builder does not decay Rprop's
+    params, nor ``"decoupled_weight_decay": True`` change SGD's decay.
 
     A ``differentiable`` group keeps Tensor ``lr``/``weight_decay``/``betas`` as 0-dim
     tensors (torch.optim's ``_to_scalar``), so autograd records their use. ``traced``
@@ -246,6 +254,9 @@ def hyperparameters(group: dict, *, traced: bool = False) -> Namespace:
     ``betas`` as tensors, graph inputs; ``weight_decay`` is branched on, so it stays a number.
     """
     h = {**_LEGACY_DEFAULTS, **{k: v for k, v in group.items() if k != "params"}}
+    for key in _NEUTRAL_UNLESS_TAKEN:
+        if key not in defaults:
+            h[key] = _LEGACY_DEFAULTS[key]
     scalar = _squeezed if h["differentiable"] else _item
     h["lr"] = (_squeezed if traced else scalar)(h["lr"])
     h["weight_decay"] = scalar(h["weight_decay"])
