@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CASES, RULE_CASES, drive, make_params, rel_err, tolerance, two_groups
+from conftest import CASES, ENTRY_PARAMS, RULE_CASES, accepts, drive, make_params, rel_err, tolerance, two_groups
 from numpy_reference import Quadratic
 
 BEFORE, AFTER = 25, 25
@@ -248,3 +248,25 @@ def test_legacy_state_dict_loads_and_steps(entry, variant, source):
         for key in ("step", "mu_product"):
             if key in st:
                 assert torch.is_tensor(st[key]) and st[key].dtype == torch.float32, key
+
+
+@pytest.mark.parametrize("fused", [True, None])
+@pytest.mark.parametrize("entry", [e for e in ENTRY_PARAMS if accepts(e.values[0].cls, "fused")])
+def test_step_dtype_under_a_float64_default_is_torchs(entry, fused):
+    """torch.optim keeps ``step`` in float32 for ``fused=True`` whatever the default dtype
+    (``_get_scalar_dtype(is_fused)``), in the default dtype otherwise."""
+    dtypes = []
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        for build in (entry.build, entry.build_torch):
+            p = torch.nn.Parameter(torch.ones(3))
+            opt = build([p], lr=entry.test_lr, fused=fused)
+            p.grad = torch.ones_like(p)
+            opt.step()
+            dtypes.append({k: v.dtype for k, v in opt.state[p].items() if torch.is_tensor(v)})
+    finally:
+        torch.set_default_dtype(default)
+    assert dtypes[0] == dtypes[1]
+    if fused and "step" in dtypes[0]:
+        assert dtypes[0]["step"] == torch.float32

@@ -162,9 +162,10 @@ class RuleOptimizer(Optimizer):
         if not state:
             # a fill computed from a Tensor hyperparameter (differentiable=True: ASGD's eta and
             # Rprop's step size start at lr) keeps its graph
+            dtype = torch.float32 if h.fused else scalar_dtype()  # torch's _get_scalar_dtype(is_fused)
             for key, value in self.rule.scalar_fills(h).items():
-                state[key] = (value.to(scalar_dtype()).clone() if torch.is_tensor(value)
-                              else torch.tensor(value, dtype=scalar_dtype()))
+                state[key] = (value.to(dtype).clone() if torch.is_tensor(value)
+                              else torch.tensor(value, dtype=dtype))
             for key, fill in self.rule.tensors(h).items():
                 if callable(fill):  # a state whose shape is not the param's (Adafactor's row_var)
                     value = fill(p)
