@@ -131,6 +131,18 @@ def test_claim2_scheduled_sgd(tmp_path, sgd, adam, want):
     assert u["sgd_schedule"] == "cosine" and u["adam_schedule"] == "constant"
 
 
+def test_claim2_spread_needs_three_seeds(tmp_path):
+    """With 2 seeds both |seed - median| are |x1 - x2| / 2: the paired spread test had zero
+    spread and called any difference decisive ("supported" from 2 runs each)."""
+    sgd, adam = [0.300, 0.301], [0.30, 0.20]
+    recs = (selected("mlp", "sgd", [v + 1 for v in sgd]) + schedules("mlp", "sgd", {"cosine": sgd})
+            + selected("mlp", "adam", adam) + schedules("mlp", "adam", {"cosine": adam}))
+    got, c = verdict(tmp_path, 2, recs, MLP)
+    u = c["evidence"]["units"][0]
+    assert (got, u["spread"]) == (NOISE, NOISE)
+    assert "not enough seeds" in u["spread_numbers"]["note"]
+
+
 # ------------------------------------------------------------------------ claim 3
 
 def reaching(at_steps):
@@ -291,6 +303,28 @@ def test_claim8_lr_extremes(tmp_path, pattern, want):
     assert got == want and len(c["evidence"]["units"]) == 8
 
 
+@pytest.mark.parametrize("pattern,want,lo,hi", [
+    ([(True, True)], NOISE, 0.025, 1.0),           # 1 of 1: was 100%..100%, "supported"
+    ([(True, True)] * 3, NOISE, 0.292, 1.0),       # 3 of 3 only shows > 29%
+    ([(True, True), (False, False)], NOISE, 0.0126, 0.987),   # was -585%..685%
+    ([(True, True)] * 6, HOLDS, 0.541, 1.0),       # the fewest pairs that can support it
+    ([(False, False)] * 6, FAILS, 0.0, 0.459),
+])
+def test_claim8_fraction_has_an_exact_binomial_interval(tmp_path, pattern, want, lo, hi):
+    from optimlab.lab.report import claims as report_claims
+
+    info = {f"p{i}": {"kind": "quadratic", "optimum": 0.0, "target": None, "description": ""}
+            for i in range(len(pattern))}
+    recs = [r for i, (large, small) in enumerate(pattern)
+            for r in sweep_pair(f"p{i}", "sgd", large, small)]
+    got, c = verdict(tmp_path, 8, recs, info)
+    f = c["evidence"]["fraction"]
+    assert got == want
+    assert (f["lo"], f["hi"]) == (pytest.approx(lo, abs=1e-3), pytest.approx(hi, abs=1e-3))
+    assert 0.0 <= f["lo"] <= f["mean"] <= f["hi"] <= 1.0
+    assert "exact binomial 95% CI" in report_claims.summary_text(c)
+
+
 def test_claim8_oscillating_curve_counts_as_unstable(tmp_path):
     info = {"p": {"kind": "quadratic", "optimum": 0.0, "target": None, "description": ""}}
     recs = [r for r in sweep_pair("p", "sgd", False, True) if r.spec.lr != 1.0]
@@ -328,6 +362,31 @@ def test_claim10_layerwise(tmp_path, decayed, uniform, want):
         for s, v in zip(SEEDS, decayed)]
     got, c = verdict(tmp_path, 10, recs, MLP)
     assert got == want and c["evidence"]["units"][0]["layer_decay"] == 0.5
+
+
+# ------------------------------------------------------- verdicts follow the interval
+
+def test_claim_verdicts_agree_with_the_interval_shown():
+    """claims.test: supported exactly when the shown 95% interval of a - b lies below 0,
+    contradicted when above (it was a one-sided 5% test each way: "Δ 0.009 [-0.005,
+    0.024], n=2 → contradicted"). Random paired samples around the decision boundary."""
+    from optimlab.lab.stats import paired_t
+
+    rng = random.Random(11)
+    between = 0
+    for _ in range(300):
+        n = rng.choice((2, 3, 5))
+        shift = rng.uniform(-1.5, 1.5) / math.sqrt(n)
+        a = {s: 1.0 + rng.gauss(0, 0.3) for s in range(n)}
+        b = {s: v + shift + rng.gauss(0, 0.1) for s, v in a.items()}
+        v, nums = claims.test(a, b)
+        d = nums["diff"]
+        want = HOLDS if d["hi"] < 0 else FAILS if d["lo"] > 0 else NOISE
+        assert v == want, (a, b, d)
+        diffs = [b[s] - a[s] for s in range(n)]
+        between += d["lo"] <= 0 <= d["hi"] and min(paired_t(diffs), paired_t(diffs, 0.0,
+                                                                              "less")) < 0.05
+    assert between >= 5   # draws the old one-sided 5% verdict decided against the interval
 
 
 # ------------------------------------------------------------------------- not run

@@ -122,7 +122,7 @@ def test_schedule_sets_the_lr(quad):
 
 
 def test_diverged_run_keeps_the_curve_up_to_divergence(quad):
-    rec = runner.run(_spec(lr=10.0, steps=400), quad)
+    rec = runner.run(_spec(lr=0.3, steps=400), quad)
     assert rec.status == "diverged"
     at = rec.final["diverged_at"]
     assert 0 < at < 400
@@ -133,6 +133,26 @@ def test_diverged_run_keeps_the_curve_up_to_divergence(quad):
     assert rec.final["train_loss"] == rec.final["val_loss"] == rec.final["test_loss"] == math.inf
     assert rec.final["gap"] is None
     assert all(math.isfinite(v) for xy in rec.trajectory for v in xy)
+
+
+@pytest.mark.parametrize("lr, steps, rule, status, at", [
+    (0.05, 100, "on", "ok", None),        # converges
+    (0.3, 30, "on", "diverged", 17),      # loss x4 a step: 1e10 x its start at step 17
+    (0.3, 30, "off", "ok", None),         # ... but still finite (7e18) at step 30
+    (10.0, 400, "on", "diverged", 3),
+    (10.0, 400, "off", "diverged", 77),   # inf only after 77 steps
+])
+def test_a_finite_but_exploded_loss_is_diverged(quad, monkeypatch, lr, steps, rule, status, at):
+    """A loss more than runner.EXPLODED x its start is a divergence, not a result: SGD past
+    its stability limit ends at 1e191 or at inf depending only on the budget."""
+    if rule == "off":
+        monkeypatch.setattr(runner, "EXPLODED", math.inf)
+    rec = runner.run(_spec(lr=lr, steps=steps, eval_every=1), quad)
+    assert (rec.status, rec.final["diverged_at"]) == (status, at)
+    curve = rec.curves["train_loss"]
+    assert all(v <= runner.EXPLODED * max(curve[0], 1.0) for v in curve)
+    if status == "diverged":
+        assert rec.final["val_loss"] == math.inf
 
 
 def test_error_runs_are_recorded():

@@ -108,6 +108,15 @@ def test_a_clear_leader_alone_gets_every_seed():
     assert SEL._within_noise({0: 1.0, 1: INF}, {0: 2.0, 1: INF}) is True
 
 
+@pytest.mark.parametrize("cand, lead, within", [
+    ({0: 5.64e191, 1: 5.59e191}, {0: 0.26, 1: 0.27}, False),   # overflowed (x - m) ** 2
+    ({0: 0.26, 1: 0.27}, {0: 5.64e191, 1: 5.59e191}, True),
+    ({0: 1e308, 1: -1e308}, {0: 0.0, 1: 0.0}, True),           # spread inf: not separable
+])
+def test_within_noise_survives_huge_finite_scores(cand, lead, within):
+    assert SEL._within_noise(cand, lead) is within
+
+
 def test_a_diverged_seed_disqualifies_a_candidate():
     rs = [rec(0.01, 0.1), rec(0.1, 0.2)]
     rs += [rec(0.01, 0.1, s) for s in (1, 2)] + [rec(0.01, 0.1, 3, status="diverged")]

@@ -300,3 +300,66 @@ def test_claim_test_three_outcomes():
     det = {s: 0.5600000619888306 for s in seeds}
     assert S.claim_test(det, {s: 0.5600001215934753 for s in seeds}) == "inconclusive"
     assert S.claim_test(det, {s: 0.6 for s in seeds}) == "supported"
+
+
+# ------------------------------------------------------------------ overflow, few seeds
+
+@pytest.mark.parametrize("xs, mean, sd", [
+    ([1.0, 2.0, 3.0], 2.0, 1.0),
+    ([5.6e191, 5.8e191], 5.7e191, math.sqrt(2) * 1e190),   # (x - m)^2 overflows: 1e380
+    ([1e308, 1e308, 1e308], 1e308, 0.0),                    # the sum overflows
+    ([1e308, -1e308], 0.0, math.sqrt(2) * 1e308),           # (x - m)^2: 1e616
+    ([1.5e308, -1.5e308], 0.0, INF),                        # the sd itself does not fit
+    ([7.0], 7.0, 0.0),
+])
+def test_mean_sd_never_overflows(xs, mean, sd):
+    m, s = S.mean_sd(xs)
+    assert m == pytest.approx(mean, rel=1e-12, abs=1e-300)
+    assert s == pytest.approx(sd, rel=1e-12)
+
+
+def test_huge_finite_losses_do_not_crash_the_statistics():
+    """A run that exploded to 5.6e191 but stayed finite (an old store's "ok" runs)."""
+    big = {0: 5.64e191, 1: 5.59e191, 2: 5.70e191}
+    small = {0: 0.26, 1: 0.27, 2: 0.25}
+    ci = S.mean_ci(big.values())
+    assert ci.lo < ci.mean < ci.hi and math.isfinite(ci.hi)
+    assert S.paired_t(S.paired(big, small)) < 0.05
+    v = S.compare_to_best({"sgd": big, "adam": small})
+    assert v.best == "adam" and v.tied == ["adam"]
+    assert S.claim_test(small, big) == "supported"
+
+
+@pytest.mark.parametrize("diffs, p", [
+    ([0.5, 0.5], 1.0),           # two equal differences: no evidence (was p = 0)
+    ([0.5, 0.5, 0.5], 0.0),      # three: a deterministic difference
+    ([-0.5, -0.5, -0.5], 1.0),
+    ([0.0, 0.0], 1.0),
+])
+def test_zero_spread_needs_three_differences(diffs, p):
+    assert S.paired_t(diffs) == p
+
+
+def test_zero_spread_on_two_seeds_decides_nothing():
+    two = {"a": {0: 1.0, 1: 2.0}, "b": {0: 1.5, 1: 2.5}}   # b - a = 0.5 on both seeds
+    v = S.compare_to_best(two)
+    assert v.tied == ["a", "b"] and not v.significant
+    assert S.claim_test(two["a"], two["b"]) == "inconclusive"
+    three = {o: {**d, 2: d[1] + 1.0} for o, d in two.items()}
+    assert S.compare_to_best(three).tied == ["a"]
+    assert S.claim_test(three["a"], three["b"]) == "supported"
+
+
+@pytest.mark.parametrize("k, n, lo, hi", [   # scipy.stats.beta.ppf, 95% two-sided
+    (3, 3, 0.2924017738212866, 1.0),
+    (1, 2, 0.01257911709342505, 0.9874208829065749),
+    (1, 1, 0.025, 1.0),
+    (0, 3, 0.0, 0.7075982261787133),
+    (5, 10, 0.18708602844739855, 0.8129139715526015),
+    (0, 0, 0.0, 1.0),
+])
+def test_clopper_pearson(k, n, lo, hi):
+    from optimlab.lab.binomial import clopper_pearson
+
+    got = clopper_pearson(k, n)
+    assert got == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))

@@ -256,3 +256,34 @@ def test_runs_that_reached_a_known_optimum_tie():
     for r in recs:
         r.final["gap"] = None                               # optimum unknown: no floor
     assert V.verdicts(recs)["ravine"].tied == ["rmsprop"]
+
+
+@pytest.mark.parametrize("vals, tested, words", [
+    # --seeds 1: one trained seed each, no test possible
+    ({"adam": [0.21], "sgd": [0.25]}, False, "adam, sgd — not enough seeds to compare"),
+    ({"adam": [0.21], "sgd": [None]}, False, "adam — best: every other optimizer failed"),
+    ({"adam": [0.21, 0.22, 0.20], "sgd": [0.25, 0.27, 0.26]}, True, "adam — significantly best"),
+])
+def test_one_seed_gives_no_interval_no_test_and_no_best(tmp_path, vals, tested, words):
+    """With one seed: no '± 0' and no JSON interval [m, m], no "indistinguishable (paired
+    max-t, ...)" verdict and no ★ in the tables (a test needs 2 seeds)."""
+    recs = [rec("p", o, BEST_LR, s, v, "sweep" if s == 0 else "seeds")
+            for o, vs in vals.items() for s, v in enumerate(vs)]
+    row = V.rows(V.verdicts(recs), A.select_best(recs), {"p": "quadratic"})[0]
+    assert row["tested"] is tested and row["text"].startswith(words)
+    assert (row["ci"] is None) is (not tested)
+    assert ("±" in V.mean_pm(row)) is tested
+    buf = io.StringIO()
+    V.print_table([row], file=buf)
+    assert ("indistinguishable" not in buf.getvalue()) and ("± 0 " not in buf.getvalue())
+    with Store(tmp_path / "results.sqlite") as store:
+        for r in recs:
+            store.put(r)
+        for k, v in META.items():
+            store.set_meta(k, v)
+    build_report(tmp_path)
+    md = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    table = [ln for ln in md.splitlines() if ln.startswith("| p | adam")]
+    assert table and ("★" in table[0]) is (tested or "failed" in words)
+    assert words in _html.unescape(re.sub(r"<[^>]+>", "",
+                                          (tmp_path / "report.html").read_text("utf-8")))

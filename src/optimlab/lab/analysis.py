@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from . import selection as _selection
 from .selection import Selection, score, tuning_cost  # noqa: F401  (public here too)
 from .spec import RunRecord, RunSpec
+from .stats import mean_sd
 
 INF = float("inf")
 
@@ -90,9 +91,8 @@ def _stats(xs):
     xs = _finite(xs)
     if not xs:
         return None
-    m = sum(xs) / len(xs)
     # Sample std (ddof=1) with a single seed reported as 0.
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    m, sd = mean_sd(xs)
     return {"mean": m, "std": sd, "min": min(xs), "max": max(xs), "n": len(xs)}
 
 

@@ -10,11 +10,14 @@ Conventions shared by every claim
   *selected* runs (``analysis.select_best`` + ``analysis.best_runs``: the selected lr of each
   (problem, optimizer), every seed). Lower is better for every statistic.
 * Two samples are compared **paired by seed** (same initial weights and batch order) with
-  ``stats.claim_test(a, b, alpha)`` ("is a better than b?": supported / contradicted /
-  inconclusive; a side that failed where the other trained is the worse one). Each
-  comparison also reports the mean paired difference a - b with its 95% t-interval
-  (``stats.mean_ci``), failures censored at the worst finite value of the pair
-  (``claim_measures.censor``).
+  ``stats.claim_test`` ("is a better than b?": supported / contradicted / inconclusive;
+  a side that failed where the other trained is the worse one), one-sided each way at
+  ALPHA / 2, i.e. a two-sided test at ALPHA. Each comparison also reports the mean
+  paired difference a - b with its 95% t-interval (``stats.mean_ci``), failures
+  censored at the worst finite value of the pair (``claim_measures.censor``): on the
+  seeds where both trained, a comparison is decided exactly when that interval
+  excludes 0 (means equal to ``stats.RTOL``, and zero spread on fewer than
+  ``stats.ZERO_SPREAD_N`` seeds, stay inconclusive).
 * A claim tested on several units (problems, or (problem, optimizer) pairs) is decided
   by **majority**: supported when more than half of the units support it, contradicted
   when more than half contradict it, inconclusive otherwise.
@@ -30,7 +33,11 @@ from . import claim_measures as M
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN = (
     "supported", "contradicted", "inconclusive", "not run")
+#: Two-sided error rate of every comparison: the shown intervals are 1 - ALPHA = 95%.
 ALPHA = 0.05
+#: Fewest seeds for claim 2's spread test: with 2, both seeds' deviations from their
+#: median are equal by construction (|x1 - x2| / 2), so the paired test has nothing to use.
+SPREAD_SEEDS = 3
 #: Practical-equivalence margin of claim 4, as a fraction of the best excess loss (the same
 #: 10% that defines the lr width in ``analysis.sensitivity``).
 TOLERANCE = A.TOLERANCE
@@ -56,27 +63,28 @@ CLAIMS = {
 
 # ----------------------------------------------------------------------- helpers
 
-def _ci(values) -> dict | None:
+def _ci(values, level: float = 1 - ALPHA) -> dict | None:
     from .stats import mean_ci
 
     values = list(values)
     if not values:
         return None
-    ci = mean_ci(values)
-    return {"mean": ci.mean, "lo": ci.lo, "hi": ci.hi, "n": ci.n}
+    ci = mean_ci(values, level)
+    return {"mean": ci.mean, "lo": ci.lo, "hi": ci.hi, "n": ci.n, "level": level}
 
 
 def test(a: dict, b: dict, alpha: float = ALPHA) -> tuple:
     """(verdict, numbers) of "a is lower than b", paired on the common keys where at least
-    one side trained."""
+    one side trained: a two-sided test at ``alpha`` (one-sided at alpha / 2 each way), so
+    the verdict agrees with the (1 - alpha) interval of the difference in "diff"."""
     from .stats import claim_test
 
     ca, cb = M.censor(a, b)
     if not ca:
         return INCONCLUSIVE, {"n": 0}
-    verdict = claim_test({k: a[k] for k in ca}, {k: b[k] for k in ca}, alpha=alpha)
+    verdict = claim_test({k: a[k] for k in ca}, {k: b[k] for k in ca}, alpha=alpha / 2)
     return verdict, {"n": len(ca), "mean_a": M.mean(ca.values()), "mean_b": M.mean(cb.values()),
-                     "diff": _ci(ca[k] - cb[k] for k in ca),
+                     "diff": _ci((ca[k] - cb[k] for k in ca), 1 - alpha),
                      "failed_a": sorted((k for k in ca if not M.finite(a[k])), key=str),
                      "failed_b": sorted((k for k in ca if not M.finite(b[k])), key=str)}
 
@@ -194,6 +202,7 @@ def claim2(d: _Data) -> dict:
     Quality: ``test(sgd, adam)``; "as good" = not contradicted (Adam not significantly
     better). Reliability: the seeds' absolute deviations from their own median,
     ``test(|sgd - median|, |adam - median|)`` (a paired Brown-Forsythe-style spread test).
+    The spread test needs SPREAD_SEEDS seeds (inconclusive with fewer, with a note).
     Per problem: contradicted if Adam is significantly better or SGD's spread
     significantly larger; supported if quality is not contradicted and the spread test is
     supported; inconclusive otherwise. "SGD trains longer" is not tested here (claim 3
@@ -215,6 +224,9 @@ def claim2(d: _Data) -> dict:
         q, qn = test(a, b)
         ca, cb = M.censor(a, b)
         r, rn = test(_deviation(ca), _deviation(cb))
+        if len(ca) < SPREAD_SEEDS:
+            r, rn = INCONCLUSIVE, {**rn, "note": f"not enough seeds for the spread test "
+                                                 f"({len(ca)}; it needs {SPREAD_SEEDS})"}
         verdict = (CONTRADICTED if CONTRADICTED in (q, r) else
                    SUPPORTED if r == SUPPORTED else INCONCLUSIVE)
         units.append({"problem": p, "sgd_schedule": ss, "adam_schedule": sa, "quality": q,
@@ -278,10 +290,10 @@ def claim4(d: _Data) -> dict:
 
     Every problem where all three ran. An equivalence test (TOST) per pair: margin m =
     TOLERANCE x (best seed mean - optimum), or x |best seed mean| without a known optimum.
-    Per problem: supported when every pair's 90% CI of the paired difference lies within
-    [-m, m] (equivalent at alpha 0.05); contradicted when some pair's 95% CI lies entirely
-    outside it (a difference larger than the margin) or one of them fails on seeds where
-    another trains; inconclusive otherwise.
+    Per problem: supported when every pair's 95% CI of the paired difference lies within
+    [-m, m] (TOST at ALPHA / 2 per side: the interval shown decides); contradicted when
+    some pair's 95% CI lies entirely outside it (a difference larger than the margin) or
+    one of them fails on seeds where another trains; inconclusive otherwise.
     """
     from .stats import mean_ci
 
@@ -306,11 +318,11 @@ def claim4(d: _Data) -> dict:
                 if len(dd) < 2:
                     verdict = INCONCLUSIVE if verdict == SUPPORTED else verdict
                     continue
-                c90, c95 = mean_ci(dd, level=0.90), mean_ci(dd, level=0.95)
-                same = -m <= c90.lo and c90.hi <= m
+                c95 = mean_ci(dd, level=1 - ALPHA)
+                same = -m <= c95.lo and c95.hi <= m
                 apart = c95.lo > m or c95.hi < -m
                 pairs.append({"a": o1, "b": o2, "diff": {"mean": c95.mean, "lo95": c95.lo,
-                              "hi95": c95.hi, "lo90": c90.lo, "hi90": c90.hi, "n": c95.n},
+                              "hi95": c95.hi, "n": c95.n},
                               "equivalent": same, "different": apart})
                 if apart:
                     verdict = CONTRADICTED

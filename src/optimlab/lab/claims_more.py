@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from . import analysis as A
 from . import claim_measures as M
-from .claims import (ALPHA, CONTRADICTED, INCONCLUSIVE, SUPPORTED, _ci, _not_run, _result,
+from .claims import (ALPHA, CONTRADICTED, INCONCLUSIVE, SUPPORTED, _not_run, _result,
                      majority, test)
 
 RAVINE_NAMES = ("ravine", "ill-conditioned")
+
+
+def _proportion(k: int, n: int, level: float = 1 - ALPHA) -> dict:
+    """k of n units as {"mean": k / n, "lo", "hi", "n", "k", "method"}: the exact
+    binomial interval, never a t-interval on 0/1 outcomes."""
+    from .binomial import clopper_pearson
+
+    lo, hi = clopper_pearson(k, n, level)
+    return {"mean": k / n, "lo": lo, "hi": hi, "n": n, "k": k, "method": "Clopper-Pearson"}
 
 
 def claim5(d) -> dict:
@@ -130,9 +139,11 @@ def claim8(d) -> dict:
     climbed back at least BOUNCE of what it descended (``claim_measures.bounce``). The
     smallest lr "converges slowly" when it trained without failing but ended above the
     selected lr's score by more than the 10% threshold of ``analysis.threshold``. A pair
-    holds (1) when both do, else 0. Statistic: the fraction of pairs that hold, with its
-    95% t-interval; supported if the interval lies above 1/2, contradicted if below,
-    inconclusive otherwise.
+    holds when both do. Statistic: the fraction of pairs that hold, with its exact 95%
+    binomial (Clopper-Pearson, :mod:`.binomial`) interval; supported if the interval
+    lies above 1/2 (the claim holds on most pairs), contradicted if below, inconclusive
+    otherwise (3 of 3 pairs, 29%..100%, is inconclusive; 6 of 6, 54%..100%, is the
+    fewest that can support it).
     """
     exp = ("seed-0 lr sweep of every (problem, optimizer): does the largest lr diverge or "
            "oscillate and the smallest end worse than the best? fraction of pairs")
@@ -162,7 +173,7 @@ def claim8(d) -> dict:
                       "large_unstable": large, "small_slow": slow, "holds": large and slow})
     if not units:
         return _not_run(8, exp, "needs a sweep of at least 3 lrs with an interior best lr")
-    ci = _ci(1.0 if u["holds"] else 0.0 for u in units)
+    ci = _proportion(sum(u["holds"] for u in units), len(units))
     verdict = (SUPPORTED if ci["lo"] > 0.5 else CONTRADICTED if ci["hi"] < 0.5
                else INCONCLUSIVE)
     return _result(8, verdict, exp, units, fraction=ci)
@@ -190,9 +201,10 @@ def claim9(d) -> dict:
     the constant schedule, which favours it: a decaying schedule often wants a larger
     peak lr, and is not given one here. The best decaying schedule
     by seed mean is tested with ``test(best, constant)`` at alpha / k (Bonferroni over the k
-    schedules it was picked from): supported if significant; contradicted if the constant
-    lr is significantly better (at alpha) even than that best schedule; inconclusive
-    otherwise. Majority rule over the pairs.
+    schedules it was picked from, so its interval is a 1 - alpha / k one): supported if
+    significant; contradicted if the constant lr is significantly better (at alpha, 95%
+    interval shown) even than that best schedule; inconclusive otherwise. Majority rule
+    over the pairs.
     """
     exp = ("phase 'schedules': best of step / cosine / warmup+cosine vs constant lr, all at "
            "the lr selected for the constant schedule (which favours it), paired final val "
@@ -203,8 +215,9 @@ def claim9(d) -> dict:
         means = {s: M.mean(x.values()) for s, x in decays.items()}
         best = min(means, key=lambda s: (means[s], s))
         v, nums = test(decays[best], const, alpha=ALPHA / len(decays))
-        if v != SUPPORTED:
-            v = CONTRADICTED if test(decays[best], const)[0] == CONTRADICTED else INCONCLUSIVE
+        if v != SUPPORTED:   # the shown interval is the one of the test that decided
+            worse, plain = test(decays[best], const)
+            v, nums = (CONTRADICTED, plain) if worse == CONTRADICTED else (INCONCLUSIVE, nums)
         units.append({"problem": p, "optimizer": o, "best_schedule": best,
                       "schedule_means": means, "constant_mean": M.mean(const.values()),
                       **nums, "verdict": v})

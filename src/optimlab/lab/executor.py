@@ -119,7 +119,9 @@ class Executor:
             pool.shutdown(wait=True)
 
     def pending(self, specs) -> list:
-        """Specs to run: not stored yet, or stored as "error" (retried); duplicates once."""
+        """Specs to run: not stored yet, or stored as "error" (retried: an error stops a
+        comparison, see ``sweep.raise_errors``, so that is once per command); duplicates
+        once."""
         stored = self.store.statuses()
         seen, out = set(), []
         for spec in specs:

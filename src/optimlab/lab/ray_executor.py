@@ -12,7 +12,8 @@ and re-running the same command resumes; run ids make duplicates impossible.
 
 Failures: a task whose worker process dies (killed, out of memory, node lost) is
 retried by Ray up to ``max_retries`` times, then recorded as a failed run (status
-"error", with the reason), which a later sweep retries. A problem a worker cannot build
+"error", with the reason): the comparison stops naming it, and the next command retries
+it. A problem a worker cannot build
 (e.g. a custom module not importable on that node) stops the comparison with one line
 naming the module and the node.
 

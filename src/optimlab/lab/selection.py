@@ -34,6 +34,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from . import search as S
+from .stats import mean_sd
 
 INF = float("inf")
 
@@ -144,10 +145,9 @@ def _within_noise(cand: dict, lead: dict) -> bool:
         return fc == fl
     d = [cand[s] - lead[s] for s in sorted(cand) if s in lead]
     n = len(d)
-    mean = sum(d) / n
+    mean, sd = mean_sd(d)
     if n < 2:
         return mean <= 0.0
-    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
     # rel. 1e-12: equal scores (a deterministic problem) differ only by rounding.
     return mean <= PROMOTE_T * sd / math.sqrt(n) + 1e-12 * abs(sum(lead.values()) / n)
 

@@ -34,14 +34,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 
+from .max_t_null import p_max_t as _p_max_t
 from .student_t import t_ppf, t_sf
 
 INF = float("inf")
 
-__all__ = ["RTOL", "EPS32", "optimum_floor", "CI", "Verdict", "mean_ci", "paired",
-           "paired_t", "compare_to_best", "claim_test", "t_sf", "t_ppf", "METHOD"]
+__all__ = ["RTOL", "EPS32", "optimum_floor", "CI", "Verdict", "mean_sd", "mean_ci", "paired",
+           "paired_t", "ZERO_SPREAD_N", "compare_to_best", "claim_test", "t_sf", "t_ppf",
+           "METHOD"]
 
 #: One sentence describing the method, for the report's protocol text.
 METHOD = ("mean over seeds with a 95% Student-t confidence interval; optimizers are "
@@ -86,11 +87,23 @@ def _finite(values) -> list:
     return out
 
 
-def _mean_sd(xs):
+def mean_sd(xs) -> tuple:
+    """(mean, sample sd with ddof=1; 0 for one value) of finite floats; never raises.
+
+    Values near float64's range (a loss of 1e200) would overflow ``(x - m) ** 2``: the
+    spread is computed in units of the largest deviation, so it is accurate where it
+    fits in a float and inf where it does not."""
     n = len(xs)
     m = sum(xs) / n
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
-    return m, sd
+    if not math.isfinite(m):   # the sum overflowed, the values did not
+        m = sum(x / n for x in xs)
+    if n < 2:
+        return m, 0.0
+    dev = [x - m for x in xs]
+    scale = max(abs(d) for d in dev)
+    if scale == 0.0 or not math.isfinite(scale):
+        return m, scale
+    return m, scale * math.sqrt(sum((d / scale) ** 2 for d in dev) / (n - 1))
 
 
 def mean_ci(values, level: float = 0.95) -> CI:
@@ -100,7 +113,7 @@ def mean_ci(values, level: float = 0.95) -> CI:
     n = len(xs)
     if n == 0:
         return CI(math.nan, math.nan, math.nan, 0)
-    m, sd = _mean_sd(xs)
+    m, sd = mean_sd(xs)
     if n == 1:
         return CI(m, m, m, 1)
     h = t_ppf(0.5 + level / 2.0, n - 1) * sd / math.sqrt(n)
@@ -108,6 +121,13 @@ def mean_ci(values, level: float = 0.95) -> CI:
 
 
 # ------------------------------------------------------------------ paired tests
+
+#: Fewest paired differences whose zero spread counts as a deterministic, certain
+#: difference (a full-batch problem gives every seed the same result). Two equal
+#: differences show nothing: they can be equal by construction (two seeds' deviations
+#: from their own median always are), and a t statistic on them is 0/0.
+ZERO_SPREAD_N = 3
+
 
 def paired(a: dict, b: dict) -> list:
     """Per-seed differences ``a[s] - b[s]`` on the seeds both have, in seed order.
@@ -122,8 +142,9 @@ def paired_t(diffs, mu: float = 0.0, alternative: str = "greater") -> float:
     """p-value of the one-sample t-test on paired differences.
 
     alternative "greater": H1 mean > mu; "less": H1 mean < mu. With fewer than 2
-    differences nothing can be shown (p = 1). Zero spread: p = 0 when the mean lies
-    strictly on the alternative's side of mu, else 1.
+    differences nothing can be shown (p = 1). Zero spread (see ZERO_SPREAD_N): from 3
+    differences on, p = 0 when the mean lies strictly on the alternative's side of mu,
+    else 1; with 2, p = 1.
     """
     if alternative not in ("greater", "less"):
         raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
@@ -132,10 +153,10 @@ def paired_t(diffs, mu: float = 0.0, alternative: str = "greater") -> float:
     n = len(xs)
     if n < 2:
         return 1.0
-    m, sd = _mean_sd(xs)
+    m, sd = mean_sd(xs)
     # Spread below rounding noise of the values counts as zero spread.
     if sd <= 1e-12 * max(1.0, abs(m)):
-        return 0.0 if sign * (m - mu) > 0 else 1.0
+        return 0.0 if n >= ZERO_SPREAD_N and sign * (m - mu) > 0 else 1.0
     t = (m - mu) / (sd / math.sqrt(n))
     return t_sf(sign * t, n - 1)
 
@@ -197,10 +218,11 @@ def _rule_vs_best(o: dict, b: dict, rtol: float = RTOL):
         return 1.0   # nothing can be shown
     if _close(sum(o[s] for s in both) / len(both), sum(b[s] for s in both) / len(both), rtol):
         return 1.0
-    m, sd = _mean_sd([o[s] - b[s] for s in both])
-    # Zero spread (below rounding noise): a deterministic difference, certain either way.
+    m, sd = mean_sd([o[s] - b[s] for s in both])
+    # Zero spread (below rounding noise): a deterministic difference, certain either way
+    # once there are ZERO_SPREAD_N differences; two show nothing.
     if sd <= 1e-12 * max(1.0, abs(m)):
-        return 0.0 if m > 0 else 1.0
+        return 0.0 if len(both) >= ZERO_SPREAD_N and m > 0 else 1.0
     return None
 
 
@@ -215,42 +237,6 @@ def _p_vs_best(o: dict, b: dict, rtol: float = RTOL) -> float:
     return min(1.0, 2.0 * paired_t([o[s] - b[s] for s in both], 0.0, "greater"))
 
 
-#: Monte Carlo draws of the max-t null distribution (fixed seed: a verdict is the same
-#: every time the report is rebuilt; the p-value's Monte Carlo error is ~0.0015 at 0.05).
-NULL_DRAWS = 20000
-
-
-@lru_cache(maxsize=None)
-def _max_t_null(m: int, n: int):
-    """Sorted draws of M = max over o != best of t(o - best), for m optimizers with equal
-    means on n paired seeds, best = the lowest mean of each draw.
-
-    t is the paired t statistic, so shared seed effects cancel and the scale drops out:
-    with normal run noise of one variance the distribution depends on (m, n) only, and
-    iid N(0, 1) draws give it. Picking the best inside every draw is what accounts for
-    comparing against the winner of the same data."""
-    import numpy as np
-
-    rng = np.random.default_rng([m, n, 20261202])
-    x = rng.standard_normal((NULL_DRAWS, m, n))
-    rows = np.arange(NULL_DRAWS)
-    best = x.mean(axis=2).argmin(axis=1)
-    d = x - x[rows, best][:, None, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = d.mean(axis=2) / (d.std(axis=2, ddof=1) / math.sqrt(n))
-    t[rows, best] = -np.inf
-    return np.sort(t.max(axis=1))
-
-
-def _p_max_t(t: float, m: int, n: int) -> float:
-    """P(M >= t) for the null of :func:`_max_t_null` (Monte Carlo, (count + 1) / (B + 1))."""
-    import numpy as np
-
-    null = _max_t_null(m, n)
-    above = len(null) - int(np.searchsorted(null, t, side="left"))
-    return (above + 1) / (len(null) + 1)
-
-
 def _max_t_step_down(family: dict, best: dict) -> dict:
     """Step-down max-t adjusted p-values (Westfall & Young 1993, Algorithm 2.8, with a
     parametric null) of "o is worse than the best" for every o of ``family`` ({o: {seed:
@@ -259,7 +245,7 @@ def _max_t_step_down(family: dict, best: dict) -> dict:
     n = len(seeds)
     ts = {}
     for o, x in family.items():
-        m, sd = _mean_sd([x[s] - best[s] for s in seeds])
+        m, sd = mean_sd([x[s] - best[s] for s in seeds])
         ts[o] = m / (sd / math.sqrt(n))
     out, running = {}, 0.0
     ranked = sorted(family, key=lambda o: (-ts[o], o))
@@ -299,11 +285,11 @@ def compare_to_best(scores: dict, alpha: float = 0.05, level: float = 0.95,
        - seed means (over the seeds where both trained) equal within ``rtol``
          (relative; see RTOL): p = 1, a difference below the loss's resolution;
        - per-seed differences with zero spread (a deterministic problem): p = 0 if o
-         is worse, else 1.
+         is worse on at least ZERO_SPREAD_N seeds, else 1.
     3. The rest are tested together, **step-down max-t** (Westfall & Young 1993): with
        t_o the paired t statistic of o - best over the best's seeds, the largest t_o is
        compared with the null distribution of max t over all of them *with the best
-       re-picked as the lowest mean in every null draw* (:func:`_max_t_null`), then the
+       re-picked as the lowest mean in every null draw* (:mod:`.max_t_null`), then the
        next largest with the max over those left, and so on; adjusted p-values are made
        monotone. This controls the family-wise error rate at ``alpha`` including the
        selection of the best, which comparing each optimizer with the winner separately

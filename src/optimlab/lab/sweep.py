@@ -213,6 +213,37 @@ def _select(records, specs) -> dict:
     return select_best([r for r in records if r.run_id in wanted])
 
 
+#: Runs named per error text in the error that stops a comparison (the rest counted).
+NAMED_ERRORS = 3
+
+
+def raise_errors(records) -> None:
+    """Stop the comparison when a run raised (status "error"): an exception is a bug to
+    fix (a custom problem's, an environment's), not an outcome to compare, and the same
+    spec would raise again. The :class:`SweepError` is one line: each distinct error
+    text with the runs (problem/optimizer, lr, seed) that raised it. The store keeps
+    them, and the next command retries them."""
+    by_error = {}
+    for r in sorted((r for r in records if r.status == "error"),
+                    key=lambda r: (r.spec.problem, r.spec.optimizer, r.spec.lr, r.spec.seed)):
+        text = _short((r.final or {}).get("error") or "unknown error")
+        by_error.setdefault(text, []).append(
+            f"{r.spec.problem}/{r.spec.optimizer} lr {r.spec.lr:g} seed {r.spec.seed}")
+    if not by_error:
+        return
+    parts = [f"{text} ({', '.join(runs[:NAMED_ERRORS])}"
+             + (f" and {len(runs) - NAMED_ERRORS} more" if len(runs) > NAMED_ERRORS else "")
+             + ")" for text, runs in by_error.items()]
+    n = sum(len(runs) for runs in by_error.values())
+    raise SweepError(f"{plural(n, 'run')} raised an error: {'; '.join(parts)}; fix the "
+                     f"cause and re-run the same command (finished runs are kept)")
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
             log=None, executor: Executor | None = None) -> dict:
     """The whole protocol: the lr search (rounds until every search is done), the seeds
@@ -220,7 +251,8 @@ def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
 
     ``executor``: how the runs are executed (default: the local :class:`Executor` with
     ``workers`` processes); it is entered and closed here. Returns the selections
-    ``{(problem, optimizer): Selection}``.
+    ``{(problem, optimizer): Selection}``. A run that raises stops it after the batch
+    it was in (:func:`raise_errors`), so no run is retried within one call.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     # Stored runs are read once (a resumed comparison); new ones are kept in memory as
@@ -252,6 +284,7 @@ def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
                 f"{plural(len(plan.sources), 'problem')}, {ex.describe()} "
                 f"({plural(len(sweep), 'lr')} searched so far)")
             ex.run(todo, f"sweep {rnd}")
+            raise_errors(ex.finished.values())
             if rnd > S.MAX_ROUNDS:   # cannot happen: every round adds lattice points
                 raise SweepError("the lr search did not converge")
         selections = _select(records(), sweep)
@@ -271,6 +304,7 @@ def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
                 log(f"phase seeds, rung {rung}: {plural(len(todo), 'run')} "
                     f"({len(todo) - n} already stored), seeds {lo}..{hi} of {what}")
                 ex.run(todo, f"seeds {rung}")
+                raise_errors(ex.finished.values())
             seeds = specs
             selections = _select(records(), sweep + seeds)
         store.set_meta("runs", sorted(s.run_id for s in plan.all_specs(selections)))
@@ -280,8 +314,10 @@ def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
             log(f"phase bias-correction: {plural(len(bias), 'run')} ({len(bias) - n} already stored), "
                 f"Adam with/without bias correction, beta2 in {list(BIAS_BETA2)}")
             ex.run(bias, "bias-correction")
+            raise_errors(ex.finished.values())
         # Phases "schedules" and "layerwise" (claims 2, 9, 10) at the final selections.
         from . import experiments
         experiments.run(plan, selections, ex, log)
+        raise_errors(ex.finished.values())
         store.set_meta("runs", sorted(s.run_id for s in plan.all_specs(selections)))
     return selections

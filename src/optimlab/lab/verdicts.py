@@ -121,10 +121,31 @@ def per_kind(ranks: dict, kinds: dict, vs: dict, selections: dict) -> dict:
     return out
 
 
+#: Fewest trained seeds for a paired test (a spread needs two values).
+MIN_SEEDS = 2
+
+
+def testable(v) -> bool:
+    """Whether the best has MIN_SEEDS trained seeds, so that a test could run. Without
+    (``--seeds 1``), only failures order optimizers: the lowest single loss is not called
+    the best, and no interval is shown."""
+    return v.status != NO_VERDICT and v.cis[v.best].n >= MIN_SEEDS
+
+
+def _untested(v) -> str:
+    """The words of a verdict the best's seeds are too few to test (:func:`testable`)."""
+    if v.significant:   # only the failure rules can single one out
+        return f"{v.best} — best: every other optimizer failed (1 trained seed, no test)"
+    return (f"{', '.join(v.tied)} — not enough seeds to compare (1 trained seed; a test "
+            f"needs {MIN_SEEDS})")
+
+
 def sentence(v) -> str:
     """The verdict in words, e.g. 'adam, rmsprop — indistinguishable (paired max-t, step-down, 95%)'."""
     if v.status == NO_VERDICT:
         return "no verdict — every run failed"
+    if len(v.order) > 1 and not testable(v):
+        return _untested(v)
     if v.significant:
         return f"{v.best} — significantly best ({TAG})"
     if len(v.tied) == 1:  # the only optimizer run on this problem
@@ -138,8 +159,8 @@ def rows(vs: dict, selections: dict, kinds: dict) -> list:
     problem, kind, status ("verdict" | "no verdict"), best (None without a verdict),
     tied (the indistinguishable group incl. best, [] without a verdict), significant,
     lr (best's selected lr), mean (best's mean over the seeds that trained), ci
-    ([lo, hi], 95% t-interval; None with < 1 trained seed), n (trained seeds),
-    failed (failed seeds of best), text (the sentence).
+    ([lo, hi], 95% t-interval; None with < 2 trained seeds), n (trained seeds),
+    failed (failed seeds of best), tested (:func:`testable`), text (the sentence).
     """
     out = []
     for p, v in vs.items():
@@ -150,9 +171,9 @@ def rows(vs: dict, selections: dict, kinds: dict) -> list:
                     "best": b, "tied": list(v.tied), "significant": bool(v.significant),
                     "lr": selections[(p, b)].lr if b and (p, b) in selections else None,
                     "mean": ci.mean if ok else None,
-                    "ci": [ci.lo, ci.hi] if ok else None,
+                    "ci": [ci.lo, ci.hi] if ok and ci.n >= MIN_SEEDS else None,
                     "n": ci.n if ci else 0, "failed": v.failed.get(b, 0) if b else None,
-                    "text": sentence(v)})
+                    "tested": testable(v), "text": sentence(v)})
     return out
 
 
@@ -161,13 +182,15 @@ def _fmt(x) -> str:
 
 
 def mean_pm(row) -> str:
-    """'mean ± half-width (n=5)' of a verdict row; '—' when nothing trained."""
+    """'mean ± half-width (n=5)' of a verdict row; 'mean (n=1, no CI)' with one trained
+    seed; '—' when nothing trained."""
     if row["mean"] is None:
         return "—"
-    lo, hi = row["ci"]
-    hw = 0.5 * (hi - lo)
     fail = f", {row['failed']} failed" if row.get("failed") else ""
-    return f"{_fmt(row['mean'])} ± {hw:.2g} (n={row['n']}{fail})"
+    if row["ci"] is None:
+        return f"{_fmt(row['mean'])} (n={row['n']}{fail}, no CI)"
+    lo, hi = row["ci"]
+    return f"{_fmt(row['mean'])} ± {0.5 * (hi - lo):.2g} (n={row['n']}{fail})"
 
 
 def print_table(vrows: list, report=None, file=None) -> None:
@@ -188,6 +211,11 @@ def print_table(vrows: list, report=None, file=None) -> None:
     for r in vrows:
         if r["status"] == NO_VERDICT:
             verdict = "[bold red]✗ no verdict[/] (every run failed)"
+        elif len(r["tied"]) > 1 and not r["tested"]:
+            verdict = (", ".join(_esc(o) for o in r["tied"])
+                       + " [dim](not enough seeds to compare)[/]")
+        elif r["significant"] and not r["tested"]:
+            verdict = f"[bold]{_esc(r['best'])}[/] (every other optimizer failed; no test)"
         elif r["significant"]:
             verdict = f"[bold green]{_esc(r['best'])}[/] (significantly best)"
         elif len(r["tied"]) == 1:

@@ -66,7 +66,10 @@ def load_custom(spec: str) -> Problem:
         raise ValueError(f"module {module_name!r} has no attribute {attr!r} (custom problem {spec!r})")
     if not callable(factory):
         raise ValueError(f"{spec!r} is not callable; it must be a factory returning a Problem")
-    problem = factory()
+    try:
+        problem = factory()
+    except Exception as exc:   # the user's code: a user error, not an internal one
+        raise ValueError(f"custom problem {spec!r} failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(problem, Problem):
         raise ValueError(f"{spec!r} returned {type(problem).__name__}, not an "
                          "optimlab.lab.problems.base.Problem")

@@ -19,14 +19,16 @@ esc = _html.escape
 COLORS = {C.SUPPORTED: "#15803d", C.CONTRADICTED: "#b91c1c", C.INCONCLUSIVE: "#a16207",
           C.NOT_RUN: "#64748b"}
 METHOD = ("Each verdict is computed from this comparison's runs. Two optimizers or settings "
-          "are compared paired by seed (same initial weights and batch order) with a one-sided "
-          "paired t-test each way at α = 0.05; a side that failed where the other trained is the "
-          "worse one. Δ is the mean paired difference a − b with its 95% t-interval (lower is "
-          "better, so Δ < 0 favours a; failures enter Δ as the worst finite value of the "
-          "pair). A claim tested on several problems is supported when more than half of "
-          "them support it, contradicted when more than half contradict it, "
-          "inconclusive otherwise. \"not run\": the comparison lacks the optimizers, problems "
-          "or phases the test needs.")
+          "are compared paired by seed (same initial weights and batch order) with a two-sided "
+          "paired t-test at α = 0.05 (one-sided at 0.025 each way); a side that failed where the "
+          "other trained is the worse one. Δ is the mean paired difference a − b with its 95% "
+          "t-interval (lower is better, so Δ < 0 favours a; failures enter Δ as the worst finite "
+          "value of the pair): a comparison is decided exactly when that interval excludes 0 "
+          "(claim 4: lies within or outside the margin; claim 9's Bonferroni-corrected interval "
+          "names its level). Too few seeds, or zero spread on two, is inconclusive. A claim "
+          "tested on several problems is supported when more than half of them support it, "
+          "contradicted when more than half contradict it, inconclusive otherwise. \"not "
+          "run\": the comparison lacks the optimizers, problems or phases the test needs.")
 
 
 def results(ctx) -> list:
@@ -66,7 +68,8 @@ def _raw_rows(c) -> list:
             q, s = u["quality_numbers"], u["spread_numbers"]
             lab = f"sgd ({u['sgd_schedule']}) vs adam ({u['adam_schedule']})"
             out.append((p, f"{lab}, val loss", q, q.get("mean_b"), u["quality"], ""))
-            out.append((p, f"{lab}, |seed − median|", s, s.get("mean_b"), u["spread"], ""))
+            out.append((p, f"{lab}, |seed − median|", s, s.get("mean_b"), u["spread"],
+                        s.get("note", "")))
         elif cid == 3:
             out.append((p, f"{u['adaptive']} vs {u['non_adaptive']}, steps to "
                         f"{T.num(u['target'])}", u, u.get("mean_b"), v, u["target_from"]))
@@ -117,9 +120,12 @@ def _failures(nums) -> str:
 
 
 def _diff_text(d) -> str:
+    """'Δ m [lo, hi], n=5', the interval's level named when it is not 95%."""
     if not d:
         return ""
-    return f"Δ {T.num(d['mean'])} [{T.num(d['lo'])}, {T.num(d['hi'])}], n={d['n']}"
+    level = d.get("level", 0.95)
+    named = "" if abs(level - 0.95) < 1e-9 else f" ({level:.1%} CI)"
+    return f"Δ {T.num(d['mean'])} [{T.num(d['lo'])}, {T.num(d['hi'])}]{named}, n={d['n']}"
 
 
 def summary_text(c) -> str:
@@ -131,9 +137,15 @@ def summary_text(c) -> str:
              + (f" ({note})" if note else "") for u, comp, d, _, v, note in rows(c)]
     if c["id"] == 8 and ev.get("fraction"):
         f = ev["fraction"]
-        parts.insert(0, f"holds on {f['mean']:.0%} of {f['n']} pairs "
-                        f"(95% CI {f['lo']:.0%}..{f['hi']:.0%})")
+        parts.insert(0, f"holds on {_fraction(f)}")
     return "; ".join(parts)
+
+
+def _fraction(f, what: str = "pairs") -> str:
+    """'2 of 3 pairs (67%; exact binomial 95% CI 9%..99%)': claim 8's fraction."""
+    k = f.get("k", round(f["mean"] * f["n"]))
+    return (f"{k} of {f['n']} {what} ({f['mean']:.0%}; exact binomial 95% CI "
+            f"{f['lo']:.0%}..{f['hi']:.0%})")
 
 
 def forest(c) -> bytes | None:
@@ -183,8 +195,7 @@ def html_section(ctx) -> str:
             frac = ""
             if c["id"] == 8 and ev.get("fraction"):
                 f = ev["fraction"]
-                frac = (f"<p>Holds on {f['mean']:.0%} of {f['n']} (problem, optimizer) pairs, "
-                        f"95% CI {f['lo']:.0%}..{f['hi']:.0%}.</p>")
+                frac = f"<p>Holds on {esc(_fraction(f, '(problem, optimizer) pairs'))}.</p>"
             png = forest(c)
             fig = (f'<img alt="claim {c["id"]} evidence" src="data:image/png;base64,'
                    f'{base64.b64encode(png).decode("ascii")}">' if png else "")

@@ -7,7 +7,7 @@ import re
 from . import claims
 from . import text as T
 from . import viewer
-from .verdicts import answer_md
+from .verdicts import answer_md, marked
 
 
 #: Characters that Markdown could read as markup: backslash-escaped (CommonMark shows
@@ -49,6 +49,8 @@ def _mark(ctx, p, o) -> str:
         return ""
     if v.best is None:
         return " ✗"
+    if not marked(v):   # --seeds 1: no test, no best
+        return ""
     return " ★" if o == v.best else (" ≈" if o in v.tied else "")
 
 

@@ -9,17 +9,23 @@ from __future__ import annotations
 import html as _html
 
 from ..stats import METHOD
-from ..verdicts import NO_VERDICT, TAG, mean_pm
+from ..verdicts import NO_VERDICT, TAG, mean_pm, testable
 
 esc = _html.escape
 
-__all__ = ["TAG", "METHOD", "mark", "delta_td", "tied_class", "verdict_note", "answer_html",
-           "answer_md", "protocol"]
+__all__ = ["TAG", "METHOD", "marked", "mark", "delta_td", "tied_class", "verdict_note",
+           "answer_html", "answer_md", "protocol"]
+
+
+def marked(v) -> bool:
+    """Whether a problem's table rows get ★/≈: not without a verdict, nor when the best's
+    seeds are too few for a test and no failure singled it out (``--seeds 1``)."""
+    return v is not None and v.status != NO_VERDICT and (testable(v) or v.significant)
 
 
 def mark(v, o) -> str:
     """' ★' for the best, ' ≈' for a member of its tied group, '' otherwise (HTML)."""
-    if v is None or v.status == NO_VERDICT:
+    if not marked(v):
         return ""
     if o == v.best:
         return ' <span class="tie" title="best (lowest seed-mean val loss)">★</span>'
@@ -47,7 +53,7 @@ def _p(p: float) -> str:
 
 
 def tied_class(v, o) -> str:
-    return ' class="tied"' if v is not None and o in v.tied else ""
+    return ' class="tied"' if marked(v) and o in v.tied else ""
 
 
 def verdict_note(v) -> str:
@@ -56,6 +62,8 @@ def verdict_note(v) -> str:
         return ""
     if v.status == NO_VERDICT:
         return '<span class="vd bad">✗ no verdict: every run failed</span>'
+    if not marked(v):
+        return '<span class="vd">not enough seeds to compare</span>'
     if v.significant:
         return f'<span class="vd">★ {esc(v.best)} significantly best</span>'
     return (f'<span class="vd">★≈ tied group: {esc(", ".join(v.tied))}</span>'
@@ -69,6 +77,10 @@ def _group_html(ctx, row) -> str:
         return '<span class="bad">✗ no verdict</span> (every run failed)'
     names = " ".join(swatch(ctx, o) + ("" if i == len(row["tied"]) - 1 else ",")
                      for i, o in enumerate(row["tied"]))
+    if not row["tested"] and len(row["tied"]) > 1:
+        return f"{names} — not enough seeds to compare (1 trained seed)"
+    if not row["tested"] and row["significant"]:
+        return f"<b>{names}</b> — best: every other optimizer failed (no test)"
     if row["significant"]:
         return f"<b>{names}</b> — significantly best"
     if len(row["tied"]) == 1:
@@ -140,6 +152,10 @@ def answer_md(ctx, md) -> list:
     for r in ctx["verdict_rows"]:
         if r["status"] == NO_VERDICT:
             v = "✗ no verdict (every run failed)"
+        elif not r["tested"] and len(r["tied"]) > 1:
+            v = f"{md(', '.join(r['tied']))} — not enough seeds to compare"
+        elif not r["tested"] and r["significant"]:
+            v = f"**{md(r['best'])}** — best: every other optimizer failed (no test)"
         elif r["significant"]:
             v = f"**{md(r['best'])}** — significantly best"
         elif len(r["tied"]) == 1:
