@@ -207,3 +207,11 @@ def test_what_torch_accepts_is_accepted(entry, arg):
     """Values torch takes without complaint (ASGD's alpha) are taken here too."""
     for value in BAD[arg][0]:
         entry.build(_params(), **{arg: value})
+
+
+@pytest.mark.parametrize("flags", [{}, {"foreach": False}, {"fused": False}])
+@pytest.mark.parametrize("make", [torch.optim.Adagrad, optimlab.Adagrad], ids=["torch", "optimlab"])
+def test_adagrad_refuses_sparse_gradients_with_weight_decay_as_torch_does(make, flags):
+    """A sparse grad updates only its rows; weight decay would touch every row."""
+    with pytest.raises(RuntimeError, match="^weight_decay option is not compatible with sparse gradients$"):
+        _embedding_run(make, {"weight_decay": 0.1, **flags})

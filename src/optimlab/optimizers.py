@@ -143,6 +143,15 @@ class Adagrad(RuleOptimizer):
             for p in group["params"]:
                 self.init_state(p, hyperparameters(group, self.defaults))
 
+    def _check_grads(self, params):
+        """As torch.optim's Adagrad: a sparse grad updates only its rows, which weight decay
+        (on every row) would contradict, so the two are refused together."""
+        super()._check_grads(params)
+        sparse = {id(p) for p in params if p.grad.is_sparse}
+        if sparse and any(g["weight_decay"] != 0 for g in self.param_groups
+                          if any(id(p) in sparse for p in g["params"])):
+            raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+
 
 class RMSprop(RuleOptimizer):
     """RMSprop (Tieleman & Hinton 2012). Update rule: :func:`optimlab.rules.rmsprop`.
