@@ -284,6 +284,10 @@ BAD = {
     "schedule typo": (["compare", "--schedule", "cosin"], "did you mean 'cosine'"),
     "bad lr": (["compare", "--lrs", "1e-3,abc"], "abc"),
     "negative lr": (["compare", "--lrs", "-0.1"], "positive"),
+    "negative lr, exponent": (["compare", "--lrs", "-1e-3"],
+                              "learning rates must be positive, got '-1e-3'"),
+    "lr overflows": (["compare", "--lrs", "1e-3,1e400"], "'1e400' overflows to inf"),
+    "lr underflows": (["compare", "--lrs", "1e-400"], "'1e-400' underflows to 0"),
     "negative steps": (["compare", "--steps", "-5"], "steps"),
     "zero seeds": (["compare", "--seeds", "0"], "seeds"),
     "zero workers": (["compare", "--workers", "0"], "workers"),
@@ -327,6 +331,73 @@ def test_unwritable_out_and_incompatible_store(tmp_path, capsys):
         assert err.startswith("optimlab: error:") and needle in err
     assert cli.main(["report", str(tmp_path / "old")]) == 2
     assert "incompatible" in capsys.readouterr().err
+
+
+def _lookalike(out: Path) -> None:
+    with sqlite3.connect(out / cli.STORE_NAME) as conn:
+        conn.execute("PRAGMA user_version=1")
+        conn.execute("CREATE TABLE runs (id, x)")
+        conn.execute("CREATE TABLE meta (k, v)")
+    conn.close()
+
+
+def _corrupt(out: Path) -> None:
+    from test_store import _record
+
+    with Store(out / cli.STORE_NAME) as store:
+        store.put(_record())
+    with sqlite3.connect(out / cli.STORE_NAME) as conn:
+        conn.execute("UPDATE runs SET curves='{oops'")
+    conn.close()
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda out: (out / cli.STORE_NAME).write_bytes(b""), "no comparisons in {store}"),
+    (lambda out: Store(out / cli.STORE_NAME).close(), "no comparisons in {store}"),
+    (_lookalike, "{store} is not an optimlab results store (table meta lacks columns key"),
+    (_corrupt, "{store}: run "),
+], ids=["empty file", "no comparison", "look-alike", "corrupt row"])
+def test_report_on_a_store_it_cannot_use_is_one_line(tmp_path, capsys, make, needle):
+    """An empty file, a store with no comparison, a look-alike schema, a corrupt row:
+    one line naming the file (and the run and column), exit 2; an empty file stays empty
+    (no schema written into it) and no report is written."""
+    make(tmp_path)
+    before = (tmp_path / cli.STORE_NAME).read_bytes()
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("optimlab: error: ")
+    assert needle.format(store=tmp_path / cli.STORE_NAME) in err, err
+    assert "internal error" not in err and not (tmp_path / "report.html").exists()
+    if not before:
+        assert (tmp_path / cli.STORE_NAME).read_bytes() == b""
+    if make is _corrupt:
+        assert "column curves, is not valid JSON" in err
+
+
+def test_suite_with_named_problems_is_refused(tmp_path, capsys):
+    """--suite is the problems when none is named; with --problems it would silently add
+    the whole suite, so the two together are an error (nothing runs)."""
+    out = tmp_path / "out"
+    argv = ["compare", "--suite", "full", "--problems", "rosenbrock", "--optimizers", "sgd",
+            "--lrs", "0.1", "--seeds", "1", "--steps", "1", "--workers", "1", "--no-report",
+            "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == "optimlab: error: --suite full and --problems both choose the problems: " \
+                  "give one of them\n"
+    assert not out.exists()
+
+
+def test_duplicate_lrs_are_one_lr(tmp_path, capsys):
+    argv = ["compare", "--problems", "rosenbrock", "--optimizers", "sgd", "--lrs",
+            "0.01,0.010,1e-2,0.1", "--seeds", "1", "--steps", "2", "--workers", "1",
+            "--no-report", "--out", str(tmp_path)]
+    assert cli.parser().parse_args(argv).lrs == [0.01, 0.1]
+    assert cli.main(argv) == 0
+    assert "phase sweep, round 1 (coarse grid): 2 runs" in capsys.readouterr().err
+    with Store(tmp_path / cli.STORE_NAME) as store:
+        assert store.comparison_meta(store.latest())["grid"] == [0.01, 0.1]
 
 
 def test_subprocess_errors_have_no_traceback(tmp_path):

@@ -94,7 +94,8 @@ def all_records():
 META = {"command": f"optimlab compare --suite quick {EVIL}", "argv": ["optimlab", EVIL],
         "versions": {"python": "3.11", "torch": "2.13.0", "optimlab": EVIL},
         "suite": "quick", "grid": GRID, "seeds": 2, "steps": STEPS,
-        "schedule": "constant", "created": "2025-01-01T00:00:00"}
+        "schedule": "constant", "created": "2025-01-01T00:00:00",
+        "finished": "2025-01-01T01:00:00"}
 
 
 @pytest.fixture(scope="module")
@@ -268,6 +269,27 @@ def test_bias_correction_panel_when_runs_exist():
     assert "bias" in imgs and "No bias-correction runs" not in page
     page, _, imgs = render(all_records(), META, problems)
     assert "bias" not in imgs and "No bias-correction runs" in page
+
+
+def test_an_unfinished_comparison_is_marked_incomplete():
+    """A comparison without "finished" (interrupted) says so at the top, marks its answer
+    provisional, and its protocol claims no reruns; the phase is the stored one, or for an
+    older store the last phase with runs."""
+    started = {k: v for k, v in META.items() if k != "finished"}
+    for meta, phase in (({**started, "phase": "sweep, round 1"}, "sweep, round 1"),
+                        (started, "seeds")):
+        page, md, _ = render(all_records(), meta, {"rosenbrock": two_d_problem(),
+                                                   "logreg": fake_problem()})
+        assert page.index("⚠ Incomplete") < page.index('<section id="answer"')
+        assert f"during phase {phase}, with 30 runs stored" in page
+        assert "The answer (provisional)" in page and "<title>optimlab report (incomplete)" in page
+        assert md.splitlines()[4].startswith("> **⚠ Incomplete:** This comparison did not")
+        assert "## Answer (provisional" in md and "\n## Answer\n" not in md
+        for text in (page, md):
+            assert "were rerun" not in text and "are to be rerun" in text
+            assert "ran the same learning-rate" not in text
+    page, md, _ = render(all_records(), META)   # finished
+    assert "Incomplete" not in page + md and "were rerun" in md and "\n## Answer\n" in md
 
 
 def test_render_is_pure_and_handles_empty():

@@ -190,3 +190,42 @@ def test_foreign_files_are_refused(tmp_path):
         Store(junk)
     with pytest.raises(StoreError):
         Store(tmp_path / "missing-dir" / "r.sqlite")
+
+
+def test_lookalike_tables_are_refused_naming_the_column(tmp_path):
+    """user_version 1 and tables runs/meta, but not optimlab's: refused when opened, not
+    an OperationalError ("no such column") at the first query."""
+    path = tmp_path / "results.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version=1")
+        conn.execute("CREATE TABLE runs (run_id TEXT, stuff TEXT)")
+        conn.execute("CREATE TABLE meta (name TEXT, value TEXT)")
+    conn.close()
+    with pytest.raises(StoreError, match=r"results.sqlite is not an optimlab results store "
+                                         r"\(table meta lacks column key\)"):
+        Store(path)
+
+
+@pytest.mark.parametrize("column", ["final", "hyperparameters"])
+def test_corrupt_json_names_the_file_run_and_column(tmp_path, column):
+    path = tmp_path / "r.sqlite"
+    rec = _record()
+    with Store(path) as store:
+        store.put(rec)
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"UPDATE runs SET {column}='{{bad'")
+    conn.close()
+    with Store(path) as store, pytest.raises(StoreError) as err:
+        store.records()
+    assert f"{path}: run {rec.run_id}, column {column}, is not valid JSON" in str(err.value)
+
+
+def test_create_false_leaves_an_empty_file_alone(tmp_path):
+    path = tmp_path / "results.sqlite"
+    path.write_bytes(b"")
+    with pytest.raises(StoreError, match="no comparisons in .*results.sqlite"):
+        Store(path, create=False)
+    assert path.read_bytes() == b""
+    with pytest.raises(StoreError, match="no results store"):
+        Store(tmp_path / "missing.sqlite", create=False)
+    assert not (tmp_path / "missing.sqlite").exists()

@@ -1,9 +1,10 @@
 """The ``optimlab`` command line: compare, problems, report.
 
 Bad input never shows a traceback: it ends with one line ``optimlab: error: ...`` on
-stderr and exit status 2. An interrupted compare exits 130; the store keeps every run
-that had finished, and re-running the same command completes the rest. With ``--json``
-stdout carries only the JSON summary; progress and notes go to stderr.
+stderr and exit status 2. An interrupted compare (Ctrl-C, or SIGTERM) ends with one line
+and exits 130 (143); the store keeps every run that had finished, and re-running the same
+command completes the rest. A closed stdout pipe (``| head``) exits 141 without a word.
+With ``--json`` stdout carries only the JSON summary; progress and notes go to stderr.
 
 Every comparison written to an ``--out`` directory has an id (a hash of its plan, so the
 same command resumes the same comparison) and its own meta and report
@@ -22,7 +23,9 @@ import datetime as _dt
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import optimlab
@@ -54,6 +57,9 @@ def _problem_sources(args) -> tuple:
         # "mymodule:factory" next to the user, as with `python -m`; spawned workers
         # inherit sys.path, so they find it too.
         sys.path.append(os.getcwd())
+    if args.suite and args.problems:
+        raise UsageError(f"--suite {args.suite} and --problems both choose the problems: "
+                         f"give one of them")
     known = problems.names()
     named = [n if ":" in n else canonical(n, known, "problem", "see 'optimlab problems'")
              for n in (args.problems or [])]
@@ -113,6 +119,9 @@ def _build_report(out: Path, comparisons=None, missing=False, announce=True) -> 
             _say(f"report: {path}{also}")
         if not built.reports and built.latest is not None:
             _say(f"report: {built.latest}")
+    for cid in built.unfinished:
+        _say(f"note: comparison {cid} did not finish; its report says so and shows "
+             f"provisional results (re-run its command to finish it)")
     _say(f"index: {built.index} ({plural(len(built.comparisons), 'comparison')})")
     wanted = [built.reports[c] for c in (comparisons or ()) if c in built.reports]
     return (wanted or [built.latest or built.index])[0]
@@ -244,8 +253,11 @@ def cmd_report(args) -> int:
     path = out / STORE_NAME
     if not path.is_file():
         raise ValueError(f"no results store at {path} (run '{PROG} compare --out {out}')")
-    with Store(path) as store:   # schema check: a one-line StoreError if incompatible
+    # Schema check (a one-line StoreError if incompatible); never creates one.
+    with Store(path, create=False) as store:
         known = store.comparisons()
+    if not known:
+        raise ValueError(f"no comparisons in {path} (run '{PROG} compare --out {out}')")
     wanted = None
     if args.comparison is not None:
         from .report import resolve_comparison   # ValueError: one line listing the known ids
@@ -254,16 +266,61 @@ def cmd_report(args) -> int:
     return 0 if _build_report(out, wanted) is not None else 1
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be so that the same cleanup runs (workers
+    stopped, store closed) and the same one-line message ends the command."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises :class:`Terminated` inside the block (main thread only; the
+    previous handler is restored after)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _silence_stdout() -> None:
+    """Point stdout (and stderr) at /dev/null after a broken pipe, so that flushing them
+    at exit cannot raise again (the recipe of Python's signal documentation)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
 def main(argv=None) -> int:
     """Entry point of the ``optimlab`` console script; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    with _sigterm_as_interrupt():
+        return _main(argv)
+
+
+def _main(argv) -> int:
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
         args = parser().parse_args(argv)
         if args.command == "compare":
-            return cmd_compare(args, argv)
-        if args.command == "problems":
-            return cmd_problems(args)
-        return cmd_report(args)
+            status = cmd_compare(args, argv)
+        elif args.command == "problems":
+            status = cmd_problems(args)
+        else:
+            status = cmd_report(args)
+        sys.stdout.flush()   # a closed pipe raises here, not at exit
+        return status
+    except BrokenPipeError:   # `optimlab ... | head`: the reader has all it wanted
+        _silence_stdout()
+        return 141   # 128 + SIGPIPE, what a shell reports for a writer killed by it
     except UsageError as exc:
         _say(f"{PROG}: error: {exc}")
         return 2
@@ -273,10 +330,12 @@ def main(argv=None) -> int:
     except SweepError as exc:
         _say(f"{PROG}: error: {_one_line(exc)}")
         return 1
-    except KeyboardInterrupt:
-        _say(f"{PROG}: interrupted; the store keeps every finished run "
+    except KeyboardInterrupt as exc:
+        signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        what = "terminated" if signum == signal.SIGTERM else "interrupted"
+        _say(f"{PROG}: {what}; the store keeps every finished run "
              f"(re-run the same command to continue)")
-        return 130
+        return 128 + signum
     except Exception as exc:
         if os.environ.get("OPTIMLAB_DEBUG"):
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 
 import optimlab
 
@@ -18,6 +19,12 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # No option looks like a number, so "-1e-3" (or "-1,2") is a value, not an
+        # unknown option: --lrs -1e-3 then says why the lr is bad.
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
     def error(self, message):  # argparse would print the usage block and exit
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
@@ -41,6 +48,13 @@ def _positive(text: str, what: str = "must be positive") -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if math.isinf(value) and "inf" not in text.lower():
+        raise argparse.ArgumentTypeError(f"{text!r} overflows to inf (the largest float is "
+                                         f"about 1.8e308)")
+    mantissa = text.strip().lower().split("e")[0]
+    if value == 0 and not mantissa.startswith("-") and re.search(r"[1-9]", mantissa):
+        raise argparse.ArgumentTypeError(f"{text!r} underflows to 0 (the smallest positive "
+                                         f"float is about 5e-324)")
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
     return value
@@ -54,7 +68,9 @@ def _names(text: str) -> list:
 
 
 def _lrs(text: str) -> list:
-    return [_positive(item, "learning rates must be positive") for item in _names(text)]
+    """The learning rates in ``text``, each once (0.01,0.010,1e-2 is one lr)."""
+    lrs = [_positive(item, "learning rates must be positive") for item in _names(text)]
+    return list(dict.fromkeys(lrs))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -79,7 +95,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--problem", action="append", default=[], metavar="PKG.MODULE:FACTORY",
                    help="a custom problem factory (repeatable)")
     c.add_argument("--suite", choices=("default", "full"),
-                   help="problem suite when no problem is named (default: default)")
+                   help="problem suite when no problem is named with --problems "
+                        "(default: default); a --problem factory is added to it")
     c.add_argument("--optimizers", type=_names, metavar="NAMES",
                    help="comma-separated optimizer names and named sets, mixed freely: "
                         + "; ".join(f"{k} ({', '.join(v) if k != 'all' else 'every one'})"

@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 from . import runner
 from .problems.base import Problem
@@ -69,11 +69,29 @@ def _watch_parent(parent: int) -> None:
 
 
 def _init_worker(parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent handles Ctrl-C
+    if hasattr(signal, "pthread_sigmask"):   # held back while spawning: see _sigint_held
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     import torch
 
     torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent handles Ctrl-C
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+@contextmanager
+def _sigint_held():
+    """Hold Ctrl-C back (blocked, not lost) in this thread while worker processes are
+    spawned. They inherit the blocked signal, so a Ctrl-C during their start-up imports
+    (before :func:`_init_worker` ignores it) prints no traceback from them; here it is
+    delivered when the block lifts, as the usual KeyboardInterrupt."""
+    if not hasattr(signal, "pthread_sigmask"):   # Windows: no signal masks
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _work(spec: RunSpec, source: str):
@@ -166,8 +184,9 @@ class Executor:
             ctx = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx,
                                              initializer=_init_worker, initargs=(os.getpid(),))
-        futures = {self._pool.submit(_work, spec, self.sources[spec.problem])
-                   for spec in todo}
+        with _sigint_held():   # submit spawns the workers it needs
+            futures = {self._pool.submit(_work, spec, self.sources[spec.problem])
+                       for spec in todo}
         try:
             while futures:
                 done, futures = wait(futures, return_when=FIRST_COMPLETED)

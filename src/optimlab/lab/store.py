@@ -71,10 +71,16 @@ CREATE TABLE IF NOT EXISTS comparison_meta (
 );
 """
 
+#: The columns each table must have (a file with these tables but other columns is not
+#: an optimlab store); the comparison tables are optional (older stores lack them).
+_REQUIRED = {"runs": _COLUMNS, "meta": ("key", "value"), "comparisons": ("id", "seq"),
+             "comparison_meta": ("comparison", "key", "value")}
+
 #: Meta keys that record how and when a comparison ran, not what it compares; they do
 #: not enter its id.
 BOOKKEEPING = frozenset({"command", "argv", "suite", "versions", "workers", "executor",
-                         "created", "started", "finished", "runs", "latest", "comparison"})
+                         "created", "started", "finished", "runs", "latest", "comparison",
+                         "phase"})
 
 _ORDER = "ORDER BY problem, optimizer, phase, lr, seed, run_id"
 
@@ -116,25 +122,35 @@ def _row(record: RunRecord) -> tuple:
     )
 
 
-def _record(row: sqlite3.Row) -> RunRecord:
+def _loads(text, where: str):
+    """json.loads, a StoreError naming ``where`` (file, run or key, column) if corrupt."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{where} is not valid JSON ({exc})") from None
+
+
+def _record(row: sqlite3.Row, path) -> RunRecord:
+    def load(column):
+        return _loads(row[column], f"{path}: run {row['run_id']}, column {column},")
+
     spec = RunSpec(
         problem=row["problem"], optimizer=row["optimizer"], lr=row["lr"], seed=row["seed"],
         steps=row["steps"], schedule=row["schedule"],
-        hyperparameters=_tupled(json.loads(row["hyperparameters"])), phase=row["phase"],
+        hyperparameters=_tupled(load("hyperparameters")), phase=row["phase"],
         eval_every=row["eval_every"],
     )
-    trajectory = row["trajectory"]
     return RunRecord(
-        spec=spec, status=row["status"], final=json.loads(row["final"]),
-        curves=json.loads(row["curves"]), seconds=row["seconds"],
-        seconds_per_step=row["seconds_per_step"],
-        trajectory=None if trajectory is None else json.loads(trajectory),
-        versions=json.loads(row["versions"]),
+        spec=spec, status=row["status"], final=load("final"), curves=load("curves"),
+        seconds=row["seconds"], seconds_per_step=row["seconds_per_step"],
+        trajectory=None if row["trajectory"] is None else load("trajectory"),
+        versions=load("versions"),
     )
 
 
 class Store:
-    """A results store at ``path`` (an SQLite file, created if missing).
+    """A results store at ``path`` (an SQLite file, created if missing; with ``create``
+    False, a missing or empty file is a :class:`StoreError` and nothing is written to it).
 
     Safe to read while another process writes (WAL mode; writers wait on a busy
     timeout). Raises :class:`StoreError` if the file is not a store of this schema
@@ -144,27 +160,47 @@ class Store:
     SCHEMA_VERSION = 1
     BUSY_TIMEOUT_S = 60.0
 
-    def __init__(self, path):
+    def __init__(self, path, create: bool = True):
         self.path = Path(path)
         self.comparison = None   # set by use(): the comparison set_meta/meta refer to
+        if not create and not self.path.is_file():
+            raise StoreError(f"no results store at {self.path}")
         try:
             self._conn = sqlite3.connect(os.fspath(self.path), timeout=self.BUSY_TIMEOUT_S,
                                          isolation_level=None)
             self._conn.row_factory = sqlite3.Row
-            self._init_schema()
+            self._init_schema(create)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open results store {self.path}: {exc}") from None
 
-    def _init_schema(self) -> None:
+    def _tables(self) -> set:
+        return {r[0] for r in self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+
+    def _check_columns(self, tables) -> None:
+        for table in sorted(tables & set(_REQUIRED)):
+            have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+            missing = [c for c in _REQUIRED[table] if c not in have]
+            if missing:
+                raise StoreError(f"{self.path} is not an optimlab results store (table "
+                                 f"{table} lacks column{'s' * (len(missing) > 1)} "
+                                 f"{', '.join(missing)})")
+
+    def _init_schema(self, create: bool = True) -> None:
         conn = self._conn
+        # Read before anything is written: an empty file stays empty unless created here.
+        if not create and not self._tables() and \
+                conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            conn.close()
+            raise StoreError(f"no comparisons in {self.path} (an empty file, not a store "
+                             f"written by 'optimlab compare')")
         conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL with WAL: a committed run survives a killed process (not a power cut).
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = {r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = self._tables()
             if version == 0 and not tables:
                 tables = {"runs", "meta"}
                 for statement in _SCHEMA.split(";"):
@@ -178,6 +214,7 @@ class Store:
                     f"use a new --out directory")
             elif not {"runs", "meta"} <= tables:
                 raise StoreError(f"{self.path} is not an optimlab results store")
+            self._check_columns(tables)
             if not {"comparisons", "comparison_meta"} <= tables:
                 for statement in _COMPARISON_SCHEMA.split(";"):
                     if statement.strip():
@@ -227,7 +264,7 @@ class Store:
         else:
             rows = self._conn.execute(f"SELECT * FROM runs WHERE phase=? {_ORDER}",
                                       (phase,)).fetchall()
-        return [_record(r) for r in rows]
+        return [_record(r, self.path) for r in rows]
 
     def __len__(self) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
@@ -255,7 +292,7 @@ class Store:
 
     def _global_meta(self) -> dict:
         rows = self._conn.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
-        return {k: json.loads(v) for k, v in rows}
+        return {k: _loads(v, f"{self.path}: meta {k!r}") for k, v in rows}
 
     def use(self, comparison: str) -> None:
         """Register ``comparison`` (first use: after every existing one), make it the
@@ -300,7 +337,8 @@ class Store:
             rows = self._conn.execute("SELECT key, value FROM comparison_meta "
                                       "WHERE comparison=? ORDER BY key",
                                       (comparison,)).fetchall()
-            return {k: json.loads(v) for k, v in rows}
+            return {k: _loads(v, f"{self.path}: comparison {comparison}, meta {k!r}")
+                    for k, v in rows}
         if comparison not in self.comparisons():
             raise KeyError(comparison)
         return {k: v for k, v in self._global_meta().items() if k != "latest"}

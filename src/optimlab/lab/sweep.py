@@ -22,6 +22,7 @@ number of worker processes.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 
@@ -244,6 +245,21 @@ def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+#: "phase sweep, round 2 (extension/refinement): ..." -> "sweep, round 2".
+_PHASE_LINE = re.compile(r"^phase ([^:(]+?)\s*[:(]")
+
+
+def _recording_phase(store: Store, log):
+    """``log``, also keeping the phase a "phase NAME: ..." line starts in the comparison's
+    meta ("phase"), so that the report of one that stopped can say where it stopped."""
+    def logged(msg: str) -> None:
+        match = _PHASE_LINE.match(msg)
+        if match:
+            store.set_meta("phase", match.group(1))
+        log(msg)
+    return logged
+
+
 def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
             log=None, executor: Executor | None = None) -> dict:
     """The whole protocol: the lr search (rounds until every search is done), the seeds
@@ -254,7 +270,7 @@ def compare(plan: Plan, store: Store, workers: int = 1, progress: bool = False,
     ``{(problem, optimizer): Selection}``. A run that raises stops it after the batch
     it was in (:func:`raise_errors`), so no run is retried within one call.
     """
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    log = _recording_phase(store, log or (lambda msg: print(msg, file=sys.stderr)))
     # Stored runs are read once (a resumed comparison); new ones are kept in memory as
     # they finish, so a round does not decode the whole store again.
     known = {r.run_id: r for r in store.records("sweep") + store.records("seeds")}

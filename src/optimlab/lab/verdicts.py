@@ -12,6 +12,7 @@ of each (problem, optimizer), all its seeds); a seed's score is ``analysis.score
 
 from __future__ import annotations
 
+import errno
 import math
 import sys
 from collections import defaultdict
@@ -193,6 +194,10 @@ def mean_pm(row) -> str:
     return f"{_fmt(row['mean'])} ± {0.5 * (hi - lo):.2g} (n={row['n']}{fail})"
 
 
+def _broken_pipe() -> None:
+    raise BrokenPipeError(errno.EPIPE, "the reader of the verdict table is gone")
+
+
 def print_table(vrows: list, report=None, file=None) -> None:
     """The verdict table on the terminal (rich), then the report path."""
     from rich.console import Console
@@ -203,6 +208,7 @@ def print_table(vrows: list, report=None, file=None) -> None:
     # Piped or captured output gets one line per problem instead of rich's 80 columns.
     console = Console(file=file, highlight=False, soft_wrap=False,
                       width=None if tty else 200)
+    console.on_broken_pipe = _broken_pipe   # rich would exit(1); the CLI exits 141, quietly
     t = Table(title=f"Verdicts (validation loss, mean ± 95% CI over seeds; {TAG})",
               title_justify="left")
     for col, kw in (("problem", {}), ("kind", {}), ("verdict", {"overflow": "fold"}),

@@ -72,6 +72,7 @@ class Built:
     latest_id: str | None = None                  # the latest comparison's id
     index: Path | None = None                     # index.html
     comparisons: list = field(default_factory=list)   # every id in the store, oldest first
+    unfinished: list = field(default_factory=list)    # ids built whose reports say incomplete
 
 
 def build_reports(out_dir, problems=None, comparisons=None, missing=False) -> Built:
@@ -86,7 +87,7 @@ def build_reports(out_dir, problems=None, comparisons=None, missing=False) -> Bu
     db = out / STORE_NAME
     if not db.exists():
         raise FileNotFoundError(f"no results store at {db}; run `optimlab compare` first")
-    with Store(db) as store:
+    with Store(db, create=False) as store:
         ids, latest = store.comparisons(), store.latest()
         metas = {c: store.comparison_meta(c) for c in ids}
         records = store.records()
@@ -106,6 +107,8 @@ def build_reports(out_dir, problems=None, comparisons=None, missing=False) -> Bu
         path.write_text(page, encoding="utf-8")
         (out / summary_name(cid)).write_text(summary, encoding="utf-8")
         built.reports[cid] = path
+        if context.progress(metas[cid], runs[cid]) is not None:
+            built.unfinished.append(cid)
         if cid == latest:
             built.latest = out / "report.html"
             built.latest.write_text(page, encoding="utf-8")

@@ -63,6 +63,21 @@ def schedule_fn(meta):
         return name, None, steps
 
 
+#: A comparison's phases in the order ``sweep.compare`` runs them.
+PHASES = ("sweep", "seeds", "bias-correction", "schedules", "layerwise")
+
+
+def progress(meta, records) -> dict | None:
+    """None for a finished comparison (or a meta that is not one's: no "created");
+    else {"phase", "runs"}: the phase it stopped in (meta "phase", written as each phase
+    starts; for an older store, the last phase with stored runs) and its stored runs."""
+    if meta.get("finished") or not meta.get("created"):
+        return None
+    phases = {r.spec.phase for r in records}
+    phase = meta.get("phase") or next((p for p in reversed(PHASES) if p in phases), "sweep")
+    return {"phase": str(phase), "runs": len(records)}
+
+
 def build(records, meta, problems=None) -> dict:
     """The report context: analysis results keyed by what the templates need."""
     from .plots import palette
@@ -86,7 +101,8 @@ def build(records, meta, problems=None) -> dict:
         n_steps = max((r.spec.steps for r in records), default=1)
     failures = [r for r in records if r.status != "ok"]
     return {
-        "meta": meta, "records": records, "optimizers": opts, "problems": probs,
+        "meta": meta, "progress": progress(meta, records),
+        "records": records, "optimizers": opts, "problems": probs,
         "info": info, "optima": optima, "colors": palette(opts),
         "selections": sel, "sweeps": A.sweep_curves(records),
         "sensitivity": A.sensitivity(records), "aggregate": A.aggregate(records, sel),

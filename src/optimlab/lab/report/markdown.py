@@ -58,7 +58,13 @@ def summary(ctx) -> str:
     """The Markdown summary as one string."""
     cid = ctx["meta"].get("comparison")
     where = f" · comparison `{cid}` ([all comparisons](index.html))" if cid else ""
-    out = ["# optimlab report", "", md(T.counts(ctx)) + where, "", "## Answer", ""]
+    out = ["# optimlab report", "", md(T.counts(ctx)) + where, ""]
+    warning = T.incomplete(ctx)
+    if warning:
+        out += [f"> **⚠ Incomplete:** {md(warning)}", "",
+                "## Answer (provisional: from the runs stored so far)", ""]
+    else:
+        out += ["## Answer", ""]
     out += answer_md(ctx, md)
     out += ["", "## Best learning rates and final metrics", "",
             "Mean ± 95% CI half-width over seeds; ★ best, ≈ indistinguishable from it, "

@@ -63,25 +63,47 @@ def command(meta) -> str:
     return "optimlab compare  # (command not recorded)"
 
 
+def incomplete(ctx) -> str | None:
+    """The warning under the heading "Incomplete" of a comparison that did not finish
+    (None when it did): where it stopped, and that everything shown is provisional."""
+    p = ctx.get("progress")
+    if p is None:
+        return None
+    return (f"This comparison did not finish. It stopped (interrupted, stopped "
+            f"by an error, or still running) during phase {p['phase']}, with "
+            f"{plural(p['runs'], 'run')} stored. The answer, verdicts and figures below are "
+            f"provisional, computed from those runs only; later phases have not run. "
+            f"Rerun the same command to finish it: {command(ctx['meta'])}")
+
+
 def protocol(ctx) -> list:
-    """The protocol as sentences."""
+    """The protocol as sentences; for an unfinished comparison, what it will do (the
+    steps it has not done are not claimed)."""
     m = ctx["meta"]
     grid = m.get("grid")
     grid_s = ", ".join(num(g) for g in grid) if isinstance(grid, (list, tuple)) else "?"
     seeds = m.get("seeds", "?")
+    stopped = ctx.get("progress")
+    search = m.get("search") or {}
+    reruns = (f"the best lrs of the seed-0 search (up to {search.get('candidates', 1)} per "
+              f"pair) {'are to be' if stopped else 'were'} rerun in two rungs of successive "
+              f"halving: all of them to {search.get('rung_seeds', seeds)} seeds, then the "
+              f"leader and those within noise of it (paired difference under 2 standard "
+              f"errors) to {seeds} seeds in total; among these, the lr with the lowest "
+              "seed-mean final validation loss is selected.")
+    if stopped is None:
+        reruns = reruns[0].upper() + reruns[1:]
+    else:
+        reruns = (f"Not completed (the comparison stopped during phase {stopped['phase']}; "
+                  f"the selected lrs shown are the best of the runs stored so far): {reruns}")
     return [
-        (f"Every optimizer ran the same learning-rate search, starting from the grid "
-         f"({grid_s}): {m.get('grid_spacing')}; "
+        (f"Every optimizer {'gets' if stopped else 'ran'} the same learning-rate search, "
+         f"starting from the grid ({grid_s}): {m.get('grid_spacing')}; "
          if (m.get("search") or {}).get("adaptive") else
-         f"Every optimizer ran the same learning-rate grid ({grid_s}); ")
+         f"Every optimizer {'gets' if stopped else 'ran'} the same learning-rate grid "
+         f"({grid_s}); ")
         + "same initial weights and batch order for all (both fixed by the seed).",
-        f"The best lrs of the seed-0 search (up to "
-        f"{(m.get('search') or {}).get('candidates', 1)} per pair) were rerun in two rungs "
-        f"of successive halving: all of them to "
-        f"{(m.get('search') or {}).get('rung_seeds', seeds)} seeds, then the leader and "
-        f"those within noise of it (paired difference under 2 standard errors) to {seeds} "
-        "seeds in total; among these, the lr with the lowest seed-mean final validation "
-        "loss is selected. The test split is never used for any choice. Metrics are mean ± "
+        reruns + " The test split is never used for any choice. Metrics are mean ± "
         "half-width of the 95% Student-t interval over the selected lr's seeds.",
         "Diverged or failed runs are kept and counted: they score +inf and are never "
         "selected.",

@@ -126,7 +126,11 @@ def answer_html(ctx) -> str:
            f"{esc(TAG)}), or one optimizer when it is significantly better than all "
            "others; <b>no verdict</b> when every run failed. Per kind: the lowest mean "
            "tie-aware rank over the kind's problems (tied optimizers share a rank).")
-    return section("answer", "The answer", cap,
+    if ctx.get("progress"):
+        cap = ("<b class='bad'>Provisional</b>: the comparison did not finish (see above), "
+               "so these verdicts come from the runs stored so far. " + cap)
+    title = "The answer (provisional)" if ctx.get("progress") else "The answer"
+    return section("answer", title, cap,
                    f'<div class="cards">{"".join(cards)}</div><h3>Per problem</h3>{table}')
 
 
