@@ -6,14 +6,18 @@ optimlab and torch (about a second), and a Ctrl-C or SIGTERM during that second 
 as one during a command does (one line, exit 130 or 143), not with a traceback.
 """
 
+import os
 import signal
 import sys
 
 
 def _stop(signum, frame):
     what = "terminated" if signum == signal.SIGTERM else "interrupted"
-    print(f"optimlab: {what} while starting; nothing was run", file=sys.stderr)
-    raise SystemExit(128 + signum)
+    print(f"optimlab: {what} while starting; nothing was run", file=sys.stderr, flush=True)
+    # Exit at once, not by raising: an exception raised inside an import can be swallowed
+    # (numpy's, under load), and the command would then run on half-imported modules.
+    # Nothing is open yet that needs closing.
+    os._exit(128 + signum)
 
 
 def main() -> int:
