@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import step_speed  # noqa: E402
-from markdown_section import replace_section  # noqa: E402
+from markdown_section import write_table  # noqa: E402
 
 from optimlab.fused import compiled, traced_reference  # noqa: E402
 from optimlab.registry import lookup  # noqa: E402
@@ -104,18 +104,15 @@ def main(argv=None) -> None:
                 print(rows[-1], flush=True)
     finally:
         traced_reference.TRACED_SLOWER, compiled.MODE = limits, mode
-    body = "\n".join([
-        BEGIN, "## torch.compile: LAMB and RAdam traced vs as one op", "",
+    write_table(
+        args.out, BEGIN, END, "torch.compile: LAMB and RAdam traced vs as one op",
         f"Machine: {step_speed.machine()}. Run: {started}, load "
         f"average {load:.1f} before. `python benchmarks/compile_slower_rules.py --reps {args.reps}`: a "
         "`fullgraph=True` function calling `opt.step()`, Inductor, float32; us per step, medians of "
         "interleaved windows. `chosen`: what `traced_reference.TRACED_SLOWER` "
-        f"(the mean elements per param up to which a rule is traced: {limits}) picks.", "",
-        "| rule | params | elements per param | eager us | traced us | as the op us | traced / eager "
-        "| op / eager | faster | chosen |",
-        "|---|---|---|---|---|---|---|---|---|---|", *rows, "", END])
-    replace_section(args.out, BEGIN, END, body)
-    print("wrote", args.out)
+        f"(the mean elements per param up to which a rule is traced: {limits}) picks.",
+        ["rule", "params", "elements per param", "eager us", "traced us", "as the op us",
+         "traced / eager", "op / eager", "faster", "chosen"], rows)
 
 
 if __name__ == "__main__":

@@ -16,3 +16,13 @@ def replace_section(path: str, begin: str, end: str, body: str) -> None:
         text = text.rstrip("\n") + "\n\n" + body + "\n"
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def write_table(path: str, begin: str, end: str, title: str, intro: str, header: list,
+                rows: list) -> None:
+    """A section of one table: ``## title``, the ``intro`` paragraph (machine, run, command,
+    what the columns mean), then the table of ``header`` and ``rows`` (Markdown lines)."""
+    lines = [begin, f"## {title}", "", intro, "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header), *rows, "", end]
+    replace_section(path, begin, end, "\n".join(lines))
+    print("wrote", path)

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import step_speed  # noqa: E402
-from markdown_section import replace_section  # noqa: E402
+from markdown_section import write_table  # noqa: E402
 
 import optimlab  # noqa: E402
 from optimlab import fused  # noqa: E402
@@ -83,17 +83,14 @@ def main(argv=None) -> None:
         rows.append(f"| {label} | {'C++ helper' if t['helper'] else 'Python'} | {t['step']:.1f} | "
                     f"{t['cold']:.1f} | {t['hot']:.1f} | {t['cold'] / t['step']:.3f} |")
         print(rows[-1], flush=True)
-    body = "\n".join([
-        BEGIN, "## The state check: what reading optimizer.state afresh costs", "",
+    write_table(
+        args.out, BEGIN, END, "The state check: what reading optimizer.state afresh costs",
         f"Machine: {step_speed.machine()}. Run: {started}, load average {load:.1f} before. "
         f"`python benchmarks/state_check.py --reps {args.reps}`: one thread, float32; us per "
         "`step()` (median of windows) and of the plans' state check alone (median), cold = right "
         "after a step, hot = in a loop. `checked by`: the C++ step helper (steady state) or "
-        "Python.", "",
-        "| group | checked by | step us | check us, cold | check us, hot | cold check / step |",
-        "|---|---|---|---|---|---|", *rows, "", END])
-    replace_section(args.out, BEGIN, END, body)
-    print("wrote", args.out)
+        "Python.",
+        ["group", "checked by", "step us", "check us, cold", "check us, hot", "cold check / step"], rows)
 
 
 if __name__ == "__main__":
