@@ -235,7 +235,6 @@ class Plan:
     def __init__(self, optimizer, group, params, h, key):
         self.group = group
         self.ids = list(map(id, params))
-        self.state = optimizer.state
         self.key = key
         self.params = list(params)  # a copy: the group's own list may change in place
         self.reference = []  # params whose layout or dtype the kernel cannot take
