@@ -111,6 +111,43 @@ def test_combined_state_dict_round_trip():
         optimlab.Combined(optimlab.AdamW(Net().parameters())).load_state_dict(sd)
 
 
+def test_combined_after_load_state_dict_schedulers_still_reach_the_parts():
+    """A part's load_state_dict replaces its groups and state (torch.optim's does): the
+    Combined must list the new ones, or a scheduler keeps writing lr into the old dicts."""
+    model = Net()
+    opt = _combined(model, lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.tensor([0, 6])).backward()
+        opt.step()
+    resumed = _combined(copy.deepcopy(model), lr=0.1)
+    resumed.load_state_dict(copy.deepcopy(opt.state_dict()))
+    parts = [g for o in resumed.optimizers for g in o.param_groups]
+    assert len(resumed.param_groups) == len(parts)
+    assert all(a is b for a, b in zip(resumed.param_groups, parts))
+    assert len(resumed.state) == sum(len(o.state) for o in resumed.optimizers) > 0
+    sched = torch.optim.lr_scheduler.StepLR(resumed, step_size=1, gamma=0.1)
+    resumed.step()
+    sched.step()
+    assert all(g["lr"] == pytest.approx(0.01) for o in resumed.optimizers for g in o.param_groups)
+
+
+def test_combined_add_param_group_goes_to_a_part():
+    model = Net()
+    opt = _combined(model)
+    extra = nn.Parameter(torch.ones(3))
+    with pytest.raises(ValueError, match=r"opt.optimizers\[i\].add_param_group"):
+        opt.add_param_group({"params": [extra]})
+    assert all(p is not extra for g in opt.param_groups for p in g["params"])
+    opt.optimizers[1].add_param_group({"params": [extra], "lr": 0.1})
+    assert opt.param_groups[-1]["params"] == [extra]
+    extra.grad = torch.ones(3)
+    opt.step()
+    assert (extra < 1).all()
+    with pytest.raises(AttributeError, match="parts"):
+        opt.param_groups = []
+
+
 def test_combined_rejects_shared_parameters():
     p = torch.zeros(2, 2, requires_grad=True)
     with pytest.raises(ValueError, match="share"):

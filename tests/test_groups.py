@@ -137,6 +137,19 @@ def test_optimlab_adam_steps_with_groups():
     torch.testing.assert_close(moved[moved > 0], torch.full_like(moved[moved > 0], 0.1), rtol=1e-3, atol=0)
 
 
+@pytest.mark.parametrize("name", ["lbfgs", "rprop", "sparse_adam"])
+def test_create_from_module_without_weight_decay_is_one_group(name):
+    """Classes without weight_decay have nothing to exempt: one group (LBFGS takes no other)."""
+    model = Net()
+    model.requires_grad_(True)
+    frozen = next(model.parameters())
+    frozen.requires_grad_(False)
+    opt = optimlab.create(name, model)
+    assert len(opt.param_groups) == 1
+    assert [id(p) for p in opt.param_groups[0]["params"]] == \
+        [id(p) for p in model.parameters() if p.requires_grad]
+
+
 def test_registry_create_from_module_exempts_biases_and_norms():
     model = Net()
     opt = optimlab.create("adamw", model, lr=1e-3, weight_decay=0.1)

@@ -153,6 +153,12 @@ def test_by_name_shapes_and_unknown():
     assert S.by_name("exponential", 50)(50) == pytest.approx(0.01)
     assert S.by_name("step", 30)(10) == pytest.approx(0.1)
     assert S.by_name("cosine_restarts", 70)(10) == 1.0  # second cycle starts at T_0 = 10
+    sgdr = S.cosine_restarts(10, 2)
+    assert [S.by_name("cosine_restarts", 70)(t) for t in range(70)] == [sgdr(t) for t in range(70)]
+    for total in (20, 100, 1000, 13, 5):   # the last cycle ends at the run's end, 7 | T or not
+        s = S.by_name("cosine_restarts", total)
+        assert s(total) == pytest.approx(0.0, abs=1e-12) and s(total - 1) < s(total - 2), total
+        assert total < 13 or s(total - 1) < 0.03, total
     assert S.by_name("Warmup-Cosine", 100)(0) < S.by_name("warmup_cosine", 100)(5) == 1.0
     with pytest.raises(ValueError, match="valid names: constant, step"):
         S.by_name("cosin", 100)

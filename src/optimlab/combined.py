@@ -24,7 +24,9 @@ class Combined(Optimizer):
     """Optimizers over disjoint parameters, used as one optimizer.
 
     ``param_groups`` lists every part's groups (the same dicts, so an lr scheduler or a
-    write to ``group["lr"]`` reaches the part that owns the group); ``step(closure)``
+    write to ``group["lr"]`` reaches the part that owns the group; read afresh at each
+    access, so also after ``load_state_dict``); ``add_param_group`` goes to a part
+    (``opt.optimizers[i].add_param_group``); ``step(closure)``
     evaluates the closure once and steps each part; ``state`` reads every part's state;
     ``state_dict()`` is ``{"optimizers": [each part's state_dict]}``; ``train()``/``eval()``
     reach the parts that have them (Schedule-Free).
@@ -42,8 +44,46 @@ class Combined(Optimizer):
             raise ValueError("the optimizers of a Combined must not share parameters")
         super().__init__(params, {})
         self.optimizers = list(optimizers)
-        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
-        self.state = ChainMap(*(o.state for o in self.optimizers))
+
+    # ``param_groups`` and ``state`` are read from the parts at each access: a part's
+    # ``load_state_dict`` or ``add_param_group`` replaces its groups and state, and a
+    # scheduler holding this optimizer must still reach them. torch.optim.Optimizer's
+    # ``__init__`` assigns both before the parts are known; those go to ``_unparted``.
+    @property
+    def param_groups(self) -> list:
+        parts = self.__dict__.get("optimizers")
+        if parts is None:
+            return self.__dict__.setdefault("_unparted", {}).setdefault("param_groups", [])
+        return [g for o in parts for g in o.param_groups]
+
+    @param_groups.setter
+    def param_groups(self, groups) -> None:
+        self._set_unparted("param_groups", groups)
+
+    @property
+    def state(self):
+        parts = self.__dict__.get("optimizers")
+        if parts is None:
+            return self.__dict__.setdefault("_unparted", {}).setdefault("state", {})
+        return ChainMap(*(o.state for o in parts))
+
+    @state.setter
+    def state(self, state) -> None:
+        self._set_unparted("state", state)
+
+    def _set_unparted(self, key, value) -> None:
+        if "optimizers" in self.__dict__:
+            raise AttributeError(f"a Combined's {key} are its parts'; set them on "
+                                 f"opt.optimizers[i]")
+        self.__dict__.setdefault("_unparted", {})[key] = value
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Refused once constructed: which part should own the group? Add it to that part,
+        ``opt.optimizers[i].add_param_group(group)``; this optimizer then lists it."""
+        if "optimizers" not in self.__dict__:   # torch.optim.Optimizer.__init__
+            return super().add_param_group(param_group)
+        raise ValueError("a Combined steps its parts' groups: add the group to the part that "
+                         "should own it, opt.optimizers[i].add_param_group(group)")
 
     @torch.no_grad()
     def step(self, closure=None):

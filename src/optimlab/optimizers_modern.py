@@ -22,8 +22,9 @@ class AdaBelief(RuleOptimizer):
     ``betas=(0.9, 0.999)`` each in [0, 1), ``eps=1e-16`` (the authors' default),
     ``weight_decay >= 0``, ``amsgrad`` (a running maximum of ``s_t``),
     ``decoupled_weight_decay=True`` (AdamW-style, as the authors' code; ``False``: L2).
-    The authors' ``rectify`` (RAdam's rectification, off by default in ``pytorch_optimizer``)
-    and ``fixed_decay`` are not in the paper and not implemented.
+    The authors' ``rectify`` (RAdam's rectification) and ``fixed_decay`` are not in the
+    paper and not implemented: this is ``adabelief_pytorch.AdaBelief(rectify=False)`` (the
+    authors' package defaults to ``rectify=True``; ``pytorch_optimizer`` to ``False``).
 
     >>> opt = optimlab.AdaBelief(model.parameters(), lr=1e-3, weight_decay=1e-2)
     """
@@ -52,7 +53,10 @@ class Adan(RuleOptimizer):
     ``weight_decay >= 0`` applied as the paper's proximal step ``p <- p / (1 + lr * wd)``, or
     AdamW-style with ``no_prox=True``. State: ``exp_avg``, ``exp_avg_sq``, ``exp_avg_diff``
     and the previous gradient ``pre_grad``. ``pytorch_optimizer``'s global gradient clipping
-    (``max_grad_norm``) is not part of the algorithm and not implemented.
+    (``max_grad_norm``) is not part of the algorithm and not implemented. The bias
+    corrections count each param's own steps (``state["step"]``, as every torch.optim
+    class); the authors' code counts the group's steps, so the two differ only for a param
+    whose grad is ``None`` on some steps.
 
     >>> opt = optimlab.Adan(model.parameters(), lr=1e-3, weight_decay=0.02)
     """

@@ -3,6 +3,7 @@ the docs and the lab. Register a new entry here and it is tested everywhere."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -347,7 +348,8 @@ def create(name: str, params_or_model, **hyperparameters) -> torch.optim.Optimiz
 
     ``params_or_model`` is anything torch.optim accepts, or an ``nn.Module``: then its
     trainable parameters are grouped by :func:`optimlab.param_groups` (no weight decay on
-    biases and normalisation weights). Unknown hyperparameters raise ``TypeError``.
+    biases and normalisation weights), or passed as one list to a class without
+    ``weight_decay`` (LBFGS, Rprop, SparseAdam). Unknown hyperparameters raise ``TypeError``.
 
     An entry that takes 2-D parameters only (Muon), given a model, gets the model's 2-D
     weights and AdamW the rest, both at the same ``lr`` (:func:`optimlab.with_adamw_for_the_rest`).
@@ -363,5 +365,9 @@ def create(name: str, params_or_model, **hyperparameters) -> torch.optim.Optimiz
     if isinstance(params_or_model, torch.nn.Module):
         from .groups import param_groups
 
-        params = param_groups(params_or_model, weight_decay=hyperparameters.get("weight_decay"))
+        if "weight_decay" in inspect.signature(entry.cls).parameters:
+            params = param_groups(params_or_model,
+                                  weight_decay=hyperparameters.get("weight_decay"))
+        else:   # no decay to exempt anything from (LBFGS takes one group only)
+            params = [p for p in params_or_model.parameters() if p.requires_grad]
     return entry.build(params, **hyperparameters)

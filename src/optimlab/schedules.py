@@ -308,7 +308,8 @@ def by_name(name: str, total_steps: int) -> Schedule:
     exponential      down to 0.01 at the end: ``exponential(0.01 ** (1 / T))``
     inverse_sqrt     the Adam paper's alpha / sqrt(t): ``inverse_sqrt()``
     cosine           ``cosine(T)`` down to 0
-    cosine_restarts  SGDR with cycles T0, 2 T0, 4 T0, T0 = max(1, T // 7): ends a cycle at T
+    cosine_restarts  SGDR with cycles T0, 2 T0 and T - 3 T0 (4 T0 when 7 divides T),
+                     T0 = max(1, T // 7): the last cycle ends at T (``cosine(T)`` if T < 4)
     warmup_cosine    5% linear warmup (at least 1 step), then cosine to 0 over the rest
     one_cycle        ``one_cycle(T)`` with torch's defaults
     polynomial       linear decay to 0: ``polynomial(T, power=1)``
@@ -331,7 +332,11 @@ def by_name(name: str, total_steps: int) -> Schedule:
     if key == "cosine":
         return cosine(T)
     if key == "cosine_restarts":
-        return cosine_restarts(max(1, T // 7), 2)
+        t0 = max(1, T // 7)
+        if 3 * t0 >= T:
+            return cosine(T)
+        # cosine_restarts(t0, 2)'s cycles, the third stretched to end exactly at T
+        return join((cosine(t0), cosine(2 * t0), cosine(T - 3 * t0)), (t0, 3 * t0))
     if key == "warmup_cosine":
         w = min(max(1, round(0.05 * T)), T - 1)
         return warmup(cosine(T - w), w) if w > 0 else cosine(T)
