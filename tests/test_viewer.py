@@ -172,12 +172,40 @@ def test_downsample_caps_points_and_stays_close():
     assert np.abs(rec - walk).max() < 0.5
     # A trajectory that is not one (x, y) per step draws nothing.
     assert len(viewer.downsample([[0, 1, 2], [3, 4, 5]], bounds)[0]) == 0
-    # Non-finite points end the path; a path flying off is cut where it leaves 10x bounds.
+    # Non-finite points end the path; a path flying off is drawn on the 10x box.
     bad = np.array([[0, 0], [0.1, 0.1], [np.nan, 1.0], [0.2, 0.2]])
     assert viewer.downsample(bad, bounds)[0].tolist() == [0, 1]
     far = np.array([[0.0, 0.0]] + [[3.0 ** k, 0.0] for k in range(1, 40)])
     idx, xy = viewer.downsample(far, bounds)
-    assert abs(xy[-1, 0]) > 10 * 4 and abs(xy[-2, 0]) <= 10 * 4 + 2
+    assert idx[-1] == 39 and xy[-1, 0] == viewer.FAR * 4 and np.abs(xy).max() <= 40
+
+
+def jump_and_converge(steps=200):
+    """rmsprop at lr 10 on ill-conditioned (the default comparison): one step far out,
+    past 10x the bounds, then straight back to the optimum, ending near 1e-54."""
+    out = [[1.0, 1.0], [98.0, -99.6]]
+    for t in range(2, steps + 1):
+        out.append([-98.0 * 0.55 ** t, 99.6 * 0.5 ** (1.7 * t)])
+    return out
+
+
+def test_a_path_that_leaves_the_plot_and_comes_back_is_kept_to_its_end():
+    traj = jump_and_converge()
+    final = {"train_loss": 1.6e-107, "val_loss": 1.6e-107, "test_loss": 1.6e-107,
+             "gap": 1.6e-107}
+    rec = RunRecord(RunSpec("ill-conditioned", "rmsprop", 10.0, 0, 200), "ok", final, {},
+                    1.0, 1e-4, traj, {})
+    ctx = context.build([rec], {"steps": 200}, PROBLEMS)
+    opt, = viewer.data(ctx)["problems"][0]["opts"]
+    assert opt["i"][-1] == 200 and 1 in opt["i"]
+    # Drawn on the 10x box around the bounds ((-2.5, 2.5), (-1, 1)), every loss the
+    # true point's.
+    assert max(abs(v) for v in opt["x"]) <= viewer.FAR * 5
+    assert max(abs(v) for v in opt["y"]) <= viewer.FAR * 2
+    surface = PROBLEMS["ill-conditioned"].surface
+    for i, f in zip(opt["i"], opt["f"]):
+        assert f == pytest.approx(float(surface(*np.array(traj[i]))), rel=1e-3), i
+    assert opt["f"][-1] < 1e-100 and opt["f"][1] > 1e5
 
 
 def test_script_json_cannot_break_out():
@@ -206,8 +234,8 @@ def test_viewer_data_in_page(ctx):
             assert 2 <= len(o["i"]) <= viewer.MAX_POINTS
             assert o["i"][0] == 0
             full = path(p["name"], o["name"], OPTS[o["name"]], 0, STEPS[p["name"]])
-            # Cut where it flies off (10x the bounds) when diverging, else complete.
-            assert (o["i"][-1] < len(full) - 1) == (o["name"] == "blowup")
+            # Every finite point is kept (a diverging one too, drawn on the 10x box).
+            assert o["i"][-1] == len(full) - 1
             assert o["status"] == ("diverged" if o["name"] == "blowup" else "ok")
     assert "multiples" in page and "id='olv-canvas'" in page
 
@@ -278,6 +306,18 @@ def test_viewer_in_headless_chromium(tmp_path):
         assert page.evaluate("document.getElementById('olv-label').textContent") == \
             f"step {k} / 200"
         shot_early, pix_early = page.screenshot("#olv-canvas"), page.evaluate(canvas)
+        # A value shown is a stored one: between kept points, the last one's, named.
+        data = json.loads(page.evaluate("document.getElementById('olv-data').textContent"))
+        texts = page.evaluate("[...document.querySelectorAll('#olv-opts label')]"
+                              ".map(l => l.children[3].textContent)")
+        for o, text in zip(data["problems"][0]["opts"], texts):
+            if k > o["i"][-1]:
+                end = o["status"] if o["status"] != "ok" else "ended"
+                assert text == f"{end} at step {o['i'][-1]}", text
+            elif k not in o["i"]:
+                assert text.endswith(f"(step {max(i for i in o['i'] if i <= k)})"), text
+            else:
+                assert "step" not in text, text
         assert pix_early != pix_end
         assert _changed(_pixels(shot_end), _pixels(shot_early)) > 200
 

@@ -1,90 +1,23 @@
 """Matplotlib figures of the report, each returned as PNG bytes (Agg backend).
 
 Every function takes plain data (from ``optimlab.lab.analysis``) and a colour map
-``{optimizer: colour}`` so an optimizer has the same colour in every figure.
+``{optimizer: colour}`` (:func:`palette`) so an optimizer has the same colour in every
+figure. The loss-vs-lr figures are in :mod:`.plots_lr`, the shared parts in
+:mod:`.plots_common`.
 """
 
 from __future__ import annotations
 
-import io
 import math
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.ticker  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+from .plots_common import (_STYLE, FLOOR_HANDLE, Line2D, _grid, _legend, _png, _yscale,
+                           at_floor, floor_line, floor_of, palette, plt)
+from .plots_lr import bias_correction, sensitivity
 
-DPI = 90
-NCOLS = 3
-_STYLE = {"axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
-          "grid.alpha": 0.25, "font.size": 9, "axes.titlesize": 10,
-          "axes.titleweight": "bold", "legend.frameon": False}
-
-
-def palette(optimizers) -> dict:
-    """{optimizer: hex colour}: tab10 in sorted-name order, tab20 beyond ten."""
-    names = sorted(optimizers)
-    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-    return {o: matplotlib.colors.to_hex(cmap(i % cmap.N)) for i, o in enumerate(names)}
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _grid(n, w=4.0, h=3.0, ncols=NCOLS):
-    ncols = max(1, min(ncols, n))
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False)
-    axes = axes.ravel()
-    for ax in axes[n:]:
-        ax.set_visible(False)
-    return fig, list(axes[:n])
-
-
-def _legend(fig, colors, names, extra=()):
-    handles = [Line2D([], [], color=colors[o], lw=2.5, label=o) for o in names] + list(extra)
-    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0),
-               ncol=min(len(handles), 6), fontsize=9)
-
-
-def _yscale(ax, lo, hi):
-    """Log y when positive and spanning > 1 decade; symlog when negative values span
-    > 3 decades (unbounded problems); else linear."""
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return
-    if lo > 0 and hi / lo > 10:
-        ax.set_yscale("log")
-        # Losses from ~1e-289 (a quadratic solved exactly) to ~1e266 (a run blowing up but
-        # still finite): matplotlib's log ticks over 500 decades leave float range (an
-        # OverflowError). Keep the low end, where the converged runs are, and at most 150
-        # decades above it; larger losses are drawn off the top, as blowing up.
-        bottom = max(lo / 10, 1e-300)
-        ax.set_ylim(bottom, min(hi * 10, bottom * 1e150))
-    elif lo < 0 and max(abs(lo), abs(hi)) > 1e3:
-        # Linear within +-1, where O(1) losses live; logarithmic beyond.
-        ax.set_yscale("symlog", linthresh=1.0)
-        ticks = [0.0]
-        for v, sign in ((lo, -1.0), (hi, 1.0)):
-            if sign * v > 10:
-                top = math.ceil(math.log10(sign * v))
-                # ~4 labelled decades per side, none next to 0 where labels would collide.
-                first = max(1, round(top / 4))
-                ticks += [sign * 10.0 ** k for k in sorted({round(x) for x in
-                                                            np.linspace(first, top, 4)})]
-        ax.set_yticks(sorted(ticks))
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
-            lambda v, _: "0" if v == 0 else
-            f"${'-' if v < 0 else ''}10^{{{round(math.log10(abs(v)))}}}$"))
-        ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        pad = 0.05 * (math.log10(abs(lo)) + 1)
-        ax.set_ylim(-(10 ** (math.log10(abs(lo)) + pad)), max(hi, 1.0) * 10 ** pad)
+__all__ = ["palette", "contours", "loss_curves", "sensitivity", "tuning_cost", "profiles",
+           "heatmap", "bias_correction", "schedule"]
 
 
 def contours(panels, colors) -> bytes | None:
@@ -131,6 +64,8 @@ def contours(panels, colors) -> bytes | None:
             ax.set_xlim(x0, x1)
             ax.set_ylim(y0, y1)
             ax.set_title(pnl["name"])
+            ax.set_xlabel("x (first parameter)")
+            ax.set_ylabel("y (second parameter)")
             ax.grid(False)
         extra = [Line2D([], [], marker="s", color="black", ls="", label="start"),
                  Line2D([], [], marker="*", color="gold", mec="black", ms=11, ls="",
@@ -140,115 +75,100 @@ def contours(panels, colors) -> bytes | None:
         return _png(fig)
 
 
-def loss_curves(curves, optima, colors, problems, ylabel="train loss") -> bytes | None:
+def _gap_floors(curves, optima, floors) -> dict:
+    """{problem: the optimum floor}: ``floors`` where given, else ``stats.optimum_floor``
+    of the known optimum and the median of the curves' first losses."""
+    from ..stats import optimum_floor
+
+    if floors is not None:
+        return dict(floors)
+    starts: dict = {}
+    for (p, _), c in curves.items():
+        if len(c["mean"]) and np.isfinite(c["mean"][0]):
+            starts.setdefault(p, []).append(float(c["mean"][0]))
+    return {p: optimum_floor(optima.get(p), float(np.median(xs))) for p, xs in starts.items()}
+
+
+def loss_curves(curves, optima, colors, problems, ylabel="train loss",
+                floors=None) -> bytes | None:
     """Mean over seeds with a band per optimizer (the context's: a 95% t-interval of
     the mean), one panel per problem.
 
     curves: {(problem, optimizer): {"step","mean","lo","hi","n"}}; where the problem
-    optimum is known the gap ``loss - optimum`` is drawn instead.
+    optimum is known the gap ``loss - optimum`` is drawn instead, raised to the optimum
+    floor (floors: {problem: ``verdicts.floors``}; None derives it from the curves), so
+    a run that reached the optimum sits on the floor line instead of far below it.
     """
     problems = [p for p in problems if any(k[0] == p for k in curves)]
     if not problems:
         return None
+    floors = _gap_floors(curves, optima, floors)
     with plt.rc_context(_STYLE):
         fig, axes = _grid(len(problems))
         names = sorted({k[1] for k in curves})
+        any_floor = False
         for ax, p in zip(axes, problems):
             opt = optima.get(p)
+            floor = floor_of(floors, p)
+            gap_floor = floor - opt if opt is not None and floor is not None else None
+            drawn = [o for o in names if (p, o) in curves]
             lows, highs = [], []
-            for o in names:
-                c = curves.get((p, o))
-                if c is None:
-                    continue
+            for o in drawn:
+                c = curves[(p, o)]
                 shift = opt if opt is not None else 0.0
-                m, lo, hi = c["mean"] - shift, c["lo"] - shift, c["hi"] - shift
-                ax.plot(c["step"], m, color=colors[o], lw=1.6)
+                m, lo, hi = (at_floor(c[k] - shift, gap_floor) for k in ("mean", "lo", "hi"))
+                ax.plot(c["step"], m, color=colors[o], lw=1.6, zorder=3)
                 if c["n"] > 1:
-                    ax.fill_between(c["step"], lo, hi, color=colors[o], alpha=0.18, lw=0)
+                    # Fainter bands where many overlap, so the lines stay readable.
+                    ax.fill_between(c["step"], lo, hi, color=colors[o], lw=0,
+                                    alpha=0.18 if len(drawn) <= 5 else 0.08)
                 # Scale from the means: a t-band's lower edge can cross 0 for a
                 # positive loss, which would rule out the log scale the curve needs.
                 lows.append(np.nanmin(m))
                 highs.append(np.nanmax(m))
             if lows:
-                _yscale(ax, min(lows), max(highs))
+                _yscale(ax, min(lows), max(highs), gap_floor)
+            if gap_floor is not None and lows and min(lows) <= gap_floor:
+                floor_line(ax, gap_floor)
+                any_floor = True
             ax.set_title(p)
             ax.set_xlabel("step")
             ax.set_ylabel(f"{ylabel} − optimum" if opt is not None else ylabel)
-        _legend(fig, colors, names)
+        _legend(fig, colors, names, [FLOOR_HANDLE] if any_floor else [])
         fig.tight_layout()
         return _png(fig)
 
 
-def sensitivity(sweeps, selections, colors, problems) -> bytes | None:
-    """Final val loss vs lr per optimizer; x = failed run, ring = selected lr."""
-    problems = [p for p in problems if any(k[0] == p for k in sweeps)]
-    if not problems:
-        return None
-    with plt.rc_context(_STYLE):
-        fig, axes = _grid(len(problems))
-        names = sorted({k[1] for k in sweeps})
-        for ax, p in zip(axes, problems):
-            fin_all = [s for (pp, _), c in sweeps.items() if pp == p
-                       for _, s, _ in c if math.isfinite(s)]
-            top = max(fin_all) if fin_all else 1.0
-            bottom = min(fin_all) if fin_all else 0.0
-            use_log = bool(fin_all) and bottom > 0 and top / bottom > 10
-            # Failed runs are pinned just above the highest finite loss.
-            y_fail = top * 1.5 if use_log else top + 0.08 * (top - bottom or 1.0)
-            if use_log and top > 0:
-                y_fail = top * 3.0
-            for o in names:
-                c = sweeps.get((p, o))
-                if not c:
-                    continue
-                lr = np.array([t[0] for t in c])
-                s = np.array([t[1] for t in c])
-                ok = np.isfinite(s)
-                ax.plot(lr[ok], s[ok], "-o", color=colors[o], ms=3.5, lw=1.5)
-                ax.plot(lr[~ok], np.full((~ok).sum(), y_fail), "x", color=colors[o],
-                        ms=7, mew=2)
-                sel = selections.get((p, o))
-                # The ring sits on the seed-0 curve (the selection itself is a seed mean).
-                y_sel = dict((t[0], t[1]) for t in c).get(sel.lr) if sel is not None else None
-                if y_sel is not None and math.isfinite(sel.score) and math.isfinite(y_sel):
-                    ax.plot(sel.lr, y_sel, "o", ms=10, mfc="none", mec=colors[o], mew=1.8)
-            ax.set_xscale("log")
-            if fin_all:
-                _yscale(ax, bottom, top)
-            ax.set_title(p)
-            ax.set_xlabel("learning rate")
-            ax.set_ylabel("final val loss")
-        extra = [Line2D([], [], marker="x", color="grey", ls="", mew=2, label="diverged"),
-                 Line2D([], [], marker="o", mfc="none", mec="grey", ls="", ms=9,
-                        label="selected")]
-        _legend(fig, colors, names, extra)
-        fig.tight_layout()
-        return _png(fig)
-
-
-def tuning_cost(curves, colors, problems) -> bytes | None:
+def tuning_cost(curves, colors, problems, floors=None) -> bytes | None:
     """Expected best val loss vs configurations tried ({(problem, optimizer): [(n, y)]},
-    Dodge et al. 2019), one panel per problem, one line per optimizer."""
+    Dodge et al. 2019), one panel per problem, one line per optimizer; losses below the
+    optimum floor (floors: {problem: ``verdicts.floors``}) are drawn on it."""
     problems = [p for p in problems if any(k[0] == p for k in curves)]
     if not problems:
         return None
     with plt.rc_context(_STYLE):
         fig, axes = _grid(len(problems))
         names = sorted({k[1] for k in curves})
+        any_floor = False
         for ax, p in zip(axes, problems):
+            floor = floor_of(floors, p)
             ys = []
             for o in names:
                 c = curves.get((p, o))
                 if c:
-                    ax.plot([n for n, _ in c], [y for _, y in c], "-", color=colors[o],
-                            lw=1.5, marker=".", ms=3)
-                    ys += [y for _, y in c if math.isfinite(y)]
+                    y = at_floor([y for _, y in c], floor)
+                    ax.plot([n for n, _ in c], y, "-", color=colors[o], lw=1.5,
+                            marker=".", ms=3)
+                    ys += [v for v in y if math.isfinite(v)]
             if ys:
-                _yscale(ax, min(ys), max(ys))
+                _yscale(ax, min(ys), max(ys), floor)
+                if floor is not None and min(ys) <= floor:
+                    floor_line(ax, floor)
+                    any_floor = True
             ax.set_title(p)
             ax.set_xlabel("lrs tried (n)")
             ax.set_ylabel("expected best val loss")
-        _legend(fig, colors, names)
+        _legend(fig, colors, names, [FLOOR_HANDLE] if any_floor else [])
         fig.tight_layout()
         return _png(fig)
 
@@ -274,12 +194,40 @@ def profiles(curves, taus, colors) -> bytes | None:
         return _png(fig)
 
 
+#: Cell colours of a heatmap with tied groups: tied with the best, significantly worse,
+#: and a problem without a verdict.
+TIED, WORSE, NO_VERDICT = "#86d69b", "#f4c7a8", "#e5e7eb"
+
+
+def _cell_colours(data, shown, rows, cols, boxed, cmap, vmin, vmax):
+    """rows x cols x 3 RGB: by tie status where ``boxed`` is given (a rank means
+    nothing across columns: the 6th of a 10-way tie is as good as the 1st), else by value."""
+    import matplotlib.colors as mcolors
+
+    out = np.ones(data.shape + (3,))
+    cm = plt.get_cmap(cmap)
+    norm = mcolors.Normalize(vmin, vmax + 1e-9)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            if np.isnan(data[i, j]):
+                continue
+            if boxed is not None:
+                tied = boxed.get(c)
+                colour = NO_VERDICT if tied is None else TIED if r in tied else WORSE
+                out[i, j] = mcolors.to_rgb(colour)
+            elif np.isfinite(shown[i, j]):
+                out[i, j] = cm(norm(shown[i, j]))[:3]
+    return out
+
+
 def heatmap(table, rows, cols, title, fmt="{:.1f}", cmap="RdYlGn_r", log=False,
             boxed=None) -> bytes:
     """Annotated rows x cols heatmap of {col: {row: value}} (None/missing = blank).
 
-    boxed: optional {col: [rows]} whose cells get a heavy outline (a statistically
-    tied group); the outline is drawn per cell so a non-contiguous group still shows.
+    boxed: optional {col: [rows]}, the statistically tied group with the best of each
+    column: its cells are green with a heavy outline (drawn per cell, so a
+    non-contiguous group still shows), the column's other cells orange; the value is
+    only the text. Without ``boxed`` the colour follows the value (``cmap``).
     """
     data = np.array([[np.nan if table.get(c, {}).get(r) is None else table[c][r]
                       for c in cols] for r in rows], dtype=float)
@@ -293,16 +241,14 @@ def heatmap(table, rows, cols, title, fmt="{:.1f}", cmap="RdYlGn_r", log=False,
             # At least +-log10(2): a 2x ratio is full colour, 10% differences stay pale.
             lim = max(abs(vmin), abs(vmax), math.log10(2))
             vmin, vmax = -lim, lim
-        im = ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, vmin=vmin,
-                       vmax=vmax + 1e-9, aspect="auto")
+        rgb = _cell_colours(data, shown, rows, cols, boxed, cmap, vmin, vmax)
+        ax.imshow(rgb, aspect="auto")
         for i in range(len(rows)):
             for j in range(len(cols)):
                 v = data[i, j]
                 txt = "—" if np.isnan(v) else ("inf" if np.isinf(v) else fmt.format(v))
-                rgb = im.cmap(im.norm(shown[i, j]))[:3] if np.isfinite(shown[i, j]) \
-                    else (1, 1, 1)
                 # Rec. 709 luma: white text on dark cells, dark text on light ones.
-                dark = 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2] < 0.5
+                dark = 0.2126 * rgb[i, j, 0] + 0.7152 * rgb[i, j, 1] + 0.0722 * rgb[i, j, 2] < 0.5
                 ax.text(j, i, txt, ha="center", va="center", fontsize=9,
                         color="white" if dark else "#1e293b")
         for j, c in enumerate(cols):
@@ -314,41 +260,11 @@ def heatmap(table, rows, cols, title, fmt="{:.1f}", cmap="RdYlGn_r", log=False,
         ax.set_yticks(range(len(rows)), rows)
         ax.grid(False)
         ax.set_title(title)
-        fig.tight_layout()
-        return _png(fig)
-
-
-def bias_correction(curves) -> bytes | None:
-    """Adam Fig. 4 analogue: val loss vs lr per (beta2, bias_correction), per problem."""
-    if not curves:
-        return None
-    with plt.rc_context(_STYLE):
-        fig, axes = _grid(len(curves), w=4.6, h=3.4)
-        b2s = sorted({k[0] for c in curves.values() for k in c})
-        cmap = plt.get_cmap("viridis")
-        col = {b: cmap(i / max(1, len(b2s) - 1) * 0.85) for i, b in enumerate(b2s)}
-        for ax, (p, c) in zip(axes, curves.items()):
-            for (b2, bc), pts in c.items():
-                lr = np.array([t[0] for t in pts])
-                s = np.array([t[1] for t in pts])
-                ok = np.isfinite(s)
-                ax.plot(lr[ok], s[ok], "-o" if bc else "--s", color=col[b2], ms=3.5,
-                        lw=1.6, mfc=col[b2] if bc else "white")
-                fin = [v for _, v in (t for q in c.values() for t in q) if np.isfinite(v)]
-                if (~ok).any() and fin:
-                    ax.plot(lr[~ok], np.full((~ok).sum(), max(fin) * 1.05), "x",
-                            color=col[b2], ms=7, mew=2)
-            ax.set_xscale("log")
-            ax.set_title(p)
-            ax.set_xlabel("learning rate")
-            ax.set_ylabel("final val loss")
-        handles = [Line2D([], [], color=col[b], lw=2.5, label=f"β2 = {b:g}") for b in b2s]
-        handles += [Line2D([], [], color="grey", ls="-", marker="o", label="bias correction"),
-                    Line2D([], [], color="grey", ls="--", marker="s", mfc="white",
-                           label="no bias correction"),
-                    Line2D([], [], marker="x", color="grey", ls="", mew=2, label="diverged")]
-        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0),
-                   ncol=min(len(handles), 5), fontsize=9)
+        if boxed is not None:
+            from matplotlib.patches import Patch
+            fig.legend(handles=[Patch(fc=TIED, ec="#0f172a", lw=1.5, label="tied with the best"),
+                                Patch(fc=WORSE, label="worse than the best (significant)")],
+                       loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=9)
         fig.tight_layout()
         return _png(fig)
 

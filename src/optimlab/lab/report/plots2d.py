@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .plots import _STYLE, Line2D, _png, plt
+from .plots_common import _STYLE, Line2D, _png, plt
 
 
 def _surface(pnl, n=220):
@@ -108,12 +108,13 @@ def small_multiples(panel, colors, ncols=4) -> bytes | None:
                 inside = x0 <= xy[-1, 0] <= x1 and y0 <= xy[-1, 1] <= y1
                 with np.errstate(all="ignore"):
                     f_end = float(np.asarray(panel["surface"](xy[-1, 0], xy[-1, 1])))
+                seed = f"seed {r.get('seed', 0)}"
                 if failed:
-                    note = f"{r.get('status')} at step {len(xy) - 1}"
+                    note = f"{seed} {r.get('status')} at step {len(xy) - 1}"
                 elif not inside:
-                    note = "ended outside the plot"
+                    note = f"{seed} ended outside the plot"
                 elif math.isfinite(f_end):
-                    note = f"final loss {f_end:.2g}"
+                    note = f"{seed} final loss {f_end:.2g}"
             _landmarks(ax, start, panel["minima"])
             if note:
                 ax.text(0.03, 0.04, note, transform=ax.transAxes, fontsize=7.5,
@@ -128,7 +129,9 @@ def small_multiples(panel, colors, ncols=4) -> bytes | None:
                 side.set_color(colors[o])
                 side.set_linewidth(2.0)
             ax.tick_params(labelsize=7.5)
-        extra = [Line2D([], [], color="grey", lw=1.5, label="seed 0 (lowest seed)"),
+        seeds = sorted({r.get("seed", 0) for r in runs.values()})
+        bold = f"seed {seeds[0]}" if len(seeds) == 1 else "lowest seed"
+        extra = [Line2D([], [], color="grey", lw=1.5, label=bold),
                  Line2D([], [], color="grey", lw=0.7, alpha=0.5, label="other seeds"),
                  Line2D([], [], marker="X", color="#b91c1c", mec="white", ls="",
                         label="failed here")] + _LANDMARKS
@@ -136,8 +139,10 @@ def small_multiples(panel, colors, ncols=4) -> bytes | None:
                    ncol=len(extra), fontsize=8.5)
         # Fixed spacing instead of tight_layout: shared axes label only the outer panels,
         # and each layout pass re-measures every tick label (seconds for 11 panels).
-        fig.subplots_adjust(left=0.06, right=0.99, bottom=0.06, top=0.95, wspace=0.08,
+        fig.subplots_adjust(left=0.07, right=0.99, bottom=0.09, top=0.95, wspace=0.08,
                             hspace=0.22)
+        fig.supxlabel("x (first parameter)", fontsize=9, y=0.005)
+        fig.supylabel("y (second parameter)", fontsize=9, x=0.005)
         return _quantized(_png(fig))
 
 

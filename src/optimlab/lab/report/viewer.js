@@ -69,6 +69,15 @@
             y: O.y[lo] + t * (O.y[hi] - O.y[lo]), ended: false};
   }
 
+  // The loss shown for step k: only ever a stored one, named by its step when the path
+  // has no point at k itself (the simplification dropped it, or the path ended).
+  function value(O, h, k) {
+    var end = O.i[O.i.length - 1];
+    if (h.ended) return (O.status !== "ok" ? O.status : "ended") + " at step " + end;
+    var at = O.i[h.j];
+    return at === k ? num(O.f[h.j]) : num(O.f[h.j]) + " (step " + at + ")";
+  }
+
   function star(x, y) {
     g.beginPath();
     for (var n = 0; n < 10; n++) {
@@ -153,8 +162,7 @@
         g.lineWidth = 1.2;
         g.stroke();
       }
-      values[O.name].textContent = failed ? O.status + " at " + O.i[O.i.length - 1]
-        : num(O.f[h.j]);
+      values[O.name].textContent = value(O, h, k);
     });
     g.restore();
     label.textContent = "step " + k + " / " + P.steps;

@@ -28,8 +28,9 @@ MAX_POINTS = 400
 #: Canvas size (CSS pixels) and the plot-area margins the JavaScript uses too.
 WIDTH, HEIGHT = 640, 460
 MARGIN = {"l": 56, "r": 14, "t": 12, "b": 36}
-#: A path is cut where it first leaves its bounds widened this many times (diverging
-#: runs reach 1e30 before inf; past that point nothing more can be seen).
+#: Points beyond the bounds widened this many times are drawn on that wider box (a
+#: diverging run reaches 1e30 before inf, which no canvas draws); the path goes on past
+#: them and its losses stay those of the true points.
 FAR = 10.0
 
 
@@ -127,21 +128,19 @@ def simplify(xy: np.ndarray, tol: float) -> np.ndarray:
 
 
 def downsample(path, bounds, max_points: int = MAX_POINTS):
-    """(steps, xy) of a trajectory cut to its finite, visible part and simplified to at
-    most ``max_points`` points. Distances are measured in units of the plot's width and
-    height, starting at 1/2000 (well under a pixel) and doubling until the path fits."""
+    """(steps, xy) of a trajectory's finite part (it ends at the first non-finite point)
+    simplified to at most ``max_points`` points, with every point clipped for display to
+    the bounds widened ``FAR`` times. Distances are measured in units of the plot's width
+    and height, starting at 1/2000 (well under a pixel) and doubling until the path fits."""
     xy = np.asarray(path if path is not None else [], dtype=float)
     if xy.ndim != 2 or xy.shape[1] != 2:    # not a 2-D position per step: nothing to draw
         return np.arange(0), np.zeros((0, 2))
     fin = np.isfinite(xy).all(axis=1)
     n = int(np.argmin(fin)) if not fin.all() else len(xy)
-    xy = xy[:n]
     (x0, x1), (y0, y1) = bounds
     span = np.array([x1 - x0, y1 - y0], dtype=float)
     centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
-    far = np.abs(xy - centre) > FAR * span
-    if far.any():
-        xy = xy[:int(np.argmax(far.any(axis=1))) + 1]
+    xy = np.clip(xy[:n], centre - FAR * span, centre + FAR * span)
     unit = (xy - np.array([x0, y0])) / span
     tol = 1 / 2000
     idx = simplify(unit, tol)
@@ -158,7 +157,7 @@ def _sig(v: float, digits: int = 6):
 def data(ctx) -> dict:
     """The viewer's JSON: {"width", "height", "margin", "problems": [{"name", "bounds",
     "minima", "steps", "image", "opts": [{"name", "color", "lr", "status", "seed",
-    "i": steps, "x", "y", "f": loss at each kept point}]}]}."""
+    "i": steps, "x", "y" (clipped, see ``FAR``), "f": loss at each kept step}]}]}."""
     from .plots2d import contour_image
 
     w, h = WIDTH - MARGIN["l"] - MARGIN["r"], HEIGHT - MARGIN["t"] - MARGIN["b"]
@@ -171,8 +170,9 @@ def data(ctx) -> dict:
             idx, xy = downsample(r["paths"][0], pnl["bounds"])
             if not len(idx):
                 continue
+            true_xy = np.asarray(r["paths"][0], dtype=float)[idx]   # xy may be clipped
             with np.errstate(all="ignore"):
-                f = np.asarray(pnl["surface"](xy[:, 0], xy[:, 1]), dtype=float)
+                f = np.asarray(pnl["surface"](true_xy[:, 0], true_xy[:, 1]), dtype=float)
             opts.append({"name": o, "color": ctx["colors"].get(o, "#777777"),
                          "lr": r["lr"], "status": r["status"], "seed": r["seed"],
                          "i": [int(i) for i in idx],
@@ -210,7 +210,7 @@ CSS = """
 .olv-step{font-variant-numeric:tabular-nums;color:var(--mute);min-width:120px}
 .olv-main{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
 .olv-main canvas{border:1px solid var(--line);border-radius:6px;max-width:100%}
-.olv-opts{font-size:13px;min-width:230px}
+.olv-opts{font-size:13px;min-width:290px}
 .olv-opts label{display:flex;gap:6px;align-items:center;padding:2px 0;cursor:pointer}
 .olv-opts .v{margin-left:auto;color:var(--mute);font-variant-numeric:tabular-nums;
  padding-left:10px}
@@ -248,8 +248,9 @@ def section(ctx, images) -> str:
     cap = ("One panel per optimizer, every panel with the same contours, limits and scale: "
            "the lowest seed's path at the selected lr in bold, other seeds thin; "
            "■ start, ★ minimum. Below, replay them: ▶ plays, the slider picks the step, "
-           "the checkboxes choose the optimizers (values: loss at the shown step; dashed: "
-           "the rest of the path). "
+           "the checkboxes choose the optimizers (values: the loss at the shown step, or "
+           "at the last stored step before it, named; dashed: the rest of the path; a "
+           "path far outside the plot is drawn on a box 10× its size). "
            "On the ravine look for SGD's zig-zag across the steep axis and "
            "momentum's overshoot along the shallow one.")
     return f"<section id='multiples'><h2>Trajectories, one optimizer at a time</h2>" \
