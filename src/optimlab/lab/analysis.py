@@ -21,7 +21,10 @@ from dataclasses import dataclass
 
 from . import selection as _selection
 from .selection import Selection, score, tuning_cost  # noqa: F401  (public here too)
-from .spec import RunRecord, RunSpec
+from . import stats as S
+from .bias_correction import (BIAS_PHASE, bias_correction_curves,  # noqa: F401  (public here)
+                              bias_correction_specs)
+from .spec import RunRecord
 from .stats import mean_sd
 
 INF = float("inf")
@@ -106,6 +109,25 @@ def _median(xs):
 
 # ----------------------------------------------------------------------- sensitivity
 
+def start_loss(runs) -> float | None:
+    """Median starting val loss of ``runs`` (the upper median, as the verdicts' floors;
+    None when no run has one)."""
+    xs = sorted(float(v[0]) for v in ((r.curves or {}).get("val_loss") or [] for r in runs)
+                if v and v[0] is not None and math.isfinite(float(v[0])))
+    return xs[len(xs) // 2] if xs else None
+
+
+def floors(records) -> dict:
+    """{problem: stats.optimum_floor of its optimum and median starting val loss}: the
+    verdicts' floor (``verdicts.floors``), for the claims, the lr width and the profile."""
+    by_p = defaultdict(list)
+    for r in records:
+        by_p[r.spec.problem].append(r)
+    opt = optima(records)
+    return {p: S.optimum_floor(opt.get(p), start_loss(rs)) for p, rs in by_p.items()
+            if start_loss(rs) is not None}
+
+
 @dataclass(frozen=True)
 class Sensitivity:
     """Learning-rate sensitivity of one (problem, optimizer).
@@ -116,9 +138,7 @@ class Sensitivity:
     quarter decade around the best after the search's refinement (a whole decade
     further out, or everywhere with a one-per-decade ``--lrs`` grid); 0 means only the
     best lr qualified.
-    threshold: best + 10% of the gap of best above the reference, where the reference
-    is the problem optimum when known (and below best), else 0 when best > 0, else
-    |best| is used as the scale.
+    threshold: see :func:`threshold`.
     """
 
     width: float
@@ -130,26 +150,40 @@ class Sensitivity:
 TOLERANCE = 0.10
 
 
-def threshold(best: float, optimum: float | None, tol: float = TOLERANCE) -> float:
-    """Val-loss threshold for 'within tol of best' (see Sensitivity)."""
+def threshold(best: float, optimum: float | None, tol: float = TOLERANCE,
+              floor: float = -INF, start: float | None = None) -> float:
+    """Val-loss threshold for 'within tol of best'.
+
+    best counts as the optimum floor when below it (runs that reached the optimum tie,
+    as in the verdicts). The gap is the smaller of best's excess over the optimum (over
+    0 when the optimum is unknown and best > 0) and the learning range start - best, so
+    an lr that learned nothing is never within tol of the best. A loss equal to best to
+    stats.RTOL always qualifies (the verdicts' resolution).
+    """
     if not math.isfinite(best):
         return INF
-    if optimum is not None and optimum <= best:
-        scale = best - optimum
-    else:
-        scale = abs(best)
-    return best + tol * scale
+    b = max(best, floor)
+    gaps = []
+    if optimum is not None and math.isfinite(optimum):
+        gaps.append(max(b - optimum, 0.0))
+    elif b > 0:
+        gaps.append(b)
+    if start is not None and math.isfinite(start):
+        gaps.append(max(start - b, 0.0))
+    gap = min(gaps) if gaps else abs(b)
+    return max(b + tol * gap, b + S.RTOL * abs(b))
 
 
 def sensitivity(records, tol: float = TOLERANCE) -> dict:
     """{(problem, optimizer): Sensitivity} from the seed-0 sweep."""
-    opt = optima(records)
+    opt, fl, sweeps = optima(records), floors(records), _sweep(records)
     out = {}
     for (p, o), curve in sweep_curves(records).items():
         lrs = [c[0] for c in curve]
         scores = [c[1] for c in curve]
         best = min(range(len(curve)), key=lambda i: (scores[i], lrs[i]))
-        thr = threshold(scores[best], opt.get(p), tol)
+        thr = threshold(scores[best], opt.get(p), tol, fl.get(p, -INF),
+                        start_loss(sweeps.get((p, o), [])))
         if not math.isfinite(thr):
             out[(p, o)] = Sensitivity(0.0, lrs[best], lrs[best], thr)
             continue
@@ -250,33 +284,40 @@ def performance_profile(costs: dict, taus) -> dict:
 
 
 def score_costs(records, selections=None) -> dict:
-    """Positive costs from the best val score, for performance_profile.
+    """Positive costs from the selected seed-mean val losses, for performance_profile,
+    under the verdicts' evidence rules.
 
-    cost = best val loss - reference (floored at 1e-12 relative, so reaching the
-    optimum exactly is a finite, very good cost); reference = the problem optimum when
-    known and not above any score, else 0 when every finite score is > 0. Problems where
-    neither holds (negative losses, no optimum) are left out: ratios are undefined.
+    Where the optimum is known: cost = max(loss - optimum, the optimum floor's gap), so
+    runs that reached the optimum cost the same. Without it: cost = the loss itself
+    when every finite loss is > 0; problems where neither holds (negative losses) are
+    left out: ratios are undefined. Every member of the verdict's tied group costs what
+    the best costs (indistinguishable from it: ratio 1), where the verdict could test
+    (``verdicts.testable``).
     """
+    from . import verdicts as V   # verdicts builds on this module
+
     selections = select_best(records) if selections is None else selections
-    opt = optima(records)
+    opt, fl = optima(records), floors(records)
+    vs = V.verdicts(records, selections)
     by_p = defaultdict(dict)
     for (p, o), s in selections.items():
         by_p[p][o] = s.score
     out = {}
     for p, c in by_p.items():
         fin = [v for v in c.values() if math.isfinite(v)]
-        if not fin:
+        ref, floor = opt.get(p), fl.get(p, -INF)
+        if ref is not None:
+            # Without a starting loss there is no floor: rounding of the optimum itself.
+            gap = floor - ref if math.isfinite(floor) and floor > ref else 1e-12 * (1 + abs(ref))
+            cost = {o: max(v - ref, gap) for o, v in c.items()}
+        elif fin and min(fin) > 0:
+            cost = dict(c)
+        else:
             continue
-        ref = opt.get(p)
-        ref = 0.0 if ref is None else ref
-        # Relative tolerance: a score equal to the optimum up to rounding still counts.
-        eps = 1e-12 * (1 + abs(ref))
-        if min(fin) < ref - eps:
-            # Scores below the reference (val loss under the train optimum): fall back to 0.
-            ref, eps = 0.0, 1e-12
-            if min(fin) <= 0:
-                continue
-        out[p] = {o: (max(v - ref, eps) if math.isfinite(v) else INF) for o, v in c.items()}
+        v = vs.get(p)
+        if v is not None and V.testable(v) and math.isfinite(cost.get(v.best, INF)):
+            cost.update({o: cost[v.best] for o in v.tied if o in cost})
+        out[p] = cost
     return out
 
 
@@ -341,34 +382,3 @@ def best_per_kind(selections: dict, kinds: dict) -> dict:
                      "failed": all(not math.isfinite(selections[(p, winner)].score)
                                    for p in ps if (p, winner) in selections)}
     return out
-
-
-# ------------------------------------------------------------------ bias correction
-
-BIAS_PHASE = "bias-correction"
-
-
-def bias_correction_specs(problem: str, lrs, betas2, steps: int, seed: int = 0,
-                          schedule: str = "constant") -> list:
-    """RunSpecs for the Adam-paper Fig. 4 analogue: Adam, beta1 = 0.9, every beta2 x
-    bias_correction in {False, True} x lr, in phase "bias-correction"."""
-    return [RunSpec(problem=problem, optimizer="adam", lr=float(lr), seed=seed, steps=steps,
-                    schedule=schedule,
-                    hyperparameters=(("betas", (0.9, float(b2))), ("bias_correction", bc)),
-                    phase=BIAS_PHASE)
-            for b2 in betas2 for bc in (False, True) for lr in lrs]
-
-
-def bias_correction_curves(records) -> dict:
-    """{problem: {(beta2, bias_correction): [(lr, val score), ...] sorted by lr}} from
-    runs whose hyperparameters set both ``betas`` and ``bias_correction``."""
-    out = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        try:
-            hp = dict(r.spec.hyperparameters)
-            b2 = float(hp["betas"][1])
-            bc = bool(hp["bias_correction"])
-        except (KeyError, TypeError, ValueError, IndexError):
-            continue
-        out[r.spec.problem][(b2, bc)].append((r.spec.lr, score(r)))
-    return {p: {k: sorted(v) for k, v in sorted(d.items())} for p, d in sorted(out.items())}

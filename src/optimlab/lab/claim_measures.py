@@ -40,6 +40,17 @@ def by_seed(runs, measure=A.score) -> dict:
     return out
 
 
+def floored(x: dict, floor: float) -> dict:
+    """{key: max(value, floor)}, failures (inf) kept: the verdicts' optimum floor."""
+    return {k: (max(float(v), floor) if finite(v) else INF) for k, v in x.items()}
+
+
+def close(a: float, b: float) -> bool:
+    """Equal to the verdicts' resolution (``stats.RTOL``)."""
+    from .stats import RTOL, _close
+    return _close(a, b, RTOL)
+
+
 def censor(a: dict, b: dict) -> tuple:
     """Paired samples with failures (inf) replaced by the worst finite value of both.
 
@@ -99,6 +110,18 @@ def steps_to(run, target: float | None) -> float:
                 return float(s)
     every = (steps[1] - steps[0]) if len(steps) > 1 else 1
     return float(run.spec.steps + every)
+
+
+def unreached(runs, target: float | None) -> list:
+    """Seeds of ``runs`` that never reached ``target`` (``steps_to`` censored them)."""
+    return sorted({r.spec.seed for r in runs if steps_to(r, target) > r.spec.steps})
+
+
+def lowest_train(run) -> float:
+    """The lowest evaluated train loss of a run (inf when it failed): the run reaches
+    any target at or above it."""
+    ys = [float(v) for v in (run.curves or {}).get("train_loss") or [] if finite(v)]
+    return min(ys) if ys and run.status == "ok" else INF
 
 
 def final_train(run) -> float:

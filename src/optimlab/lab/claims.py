@@ -8,16 +8,21 @@ Conventions shared by every claim
 ---------------------------------
 * Scores are final validation losses (``analysis.score``; a failed run is inf) of the
   *selected* runs (``analysis.select_best`` + ``analysis.best_runs``: the selected lr of each
-  (problem, optimizer), every seed). Lower is better for every statistic.
+  (problem, optimizer), every seed). Lower is better for every statistic. The verdicts'
+  evidence rules hold here too: a loss below the problem's optimum floor
+  (``analysis.floors``, see ``stats.optimum_floor``) counts as the floor, so two runs that
+  reached the optimum tie, and seed means equal to ``stats.RTOL`` tie.
 * Two samples are compared **paired by seed** (same initial weights and batch order) with
-  ``stats.claim_test`` ("is a better than b?": supported / contradicted / inconclusive;
-  a side that failed where the other trained is the worse one), one-sided each way at
-  ALPHA / 2, i.e. a two-sided test at ALPHA. Each comparison also reports the mean
-  paired difference a - b with its 95% t-interval (``stats.mean_ci``), failures
-  censored at the worst finite value of the pair (``claim_measures.censor``): on the
-  seeds where both trained, a comparison is decided exactly when that interval
+  ``stats.claim_test`` ("is a better than b?": supported / contradicted / inconclusive),
+  one-sided each way at ALPHA / 2, i.e. a two-sided test at ALPHA. Each comparison also
+  reports the mean paired difference a - b with its 95% t-interval (``stats.mean_ci``),
+  failures censored at the worst finite value of the pair (``claim_measures.censor``).
+  Where both trained on every seed, a comparison is decided exactly when that interval
   excludes 0 (means equal to ``stats.RTOL``, and zero spread on fewer than
-  ``stats.ZERO_SPREAD_N`` seeds, stay inconclusive).
+  ``stats.ZERO_SPREAD_N`` seeds or on a quantised measure, stay inconclusive). A side
+  that failed where the other trained is the worse one, as in the verdicts: the
+  failures decide, and the evidence says so (``decided_by``); claim 7 is the exception
+  (see there).
 * A claim tested on several units (problems, or (problem, optimizer) pairs) is decided
   by **majority**: supported when more than half of the units support it, contradicted
   when more than half contradict it, inconclusive otherwise.
@@ -73,20 +78,42 @@ def _ci(values, level: float = 1 - ALPHA) -> dict | None:
     return {"mean": ci.mean, "lo": ci.lo, "hi": ci.hi, "n": ci.n, "level": level}
 
 
-def test(a: dict, b: dict, alpha: float = ALPHA) -> tuple:
+def test(a: dict, b: dict, alpha: float = ALPHA, floor: float = -M.INF, exact: bool = True,
+         failures_decide: bool = True) -> tuple:
     """(verdict, numbers) of "a is lower than b", paired on the common keys where at least
     one side trained: a two-sided test at ``alpha`` (one-sided at alpha / 2 each way), so
-    the verdict agrees with the (1 - alpha) interval of the difference in "diff"."""
-    from .stats import claim_test
+    the verdict agrees with the (1 - alpha) interval of the difference in "diff".
 
+    floor: the problem's optimum floor (``analysis.floors``): losses below it are the
+    floor, as in the verdicts (both at the optimum: a tie). exact=False: a quantised or
+    censored measure, whose zero spread proves nothing (``stats.paired_t``).
+    failures_decide: a side that failed where the other trained is the worse one (the
+    verdicts' rule; numbers["decided_by"] = "failures" when it decided); False: failures
+    enter as the worst finite value of the pair and the interval alone decides.
+    """
+    from .stats import claim_test, mean_sd
+
+    a, b = M.floored(a, floor), M.floored(b, floor)
     ca, cb = M.censor(a, b)
     if not ca:
         return INCONCLUSIVE, {"n": 0}
-    verdict = claim_test({k: a[k] for k in ca}, {k: b[k] for k in ca}, alpha=alpha / 2)
-    return verdict, {"n": len(ca), "mean_a": M.mean(ca.values()), "mean_b": M.mean(cb.values()),
-                     "diff": _ci((ca[k] - cb[k] for k in ca), 1 - alpha),
-                     "failed_a": sorted((k for k in ca if not M.finite(a[k])), key=str),
-                     "failed_b": sorted((k for k in ca if not M.finite(b[k])), key=str)}
+    fa = sorted((k for k in ca if not M.finite(a[k])), key=str)
+    fb = sorted((k for k in ca if not M.finite(b[k])), key=str)
+    x, y = ({k: a[k] for k in ca}, {k: b[k] for k in ca}) if failures_decide else (ca, cb)
+    verdict = claim_test(x, y, alpha=alpha / 2, exact=exact)
+    nums = {"n": len(ca), "mean_a": M.mean(ca.values()), "mean_b": M.mean(cb.values()),
+            "diff": _ci((ca[k] - cb[k] for k in ca), 1 - alpha), "failed_a": fa,
+            "failed_b": fb}
+    if failures_decide and bool(fa) != bool(fb):
+        nums["decided_by"] = "failures"
+    both = [k for k in ca if M.finite(a[k]) and M.finite(b[k])]
+    if both and all(a[k] == b[k] == floor for k in both):
+        nums["tie"] = "optimum"
+    elif both and M.close(M.mean(a[k] for k in both), M.mean(b[k] for k in both)):
+        nums["tie"] = "resolution"
+    if not exact and len(both) > 1 and mean_sd([a[k] - b[k] for k in both])[1] == 0:
+        nums["zero_spread"] = True
+    return verdict, nums
 
 
 def majority(verdicts) -> str:
@@ -120,12 +147,17 @@ class _Data:
         self.best = {k: rs for k, rs in A.best_runs(self.records, self.selections).items()
                      if rs}
         self.problems = sorted({p for p, _ in self.best})
+        self.floors = A.floors(self.records)
 
     def kind(self, p):
         return self.info.get(p, {}).get("kind", "unknown")
 
     def scores(self, p, o) -> dict:
         return M.by_seed(self.best.get((p, o), []))
+
+    def floor(self, p) -> float:
+        """The verdicts' optimum floor of ``p`` (-inf when unknown)."""
+        return self.floors.get(p, -M.INF)
 
     def ran(self, p, o) -> bool:
         return (p, o) in self.best
@@ -155,11 +187,12 @@ def claim1(d: _Data) -> dict:
         ad, na = M.group_best(d.best, p, M.ADAPTIVE), M.group_best(d.best, p, M.NON_ADAPTIVE)
         if ad is None or na is None:
             continue
-        va, nums = test(d.scores(p, ad), d.scores(p, na))
+        va, nums = test(d.scores(p, ad), d.scores(p, na), floor=d.floor(p))
         dflt = _default_lr_scores(d, p)
         tuned0 = d.scores(p, na).get(0, M.INF)
         best_default = min(dflt.items(), key=lambda t: t[1][1]) if dflt else None
-        holds = None if best_default is None else best_default[1][1] <= tuned0
+        holds = None if best_default is None else \
+            max(best_default[1][1], d.floor(p)) <= max(tuned0, d.floor(p))
         verdict = (CONTRADICTED if va == CONTRADICTED else
                    SUPPORTED if va == SUPPORTED and holds is not False else INCONCLUSIVE)
         units.append({"problem": p, "adaptive": ad, "non_adaptive": na, "tuned": va, **nums,
@@ -221,6 +254,7 @@ def claim2(d: _Data) -> dict:
             sched = min(per, key=lambda s: (M.mean(per[s].values()), s))
             pick[o] = (sched, per[sched])
         (ss, a), (sa, b) = pick["sgd"], pick["adam"]
+        a, b = M.floored(a, d.floor(p)), M.floored(b, d.floor(p))
         q, qn = test(a, b)
         ca, cb = M.censor(a, b)
         r, rn = test(_deviation(ca), _deviation(cb))
@@ -245,72 +279,43 @@ def _deviation(x: dict) -> dict:
     return {k: abs(v - med) for k, v in x.items()}
 
 
-def claim3(d: _Data) -> dict:
-    """Claim 3 — on neural networks adaptive methods reach a target in fewer steps.
+def margin(means: dict, optimum, floor: float) -> float:
+    """Claim 4's equivalence margin: TOLERANCE x the best seed mean's excess over the
+    optimum, the best counting as the optimum floor when below it (x |best| without a
+    known optimum), and never below the verdicts' resolution stats.RTOL x |best|."""
+    from .stats import RTOL
 
-    Neural problems (kinds mlp, cnn, char-lm, vae): the best adaptive vs the best
-    non-adaptive optimizer (by seed-mean val loss, at their selected lrs). Statistic:
-    steps until the train loss first reaches the problem's target (at evaluation
-    resolution); without a target, the higher of the two optimizers' seed-mean final
-    train losses (a level both reach on average). A seed that never reaches it is
-    censored at budget + one evaluation interval. Per problem ``test(adaptive, other)``.
-    """
-    exp = ("neural problems: steps to the train-loss target, best adaptive vs best "
-           "non-adaptive optimizer at their selected lrs, paired by seed")
-    units = []
-    for p in d.problems:
-        if d.kind(p) not in M.NEURAL:
-            continue
-        ad, na = M.group_best(d.best, p, M.ADAPTIVE), M.group_best(d.best, p, M.NON_ADAPTIVE)
-        if ad is None or na is None:
-            continue
-        target = d.info[p].get("target")
-        source = "problem target"
-        if not M.finite(target):
-            levels = [M.mean(M.by_seed(d.best[(p, o)], M.final_train).values())
-                      for o in (ad, na)]
-            levels = [v for v in levels if M.finite(v)]
-            if not levels:
-                continue
-            target, source = max(levels), "higher seed-mean final train loss of the two"
-        a = M.by_seed(d.best[(p, ad)], lambda r: M.steps_to(r, target))
-        b = M.by_seed(d.best[(p, na)], lambda r: M.steps_to(r, target))
-        v, nums = test(a, b)
-        units.append({"problem": p, "adaptive": ad, "non_adaptive": na, "target": target,
-                      "target_from": source, "steps_adaptive": a, "steps_non_adaptive": b,
-                      **nums, "verdict": v})
-    if not units:
-        return _not_run(3, exp, "needs a neural problem with adaptive and non-adaptive "
-                                "optimizers")
-    return _result(3, majority(u["verdict"] for u in units), exp, units)
+    best = max(min(means.values()), floor)
+    if not M.finite(best):
+        return M.INF
+    scale = best - optimum if M.finite(optimum) and optimum <= best else abs(best)
+    return max(TOLERANCE * scale, RTOL * abs(best))
 
 
 def claim4(d: _Data) -> dict:
     """Claim 4 — Adadelta, RMSprop and Adam perform about the same.
 
-    Every problem where all three ran. An equivalence test (TOST) per pair: margin m =
-    TOLERANCE x (best seed mean - optimum), or x |best seed mean| without a known optimum.
-    Per problem: supported when every pair's 95% CI of the paired difference lies within
-    [-m, m] (TOST at ALPHA / 2 per side: the interval shown decides); contradicted when
-    some pair's 95% CI lies entirely outside it (a difference larger than the margin) or
-    one of them fails on seeds where another trains; inconclusive otherwise.
+    Every problem where all three ran, losses below the optimum floor counted as the
+    floor. An equivalence test (TOST) per pair with the margin of :func:`margin`. Per
+    problem: supported when every pair's 95% CI of the paired difference lies within
+    [-m, m] (TOST at ALPHA / 2 per side: the interval shown decides); contradicted when some pair's 95% CI lies entirely outside
+    it (a difference larger than the margin) or one of them fails on seeds where another
+    trains; inconclusive otherwise.
     """
     from .stats import mean_ci
 
     trio = ("adadelta", "rmsprop", "adam")
     exp = ("every problem with adadelta, rmsprop and adam: pairwise equivalence test (TOST, "
-           f"margin {TOLERANCE:.0%} of the best excess loss) on paired final val loss")
+           f"margin {TOLERANCE:.0%} of the best excess loss over the optimum floor) on "
+           "paired final val loss")
     units = []
     for p in d.problems:
         if not all(d.ran(p, o) for o in trio):
             continue
-        s = {o: d.scores(p, o) for o in trio}
+        s = {o: M.floored(d.scores(p, o), d.floor(p)) for o in trio}
         failed = {o: any(not M.finite(v) for v in s[o].values()) for o in trio}
         means = {o: M.mean(s[o].values()) for o in trio}
-        best = min(means.values())
-        opt = d.info[p].get("optimum")
-        scale = best - opt if M.finite(opt) and opt <= best else abs(best)
-        m = TOLERANCE * scale if M.finite(scale) else M.INF
+        m = margin(means, d.info[p].get("optimum"), d.floor(p))
         pairs, verdict = [], SUPPORTED
         for i, o1 in enumerate(trio):
             for o2 in trio[i + 1:]:
@@ -330,14 +335,17 @@ def claim4(d: _Data) -> dict:
                     verdict = INCONCLUSIVE
         if len(set(failed.values())) > 1:
             verdict = CONTRADICTED
-        units.append({"problem": p, "margin": m, "means": means, "failed_seeds": failed,
-                      "pairs": pairs, "verdict": verdict})
+        at_floor = any(v == d.floor(p) for o in trio for v in s[o].values())
+        units.append({"problem": p, "margin": m, "floor": d.floor(p) if at_floor else None,
+                      "means": means,
+                      "failed_seeds": failed, "pairs": pairs, "verdict": verdict})
     if not units:
         return _not_run(4, exp, "needs adadelta, rmsprop and adam in the comparison")
     return _result(4, majority(u["verdict"] for u in units), exp, units)
 
 
-from .claims_more import claim5, claim6, claim7, claim8, claim9, claim10  # noqa: E402
+from .claims_speed import claim3, claim6  # noqa: E402
+from .claims_more import claim5, claim7, claim8, claim9, claim10  # noqa: E402
 
 FUNCTIONS = (claim1, claim2, claim3, claim4, claim5, claim6, claim7, claim8, claim9, claim10)
 

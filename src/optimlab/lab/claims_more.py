@@ -7,9 +7,6 @@ from . import claim_measures as M
 from .claims import (ALPHA, CONTRADICTED, INCONCLUSIVE, SUPPORTED, _not_run, _result,
                      majority, test)
 
-RAVINE_NAMES = ("ravine", "ill-conditioned")
-
-
 def _proportion(k: int, n: int, level: float = 1 - ALPHA) -> dict:
     """k of n units as {"mean": k / n, "lo", "hi", "n", "k", "method"}: the exact
     binomial interval, never a t-interval on 0/1 outcomes."""
@@ -31,56 +28,11 @@ def claim5(d) -> dict:
         other = next((o for o in ("adam", "rmsprop") if d.ran(p, o)), None)
         if not d.ran(p, "nadam") or other is None:
             continue
-        v, nums = test(d.scores(p, "nadam"), d.scores(p, other))
+        v, nums = test(d.scores(p, "nadam"), d.scores(p, other), floor=d.floor(p))
         units.append({"problem": p, "against": other, **nums, "verdict": v})
     if not units:
         return _not_run(5, exp, "needs nadam and adam (or rmsprop) in the comparison")
     return _result(5, majority(u["verdict"] for u in units), exp, units)
-
-
-def _is_ravine(d, p) -> bool:
-    i = d.info.get(p, {})
-    text = f"{p} {i.get('description', '')}".lower()
-    return i.get("kind") == "2d" and any(n in text for n in RAVINE_NAMES)
-
-
-def claim6(d) -> dict:
-    """Claim 6 — momentum is faster than SGD along a ravine and damps the zig-zag across it.
-
-    2-D ravine problems (kind "2d" named or described "ravine"/"ill-conditioned", e.g.
-    (x^2 + 100 y^2) / 2 with y the steep axis), momentum vs sgd at their selected lrs,
-    paired by seed (seeds jitter the start). Speed: steps until the train loss reaches the
-    problem's target (censored at budget + one evaluation interval). Oscillation: the
-    fraction of consecutive steps whose y-step reverses sign, up to reaching the target
-    (``claim_measures.y_reversals``; path length / displacement is reported alongside).
-    Per problem: supported if momentum is significantly faster and oscillates
-    significantly less; contradicted if either test goes the other way; else inconclusive.
-    """
-    exp = ("ill-conditioned 2-D ravine: momentum vs sgd at their selected lrs; steps to "
-           "target and y-step sign reversals (from the stored trajectories), paired by seed")
-    units = []
-    for p in d.problems:
-        if not _is_ravine(d, p) or not (d.ran(p, "momentum") and d.ran(p, "sgd")):
-            continue
-        target = d.info[p].get("target")
-        speed, osc, paths = {}, {}, {}
-        for o in ("momentum", "sgd"):
-            rs = d.best[(p, o)]
-            speed[o] = M.by_seed(rs, lambda r: M.steps_to(r, target))
-            osc[o] = M.by_seed(rs, lambda r: M.y_reversals(r, M.steps_to(r, target))
-                               if r.trajectory else M.INF)
-            paths[o] = M.mean(M.by_seed(rs, M.path_ratio).values())
-        vs, ns = test(speed["momentum"], speed["sgd"])
-        vo, no = test(osc["momentum"], osc["sgd"])
-        verdict = (CONTRADICTED if CONTRADICTED in (vs, vo) else
-                   SUPPORTED if vs == vo == SUPPORTED else INCONCLUSIVE)
-        units.append({"problem": p, "target": target, "speed": vs, "speed_numbers": ns,
-                      "steps": speed, "oscillation": vo, "oscillation_numbers": no,
-                      "reversals": osc, "path_ratio": paths, "verdict": verdict})
-    if not units:
-        return _not_run(6, exp, "needs a 2-D ravine problem (e.g. 'ill-conditioned') with "
-                                "momentum and sgd")
-    return _result(6, majority(u["verdict"] for u in units), exp, units)
 
 
 def claim7(d) -> dict:
@@ -89,15 +41,18 @@ def claim7(d) -> dict:
     Phase "bias-correction" (Adam, beta1 0.9, each beta2 x bias correction on/off x lr
     [x seed]). Statistic: the early-training loss, the mean train loss over the evaluation
     points in the first EARLY_FRACTION of the budget (inf if the run failed in that window).
-    For each beta2, ``test(with, without)`` paired by (lr, seed): the same lr and initial
-    weights with and without correction. As in every test, a run that failed where its
-    pair trained is the worse one (without correction, Adam's first steps are about
-    lr (1 - beta1) / sqrt(1 - beta2): larger at small lrs, divergent at large ones). The
-    effect is mean(without - with), failures censored. Per problem:
-    supported if correction is significantly better at the largest beta2 and its effect
-    there is at least the smallest beta2's; contradicted if correction is significantly
-    worse at the largest beta2, or significant only at the smallest beta2 (the opposite
-    of "most near 1"); inconclusive otherwise.
+    For each beta2, ``test(with, without, failures_decide=False)`` paired by (lr, seed):
+    the same lr and initial weights with and without correction. The pairs span lrs over
+    decades (without correction, Adam's first steps are about lr (1 - beta1) /
+    sqrt(1 - beta2): larger at small lrs, divergent at large ones), so a failure does not
+    decide alone: it enters as the worst finite value of its pair and the interval
+    decides. The evidence counts the pairs where correction is lower and higher
+    (``lower``); a beta2 whose interval favours one side while at least as many pairs
+    favour the other is mixed, hence inconclusive. The effect is mean(without - with).
+    Per problem: supported if correction is significantly better at the largest beta2
+    and its effect there is at least the smallest beta2's; contradicted if correction is
+    significantly worse at the largest beta2, or significant only at the smallest beta2
+    (the opposite of "most near 1"); inconclusive otherwise.
     """
     exp = (f"phase 'bias-correction': Adam with vs without bias correction per beta2, "
            f"mean train loss over the first {M.EARLY_FRACTION:.0%} of steps, paired by "
@@ -112,8 +67,12 @@ def claim7(d) -> dict:
         for b2 in betas:
             w = {k: M.early_loss(r) for k, r in configs[(b2, True)].items()}
             wo = {k: M.early_loss(r) for k, r in configs[(b2, False)].items()}
-            v, nums = test(w, wo)
-            per.append({"beta2": b2, "verdict": v, **nums,
+            v, nums = test(w, wo, failures_decide=False)
+            lower = _lower(w, wo)
+            if (v == SUPPORTED and lower["with"] <= lower["without"]) or \
+                    (v == CONTRADICTED and lower["without"] <= lower["with"]):
+                v, nums["mixed"] = INCONCLUSIVE, True
+            per.append({"beta2": b2, "verdict": v, **nums, "lower": lower,
                         "effect": None if not nums.get("diff") else -nums["diff"]["mean"]})
         hi, lo = per[-1], per[0]
         e_hi, e_lo = hi["effect"] or 0.0, lo["effect"] or 0.0
@@ -130,6 +89,20 @@ def claim7(d) -> dict:
     return _result(7, majority(u["verdict"] for u in units), exp, units)
 
 
+def _lower(w: dict, wo: dict) -> dict:
+    """Claim 7's per-pair count: {"with": pairs where correction is lower, "without": where
+    it is higher, "failed_without" / "failed_with": of those, where the other run failed,
+    "pairs": pairs compared} (a failure is higher than any finite loss; a pair where both
+    failed shows nothing and is left out)."""
+    keys = [k for k in w if k in wo and (M.finite(w[k]) or M.finite(wo[k]))]
+    rank = {k: ((not M.finite(w[k]), w[k] if M.finite(w[k]) else 0.0),
+                (not M.finite(wo[k]), wo[k] if M.finite(wo[k]) else 0.0)) for k in keys}
+    return {"with": sum(a < b for a, b in rank.values()),
+            "without": sum(a > b for a, b in rank.values()),
+            "failed_without": sum(not M.finite(wo[k]) for k in keys),
+            "failed_with": sum(not M.finite(w[k]) for k in keys), "pairs": len(keys)}
+
+
 def claim8(d) -> dict:
     """Claim 8 — too large an lr oscillates or diverges, too small converges slowly.
 
@@ -138,7 +111,8 @@ def claim8(d) -> dict:
     its run failed, its train loss ended no lower than it started, or its train-loss curve
     climbed back at least BOUNCE of what it descended (``claim_measures.bounce``). The
     smallest lr "converges slowly" when it trained without failing but ended above the
-    selected lr's score by more than the 10% threshold of ``analysis.threshold``. A pair
+    selected lr's score by more than the 10% threshold of ``analysis.threshold`` (with
+    the optimum floor and the learning range from the starting loss). A pair
     holds when both do. Statistic: the fraction of pairs that hold, with its exact 95%
     binomial (Clopper-Pearson, :mod:`.binomial`) interval; supported if the interval
     lies above 1/2 (the claim holds on most pairs), contradicted if below, inconclusive
@@ -153,6 +127,7 @@ def claim8(d) -> dict:
         if s.phase == "sweep" and s.seed == 0 and tuple(s.hyperparameters) == ():
             by_key.setdefault((s.problem, s.optimizer), {}).setdefault(s.lr, r)
     optima = A.optima(d.records)
+    starts = {k: A.start_loss(runs.values()) for k, runs in by_key.items()}
     units = []
     for (p, o), runs in sorted(by_key.items()):
         lrs = sorted(runs)
@@ -164,7 +139,7 @@ def claim8(d) -> dict:
         no_progress = (big.status == "ok" and len(c) > 1 and M.finite(c[0])
                        and M.final_train(big) >= c[0])
         large = big.status != "ok" or no_progress or M.bounce(big) >= BOUNCE
-        thr = A.threshold(sel.score, optima.get(p))
+        thr = A.threshold(sel.score, optima.get(p), floor=d.floor(p), start=starts[(p, o)])
         slow = small.status == "ok" and A.score(small) > thr
         units.append({"problem": p, "optimizer": o, "largest_lr": lrs[-1],
                       "largest_status": big.status, "largest_bounce": M.bounce(big),
@@ -212,11 +187,12 @@ def claim9(d) -> dict:
     units = []
     for (p, o), (decays, const) in sorted(_variants(d, "schedules", lambda r: r.spec.schedule,
                                                     "constant").items()):
+        f = d.floor(p)
         means = {s: M.mean(x.values()) for s, x in decays.items()}
         best = min(means, key=lambda s: (means[s], s))
-        v, nums = test(decays[best], const, alpha=ALPHA / len(decays))
+        v, nums = test(decays[best], const, alpha=ALPHA / len(decays), floor=f)
         if v != SUPPORTED:   # the shown interval is the one of the test that decided
-            worse, plain = test(decays[best], const)
+            worse, plain = test(decays[best], const, floor=f)
             v, nums = (CONTRADICTED, plain) if worse == CONTRADICTED else (INCONCLUSIVE, nums)
         units.append({"problem": p, "optimizer": o, "best_schedule": best,
                       "schedule_means": means, "constant_mean": M.mean(const.values()),
@@ -242,7 +218,7 @@ def claim10(d) -> dict:
     units = []
     for (p, o), (decays, uniform) in sorted(_variants(d, "layerwise", decay, 1.0).items()):
         for dec, x in sorted(decays.items()):
-            v, nums = test(x, uniform)
+            v, nums = test(x, uniform, floor=d.floor(p))
             units.append({"problem": p, "optimizer": o, "layer_decay": dec, **nums,
                           "verdict": v})
     if not units:

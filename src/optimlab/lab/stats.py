@@ -138,13 +138,16 @@ def paired(a: dict, b: dict) -> list:
     return [float(a[s]) - float(b[s]) for s in sorted(set(a) & set(b))]
 
 
-def paired_t(diffs, mu: float = 0.0, alternative: str = "greater") -> float:
+def paired_t(diffs, mu: float = 0.0, alternative: str = "greater",
+             exact: bool = True) -> float:
     """p-value of the one-sample t-test on paired differences.
 
     alternative "greater": H1 mean > mu; "less": H1 mean < mu. With fewer than 2
     differences nothing can be shown (p = 1). Zero spread (see ZERO_SPREAD_N): from 3
     differences on, p = 0 when the mean lies strictly on the alternative's side of mu,
-    else 1; with 2, p = 1.
+    else 1; with 2, p = 1. ``exact=False`` (a quantised or censored measure, e.g. steps
+    to a target counted at evaluation points): equal differences can be a coincidence of
+    the grid, so zero spread gives p = 1.
     """
     if alternative not in ("greater", "less"):
         raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
@@ -156,7 +159,7 @@ def paired_t(diffs, mu: float = 0.0, alternative: str = "greater") -> float:
     m, sd = mean_sd(xs)
     # Spread below rounding noise of the values counts as zero spread.
     if sd <= 1e-12 * max(1.0, abs(m)):
-        return 0.0 if n >= ZERO_SPREAD_N and sign * (m - mu) > 0 else 1.0
+        return 0.0 if exact and n >= ZERO_SPREAD_N and sign * (m - mu) > 0 else 1.0
     t = (m - mu) / (sd / math.sqrt(n))
     return t_sf(sign * t, n - 1)
 
@@ -351,7 +354,7 @@ def compare_to_best(scores: dict, alpha: float = 0.05, level: float = 0.95,
 # ------------------------------------------------------------------ claims
 
 def claim_test(a: dict, b: dict, alpha: float = 0.05, margin: float = 0.0,
-               rtol: float = RTOL) -> str:
+               rtol: float = RTOL, exact: bool = True) -> str:
     """Is ``a`` better (lower loss) than ``b`` by more than ``margin``?
 
     a, b: {seed: loss}, inf = failed. Paired on common seeds, d = b - a.
@@ -361,7 +364,7 @@ def claim_test(a: dict, b: dict, alpha: float = 0.05, margin: float = 0.0,
     Failures follow compare_to_best: if only one side failed on common seeds, that
     side is worse; if both did, only seeds where both trained are tested. With margin 0,
     means equal within ``rtol`` (see RTOL) are "inconclusive": a few float32 ulps of a
-    deterministic problem are no evidence either way.
+    deterministic problem are no evidence either way. ``exact``: see :func:`paired_t`.
     """
     common = sorted(set(a) & set(b))
     fa = any(not math.isfinite(float(a[s])) for s in common)
@@ -373,8 +376,8 @@ def claim_test(a: dict, b: dict, alpha: float = 0.05, margin: float = 0.0,
     if both and margin == 0.0 and _close(sum(float(a[s]) for s in both) / len(both),
                                          sum(float(b[s]) for s in both) / len(both), rtol):
         return "inconclusive"
-    if paired_t(d, margin, "greater") < alpha:
+    if paired_t(d, margin, "greater", exact) < alpha:
         return "supported"
-    if paired_t(d, margin, "less") < alpha:
+    if paired_t(d, margin, "less", exact) < alpha:
         return "contradicted"
     return "inconclusive"

@@ -18,17 +18,24 @@ esc = _html.escape
 
 COLORS = {C.SUPPORTED: "#15803d", C.CONTRADICTED: "#b91c1c", C.INCONCLUSIVE: "#a16207",
           C.NOT_RUN: "#64748b"}
-METHOD = ("Each verdict is computed from this comparison's runs. Two optimizers or settings "
-          "are compared paired by seed (same initial weights and batch order) with a two-sided "
-          "paired t-test at α = 0.05 (one-sided at 0.025 each way); a side that failed where the "
-          "other trained is the worse one. Δ is the mean paired difference a − b with its 95% "
-          "t-interval (lower is better, so Δ < 0 favours a; failures enter Δ as the worst finite "
-          "value of the pair): a comparison is decided exactly when that interval excludes 0 "
-          "(claim 4: lies within or outside the margin; claim 9's Bonferroni-corrected interval "
-          "names its level). Too few seeds, or zero spread on two, is inconclusive. A claim "
-          "tested on several problems is supported when more than half of them support it, "
-          "contradicted when more than half contradict it, inconclusive otherwise. \"not "
-          "run\": the comparison lacks the optimizers, problems or phases the test needs.")
+METHOD = ("Each verdict is computed from this comparison's runs, under the verdicts' rules: "
+          "a loss below a problem's optimum floor counts as the floor (two runs that reached "
+          "the optimum tie) and seed means equal to 5 significant digits tie. Two optimizers "
+          "or settings are compared paired by seed (same initial weights and batch order) with "
+          "a two-sided paired t-test at α = 0.05 (one-sided at 0.025 each way). Δ is the mean "
+          "paired difference a − b with its 95% t-interval (lower is better, so Δ < 0 favours "
+          "a; failures enter Δ as the worst finite value of the pair): where both trained on "
+          "every seed, a comparison is decided exactly when that interval excludes 0 (claim 4: "
+          "lies within or outside the margin; claim 9's Bonferroni-corrected interval names "
+          "its level). Where one side failed and the other trained, the failures decide it "
+          "(the failing side is worse, as in the verdicts) and the row says \"decided by "
+          "failures\"; claim 7, whose pairs span learning rates, is decided by its interval "
+          "and called mixed when the pairs disagree. Too few seeds, zero spread on two, and "
+          "zero spread of steps to a target (counted at evaluation points, censored where a "
+          "seed never reached it) are inconclusive. A claim tested on several problems is "
+          "supported when more than half of them support it, contradicted when more than half "
+          "contradict it, inconclusive otherwise. \"not run\": the comparison lacks the "
+          "optimizers, problems or phases the test needs.")
 
 
 def results(ctx) -> list:
@@ -46,8 +53,7 @@ def rows(c) -> list:
         # nums: a test's numbers (with "diff" and the failed keys), or a bare diff.
         diff = nums.get("diff") if isinstance(nums, dict) and "n" in nums and "mean" not in nums \
             else nums
-        fails = _failures(nums)
-        out.append((unit, comp, diff, ref, v, "; ".join(x for x in (note, fails) if x)))
+        out.append((unit, comp, diff, ref, v, "; ".join(x for x in (note, _notes(nums)) if x)))
     return out
 
 
@@ -71,7 +77,7 @@ def _raw_rows(c) -> list:
             out.append((p, f"{lab}, |seed − median|", s, s.get("mean_b"), u["spread"],
                         s.get("note", "")))
         elif cid == 3:
-            out.append((p, f"{u['adaptive']} vs {u['non_adaptive']}, steps to "
+            out.append((p, f"{u['adaptive']} vs {u['non_adaptive']}, steps to train loss "
                         f"{T.num(u['target'])}", u, u.get("mean_b"), v, u["target_from"]))
         elif cid == 4:
             for pr in u["pairs"]:
@@ -81,11 +87,12 @@ def _raw_rows(c) -> list:
                              "n": dd["n"]}, u["means"].get(pr["b"]),
                             "equivalent" if pr["equivalent"] else
                             "different" if pr["different"] else "unclear",
-                            f"margin ±{T.num(u['margin'])}"))
+                            f"margin ±{T.num(u['margin'])}" + _floor_note(u.get("floor"))))
         elif cid == 5:
             out.append((p, f"nadam vs {u['against']}, val loss", u, u.get("mean_b"), v, ""))
         elif cid == 6:
-            out.append((p, "momentum vs sgd, steps to target", u["speed_numbers"],
+            out.append((p, f"momentum vs sgd, steps to train loss {T.num(u['target'])}",
+                        u["speed_numbers"],
                         u["speed_numbers"].get("mean_b"), u["speed"], ""))
             pr = u["path_ratio"]
             out.append((p, "momentum vs sgd, y-step reversals", u["oscillation_numbers"],
@@ -95,7 +102,7 @@ def _raw_rows(c) -> list:
         elif cid == 7:
             for b in u["by_beta2"]:
                 out.append((p, f"β2 = {b['beta2']:g}: with vs without correction, early loss",
-                            b, b.get("mean_b"), b["verdict"], ""))
+                            b, b.get("mean_b"), b["verdict"], _lower_note(b)))
         elif cid == 8:
             big = ("diverged" if u["largest_status"] != "ok"
                    else f"bounce {T.num(u['largest_bounce'])}")
@@ -111,12 +118,49 @@ def _raw_rows(c) -> list:
     return out
 
 
-def _failures(nums) -> str:
-    """A note on failed runs inside a comparison (they decide it; see METHOD)."""
-    fa, fb = (nums or {}).get("failed_a") or [], (nums or {}).get("failed_b") or []
-    parts = [f"{who} failed on {len(f)} ({', '.join(map(str, f[:4]))}"
-             f"{', …' if len(f) > 4 else ''})" for who, f in (("a", fa), ("b", fb)) if f]
-    return "; ".join(parts)
+def _notes(nums) -> str:
+    """What decided a comparison besides its interval: failures (and whether they
+    decided it), ties under the verdicts' rules, censored steps, zero spread on a
+    quantised measure, mixed evidence."""
+    nums = nums if isinstance(nums, dict) else {}
+    out = []
+    fa, fb = nums.get("failed_a") or [], nums.get("failed_b") or []
+    fails = "; ".join(f"{who} failed on {len(f)} ({', '.join(map(str, f[:4]))}"
+                      f"{', …' if len(f) > 4 else ''})" for who, f in (("a", fa), ("b", fb)) if f)
+    if fails:
+        out.append(f"decided by failures: {fails}" if nums.get("decided_by") == "failures"
+                   else f"failures counted as the pair's worst value: {fails}")
+    if nums.get("tie") == "optimum":
+        out.append("tie: both reached the optimum (below the floor)")
+    elif nums.get("tie") == "resolution":
+        out.append("tie: seed means equal to 5 significant digits")
+    cen = nums.get("censored")
+    if cen:
+        out.append(f"seeds that never reached the target (censored at budget + one "
+                   f"evaluation): a {len(cen['a'])}/{cen['n_a']}, b {len(cen['b'])}/{cen['n_b']}")
+    if nums.get("zero_spread"):
+        out.append("equal differences of a quantised measure: no test")
+    if nums.get("mixed"):
+        out.append("mixed: the pairs disagree with the interval's side")
+    return "; ".join(out)
+
+
+def _lower_note(b) -> str:
+    """Claim 7's per-pair count, e.g. 'correction lower on 4 of 9 (lr, seed) pairs (1
+    where the run without it failed), higher on 5'."""
+    lw = b.get("lower")
+    if not lw:
+        return ""
+    fw = f" ({lw['failed_without']} where the run without it failed)" \
+        if lw["failed_without"] else ""
+    fc = f" ({lw['failed_with']} where the run with it failed)" if lw["failed_with"] else ""
+    return (f"correction lower on {lw['with']} of {lw['pairs']} (lr, seed) pairs{fw}, "
+            f"higher on {lw['without']}{fc}")
+
+
+def _floor_note(floor) -> str:
+    return f", losses below the optimum floor {T.num(floor)} count as the floor" \
+        if floor is not None and math.isfinite(floor) else ""
 
 
 def _diff_text(d) -> str:

@@ -7,7 +7,7 @@ import re
 from . import claims
 from . import text as T
 from . import viewer
-from .verdicts import answer_md, marked
+from .verdicts import answer_md, marked, steps_text
 
 
 #: Characters that Markdown could read as markup: backslash-escaped (CommonMark shows
@@ -79,7 +79,7 @@ def summary(ctx) -> str:
         out.append(f"| {md(p)} | {md(o)}{_mark(ctx, p, o)} | {T.num(s.lr)}{edge} "
                    f"| {T.stat(a.get('val_loss'))} "
                    f"| {T.stat(a.get('test_loss'))} "
-                   f"| {T.stat(a.get('steps_to_target'), '{:.0f}')} "
+                   f"| {md(steps_text(a))} "
                    f"| {a.get('seeds', 0)} ({a.get('diverged', 0)}) "
                    f"| {'—' if sens is None else f'{sens.width:.2f}'} |")
     out += ["", "## Mean rank (1 = best seed-mean val loss; tie-aware)", "",

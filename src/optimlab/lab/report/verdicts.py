@@ -13,8 +13,8 @@ from ..verdicts import NO_VERDICT, TAG, mean_pm, testable
 
 esc = _html.escape
 
-__all__ = ["TAG", "METHOD", "marked", "mark", "delta_td", "tied_class", "verdict_note",
-           "answer_html", "answer_md", "protocol"]
+__all__ = ["TAG", "METHOD", "marked", "mark", "delta_td", "steps_text",
+           "tied_class", "verdict_note", "answer_html", "answer_md", "protocol"]
 
 
 def marked(v) -> bool:
@@ -46,6 +46,18 @@ def delta_td(ctx, p, o) -> str:
     h = f' <span class="sd">± {ci.half_width:.2g}</span>' if ci.n > 1 else ""
     ps = "" if pv is None else f' <span class="sd">(p {_p(pv)})</span>'
     return f'<td><span class="nw">{ci.mean:+.3g}</span>{h}{ps}</td>'
+
+
+def steps_text(a: dict) -> str:
+    """The steps-to-target cell of an ``analysis.aggregate`` row: mean ± 95% CI over the
+    seeds that reached the target, then how many did, e.g. '376 ± 1e+02 (2/5 reached)';
+    '— (0/5 reached)' when none did."""
+    from . import text as T
+
+    n = a.get("seeds", 0) - a.get("diverged", 0)
+    if not n:
+        return "—"
+    return f"{T.stat(a.get('steps_to_target'), '{:.0f}')} ({a.get('reached', 0)}/{n} reached)"
 
 
 def _p(p: float) -> str:
