@@ -26,6 +26,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import optimlab
@@ -167,6 +168,14 @@ def cmd_compare(args, argv) -> int:
                        else f"ray {args.ray_address}")
         if "created" not in old:
             store.set_meta("created", _now())
+        # How and where it ran, for the report's protocol (bookkeeping: not in the id).
+        store.set_meta("machine", runner.machine())
+        store.set_meta("data_sizes", {n: p.sizes for n, p in plan.problems.items()
+                                      if getattr(p, "sizes", None)})
+        store.set_meta("started", _now())
+        load = {"start": runner.load_average()}
+        store.set_meta("load", load)
+        began = time.perf_counter()
         # With --json, stdout is reserved for the summary: anything else goes to stderr.
         quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
         with quiet:
@@ -175,6 +184,8 @@ def cmd_compare(args, argv) -> int:
             ids = {s.run_id for s in plan.all_specs(selections)}
             store.set_meta("runs", sorted(ids))
             store.set_meta("finished", _now())
+            store.set_meta("wall_seconds", round(time.perf_counter() - began, 1))
+            store.set_meta("load", {**load, "end": runner.load_average()})
             edge = sorted(f"{p}/{o}" for (p, o), s in selections.items() if s.on_edge)
             if edge:
                 _say(f"note: best lr on the grid's edge for {plural(len(edge), 'pair')}: "

@@ -46,6 +46,36 @@ def versions() -> dict:
             "numpy": np.__version__, "optimlab": optimlab.__version__}
 
 
+def machine() -> dict:
+    """The machine a comparison runs on, for the report's protocol: CPU model, logical
+    CPUs, the CPUs this process may use, torch threads per run (the runner uses 1) and
+    the platform. Recorded in the comparison's meta, never in a run (runs are shared)."""
+    import os
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f
+                        if ln.lower().startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count()
+    return {"cpu": cpu or "unknown", "logical_cpus": os.cpu_count(), "usable_cpus": usable,
+            "torch_threads_per_run": 1, "platform": platform.platform()}
+
+
+def load_average():
+    """The 1-minute load average (None where the OS has none)."""
+    import os
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def eval_every(spec: RunSpec) -> int:
     """Steps between evaluations: the spec's, or about EVAL_POINTS points per run."""
     return spec.eval_every if spec.eval_every > 0 else max(1, spec.steps // EVAL_POINTS)

@@ -80,7 +80,8 @@ _REQUIRED = {"runs": _COLUMNS, "meta": ("key", "value"), "comparisons": ("id", "
 #: not enter its id.
 BOOKKEEPING = frozenset({"command", "argv", "suite", "versions", "workers", "executor",
                          "created", "started", "finished", "runs", "latest", "comparison",
-                         "phase"})
+                         "phase", "machine", "load", "wall_seconds",
+                         "data_sizes"})
 
 _ORDER = "ORDER BY problem, optimizer, phase, lr, seed, run_id"
 

@@ -101,4 +101,6 @@ def supervised_problem(
     return Problem(name=name, kind=kind, description=description,
                    default_steps=default_steps, model=model, batch=batch, loss=loss,
                    evaluate=evaluate, metric_name=metric_name, optimum=optimum,
-                   target=target, evaluate_loss=evaluate_loss)
+                   target=target, evaluate_loss=evaluate_loss,
+                   sizes={**{k: int(x.shape[0]) for k, (x, _) in data.items()},
+                          "batch": batch_size})

@@ -37,6 +37,9 @@ class Problem:
         split at intermediate evaluation points). None: ``evaluate`` is used.
     gpus: GPUs one run wants (the problem puts its model and batches on them); the Ray
         executor reserves them for each task. 0 for CPU problems.
+    sizes: rows per split and per mini-batch, e.g. {"train": 1078, "val": 359, "test":
+        360, "batch": 64} ("batch" None: full batch), for the report's protocol; None
+        for problems without a data set (2-D functions, the noisy quadratic).
     """
 
     name: str
@@ -55,6 +58,7 @@ class Problem:
     minima: tuple = field(default_factory=tuple)
     evaluate_loss: Callable[[torch.nn.Module, str], float] | None = None
     gpus: float = 0.0
+    sizes: dict | None = None
 
     @property
     def is_2d(self) -> bool:

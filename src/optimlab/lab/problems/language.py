@@ -148,7 +148,8 @@ def markov_lm_problem() -> Problem:
                      f"the chain's exact entropy rate {h:.4f} nats/char, so the gap is the "
                      "excess nats. Metric: next-character accuracy."),
         default_steps=400, model=model, batch=batch, loss=loss, evaluate=evaluate,
-        metric_name="accuracy", optimum=h, target=h + 0.25)
+        metric_name="accuracy", optimum=h, target=h + 0.25,
+        sizes={**{k: int(y.shape[0]) for k, (_, y) in data.items()}, "batch": 64})
 
 
 FACTORIES = {"markov-lm": markov_lm_problem}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .. import analysis as A
 from .. import verdicts as V
+from . import protocol
 
 TAUS = [1.0 + 0.05 * i for i in range(21)] + [1.0 * 2 ** (0.1 * i) for i in range(11, 51)]
 
@@ -119,6 +120,7 @@ def build(records, meta, problems=None) -> dict:
         "bias": A.bias_correction_curves(records),
         "schedule": {"name": name, "fn": fn, "steps": n_steps},
         "failures": failures,
+        "deterministic": protocol.deterministic(records),
         "paths": {k: rs[0].trajectory for k, rs in A.best_runs(records, sel).items()
                   if rs and rs[0].trajectory},
     }
@@ -162,7 +164,7 @@ def images(ctx) -> dict:
     """{name: PNG bytes} for every figure that has data (drawn in two processes where
     possible, see :mod:`.draw`)."""
     from . import plots as P
-    from . import viewer
+    from . import schedules, viewer
     from .draw import draw
 
     c = ctx["colors"]
@@ -193,9 +195,7 @@ def images(ctx) -> dict:
                                   "time per step ÷ SGD's", fmt="{:.2f}×", log=True)
         if any(v is not None for v in ctx["time"].values()) else None,
         "bias": lambda: P.bias_correction(ctx["bias"]),
-        "schedule": lambda: P.schedule(ctx["schedule"]["fn"], ctx["schedule"]["steps"],
-                                       ctx["schedule"]["name"])
-        if ctx["schedule"]["fn"] else None,
+        "schedule": lambda: schedules.figure(protocol.schedule_usage(ctx["records"])),
         **viewer.image_jobs(ctx),  # small multiples, one per 2-D problem
     }
     # The costliest first, so that the two processes finish together.

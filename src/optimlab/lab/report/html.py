@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import html as _html
 
-from . import claims
+from . import claims, schedules
+from . import protocol as P
 from . import text as T
 from . import viewer
 from .verdicts import TAG, delta_td, mark, tied_class, verdict_note
@@ -56,6 +57,7 @@ tr.tied td{background:#ecfdf5}
 .card .o{font-size:20px;font-weight:700;margin:2px 0}
 .card .d{font-size:12.5px;color:var(--mute)}
 .edge{color:#b45309;font-weight:700}
+.det{color:#7c2d12;font-weight:400;font-size:12.5px}
 .bad{color:#b91c1c}
 .warn{background:#fef2f2;border:2px solid #b91c1c}
 .note{background:#fffbeb;border:1px solid #fde68a;border-radius:8px;padding:10px 14px;
@@ -115,9 +117,14 @@ def results_table(ctx) -> str:
         desc = f' — <span style="font-weight:400">{esc(i["description"])}</span>' \
             if i["description"] else ""
         v = ctx["verdicts"].get(p)
+        target = "" if i.get("target") is None else \
+            f'<br><span class="sd">steps-to-target target: train loss ≤ {T.num(i["target"])}</span>'
+        det = P.deterministic_note(ctx, p)
+        det = "" if det is None else \
+            f'<br><span class="det">⚙ {esc(det[0].upper() + det[1:])}</span>'
         rows.append(f'<tr class="grp"><td colspan="11">{esc(p)} '
                     f'<span style="color:var(--mute)">[{esc(i["kind"])}]</span>{desc}'
-                    f'{verdict_note(v)}</td></tr>')
+                    f'{verdict_note(v)}{target}{det}</td></tr>')
         # Best first, then the verdict's order (tied group, then the rest).
         order = (v.order if v else []) + [o for o in ctx["optimizers"]
                                            if not v or o not in v.order]
@@ -127,8 +134,7 @@ def results_table(ctx) -> str:
                 continue
             a = ctx["aggregate"].get((p, o), {})
             sens = ctx["sensitivity"].get((p, o))
-            edge = ' <span class="edge" title="best lr on the grid edge">⚠ edge</span>' \
-                if s.on_edge else ""
+            edge = flag_html(ctx, s)
             fail = a.get("diverged", 0)
             seeds = f'{a.get("seeds", 0)}' + (f' <span class="bad">({fail} failed)</span>'
                                               if fail else "")
@@ -144,7 +150,8 @@ def results_table(ctx) -> str:
     head = ("<tr><th>optimizer</th><th>best lr</th><th>val loss</th>"
             "<th title='paired by seed: mean of (this − best), 95% t-interval; step-down max-t adjusted p'>"
             "Δ vs best (p)</th><th>test loss</th>"
-            "<th>test metric</th><th>gap to optimum</th><th>steps to target</th>"
+            "<th>test metric</th><th title='final train loss − the optimum (train split, "
+            "not validation)'>train gap to optimum</th><th>steps to target</th>"
             "<th>seeds</th><th>lr width (dec.)</th><th>time/step vs SGD</th></tr>")
     return section("table", "Best learning rates and final metrics",
                    "Mean ± half-width of the 95% Student-t interval over seeds at the "
@@ -157,11 +164,47 @@ def results_table(ctx) -> str:
                    "comparison; the adjusted p (step-down max-t over all comparisons with "
                    "the best, the choice of the best included) "
                    "decides the tied group. "
-                   "<span class='edge'>⚠ edge</span>: the best lr is at the end of "
-                   "the grid, widen it. lr width: decades of lr whose val loss is within "
-                   f"{int(T.TOL * 100)}% of the best (gap above the optimum when known).",
+                   + flag_legend(ctx) + "Train gap to optimum: final <i>train</i> "
+                   "loss minus the optimum where it is known (the other loss columns are "
+                   "validation and test, so its order can differ from theirs). lr width: "
+                   f"decades of lr whose val loss is within {int(T.TOL * 100)}% of the best "
+                   "(gap above the optimum when known).",
                    f"<div style='overflow-x:auto'><table><thead>{head}</thead><tbody>"
-                   + "".join(rows) + "</tbody></table></div>")
+                   + "".join(rows) + "</tbody></table></div>" + bound_note(ctx))
+
+
+BOUND_FLAG = "<span class='edge'>⚑ at the search's hard bound</span>"
+
+
+def flag_html(ctx, sel) -> str:
+    """The flag after a selected lr: at the search's hard bound, or at a fixed grid's edge."""
+    flag = T.lr_flag(ctx, sel)
+    if flag == "bound":
+        return (f' <span class="edge" title="at the search\'s hard bound ({esc(T.bounds(ctx))})'
+                ': the search cannot widen it; the best lr may lie beyond">⚑ hard bound</span>')
+    if flag == "edge":
+        return (' <span class="edge" title="best lr at the end of the fixed grid: widen '
+                'it (--lrs)">⚠ edge</span>')
+    return ""
+
+
+def flag_legend(ctx) -> str:
+    """The caption's words for the lr flags the table shows ('' when it shows none)."""
+    flags = {T.lr_flag(ctx, s) for s in ctx["selections"].values()}
+    out = ""
+    if "bound" in flags:
+        out += (f"{BOUND_FLAG}: the selected lr is at the search's hard bound "
+                f"({esc(T.bounds(ctx))}); the search cannot go past it, so the best lr may "
+                "lie beyond (see the note below the table). ")
+    if "edge" in flags:
+        out += ("<span class='edge'>⚠ edge</span>: the selected lr is at the end of the "
+                "lrs tried (a fixed grid, --lrs); widen it. ")
+    return out
+
+
+def bound_note(ctx) -> str:
+    text = T.bound_note(ctx)
+    return "" if text is None else f'<p class="note">⚑ {esc(text)}</p>'
 
 
 def figures(ctx, images) -> str:
@@ -215,11 +258,7 @@ def figures(ctx, images) -> str:
                        "Final val loss vs lr for each β2 with (solid) and without (dashed) "
                        "bias correction. Without it, large β2 makes early steps too big and "
                        "training unstable at high lr.", bias))
-    sch = ctx["schedule"]
-    out.append(section("schedule", "Learning-rate schedule",
-                       f"All runs use base lr × this multiplier: <b>{esc(sch['name'])}</b>.",
-                       img(images, "schedule", "schedule")
-                       or f"<p>Schedule: {esc(sch['name'])} (constant multiplier 1).</p>"))
+    out.append(schedules.html_section(ctx, images, section, img))
     return "".join(out)
 
 
@@ -233,21 +272,28 @@ def reproduce(ctx) -> str:
     vers = m.get("versions") or next((r.versions for r in ctx["records"] if r.versions), {})
     vrows = "".join(f"<tr><td>{esc(str(k))}</td><td class='l'>{esc(str(v))}</td></tr>"
                     for k, v in sorted(vers.items()))
-    other = "".join(f"<tr><td>{esc(str(k))}</td><td class='l'>{esc(T.short(v))}</td></tr>"
-                    for k, v in sorted(m.items()) if k not in _NOT_SETTINGS)
+    other = "".join(f"<tr><td>{esc(k)}</td><td class='l' style='white-space:normal'>"
+                    f"{esc(v)}</td></tr>" for k, v in P.settings(m, _NOT_SETTINGS))
     fails = ""
     if ctx["failures"]:
         fr = "".join(f"<tr><td>{esc(r.spec.problem)}</td><td class='l'>{esc(r.spec.optimizer)}"
                      f"</td><td>{T.num(r.spec.lr)}</td><td>{r.spec.seed}</td>"
                      f"<td class='l'>{esc(r.spec.phase)}</td>"
-                     f"<td class='l'>{esc(r.status)}</td><td class='l'>"
-                     f"{esc(T.short((r.final or {}).get('error') or ''))}</td></tr>"
+                     f"<td class='l'>{esc(P.run_settings(r.spec))}</td>"
+                     f"<td class='l'>{esc(r.status)}</td><td class='l' "
+                     f"style='white-space:normal'>{esc(P.failure_reason(r))}</td></tr>"
                      for r in ctx["failures"][:200])
+        more = len(ctx["failures"]) - 200
         fails = ("<h3>Failed runs</h3><table><thead><tr><th>problem</th><th class='l'>"
                  "optimizer</th><th>lr</th><th>seed</th><th class='l'>phase</th>"
-                 "<th class='l'>status</th>"
-                 "<th class='l'>error</th></tr></thead><tbody>" + fr + "</tbody></table>")
-    return section("reproduce", "Reproduce", "The exact command and the versions used.",
+                 "<th class='l'>settings (besides lr, seed)</th><th class='l'>status</th>"
+                 "<th class='l'>step and reason</th></tr></thead><tbody>" + fr
+                 + "</tbody></table>"
+                 + (f"<p class='cap'>… and {more} more (every failed run is in the "
+                    "store).</p>" if more > 0 else ""))
+    return section("reproduce", "Reproduce",
+                   "The exact command, the versions and the settings used (the machine, wall "
+                   "time and load are in the protocol).",
                    f"<pre>{esc(T.command(m))}</pre><h3>Versions</h3><table style='width:auto'>"
                    f"{vrows}</table><h3>Run settings</h3><table style='width:auto'>{other}"
                    f"</table>{fails}")
@@ -255,7 +301,7 @@ def reproduce(ctx) -> str:
 
 #: Meta keys shown elsewhere, or bookkeeping rather than settings a reader needs.
 _NOT_SETTINGS = ("versions", "command", "runs", "problem_info", "sources", "argv",
-                 "comparison", "phase")
+                 "comparison", "phase", "machine", "load", "wall_seconds", "data_sizes")
 
 
 def page(ctx, images) -> str:

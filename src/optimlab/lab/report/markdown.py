@@ -7,7 +7,8 @@ import re
 from . import claims
 from . import text as T
 from . import viewer
-from .verdicts import answer_md, marked, steps_text
+from . import protocol as P
+from .verdicts import _flag_md, answer_md, marked, steps_text
 
 
 #: Characters that Markdown could read as markup: backslash-escaped (CommonMark shows
@@ -75,13 +76,16 @@ def summary(ctx) -> str:
     for (p, o), s in _table_order(ctx):
         a = ctx["aggregate"].get((p, o), {})
         sens = ctx["sensitivity"].get((p, o))
-        edge = " (edge)" if s.on_edge else ""
+        edge = _flag_md(ctx, p, o)
         out.append(f"| {md(p)} | {md(o)}{_mark(ctx, p, o)} | {T.num(s.lr)}{edge} "
                    f"| {T.stat(a.get('val_loss'))} "
                    f"| {T.stat(a.get('test_loss'))} "
                    f"| {md(steps_text(a))} "
                    f"| {a.get('seeds', 0)} ({a.get('diverged', 0)}) "
                    f"| {'—' if sens is None else f'{sens.width:.2f}'} |")
+    notes = [P.targets(ctx)] + [f"⚙ {p} is {P.deterministic_note(ctx, p)}"
+                                for p in ctx["problems"] if P.deterministic_note(ctx, p)]
+    out += [""] + [md(n) for n in notes if n]
     out += ["", "## Mean rank (1 = best seed-mean val loss; tie-aware)", "",
             "| optimizer | mean rank |",
             "|---|---:|"]

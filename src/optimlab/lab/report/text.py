@@ -7,6 +7,7 @@ import shlex
 
 from ..analysis import TOLERANCE as TOL
 from ..wording import plural  # noqa: F401  (re-exported for the renderers)
+from . import protocol as P
 
 PROF_VAL = "val loss (excess over optimum)"
 PROF_STEPS = "steps to target"
@@ -45,6 +46,42 @@ def short(v, n=160) -> str:
     """A value as one line of at most n characters."""
     s = " ".join(str(v).split())
     return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def lr_flag(ctx, sel) -> str | None:
+    """"bound" when the selected lr is at the adaptive search's hard bound (the search
+    cannot widen it), "edge" when it is at the end of the lrs tried (a fixed grid: widen
+    it with --lrs), else None."""
+    if sel is None:
+        return None
+    if sel.at_bound and (ctx["meta"].get("search") or {}).get("adaptive"):
+        return "bound"
+    return "edge" if sel.on_edge else None
+
+
+def bounds(ctx) -> str:
+    """'1e-06 … 10': the adaptive search's hard bounds."""
+    b = (ctx["meta"].get("search") or {}).get("bounds") or (1e-6, 10.0)
+    return f"{num(b[0])} … {num(b[-1])}"
+
+
+def bound_note(ctx) -> str | None:
+    """What "at the search's hard bound" means and how to look past it (None when no
+    selected lr is there)."""
+    pairs = [(p, o, s.lr) for (p, o), s in sorted(ctx["selections"].items())
+             if lr_flag(ctx, s) == "bound"]
+    if not pairs:
+        return None
+    listed = ", ".join(f"{p}/{o} (lr {num(lr)})" for p, o, lr in pairs)
+    p, o, lr = pairs[0]
+    steps = (-0.5, 0, 0.5, 1) if lr > 1 else (-1, -0.5, 0, 0.5)
+    past = [lr * 10 ** k for k in steps]
+    return (f"At the search's hard bound: the selected lr is a bound of the adaptive search "
+            f"({bounds(ctx)}), which never goes past it, so the best lr may lie beyond it "
+            f"and this optimizer's result may be better than shown. {listed}. There is no "
+            f"option to move the bounds; to look past one, rerun the pair with a fixed grid "
+            f"(--lrs replaces the search), e.g. optimlab compare --problems {p} "
+            f"--optimizers {o} --lrs {','.join(f'{x:.3g}' for x in past)}")
 
 
 def counts(ctx) -> str:
@@ -96,7 +133,7 @@ def protocol(ctx) -> list:
     else:
         reruns = (f"Not completed (the comparison stopped during phase {stopped['phase']}; "
                   f"the selected lrs shown are the best of the runs stored so far): {reruns}")
-    return [
+    out = [
         (f"Every optimizer {'gets' if stopped else 'ran'} the same learning-rate search, "
          f"starting from the grid ({grid_s}): {m.get('grid_spacing')}; "
          if (m.get("search") or {}).get("adaptive") else
@@ -107,17 +144,27 @@ def protocol(ctx) -> list:
         "half-width of the 95% Student-t interval over the selected lr's seeds.",
         "Diverged or failed runs are kept and counted: they score +inf and are never "
         "selected.",
-        f"Step budget: {m.get('steps') or m.get('steps_per_problem') or 'problem default'}; "
-        "schedule: "
-        f"{ctx['schedule']['name']}; all other hyperparameters at their defaults (only "
-        "the learning rate is tuned).",
+        f"Step budget: {P.step_budget(m)}; {P.schedule_sentence(ctx['records'], m)}; all "
+        "other hyperparameters at their defaults (only the learning rate is tuned; the "
+        "phases below vary one setting each at the selected lr).",
+        ]
+    out += P.phases(ctx)
+    out += [x for x in (P.targets(ctx), P.evaluation(ctx), P.data_sizes(ctx)) if x]
+    out += [f"{p} is {P.deterministic_note(ctx, p)}" for p in ctx["problems"]
+            if P.deterministic_note(ctx, p)]
+    out += P.machine(m)
+    out += [
+        "Selected lrs at the search's hard bounds (" + bounds(ctx) + ") are flagged "
+        "\"at the search's hard bound\": the search cannot widen them (see --lrs to look "
+        "past one); with a fixed grid (--lrs), a selected lr at its end is flagged \"edge\".",
         f"lr width = decades of lr around the best whose val loss is within "
         f"{int(TOL * 100)}% of the best loss's gap above the optimum (above 0 if the "
         "optimum is unknown); it is quantised by the local spacing of the searched lrs "
         "(a quarter decade around the best after refinement).",
         "Performance profile (Dolan & Moré, 2002): rho(tau) = fraction of problems on "
         "which an optimizer's cost is within tau times the best optimizer's cost.",
-    ] + _verdict_protocol()
+    ]
+    return out + _verdict_protocol()
 
 
 def _verdict_protocol() -> list:

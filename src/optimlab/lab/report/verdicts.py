@@ -102,8 +102,8 @@ def _group_html(ctx, row) -> str:
 
 def answer_html(ctx) -> str:
     """The answer section: per-kind cards, then one verdict per problem."""
-    from .html import section, swatch
     from . import text as T
+    from .html import bound_note, flag_html, section, swatch
 
     cards = []
     for kind, w in ctx["per_kind"].items():
@@ -114,7 +114,8 @@ def answer_html(ctx) -> str:
             continue
         lrs = "; ".join(
             (f"{esc(o)}: " if len(w["leaders"]) > 1 else "")
-            + ", ".join(f"{esc(p)} {T.num(lr)}" for p, lr in w["leader_lrs"][o].items())
+            + ", ".join(f"{esc(p)} {T.num(lr)}{flag_html(ctx, ctx['selections'].get((p, o)))}"
+                        for p, lr in w["leader_lrs"][o].items())
             for o in w["leaders"])
         also = " (shared)" if len(w["leaders"]) > 1 else ""
         head = swatch(ctx, w["optimizer"]) if len(w["leaders"]) == 1 else \
@@ -126,8 +127,12 @@ def answer_html(ctx) -> str:
                      f'{T.plural(len(w["problems"]), "problem")}<br>lr {lrs}</div></div>')
     rows = []
     for r in ctx["verdict_rows"]:
+        det = _deterministic(ctx, r)
+        det = f'<br><span class="det">⚙ {esc(det)}</span>' if det else ""
+        sel = ctx["selections"].get((r["problem"], r["best"]))
         rows.append(f'<tr><td>{esc(r["problem"])}</td><td class="l">{esc(r["kind"])}</td>'
-                    f'<td class="l">{_group_html(ctx, r)}</td><td>{T.num(r["lr"])}</td>'
+                    f'<td class="l">{_group_html(ctx, r)}{det}</td>'
+                    f'<td class="nw">{T.num(r["lr"])}{flag_html(ctx, sel)}</td>'
                     f'<td class="nw">{esc(mean_pm(r))}</td></tr>')
     table = ('<table><thead><tr><th>problem</th><th class="l">kind</th>'
              '<th class="l">verdict (best first)</th><th>lr of best</th>'
@@ -143,7 +148,18 @@ def answer_html(ctx) -> str:
                "so these verdicts come from the runs stored so far. " + cap)
     title = "The answer (provisional)" if ctx.get("progress") else "The answer"
     return section("answer", title, cap,
-                   f'<div class="cards">{"".join(cards)}</div><h3>Per problem</h3>{table}')
+                   f'<div class="cards">{"".join(cards)}</div><h3>Per problem</h3>{table}'
+                   + bound_note(ctx))
+
+
+def _deterministic(ctx, row) -> str | None:
+    """'deterministic: the n seeds are one run repeated; ...' for a row whose problem's
+    seeds replicate nothing (see protocol.deterministic)."""
+    if row["problem"] not in ctx.get("deterministic", {}):
+        return None
+    return ("deterministic problem: the seeds are bit-identical repeats of one run, so "
+            "± 0 is no measured spread and the verdict compares exact losses (p-values "
+            "carry no seed-to-seed information)")
 
 
 def answer_md(ctx, md) -> list:
@@ -158,7 +174,8 @@ def answer_md(ctx, md) -> list:
             continue
         lrs = "; ".join(
             (f"{md(o)}: " if len(w["leaders"]) > 1 else "")
-            + ", ".join(f"{md(p)} {T.num(lr)}" for p, lr in w["leader_lrs"][o].items())
+            + ", ".join(f"{md(p)} {T.num(lr)}{_flag_md(ctx, p, o)}"
+                        for p, lr in w["leader_lrs"][o].items())
             for o in w["leaders"])
         lead = ", ".join(md(o) for o in w["leaders"])
         out.append(f"| {md(kind)} | {lead} | {w['mean_rank']:.2f} | {lrs} |")
@@ -178,9 +195,22 @@ def answer_md(ctx, md) -> list:
             v = f"**{md(r['best'])}** — the only optimizer"
         else:
             v = f"**{md(', '.join(r['tied']))}** — indistinguishable"
-        out.append(f"| {md(r['problem'])} | {md(r['kind'])} | {v} | {T.num(r['lr'])} "
+        det = _deterministic(ctx, r)
+        v += f" (⚙ {md(det)})" if det else ""
+        out.append(f"| {md(r['problem'])} | {md(r['kind'])} | {v} "
+                   f"| {T.num(r['lr'])}{_flag_md(ctx, r['problem'], r['best'])} "
                    f"| {md(mean_pm(r))} |")
+    note = T.bound_note(ctx)
+    if note:
+        out += ["", f"⚑ {md(note)}"]
     return out
+
+
+def _flag_md(ctx, p, o) -> str:
+    """' ⚑ (hard bound)' / ' (edge)' after a selected lr in Markdown."""
+    from . import text as T
+    flag = T.lr_flag(ctx, ctx["selections"].get((p, o)))
+    return {"bound": " ⚑ (at the search's hard bound)", "edge": " (edge)"}.get(flag, "")
 
 
 def protocol() -> list:
