@@ -9,6 +9,7 @@ every process after ``init_process_group``; the worker writes what the test chec
 from __future__ import annotations
 
 import datetime
+import faulthandler
 import os
 import socket
 import sys
@@ -32,6 +33,7 @@ def _free_port() -> int:
 
 
 def _entry(rank, worker, port, out_dir, args):
+    faulthandler.enable(all_threads=True)   # a rank that aborts prints where it was
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,

@@ -21,6 +21,8 @@ import torch
 from conftest import CASES, ENTRY_PARAMS, RULE_CASES, accepts, drive, make_params, rel_err, tolerance, two_groups
 from numpy_reference import Quadratic
 
+from optimlab.rules.base import hyperparameters
+
 BEFORE, AFTER = 25, 25
 TORCH_STATE_KEYS = {"step", "momentum_buffer", "sum", "square_avg", "grad_avg", "acc_delta",
                     "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_inf", "mu_product",
@@ -85,6 +87,45 @@ def test_state_dict_reloads_to_an_equal_state_dict(entry, variant):
             # (Optimizer._process_value_according_to_param_policy), e.g. NAdam's mu_product.
             expected = v.dtype if k == "step" else params[0].dtype
             assert sd2["state"][i][k].dtype == expected
+
+
+@pytest.mark.parametrize("entry, variant", RULE_CASES)  # every engine-run entry
+def test_another_optimizers_state_is_refused_at_load(entry, variant):
+    """A state the rule cannot step (a key missing, a buffer of another shape: another
+    optimizer's checkpoint) is refused by load_state_dict, naming what is wrong, and leaves
+    the optimizer as it was; before, it loaded and the first step() failed (KeyError, or a
+    size mismatch deep in the kernel)."""
+    problem = _problem(variant)
+    params = make_params(problem)
+    opt = _build(entry, variant, params)
+    drive(opt, params, problem, 3)
+    sd = opt.state_dict()
+    if not sd["state"]:
+        pytest.skip("a stateless rule (plain SGD)")
+    index, state = next(iter(sd["state"].items()))
+    other = _build(entry, variant, make_params(problem))
+    before = other.state, other.param_groups
+    lazy = {k for k, fill in entry.cls.rule.tensors(hyperparameters(
+        other.param_groups[0], other.defaults)).items() if fill is None}
+
+    def refused(broken, match):
+        with pytest.raises(ValueError, match=match):
+            other.load_state_dict(broken)
+        assert other.state is before[0] and other.param_groups is before[1]
+
+    for key, value in state.items():
+        broken = copy.deepcopy(sd)
+        del broken["state"][index][key]
+        if broken["state"][index] and key not in lazy:
+            refused(broken, f"param {index} .*lacks '{key}'")
+        if value.dim() > 0:
+            broken = copy.deepcopy(sd)
+            broken["state"][index][key] = value.flatten()[:-1].clone()
+            refused(broken, f"'{key}' shaped")
+    broken = copy.deepcopy(sd)
+    broken["state"][index]["exp_avg_of_another_class"] = torch.zeros(3)
+    refused(broken, "'exp_avg_of_another_class', which .* does not keep")
+    other.load_state_dict(copy.deepcopy(sd))   # the intact one still loads
 
 
 @pytest.mark.parametrize("entry, variant", CASES)

@@ -95,3 +95,59 @@ def implementation_flags(group: dict) -> dict:
 
 def _same(value, default) -> bool:
     return type(value) is type(default) and value == default
+
+
+def check_loaded_state(optimizer) -> None:
+    """Refuse, when it loads, a per-parameter state the rule cannot step: a key the rule reads
+    is missing, a buffer is shaped unlike the one the rule makes, or a key is one no setting
+    of the loaded group makes. That is another optimizer's checkpoint (the authors' Adan keeps
+    ``step`` in the group, prodigyopt keeps ``p0`` flattened, Adam's ``exp_avg`` in SGD),
+    which would otherwise load and fail at the first ``step()``, or step on silently. A state
+    whose values are all ``None`` is made afresh by the step, as in torch."""
+    from .rules.base import hyperparameters
+
+    rule, index = optimizer.rule, -1
+    for group in optimizer.param_groups:
+        h = None
+        for p in group["params"]:
+            index += 1
+            state = optimizer.state.get(p)
+            present = {k for k, v in (state or {}).items() if v is not None}
+            if not present:
+                continue
+            h = h or hyperparameters(group, optimizer.defaults)
+            made = {k: (True, None) for k in rule.scalar_fills(h)}
+            for key, fill in rule.tensors(h).items():
+                made[key] = _made_like(fill, p)
+            missing = [k for k, (required, _) in made.items() if required and k not in present]
+            foreign = [k for k in state if k not in made]
+            wrong = [k for k in present if k in made and made[k][1] is not None
+                     and torch.is_tensor(state[k]) and state[k].shape != made[k][1].shape]
+            if missing or foreign or wrong:
+                problems = ([f"lacks {', '.join(map(repr, missing))}"] if missing else []) + \
+                    ([f"has {', '.join(map(repr, foreign))}, which {type(optimizer).__name__} "
+                      f"does not keep"] if foreign else []) + \
+                    [f"has {k!r} shaped {tuple(state[k].shape)}, not {tuple(made[k][1].shape)}"
+                     for k in wrong]
+                found = ", ".join(f"{k} {tuple(v.shape) if torch.is_tensor(v) else type(v).__name__}"
+                                  for k, v in state.items())
+                raise ValueError(
+                    f"{type(optimizer).__name__}.load_state_dict: the state of param {index} "
+                    f"(shape {tuple(p.shape)}) {'; '.join(problems)} (found: {found}). Is it "
+                    f"another optimizer's checkpoint?")
+
+
+def _made_like(fill, p) -> tuple:
+    """``(required, like)`` for a state key the rule fills with ``fill``: whether a stepped
+    state must have it (a ``None`` fill is made by the rule's own first step, from the grad),
+    and a meta tensor shaped as the rule makes it (None where that takes real data to know)."""
+    meta = torch.empty(p.shape, dtype=p.dtype, device="meta")
+    if fill is None:
+        return False, meta
+    if not callable(fill):
+        return True, meta
+    try:
+        made = fill(meta)
+    except Exception:
+        return True, None
+    return made is not None, made if torch.is_tensor(made) else None

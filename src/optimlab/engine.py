@@ -127,7 +127,13 @@ class RuleOptimizer(Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         """torch.optim's ``load_state_dict``, except that ``fused``/``foreach``/``capturable``/
         ``differentiable`` stay as constructed (see :mod:`optimlab.checkpoint`)."""
+        before = self.state, self.param_groups   # torch's load replaces both
         super().load_state_dict(checkpoint.for_loading(state_dict, self.param_groups, self.defaults))
+        try:
+            checkpoint.check_loaded_state(self)
+        except ValueError:
+            self.state, self.param_groups = before
+            raise
         self._flags_as_built = {id(g): checkpoint.implementation_flags(g) for g in self.param_groups}
 
     def add_param_group(self, param_group: dict) -> None:
