@@ -42,18 +42,9 @@ def scores(records, selections=None) -> dict:
 def floors(records) -> dict:
     """{problem: stats.optimum_floor}: the known optimum and the median starting
     validation loss of the problem's runs (seeds share initial weights across
-    optimizers, so every optimizer gets the same floor)."""
-    optima = A.optima(records)
-    starts = defaultdict(list)
-    for r in records:
-        v = (r.curves or {}).get("val_loss") or []
-        if v and v[0] is not None and math.isfinite(float(v[0])):
-            starts[r.spec.problem].append(float(v[0]))
-    out = {}
-    for p, xs in starts.items():
-        xs.sort()
-        out[p] = S.optimum_floor(optima.get(p), xs[len(xs) // 2])
-    return out
+    optimizers, so every optimizer gets the same floor). One computation for the
+    verdicts, the claims, the lr width and the figures: :func:`analysis.floors`."""
+    return A.floors(records)
 
 
 def verdicts(records, selections=None, alpha: float = ALPHA) -> dict:

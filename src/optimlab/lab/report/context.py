@@ -178,13 +178,15 @@ def images(ctx) -> dict:
     time_table = {}
     for (p, o), v in ctx["time"].items():
         time_table.setdefault(p, {})[o] = v
+    floors = A.floors(ctx["records"])   # the verdicts' optimum floor, on every loss axis
     jobs = {
         "contours": lambda: P.contours(panels, c),
-        "loss_curves": lambda: P.loss_curves(ctx["curves"], ctx["optima"], c, ctx["problems"]),
+        "loss_curves": lambda: P.loss_curves(ctx["curves"], ctx["optima"], c, ctx["problems"],
+                                             floors=floors),
         "sensitivity": lambda: P.sensitivity(ctx["sweeps"], ctx["selections"], c,
-                                             ctx["problems"]),
+                                             ctx["problems"], floors=floors),
         "tuning_cost": lambda: P.tuning_cost(A.tuning_cost(ctx["records"]), c,
-                                             ctx["problems"]),
+                                             ctx["problems"], floors=floors),
         "profiles": lambda: P.profiles(ctx["profiles"], ctx["taus"], c),
         "ranks": lambda: P.heatmap(ctx["ranks"], ctx["optimizers"], ctx["problems"],
                                    "rank by seed-mean val loss (1 = best; boxed = tied with "
