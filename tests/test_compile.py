@@ -165,6 +165,41 @@ def test_fullgraph_function_calling_step(entry):
     assert graphs() == after_two <= 1 + lazy_state(opt_c)
 
 
+def _write_numbers(group, key, t):
+    """What a hand-written schedule does: a new Python number (or tuple of numbers) every step."""
+    value = group[key]
+    scale = 1 + 0.05 * math.sin(t + 1)
+    if isinstance(value, tuple):
+        group[key] = tuple(v if v is None else float(v) * (1 - 0.001 * t) if key == "betas" else float(v) * scale
+                           for v in value)
+    else:
+        group[key] = float(value) * scale
+
+
+@pytest.mark.parametrize("key", ["lr", "betas", "eps", "weight_decay"])
+@pytest.mark.parametrize("entry", COMPILE_PARAMS)
+def test_numbers_written_every_step_do_not_recompile_every_step(entry, key):
+    """``group["lr"] = base * warmup(t)`` by hand (or OneCycleLR's ``betas``) inside a compiled
+    training step with ``fullgraph=True``: the compiled step made ``lr`` a tensor, the user
+    writes a float over it every step; it used to recompile at every step and raise at the
+    ninth (``recompile_limit``). Now at most one more graph, equal to eager."""
+    p_c, opt_c = make(entry)
+    if key not in opt_c.param_groups[0] or opt_c.param_groups[0][key] is None:
+        pytest.skip(f"{entry.name} has no {key}")
+    p_e, opt_e = make(entry)
+    train_step = calling_step(opt_c, "eager")
+    seen = []
+    for t in range(10):
+        set_grads([p_c, p_e], t)
+        for opt in (opt_c, opt_e):
+            _write_numbers(opt.param_groups[0], key, t)
+        train_step()
+        opt_e.step()
+        seen.append(graphs())
+    assert rel(p_c, p_e) <= 1e-12
+    assert seen[-1] == seen[3] <= 2 + lazy_state(opt_c), seen
+
+
 @pytest.mark.parametrize("name", ["adam", "sgd"])
 def test_betas_and_momentum_schedules(name):
     """Betas (never branched on) become graph inputs; momentum, which SGD's rule branches on

@@ -25,22 +25,39 @@ import math
 import torch
 
 
+def _hook(x, name: str) -> bool:
+    """Whether ``x`` (not a number) is a traced value with the method ``name``
+    (:mod:`optimlab.fused.trace`). Numbers are asked nothing: Dynamo cannot answer ``hasattr``
+    on a float it keeps symbolic (a hyperparameter a schedule writes as a float every step)."""
+    return not isinstance(x, (bool, int, float)) and hasattr(x, name)
+
+
 def sqrt(x):
     """Square root: ``torch.sqrt`` on tensors, ``math.sqrt`` on numbers (NaN below zero)."""
     if isinstance(x, torch.Tensor):
         return torch.sqrt(x)
-    if hasattr(x, "__optimlab_sqrt__"):
+    if _hook(x, "__optimlab_sqrt__"):
         return x.__optimlab_sqrt__()
     return math.sqrt(x) if x >= 0 else math.nan
+
+
+def number_tensor(x, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """``torch.as_tensor(x, dtype=dtype, device=device)``. Where Dynamo traces, a number is
+    multiplied into a tensor of ones instead: Dynamo keeps a float read from a param group
+    symbolic through arithmetic, but specializes it (one graph per value) for ``as_tensor``,
+    ``tensor`` or ``full``. ``1 * x`` is ``x`` exactly, signed zero, inf and NaN included."""
+    if isinstance(x, torch.Tensor) or not torch.compiler.is_compiling():
+        return torch.as_tensor(x, dtype=dtype, device=device)
+    return torch.ones((), dtype=dtype, device=device) * x
 
 
 def _as_tensors(a, b):
     """A number next to a tensor, taken in the tensor's dtype, as torch takes a Python scalar
     (not the default dtype: float64 tensors would meet a float32-rounded number)."""
     if not isinstance(a, torch.Tensor):
-        a = torch.as_tensor(a, dtype=b.dtype, device=b.device)
+        a = number_tensor(a, b.dtype, b.device)
     if not isinstance(b, torch.Tensor):
-        b = torch.as_tensor(b, dtype=a.dtype, device=a.device)
+        b = number_tensor(b, a.dtype, a.device)
     return a, b
 
 
@@ -48,9 +65,9 @@ def maximum(a, b):
     """Element-wise maximum that propagates NaN, like ``torch.maximum``."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return torch.maximum(*_as_tensors(a, b))
-    if hasattr(a, "__optimlab_maximum__"):
+    if _hook(a, "__optimlab_maximum__"):
         return a.__optimlab_maximum__(b)
-    if hasattr(b, "__optimlab_maximum__"):
+    if _hook(b, "__optimlab_maximum__"):
         return b.__optimlab_maximum__(a)
     if a != a or b != b:
         return math.nan
@@ -61,9 +78,9 @@ def minimum(a, b):
     """Element-wise minimum that propagates NaN, like ``torch.minimum``."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return torch.minimum(*_as_tensors(a, b))
-    if hasattr(a, "__optimlab_minimum__"):
+    if _hook(a, "__optimlab_minimum__"):
         return a.__optimlab_minimum__(b)
-    if hasattr(b, "__optimlab_minimum__"):
+    if _hook(b, "__optimlab_minimum__"):
         return b.__optimlab_minimum__(a)
     if a != a or b != b:
         return math.nan
@@ -85,7 +102,7 @@ def abs_(x):
     """Absolute value (``abs`` is a builtin name, hence the underscore)."""
     if isinstance(x, torch.Tensor):
         return torch.abs(x)
-    if hasattr(x, "__optimlab_abs__"):
+    if _hook(x, "__optimlab_abs__"):
         return x.__optimlab_abs__()
     return abs(x)
 
@@ -94,7 +111,7 @@ def sign(x):
     """-1, 0 or +1 like ``torch.sign``: ``sign(nan) = 0`` and ``sign(-0.0) = +0.0``."""
     if isinstance(x, torch.Tensor):
         return torch.sign(x)
-    if hasattr(x, "__optimlab_sign__"):
+    if _hook(x, "__optimlab_sign__"):
         return x.__optimlab_sign__()
     return float((x > 0) - (x < 0))
 
@@ -106,7 +123,7 @@ def clamp(x, lo=None, hi=None):
     if isinstance(x, torch.Tensor):
         return torch.clamp(x, lo, hi)
     for v in (x, lo, hi):
-        if hasattr(v, "__optimlab_clamp__"):
+        if _hook(v, "__optimlab_clamp__"):
             return v.__optimlab_clamp__(x, lo, hi)
     if lo is not None and x < lo:
         x = lo
@@ -125,7 +142,7 @@ def where(cond, a, b):
     """
     if isinstance(cond, bool):
         return a if cond else b
-    if hasattr(cond, "__optimlab_where__"):
+    if _hook(cond, "__optimlab_where__"):
         return cond.__optimlab_where__(a, b)
     if isinstance(cond, torch.Tensor):
         if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
@@ -146,6 +163,6 @@ def as_default_dtype(x):
     (torch.optim.ASGD writes its 0-dim ``eta``/``mu`` so, whatever their own dtype)."""
     if isinstance(x, torch.Tensor):
         return x.to(torch.get_default_dtype()).to(x.dtype)
-    if hasattr(x, "__optimlab_as_default_dtype__"):
+    if _hook(x, "__optimlab_as_default_dtype__"):
         return x.__optimlab_as_default_dtype__()
     return torch.tensor(x, dtype=torch.get_default_dtype()).item()

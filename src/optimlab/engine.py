@@ -135,6 +135,8 @@ class RuleOptimizer(Optimizer):
             self.state, self.param_groups = before
             raise
         self._flags_as_built = {id(g): checkpoint.implementation_flags(g) for g in self.param_groups}
+        self.__dict__.pop("_made_tensors", None)  # new groups: compiled.tensorize starts afresh
+        self.__dict__.pop("_user_numbers", None)
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)

@@ -175,7 +175,7 @@ def _plan(optimizer, group, grad_scale):
     if plan is None:  # the eager step as an op, else behind a break: lr a tensor, no recompiles
         if group.get("differentiable"):
             return None
-        tensorize(group, "lr", None)
+        tensorize(group, "lr", None, optimizer)
         _init_state(optimizer, group)
         return group_op.group_plan(optimizer, group)
     if isinstance(plan, ReferencePlan):
@@ -183,7 +183,7 @@ def _plan(optimizer, group, grad_scale):
     hps = plan.hps if ("lr", None) in plan.hps or "lr" not in group else [*plan.hps, ("lr", None)]
     for key, index in hps:  # lr too where only the state's first fill reads it (Rprop's step size)
         if (key, index) not in plan.signs:
-            tensorize(group, key, index)
+            tensorize(group, key, index, optimizer)
     return plan
 
 

@@ -27,10 +27,27 @@ def torch_types(p) -> bool:
     return type(p) in (torch.Tensor, torch.nn.Parameter) and type(p.grad) is torch.Tensor
 
 
-def tensorize(group: dict, key: str, index) -> None:
+def tensorize(group: dict, key: str, index, optimizer=None) -> None:
     """Store a float hyperparameter as a 0-dim float64 tensor (see :mod:`.compiled`), which
-    ``state_dict`` writes back as the number (:func:`optimlab.checkpoint.for_torch`)."""
+    ``state_dict`` writes back as the number (:func:`optimlab.checkpoint.for_torch`).
+
+    With ``optimizer`` given, a hyperparameter the user has written back as a number after it
+    was made a tensor (``group["lr"] = base * warmup(i)`` each step, OneCycleLR's ``betas``)
+    stays a number from then on: made a tensor again, the next number written would fail the
+    frame's type guard at every step, to ``recompile_limit`` (a crash under
+    ``fullgraph=True``). Left a number, Dynamo recompiles once more and then treats it as a
+    symbolic float, as it does for torch.optim's float ``lr``."""
     value = group[key]
+    leaf = value[index] if index is not None and isinstance(value, tuple) else value
+    if optimizer is not None and isinstance(leaf, (int, float)) and not isinstance(leaf, bool):
+        at = next(i for i, g in enumerate(optimizer.param_groups) if g is group)
+        made = optimizer.__dict__.setdefault("_made_tensors", set())
+        numbers = optimizer.__dict__.setdefault("_user_numbers", set())
+        if (at, key, index) in made:
+            numbers.add((at, key, index))
+        if (at, key, index) in numbers:
+            return
+        made.add((at, key, index))
     if index is not None:
         if not isinstance(value, tuple) or isinstance(value[index], (bool, torch.Tensor)):
             return

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._math import number_tensor
 from ..rules.base import hyperparameters
 from .build import pointers, pool
 from .plan import SUPPORTED, Plan, Unfusable, _same_layout, addressable, hkey, kernel
@@ -180,7 +181,7 @@ def _hp(optimizer, group, key, index):
     v = optimizer.grad_scale if key == "grad_scale" else group[key]
     if index is not None:
         v = v[index]
-    return v.to(torch.float64) if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64)
+    return v.to(torch.float64) if isinstance(v, torch.Tensor) else number_tensor(v, torch.float64)
 
 
 def run(optimizer, group, plan: KernelPlan) -> None:

@@ -94,9 +94,9 @@ def reference_plan(optimizer, group, grad_scale):
     h.grad_scale = None
     for p in params:
         optimizer.init_state(p, h)
-    tensorize(group, "lr", None)
+    tensorize(group, "lr", None, optimizer)
     for index in range(len(group.get("betas", ())) if optimizer.rule.estimate is None else 0):
-        tensorize(group, "betas", index)  # Prodigy's stay numbers: whether it keeps m is beta1 > 0
+        tensorize(group, "betas", index, optimizer)  # Prodigy's stay numbers: whether it keeps m is beta1 > 0
     tensorize_group_state(optimizer, group)
     position = {id(p): i for i, p in enumerate(group["params"])}
     return ReferencePlan(tuple(position[id(p)] for p in params))

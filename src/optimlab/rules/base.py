@@ -48,6 +48,8 @@ from typing import Callable
 
 import torch
 
+from .._math import number_tensor
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -193,7 +195,7 @@ def write_back(target: torch.Tensor, value, traced: bool = False) -> None:
     (torch 2.13) silently drops ``copy_``/``fill_`` into a 0-dim float64 CPU tensor under
     AOTAutograd (a 0-dim float64 param, its state, a float64 ``step``, group-level state)."""
     if traced:
-        torch._foreach_copy_([target], [torch.as_tensor(value, dtype=target.dtype, device=target.device)])
+        torch._foreach_copy_([target], [number_tensor(value, target.dtype, target.device)])
     else:
         target.copy_(value)
 
