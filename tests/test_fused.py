@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import optimlab
 from optimlab import fused
+from optimlab.fused import build
 from optimlab.fused import plan as plan_mod
 from optimlab.fused.trace import TraceError, trace
 from optimlab.registry import ELEMENTWISE_ENTRIES as ENTRIES  # the rules with a kernel
@@ -318,6 +319,7 @@ def test_missing_compiler_warns_once_and_uses_reference(monkeypatch, tmp_path):
     monkeypatch.setenv("OPTIMLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(plan_mod, "_kernels", {})
     monkeypatch.setattr(fused, "_warned", set())
+    monkeypatch.setattr(build, "_warned", set())
     p = torch.randn(5, requires_grad=True)
     q = p.detach().clone().requires_grad_()
     opt, ref = optimlab.RMSprop([p]), optimlab.RMSprop([q])
@@ -451,3 +453,91 @@ def test_pthread_pool_equals_the_openmp_pool():
                     bucket.pool = pthread_pool
     for p, q in zip(a, b):
         assert torch.equal(p, q) and torch.equal(oa.state[p]["exp_avg_sq"], ob.state[q]["exp_avg_sq"])
+
+
+_STEP_IN_A_FRESH_PROCESS = """
+import torch, optimlab
+p = torch.nn.Parameter(torch.arange(10, dtype=torch.float32))
+opt = optimlab.Adam([p], lr=0.1, fused=True)  # fused=True: raises if the C kernel is not run
+for _ in range(3):
+    p.grad = torch.ones(10)
+    opt.step()
+print(p.tolist())
+"""
+
+
+@pytest.mark.skipif(not _compiler_works(), reason="needs a C compiler")
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "no digest"])
+def test_a_damaged_cached_kernel_is_compiled_again(damage, tmp_path):
+    """A cached library cut short (a full disk, an interrupted copy of the cache: ``dlopen``
+    maps it and the process dies of SIGBUS), overwritten, or without its digest (a cache
+    written before digests) is compiled again, not loaded: the next process steps with the C
+    kernel and gets the same numbers."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OPTIMLAB_CACHE": str(tmp_path)}
+    run = lambda: subprocess.run([sys.executable, "-c", _STEP_IN_A_FRESH_PROCESS], env=env,
+                                 capture_output=True, text=True, timeout=300)
+    first = run()
+    assert first.returncode == 0, first.stderr
+    libraries = sorted(tmp_path.glob("*.so"))
+    assert libraries and all(lib.with_suffix(".sha256").exists() for lib in libraries)
+    for lib in libraries:
+        if damage == "truncated":
+            os.truncate(lib, lib.stat().st_size // 3)
+        elif damage == "garbage":
+            lib.write_bytes(b"\x7fELF" + bytes(200))
+        else:
+            lib.with_suffix(".sha256").unlink()
+    again = run()
+    assert again.returncode == 0, (again.returncode, again.stderr[-2000:])
+    assert again.stdout == first.stdout
+    assert all(build._intact(str(lib)) for lib in libraries)
+
+
+_SEVERAL_OPTIMIZERS = """
+import warnings, torch, optimlab
+shown = []
+warnings.showwarning = lambda m, c, f, l, file=None, line=None: shown.append((str(m), f))
+m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1))
+decay = [p for p in m.parameters() if p.dim() == 2]
+rest = [p for p in m.parameters() if p.dim() < 2]
+optimizers = [optimlab.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}]),
+              optimlab.SGD([{"params": decay, "momentum": 0.9}, {"params": rest}], lr=0.01)]
+optimizers += [cls(m.parameters()) for cls in (optimlab.NAdam, optimlab.RAdam, optimlab.Lion, optimlab.LAMB,
+                                               optimlab.Adafactor)]
+for _ in range(3):
+    m(torch.randn(8, 4)).square().mean().backward()
+    for opt in optimizers:
+        opt.step()  # the user's line
+print(repr(shown))
+"""
+
+
+@pytest.mark.parametrize("failure", ["no compiler", "unwritable cache"])
+def test_a_build_failure_warns_once_at_the_users_line(failure, tmp_path):
+    """No compiler, or a kernel cache that cannot be written: every kernel fails alike, so one
+    warning for the process (not one per class, group or kernel: the cache's message used to
+    name each kernel's temporary file), at the user's ``opt.step()``, naming the paths taken."""
+    import ast
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {**os.environ, "OPTIMLAB_CACHE": str(tmp_path / "cache")}
+    if failure == "no compiler":
+        env["OPTIMLAB_CC"] = env["OPTIMLAB_CXX"] = str(tmp_path / "no-such-cc")
+    else:
+        env["OPTIMLAB_CACHE"] = str(blocker / "cache")  # below a regular file: never writable
+    script = tmp_path / "train.py"
+    script.write_text(_SEVERAL_OPTIMIZERS)
+    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    shown = ast.literal_eval(r.stdout.strip().splitlines()[-1])
+    assert len(shown) == 1, shown
+    message, filename = shown[0]
+    assert filename == str(script), filename
+    assert ("could not run" if failure == "no compiler" else "cannot write to the kernel cache") in message
+    assert "torch's fused kernels" in message and "multi-tensor path" in message, message

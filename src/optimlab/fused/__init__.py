@@ -73,6 +73,8 @@ import weakref
 
 import torch
 
+from . import build
+from .build import BuildError
 from .plan import Plan, Unfusable, all_readable, check_device, hkey, readable
 
 _plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -104,6 +106,17 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _warn_kernel_errors(optimizer, group, plan) -> None:
+    """A build failure (no compiler, no writable cache) once for the process; a rule the
+    kernel cannot trace once for its class."""
+    for error in plan.kernel_errors:
+        if isinstance(error.__cause__, BuildError):
+            build.warn_unavailable(error.__cause__)
+        else:
+            fallback = "the reference path" if group.get("foreach") is False else "the multi-tensor (foreach) path"
+            _warn_once(f"optimlab: fused kernel unavailable for {_name(optimizer)} ({error}); using {fallback}")
 
 
 def try_step(optimizer, group, params, grads, h) -> bool:
@@ -156,9 +169,7 @@ def _unfused(optimizer, group, plan, h) -> None:
     """The C kernel takes none of the group's params (no compiler, or none it can take):
     the other paths, told that the plan has checked these params (identity and storage)
     this step, so that they need not check again."""
-    for error in plan.kernel_errors:
-        _warn_once(f"optimlab: fused kernel unavailable for {_name(optimizer)} ({error}); using "
-                   + ("the reference path" if group.get("foreach") is False else "the multi-tensor (foreach) path"))
+    _warn_kernel_errors(optimizer, group, plan)
     optimizer._check_grads(plan.reference)
     optimizer.unfused_step(group, plan.reference, h, vouch=plan)
 
@@ -185,14 +196,11 @@ def _step(optimizer, group, params, grads, h, required: bool) -> None:
     key = hkey(h)
     plan = _plan(optimizer, group, params, h, key)
     if plan.reference and required:
-        raise Unfusable("; ".join(sorted(set(plan.reasons + plan.kernel_errors))))
+        raise Unfusable("; ".join(sorted(set(plan.reasons + list(map(str, plan.kernel_errors))))))
     if not plan.buckets:
         _unfused(optimizer, group, plan, h)
         return
-    fallback = "the reference path" if group.get("foreach") is False else "the multi-tensor (foreach) path"
-    for error in plan.kernel_errors:
-        _warn_once(f"optimlab: fused kernel unavailable for {_name(optimizer)} ({error}); "
-                   f"using {fallback}")
+    _warn_kernel_errors(optimizer, group, plan)
     nthreads = torch.get_num_threads()
     keep: list = []  # grad copies that must outlive the kernel call
     if not plan.fused_in_order:

@@ -3,7 +3,10 @@
 Cache: ``$OPTIMLAB_CACHE`` or ``~/.cache/optimlab/kernels``; a library is named by the
 hash of its source, the compiler command, torch's version and the CPU (``-march=native``
 code is machine specific). It is compiled to a temporary name and renamed into place,
-so processes compiling the same kernel at once never see a partial file.
+so processes compiling the same kernel at once never see a partial file. Next to it,
+``<name>.sha256`` holds the digest of the library as compiled; a library whose bytes do not
+match it (truncated by a full disk or an interrupted copy of the cache: ``dlopen`` maps it and
+the process dies of SIGBUS; overwritten) or that has none is compiled again before it is loaded.
 
 Threads: the kernels call back into ``pool.c`` (compiled and cached the same way), whose
 address the runner passes with every call. It is built against the libgomp torch
@@ -26,9 +29,11 @@ import os
 import platform
 import shlex
 import subprocess
+import sys
 import sysconfig
 import tempfile
 import threading
+import warnings
 
 import numpy as np
 import torch
@@ -42,6 +47,30 @@ _lock = threading.Lock()
 
 class BuildError(RuntimeError):
     """The kernel could not be compiled or loaded."""
+
+
+_warned: set = set()
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside optimlab and torch: the user's line."""
+    inside = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(torch.__file__))
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_unavailable(error: BuildError) -> None:
+    """One warning per process and failure (not per kernel, class or instance): without a
+    compiler or a writable cache every kernel fails alike."""
+    message = (f"optimlab: no C kernels ({error}); optimizers step without them, with the same "
+               "update: torch's fused kernels where torch has the rule, else the multi-tensor "
+               "path (the reference path for foreach=False), and the rules with reductions run "
+               "their generated passes as torch ops")
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=_caller_level())
 
 
 CXX_FLAGS = ["-O2", "-std=c++20", "-fPIC", "-shared", "-w"]
@@ -96,7 +125,7 @@ def _library(source: str, extra=(), cxx=False, compile=True, loader=ctypes.CDLL)
     ``compile=False``, None when it is not in the cache yet)."""
     path = _library_path(source, extra, cxx)
     with _lock:
-        if not os.path.exists(path):
+        if not _intact(path):
             if not compile:
                 return None
             _compile(source, os.path.dirname(path), os.path.basename(path)[:-3], extra, cxx)
@@ -104,6 +133,20 @@ def _library(source: str, extra=(), cxx=False, compile=True, loader=ctypes.CDLL)
             return loader(path)
         except OSError as e:
             raise BuildError(f"could not load {path}: {e}") from e
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _intact(path: str) -> bool:
+    """The cached library exists and its bytes are those it was compiled with."""
+    try:
+        with open(path[:-3] + ".sha256") as f:
+            return f.read().strip() == _digest(path)
+    except OSError:
+        return False
 
 
 def load(source: str, symbol: str = "optimlab_step"):
@@ -249,8 +292,8 @@ def _compile(source: str, directory: str, name: str, extra=(), cxx=False) -> Non
         with os.fdopen(fd, "w") as f:
             f.write(source)
         tmp_so = tmp_c[: -len(suffix)] + ".so"
-    except OSError as e:
-        raise BuildError(f"cannot write to the kernel cache {directory!r}: {e}") from e
+    except OSError as e:  # the reason alone (not the file's name): one warning for all kernels
+        raise BuildError(f"cannot write to the kernel cache {directory!r}: {e.strerror or e}") from e
     command = _command(tmp_c, tmp_so, extra, cxx)
     try:
         try:
@@ -258,10 +301,19 @@ def _compile(source: str, directory: str, name: str, extra=(), cxx=False) -> Non
         except (OSError, subprocess.SubprocessError) as e:
             raise BuildError(f"compiler {command[0]!r} could not run: {e}") from e
         if r.returncode != 0:
-            raise BuildError("compiler failed:\n" + r.stderr.strip()[-2000:])
+            details = r.stderr.strip()[-2000:]
+            raise BuildError(f"compiler {command[0]!r} failed (exit status {r.returncode})"
+                             + (":\n" + details if details else ""))
+        tmp_sum = tmp_c[: -len(suffix)] + ".sha256"
+        with open(tmp_sum, "w") as f:
+            f.write(_digest(tmp_so))
+        # digest first: a reader between the two renames sees a mismatch and compiles too
+        os.replace(tmp_sum, os.path.join(directory, name + ".sha256"))
         os.replace(tmp_so, os.path.join(directory, name + ".so"))
         os.replace(tmp_c, os.path.join(directory, name + suffix))
+    except OSError as e:
+        raise BuildError(f"cannot write to the kernel cache {directory!r}: {e.strerror or e}") from e
     finally:
-        for leftover in (tmp_c, tmp_so):
+        for leftover in (tmp_c, tmp_so, tmp_c[: -len(suffix)] + ".sha256"):
             if os.path.exists(leftover):
                 os.unlink(leftover)

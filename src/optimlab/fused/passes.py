@@ -279,6 +279,9 @@ def _grouped(optimizer, params, h, phase, hk):
 
 
 def _warn(optimizer, e, fallback="the reference path") -> None:
+    if isinstance(e, build.BuildError):
+        build.warn_unavailable(e)
+        return
     message = f"optimlab: no generated passes for {type(optimizer).__name__} ({e}); using {fallback}"
     if message not in _warned:
         _warned.add(message)

@@ -263,7 +263,7 @@ class Plan:
                 kern = kernel(rule, h, key, SUPPORTED[dtype][0], sstate, lazy)
             except Unfusable as e:
                 self.reference.extend(params[i] for i in positions)
-                self.kernel_errors.append(str(e))
+                self.kernel_errors.append(e)
                 continue
             ps = [params[i] for i in positions]
             sts = [states[i] for i in positions]
