@@ -241,6 +241,45 @@ def test_adafactor_on_fsdp2_shards_matches_torch(tmp_path):
     assert err <= 1e-5 and moved > 0 and on_shards == {}, (err, moved, on_shards)
 
 
+def _one_rank_without_a_compiler(rank, world, out_dir):
+    """Rank 1 has no C compiler (as on a node without cc); rank 0 builds the C passes into its
+    own fresh kernel cache. Each rule with reductions, 20 steps, against its unsharded run."""
+    import warnings
+
+    os.environ["OPTIMLAB_CACHE"] = os.path.join(out_dir, f"cache{rank}")
+    if rank == 1:
+        os.environ["OPTIMLAB_CC"] = os.environ["OPTIMLAB_CXX"] = "/bin/false"
+    import optimlab
+    from optimlab.fused import passes_shards
+
+    out = {}
+    for name in ("adafactor", "lamb", "lars", "prodigy"):
+        ours, theirs = _model(True), _model(False)
+        opt = optimlab.create(name, list(ours.parameters()), lr=1e-2)
+        ref = optimlab.create(name, list(theirs.parameters()), lr=1e-2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _train(ours, opt, theirs, ref, rank, STEPS)
+        err = max(_rel(_full(a), b.detach()) for a, b in zip(ours.parameters(), theirs.parameters()))
+        routes = {b.c_route for layout in passes_shards._layouts[opt].values() for b in layout.buckets}
+        out[name] = (err, sorted(routes), any("another rank cannot run them" in str(w.message) for w in caught))
+    torch.save(out, os.path.join(out_dir, f"no_compiler_{rank}.pt"))
+
+
+@pytest.mark.slow
+def test_a_rank_without_a_compiler_takes_every_rank_off_the_c_passes(tmp_path):
+    """The C passes and the torch route complete their sums by different ``all_reduce``
+    calls: a rank whose C build fails (no compiler, an unwritable cache) used to take the
+    torch route alone, and gloo aborted both processes. Now the ranks agree: every rank takes
+    the torch route, rank 0 warns why, and the step is right."""
+    run_group(_one_rank_without_a_compiler, tmp_path)
+    for rank in (0, 1):
+        r = torch.load(tmp_path / f"no_compiler_{rank}.pt", weights_only=True)
+        for name, (err, routes, warned) in r.items():
+            assert err <= 1e-5 and routes == [False], (rank, name, err, routes)
+            assert warned == (rank == 0), (rank, name)
+
+
 # ------------------------------------------------------------------ the plan, no process group
 def _program(name, shape):
     import optimlab

@@ -50,6 +50,8 @@ _local_tensor = operator.attrgetter("_local_tensor")
 _layouts: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 #: (id(program), shape, sharding) -> its shard_layout.Sums, or None where the program cannot run on shards
 _sums: dict = {}
+#: (bucket key, sharding, mesh) -> whether every rank takes the bucket's C passes (_agree)
+_routes: dict = {}
 
 
 class _Bucket:
@@ -60,6 +62,7 @@ class _Bucket:
         self.params: list = []
         self.locals: list = []
         self.specs: list = []
+        self.c_route = False  # every rank of the mesh has the bucket's C passes (_agree)
 
 
 class _Layout:
@@ -143,7 +146,38 @@ def _lay_out(optimizer, params, h, hk, dtensor, phase) -> _Layout:
             bucket.specs.append(q._spec)
             out.state[local] = {k: v._local_tensor if isinstance(v, dtensor) else v for k, v in st.items()}
         out.buckets.append(bucket)
+    _agree(optimizer, out.buckets, phase, h)
     return out
+
+
+def _agree(optimizer, buckets, phase, h) -> None:
+    """Whether each bucket takes the C passes, decided by all ranks together: the C route and
+    the torch route complete their sums by different collectives, so a rank that could not
+    build the C passes (no compiler on that node, a kernel cache it cannot write, a compile
+    that timed out) taking the torch route alone would leave the ranks waiting on different
+    ``all_reduce`` calls (gloo aborts the process). One ``all_reduce(MIN)`` per mesh the first
+    time a bucket's program and sharding are met (the same buckets on every rank, global
+    shapes and placements only); remembered, so a layout made again asks nothing."""
+    votes: dict = {}
+    for bucket in buckets:
+        key = _route_key(bucket)
+        if key not in _routes:
+            ok = passes_shards_c.program(optimizer, bucket, phase, h) is not None
+            votes.setdefault(key[-1], {})[key] = ok
+    for mesh, mine in votes.items():
+        agreed = torch.tensor(list(mine.values()), dtype=torch.int32)
+        for dim in range(mesh.ndim):
+            torch.distributed.all_reduce(agreed, torch.distributed.ReduceOp.MIN, group=mesh.get_group(dim))
+        if sum(agreed.tolist()) < sum(mine.values()):
+            passes._warn(optimizer, "another rank cannot run them",
+                         "the multi-tensor path on every rank, so that their collectives match")
+        _routes.update(zip(mine, map(bool, agreed.tolist())))
+    for bucket in buckets:
+        bucket.c_route = _routes[_route_key(bucket)]
+
+
+def _route_key(bucket):
+    return bucket.key, bucket.sharding, bucket.params[0].device_mesh
 
 
 def _program(optimizer, bucket, phase, h):
@@ -212,7 +246,8 @@ def _run(optimizer, group, params, h, phase):
             locals_ = [t for t, ok in zip(locals_, fits) if ok]
         if not ps:
             continue
-        mesh, compiled = ps[0].device_mesh, passes_shards_c.program(optimizer, bucket, phase, h)
+        mesh = ps[0].device_mesh
+        compiled = passes_shards_c.program(optimizer, bucket, phase, h) if bucket.c_route else None
         if compiled is None:
             prog = _program(optimizer, bucket, phase, h)
             plan = _sums[(id(prog), tuple(ps[0].shape), bucket.sharding)]
