@@ -350,3 +350,27 @@ def test_sensitivity_plot_survives_losses_near_the_float_floor():
                                   (1.0, float("inf"), "diverged")]}
     png = P.sensitivity(sweeps, {}, {"adagrad": "C0", "sgd": "C1"}, ["ravine"])
     assert png is not None and png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_results_table_steps_and_train_gap_cells():
+    """The HTML table's steps cell says how many seeds reached the target (as summary.md
+    does); a train gap within the optimum floor's resolution of 0, below it included (float32
+    training against the float64 optimum), reads 'at the optimum'; a real gap stays a number;
+    the caption and the protocol state the lr-width rule the analysis applies."""
+    from optimlab.lab.report import context, html as H, text as T
+
+    records = all_records()
+    for r in records:
+        if r.spec.problem == "rosenbrock" and r.spec.optimizer == "sgd":
+            r.final["gap"] = r.final["train_loss"] = -1.7e-07  # the optimum is 0
+    problems = {"rosenbrock": two_d_problem(), "logreg": fake_problem()}
+    ctx = context.build(records, META, problems)
+    table = H.results_table(ctx)
+    rosenbrock = table.split("rosenbrock <span")[1]
+    rows = {o: row for o in ("sgd", "momentum", "adam") for row in rosenbrock.split("<tr")
+            if re.search(f"</span>{o}[ <]", row) and "(2/2 reached)</td>" in row}
+    assert set(rows) == {"sgd", "momentum", "adam"}, table
+    assert "at the optimum (|gap| ≤ 4e-07)" in rows["sgd"]
+    assert "at the optimum" not in rows["momentum"]
+    assert "how far it fell from the starting val loss" in table
+    assert any("how far it fell from the starting val loss" in line for line in T.protocol(ctx))

@@ -104,7 +104,7 @@ def build(records, meta, problems=None) -> dict:
     return {
         "meta": meta, "progress": progress(meta, records),
         "records": records, "optimizers": opts, "problems": probs,
-        "info": info, "optima": optima, "colors": palette(opts),
+        "info": info, "optima": optima, "floors": A.floors(records), "colors": palette(opts),
         "selections": sel, "sweeps": A.sweep_curves(records),
         "sensitivity": A.sensitivity(records), "aggregate": A.aggregate(records, sel),
         "time": A.time_per_step(records), "curves": ci_curves(records, sel),
@@ -178,7 +178,7 @@ def images(ctx) -> dict:
     time_table = {}
     for (p, o), v in ctx["time"].items():
         time_table.setdefault(p, {})[o] = v
-    floors = A.floors(ctx["records"])   # the verdicts' optimum floor, on every loss axis
+    floors = ctx["floors"]   # the verdicts' optimum floor, on every loss axis
     jobs = {
         "contours": lambda: P.contours(panels, c),
         "loss_curves": lambda: P.loss_curves(ctx["curves"], ctx["optima"], c, ctx["problems"],

@@ -13,7 +13,7 @@ from . import claims, schedules
 from . import protocol as P
 from . import text as T
 from . import viewer
-from .verdicts import TAG, delta_td, mark, tied_class, verdict_note
+from .verdicts import TAG, delta_td, mark, steps_text, tied_class, verdict_note
 
 esc = _html.escape
 
@@ -110,6 +110,12 @@ def stat(s, fmt="{:.4g}") -> str:
     return f'<td><span class="nw">{fmt.format(s["mean"])}</span>{sd}</td>'
 
 
+def gap_td(ctx, problem, s) -> str:
+    """The train-gap cell: 'at the optimum' within the floor's resolution, else the stat."""
+    text = T.gap_text(ctx, problem, s)
+    return stat(s) if text is None else f"<td>{esc(text)}</td>"
+
+
 def results_table(ctx) -> str:
     rows = []
     for p in ctx["problems"]:
@@ -143,8 +149,8 @@ def results_table(ctx) -> str:
                 f'<tr{tied_class(v, o)}><td>{swatch(ctx, o)}{mark(v, o)}</td>'
                 f'<td class="nw">{T.num(s.lr)}{edge}</td>'
                 f'{stat(a.get("val_loss"))}{delta_td(ctx, p, o)}{stat(a.get("test_loss"))}'
-                f'{stat(a.get("test_metric"))}{stat(a.get("gap"))}'
-                f'{stat(a.get("steps_to_target"), "{:.0f}")}<td>{seeds}</td>'
+                f'{stat(a.get("test_metric"))}{gap_td(ctx, p, a.get("gap"))}'
+                f'<td>{esc(steps_text(a))}</td><td>{seeds}</td>'
                 f'<td>{"—" if sens is None else f"{sens.width:.2f}"}</td>'
                 f'<td>{"—" if t is None else f"{t:.2f}×"}</td></tr>')
     head = ("<tr><th>optimizer</th><th>best lr</th><th>val loss</th>"
@@ -164,11 +170,10 @@ def results_table(ctx) -> str:
                    "comparison; the adjusted p (step-down max-t over all comparisons with "
                    "the best, the choice of the best included) "
                    "decides the tied group. "
-                   + flag_legend(ctx) + "Train gap to optimum: final <i>train</i> "
-                   "loss minus the optimum where it is known (the other loss columns are "
-                   "validation and test, so its order can differ from theirs). lr width: "
-                   f"decades of lr whose val loss is within {int(T.TOL * 100)}% of the best "
-                   "(gap above the optimum when known).",
+                   + flag_legend(ctx) + esc(T.TRAIN_GAP) + " It is the <i>train</i> split, "
+                   "where the other loss columns are validation and test, so its order can "
+                   "differ from theirs. Steps to target: over the seeds that reached it, and "
+                   "how many did. " + esc(T.LR_WIDTH[0].upper() + T.LR_WIDTH[1:]),
                    f"<div style='overflow-x:auto'><table><thead>{head}</thead><tbody>"
                    + "".join(rows) + "</tbody></table></div>" + bound_note(ctx))
 

@@ -23,6 +23,27 @@ def num(x) -> str:
     return f"{x:.4g}"
 
 
+LR_WIDTH = (f"lr width = decades of lr around the best whose val loss is within {int(TOL * 100)}% "
+            "of the best's gap: the smaller of its excess over the optimum (over 0 when the "
+            "optimum is unknown) and how far it fell from the starting val loss, so that an lr "
+            "that learned nothing is never within it; a best below the optimum floor counts "
+            "as the floor.")
+TRAIN_GAP = ("Train gap to optimum = final train loss − the optimum where it is known; a gap "
+             "within the optimum floor's resolution either way (float32 training against a "
+             "float64 optimum) reads \"at the optimum\".")
+
+
+def gap_text(ctx, problem, s) -> str | None:
+    """'at the optimum (|gap| ≤ 2e-07)' where a train gap's seed mean is within the optimum
+    floor's resolution of 0 (a float32 loss can end a hair below the float64 optimum),
+    else None (show the number)."""
+    floor, optimum = ctx.get("floors", {}).get(problem), ctx.get("optima", {}).get(problem)
+    if not s or floor is None or optimum is None or not math.isfinite(floor):
+        return None
+    resolution = floor - optimum
+    return f"at the optimum (|gap| ≤ {resolution:.1g})" if abs(s["mean"]) <= resolution else None
+
+
 def half_width(s, level: float = 0.95) -> float | None:
     """Half-width of the Student-t interval of the mean of an analysis stats dict
     ({"mean","std","n"}); None with fewer than 2 values."""
@@ -157,10 +178,9 @@ def protocol(ctx) -> list:
         "Selected lrs at the search's hard bounds (" + bounds(ctx) + ") are flagged "
         "\"at the search's hard bound\": the search cannot widen them (see --lrs to look "
         "past one); with a fixed grid (--lrs), a selected lr at its end is flagged \"edge\".",
-        f"lr width = decades of lr around the best whose val loss is within "
-        f"{int(TOL * 100)}% of the best loss's gap above the optimum (above 0 if the "
-        "optimum is unknown); it is quantised by the local spacing of the searched lrs "
-        "(a quarter decade around the best after refinement).",
+        LR_WIDTH + " It is quantised by the local spacing of the searched lrs (a quarter "
+        "decade around the best after refinement).",
+        TRAIN_GAP,
         "Performance profile (Dolan & Moré, 2002): rho(tau) = fraction of problems on "
         "which an optimizer's cost is within tau times the best optimizer's cost.",
     ]
