@@ -169,7 +169,7 @@ def test_the_gap_column_says_it_is_a_train_loss_gap():
     page, _ = rendered()
     table = section(page, "table")
     assert "train gap to optimum</th>" in table and ">gap to optimum</th>" not in table
-    assert "final <i>train</i> loss" in table
+    assert "final train loss" in table and "It is the <i>train</i> split" in table
 
 
 def test_compare_records_machine_time_load_and_splits_outside_the_id(tmp_path):
