@@ -170,7 +170,7 @@ def _agree(optimizer, buckets, phase, h) -> None:
             torch.distributed.all_reduce(agreed, torch.distributed.ReduceOp.MIN, group=mesh.get_group(dim))
         if sum(agreed.tolist()) < sum(mine.values()):
             passes._warn(optimizer, "another rank cannot run them",
-                         "the multi-tensor path on every rank, so that their collectives match")
+                         "their passes as torch ops on every rank, so that their collectives match")
         _routes.update(zip(mine, map(bool, agreed.tolist())))
     for bucket in buckets:
         bucket.c_route = _routes[_route_key(bucket)]
