@@ -352,6 +352,12 @@ def test_sensitivity_plot_survives_losses_near_the_float_floor():
     assert png is not None and png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def md_table(ctx, problem) -> str:
+    from optimlab.lab.report import markdown
+    return "\n".join(line for line in markdown.summary(ctx).splitlines()
+                     if line.startswith(f"| {problem} |"))
+
+
 def test_results_table_steps_and_train_gap_cells():
     """The HTML table's steps cell says how many seeds reached the target (as summary.md
     does); a train gap within the optimum floor's resolution of 0, below it included (float32
@@ -372,5 +378,8 @@ def test_results_table_steps_and_train_gap_cells():
     assert set(rows) == {"sgd", "momentum", "adam"}, table
     assert "at the optimum (|gap| ≤ 4e-07)" in rows["sgd"]
     assert "at the optimum" not in rows["momentum"]
+    assert ctx["info"]["logreg"].get("target") is None  # no target: nothing to reach
+    logreg = table.split("logreg <span")[1].split("rosenbrock <span")[0]
+    assert "reached)" not in logreg and "reached)" not in md_table(ctx, "logreg")
     assert "how far it fell from the starting val loss" in table
     assert any("how far it fell from the starting val loss" in line for line in T.protocol(ctx))

@@ -150,7 +150,7 @@ def results_table(ctx) -> str:
                 f'<td class="nw">{T.num(s.lr)}{edge}</td>'
                 f'{stat(a.get("val_loss"))}{delta_td(ctx, p, o)}{stat(a.get("test_loss"))}'
                 f'{stat(a.get("test_metric"))}{gap_td(ctx, p, a.get("gap"))}'
-                f'<td>{esc(steps_text(a))}</td><td>{seeds}</td>'
+                f'<td>{esc(steps_text(a, i.get("target") is not None))}</td><td>{seeds}</td>'
                 f'<td>{"—" if sens is None else f"{sens.width:.2f}"}</td>'
                 f'<td>{"—" if t is None else f"{t:.2f}×"}</td></tr>')
     head = ("<tr><th>optimizer</th><th>best lr</th><th>val loss</th>"

@@ -80,7 +80,7 @@ def summary(ctx) -> str:
         out.append(f"| {md(p)} | {md(o)}{_mark(ctx, p, o)} | {T.num(s.lr)}{edge} "
                    f"| {T.stat(a.get('val_loss'))} "
                    f"| {T.stat(a.get('test_loss'))} "
-                   f"| {md(steps_text(a))} "
+                   f"| {md(steps_text(a, ctx['info'][p].get('target') is not None))} "
                    f"| {a.get('seeds', 0)} ({a.get('diverged', 0)}) "
                    f"| {'—' if sens is None else f'{sens.width:.2f}'} |")
     notes = [P.targets(ctx)] + [f"⚙ {p} is {P.deterministic_note(ctx, p)}"

@@ -48,14 +48,14 @@ def delta_td(ctx, p, o) -> str:
     return f'<td><span class="nw">{ci.mean:+.3g}</span>{h}{ps}</td>'
 
 
-def steps_text(a: dict) -> str:
+def steps_text(a: dict, has_target: bool = True) -> str:
     """The steps-to-target cell of an ``analysis.aggregate`` row: mean ± 95% CI over the
     seeds that reached the target, then how many did, e.g. '376 ± 1e+02 (2/5 reached)';
-    '— (0/5 reached)' when none did."""
+    '— (0/5 reached)' when none did; '—' for a problem without a target."""
     from . import text as T
 
     n = a.get("seeds", 0) - a.get("diverged", 0)
-    if not n:
+    if not n or not has_target:
         return "—"
     return f"{T.stat(a.get('steps_to_target'), '{:.0f}')} ({a.get('reached', 0)}/{n} reached)"
 
