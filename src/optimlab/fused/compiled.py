@@ -69,6 +69,37 @@ from .compiled_print import generate
 from .trace import TraceError, trace
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _clear_stale_float_specializations(args) -> None:
+    """At the start of a Dynamo frame compilation, forget the float names an earlier frame's
+    restart specialized. torch 2.13 keeps ``TensorifyState.force_specializations`` after a
+    successful compilation; a later frame's float of the same name (``zf98``: Adam's ``beta1``
+    written every step, OneCycleLR's ``cycle_momentum``) is then specialized at every value,
+    one graph each to ``recompile_limit``. The set is meant for the restarts of one frame:
+    this runs once per frame, before its first attempt (``install_callbacks``), never between
+    the attempts of a frame being compiled."""
+    from torch._dynamo.callback import CallbackTrigger
+    from torch._dynamo.symbolic_convert import TensorifyState
+
+    if args.callback_trigger == CallbackTrigger.DYNAMO:
+        TensorifyState.clear()
+
+
+def _install_float_specialization_reset() -> bool:
+    try:
+        from torch._dynamo.callback import callback_handler
+        from torch._dynamo.symbolic_convert import TensorifyState
+    except ImportError:  # another torch: nothing of this to work around
+        return False
+    if not hasattr(TensorifyState, "clear"):
+        return False
+    if _clear_stale_float_specializations not in callback_handler.start_callbacks:
+        callback_handler.register_start_callback(_clear_stale_float_specializations)
+    return True
+
+
+_install_float_specialization_reset()
 _REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64, torch.complex32: torch.float16}
 _programs: dict = {}
 #: How a group is stepped under Dynamo (see the module docstring): "step_op" (default),
@@ -192,6 +223,7 @@ def prepare(optimizer) -> bool:
     """Eager work for one compilation (the optimizer's ``_init_group``): state, buckets,
     kernels or programs, tensor hyperparameters; the plan is kept on the optimizer."""
     optimizer._opt_called = True  # for LR schedulers (see engine._hooked): Dynamo drops the store
+    _install_float_specialization_reset()  # again after a torch._dynamo.reset(), which drops it
     grad_scale = getattr(optimizer, "grad_scale", None)
     grad_scale = None if grad_scale is None else float(grad_scale)
     plans = []
