@@ -66,6 +66,11 @@ def crashing() -> "Problem":
     return dataclasses.replace(base, loss=loss)
 
 
+def gpu_quadratic() -> "Problem":
+    """The fake quadratic, declaring that each run wants one GPU (this machine has none)."""
+    return dataclasses.replace(noisy_quadratic("gpu-quadratic"), gpus=1.0)
+
+
 # ------------------------------------------------------------------------ fixtures
 
 @pytest.fixture(scope="module")
@@ -224,6 +229,33 @@ def test_bad_address_is_one_line(address, needle, tmp_path, capsys):
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("optimlab: error:"), err
     assert needle in err
+
+
+def test_more_cpus_per_run_than_the_machine_has_is_one_line(tmp_path):
+    """A local Ray instance given more CPUs than the machine has would hand each run CPUs
+    that do not exist: refused before Ray starts, in one line."""
+    many = (os.cpu_count() or 1) + 1
+    proc = _cli(*TINY, "--executor", "ray", "--ray-cpus-per-run", many, "--out", tmp_path,
+                RAY_ADDRESS="")
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    err = proc.stderr
+    assert len(err.strip().splitlines()) == 1 and err.startswith("optimlab: error:"), err
+    assert f"--ray-cpus-per-run {many} asks for more CPUs" in err
+
+
+@pytest.mark.slow
+def test_a_problem_wanting_a_gpu_no_node_has_is_one_line(tmp_path):
+    """Runs that ask Ray for a GPU on a local instance without one would wait forever (an
+    infeasible task): one error line instead, and the CLI's Ray is shut down."""
+    proc = _cli("compare", "--problem", "test_ray:gpu_quadratic", "--optimizers", "sgd",
+                "--lrs", "0.1", "--seeds", "1", "--steps", "5", "--executor", "ray",
+                "--no-report", "--out", tmp_path, RAY_ADDRESS="")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("optimlab: error: problem 'gpu-quadratic'"), \
+        proc.stderr
+    assert "asks for more GPUs for each run than any node" in errors[0]
 
 
 # ------------------------------------------------------- the CLI starts its own Ray

@@ -151,6 +151,7 @@ class RayExecutor(Executor):
         self._ray = self._remote = None
         self._owned = False      # whether close() shuts Ray down (we connected)
         self._inflight: dict = {}
+        self._checked: set = set()   # problems whose GPUs a node was checked to hold
 
     def __enter__(self):
         self.connect()
@@ -167,6 +168,12 @@ class RayExecutor(Executor):
         if ray.is_initialized():
             where = "the Ray instance this process is connected to"
         else:
+            cpus_here = os.cpu_count() or 1
+            if self.address is None and self.cpus_per_run > cpus_here:
+                raise RayExecutorError(
+                    f"--ray-cpus-per-run {self.cpus_per_run:g} asks for more CPUs for each run "
+                    f"than this machine has ({cpus_here}); lower it, or join a cluster with "
+                    f"--ray-address")
             try:
                 if self.address is None:
                     start_local(max(1, math.ceil(self.workers * self.cpus_per_run)))
@@ -186,6 +193,21 @@ class RayExecutor(Executor):
         self.log(f"executor: {where} ({plural(len(ray.nodes()), 'node')}, {cpus:g} CPUs), "
                  f"{plural(self.workers, 'task')} at a time, "
                  f"{self.cpus_per_run:g} CPU each, up to {self.max_retries} retries")
+        self._check_fits("CPU", self.cpus_per_run, "--ray-cpus-per-run", where)
+
+    def _check_fits(self, resource: str, amount: float, asked_by: str, where: str) -> None:
+        """A task no node can hold would wait forever: say so instead. A cluster may still
+        grow (Ray's autoscaler starts nodes for such tasks): there, a warning line."""
+        largest = max((n["Resources"].get(resource, 0) for n in self._ray.nodes()
+                       if n.get("Alive")), default=0)
+        if amount <= largest:
+            return
+        what = (f"{asked_by} {amount:g} asks for more {resource}s for each run than any node "
+                f"of {where} has (the largest: {largest:g})")
+        if self.address is None and self._owned:
+            self.close()
+            raise RayExecutorError(f"{what}; lower it")
+        self.log(f"warning: {what}; the runs wait until such a node joins (Ray's autoscaler)")
 
     def describe(self) -> str:
         return f"{plural(self.workers, 'Ray task')} at a time"
@@ -208,6 +230,9 @@ class RayExecutor(Executor):
     def _submit(self, spec):
         problem = self.problems.get(spec.problem)
         gpus = float(getattr(problem, "gpus", 0) or 0)
+        if gpus and spec.problem not in self._checked:
+            self._checked.add(spec.problem)
+            self._check_fits("GPU", gpus, f"problem {spec.problem!r}", "the Ray cluster")
         return self._remote.options(num_cpus=self.cpus_per_run, num_gpus=gpus,
                                     max_retries=self.max_retries, retry_exceptions=False,
                                     name=f"optimlab {spec.problem}/{spec.optimizer}"
