@@ -24,8 +24,9 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.optim import ZeroRedundancyOptimizer
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
+
+from dist_harness import full
 
 from optimlab.registry import TORCH_ENTRIES as ENTRIES
 
@@ -97,7 +98,7 @@ def train(m: nn.Module, opt, start: int, steps: int) -> torch.Tensor:
         opt.step()
         opt.zero_grad(set_to_none=True)
         trajectory.append(torch.cat([
-            (p.full_tensor() if isinstance(p, DTensor) else p).detach().reshape(-1)
+            full(p).reshape(-1)
             for p in m.parameters()]))
     return torch.stack(trajectory)
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from dist_harness import run_group
+from dist_harness import full, run_group
 
 STEPS = 20
 
@@ -39,7 +39,7 @@ def _model(shard: bool):
 
 
 def _full(t):
-    return t.full_tensor() if hasattr(t, "full_tensor") else t.detach()
+    return full(t)
 
 
 def _rel(a, b) -> float:
@@ -177,7 +177,7 @@ def _placements_other_than_fsdp():
             p.grad = g.clone()
         opt.step()
         ref.step()
-    err = max(_rel(a.full_tensor(), b.detach()) for a, b in zip(ours, theirs))
+    err = max(_rel(full(a), b.detach()) for a, b in zip(ours, theirs))
     (layout,) = passes_shards._layouts[opt].values()
     return err, sum(len(b.params) for b in layout.buckets)
 

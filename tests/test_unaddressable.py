@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 from torch.testing._internal.two_tensor import TwoTensor
 
 from conftest import CASES
+from dist_harness import full
 import optimlab
 from optimlab import fused
 from optimlab.fused import passes, passes_shards, shards
@@ -301,8 +302,7 @@ def _fsdp_worker(rank, world, port, name, result):
                 o.step()
         err = 0.0
         for a, b in zip(ours.parameters(), theirs.parameters()):
-            a = a.full_tensor() if hasattr(a, "full_tensor") else a.detach()
-            b = b.full_tensor() if hasattr(b, "full_tensor") else b.detach()
+            a, b = full(a), full(b)
             err = max(err, ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item())
         sd = dsd.get_optimizer_state_dict(ours, opt)
         view_used = any(fused._plans.get(v) for v in shards._views.get(opt, {}).values())
