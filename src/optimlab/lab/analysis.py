@@ -24,7 +24,6 @@ from .selection import Selection, score, tuning_cost  # noqa: F401  (public here
 from . import stats as S
 from .bias_correction import (BIAS_PHASE, bias_correction_curves,  # noqa: F401  (public here)
                               bias_correction_specs)
-from .spec import RunRecord
 from .stats import mean_sd
 
 INF = float("inf")

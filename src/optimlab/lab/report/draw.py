@@ -17,7 +17,6 @@ import os
 import struct
 import sys
 import threading
-from typing import Callable
 
 _HEADER = struct.Struct("<iq")   # job index, length (-1: None, -2: raised)
 
