@@ -12,8 +12,8 @@ import math
 
 import numpy as np
 
-from .plots_common import (_STYLE, FLOOR_HANDLE, Line2D, _grid, _legend, _png, _yscale,
-                           at_floor, floor_line, floor_of, palette, plt)
+from .plots_common import (_STYLE, FLOOR_HANDLE, Line2D, _grid, _legend, _png,
+                           at_floor, floor_of, palette, plt, scale_with_floor)
 from .plots_lr import bias_correction, sensitivity
 
 __all__ = ["palette", "contours", "loss_curves", "sensitivity", "tuning_cost", "profiles",
@@ -126,11 +126,7 @@ def loss_curves(curves, optima, colors, problems, ylabel="train loss",
                 # positive loss, which would rule out the log scale the curve needs.
                 lows.append(np.nanmin(m))
                 highs.append(np.nanmax(m))
-            if lows:
-                _yscale(ax, min(lows), max(highs), gap_floor)
-            if gap_floor is not None and lows and min(lows) <= gap_floor:
-                floor_line(ax, gap_floor)
-                any_floor = True
+            any_floor |= scale_with_floor(ax, lows + highs, gap_floor)
             ax.set_title(p)
             ax.set_xlabel("step")
             ax.set_ylabel(f"{ylabel} − optimum" if opt is not None else ylabel)
@@ -160,11 +156,7 @@ def tuning_cost(curves, colors, problems, floors=None) -> bytes | None:
                     ax.plot([n for n, _ in c], y, "-", color=colors[o], lw=1.5,
                             marker=".", ms=3)
                     ys += [v for v in y if math.isfinite(v)]
-            if ys:
-                _yscale(ax, min(ys), max(ys), floor)
-                if floor is not None and min(ys) <= floor:
-                    floor_line(ax, floor)
-                    any_floor = True
+            any_floor |= scale_with_floor(ax, ys, floor)
             ax.set_title(p)
             ax.set_xlabel("lrs tried (n)")
             ax.set_ylabel("expected best val loss")

@@ -96,6 +96,18 @@ FLOOR_HANDLE = Line2D([], [], color="#475569", ls=(0, (4, 3)), lw=1.0,
                       label="reached the optimum (at or below)")
 
 
+def scale_with_floor(ax, values, floor) -> bool:
+    """:func:`_yscale` over the finite ``values`` drawn in ``ax``, and the optimum floor's
+    line where they reach it; whether the line was drawn (the legend then names it)."""
+    if not values:
+        return False
+    _yscale(ax, min(values), max(values), floor)
+    if floor is not None and min(values) <= floor:
+        floor_line(ax, floor)
+        return True
+    return False
+
+
 def _yscale(ax, lo, hi, floor=None):
     """Log y when positive and spanning > 1 decade; symlog when negative values span
     > 3 decades (unbounded problems); else linear. ``floor``: the optimum floor, the

@@ -9,8 +9,8 @@ import math
 
 import numpy as np
 
-from .plots_common import (_STYLE, FLOOR_HANDLE, Line2D, _grid, _legend, _png, _yscale,
-                           at_floor, failure_strip, floor_line, floor_of, plt)
+from .plots_common import (_STYLE, FLOOR_HANDLE, Line2D, _grid, _legend, _png,
+                           at_floor, failure_strip, floor_of, plt, scale_with_floor)
 
 _DIVERGED = Line2D([], [], marker="X", color="grey", ls="", ms=7, label="diverged")
 
@@ -45,11 +45,7 @@ def sensitivity(sweeps, selections, colors, problems, floors=None) -> bytes | No
                 if y_sel is not None and math.isfinite(sel.score) and math.isfinite(y_sel):
                     ax.plot(sel.lr, y_sel, "o", ms=10, mfc="none", mec=colors[o], mew=1.8)
             ax.set_xscale("log")
-            if fin_all:
-                _yscale(ax, min(fin_all), max(fin_all), floor)
-                if floor is not None and min(fin_all) <= floor:
-                    floor_line(ax, floor)
-                    any_floor = True
+            any_floor |= scale_with_floor(ax, fin_all, floor)
             failure_strip(ax, failures)
             ax.set_title(p)
             ax.set_xlabel("learning rate")
