@@ -247,6 +247,34 @@ def test_names_are_case_insensitive(tmp_path, capsys):
     assert again.startswith(f"comparison {cid} (resumed)"), again
 
 
+def test_names_in_another_order_are_the_same_comparison(tmp_path, capsys, monkeypatch):
+    """--optimizers adam,sgd after sgd,adam resumes the same comparison (one in the store, its
+    report listing them in the latest order); so does a comparison stored under the id of
+    the order it was given in (before ids ignored the order)."""
+    args = ["compare", "--problems", "rosenbrock", "--lrs", "1e-3", "--seeds", "1", "--steps",
+            "5", "--workers", "1", "--no-report", "--out", str(tmp_path)]
+    assert cli.main([*args, "--optimizers", "sgd,adam"]) == 0
+    cid = capsys.readouterr().err.split()[1]
+    assert cli.main([*args, "--optimizers", "adam,sgd", "--lrs", "1e-3"]) == 0
+    assert capsys.readouterr().err.startswith(f"comparison {cid} (resumed)")
+    with Store(tmp_path / cli.STORE_NAME) as store:
+        assert store.comparisons() == [cid]
+        assert store.comparison_meta(cid)["optimizers"] == ["adam", "sgd"]
+
+    from optimlab.lab import store as store_module
+    old = tmp_path / "old"
+    real = store_module.comparison_id
+    monkeypatch.setattr(cli, "comparison_id", lambda d: real(d, as_given=True))
+    assert cli.main([*args[:-1], str(old), "--optimizers", "sgd,adam"]) == 0
+    old_id = capsys.readouterr().err.split()[1]
+    monkeypatch.undo()
+    assert old_id != cid
+    assert cli.main([*args[:-1], str(old), "--optimizers", "adam,sgd"]) == 0
+    assert capsys.readouterr().err.startswith(f"comparison {old_id} (resumed)")
+    with Store(old / cli.STORE_NAME) as store:
+        assert store.comparisons() == [old_id]
+
+
 def test_ctrl_c_keeps_finished_runs(reference, tmp_path):
     store = tmp_path / cli.STORE_NAME
     proc = subprocess.Popen(

@@ -149,7 +149,7 @@ def cmd_compare(args, argv) -> int:
         progress = sys.stderr.isatty()
         executor = _executor(args, store, plan, progress)
         described = plan.describe()
-        cid = comparison_id(described)
+        cid = store.stored_id(comparison_id(described))
         others = [c for c in store.comparisons() if c != cid]
         resumed = cid in store.comparisons()
         store.use(cid)   # set_meta/meta now refer to this comparison only

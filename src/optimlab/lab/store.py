@@ -86,11 +86,19 @@ BOOKKEEPING = frozenset({"command", "argv", "suite", "versions", "workers", "exe
 _ORDER = "ORDER BY problem, optimizer, phase, lr, seed, run_id"
 
 
-def comparison_id(description: dict) -> str:
+#: plan keys whose lists are sets: the order they were given in is the report's order only
+ORDERLESS = ("problems", "optimizers", "grid")
+
+
+def comparison_id(description: dict, as_given: bool = False) -> str:
     """A comparison's id: 10 hex digits of the SHA-256 of its plan description (JSON with
-    sorted keys; bookkeeping keys ignored), so re-running the same command resumes the
-    same comparison."""
+    sorted keys; bookkeeping keys ignored; the names and lrs of :data:`ORDERLESS` sorted),
+    so re-running the same command, its names in any order, resumes the same comparison.
+    ``as_given``: the lists in their order, the ids of stores of the old format."""
     plan = {k: v for k, v in description.items() if k not in BOOKKEEPING}
+    for key in () if as_given else ORDERLESS:
+        if isinstance(plan.get(key), list):
+            plan[key] = sorted(plan[key], key=str)
     payload = json.dumps(plan, sort_keys=True, allow_nan=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
@@ -330,6 +338,16 @@ class Store:
         latest = self._global_meta().get("latest")
         return latest if latest in ids else (ids[-1] if ids else None)
 
+    def stored_id(self, comparison: str) -> str:
+        """The id under which this store keeps the comparison with id ``comparison``: a
+        comparison started before the ids ignored the order of names (:data:`ORDERLESS`)
+        is found by its plan and resumed under its old id; else ``comparison`` itself."""
+        ids = self.comparisons()
+        if comparison in ids:
+            return comparison
+        return next((c for c in ids if comparison_id(self.comparison_meta(c)) == comparison),
+                    comparison)
+
     def comparison_meta(self, comparison: str) -> dict:
         """The metadata of one comparison (KeyError if the store has no such comparison)."""
         known = self._conn.execute("SELECT 1 FROM comparisons WHERE id=?",
@@ -350,7 +368,7 @@ class Store:
         old = {k: v for k, v in self._global_meta().items() if k != "latest"}
         if not old and (others or len(self) == 0):
             return None
-        return comparison_id(old)
+        return comparison_id(old, as_given=True)
 
     def _transaction(self):
         return _Transaction(self._conn)
