@@ -69,6 +69,31 @@ from .compiled_print import generate
 from .trace import TraceError, trace
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64, torch.complex32: torch.float16}
+_programs: dict = {}
+#: How a group is stepped under Dynamo (see the module docstring): "step_op" (default),
+#: "kernel", "printed" or "kept_out"; ``benchmarks/compile_step.py`` measures them side by side
+MODE = "step_op"
+MODES = ("step_op", "kernel", "printed", "kept_out")
+
+
+@dataclass(eq=False)
+class Bucket:
+    """Params of one group sharing one program: same device, dtype, state dtypes, lazy state."""
+
+    index: tuple  # positions in group["params"]
+    trace: object
+    run: object
+    compute: torch.dtype
+    complex: bool
+    copied: frozenset  # buffers not in the compute dtype: computed on copies
+
+
+@dataclass(eq=False)
+class GroupPlan:
+    buckets: list
+    hps: list  # (key, index) leaves read by any bucket, in Bucket.trace.hps terms
+    signs: list  # (key, index) of numbers a rule branched on: their sign is guarded
 
 
 def _clear_stale_float_specializations(args) -> None:
@@ -97,34 +122,6 @@ def _install_float_specialization_reset() -> bool:
     if _clear_stale_float_specializations not in callback_handler.start_callbacks:
         callback_handler.register_start_callback(_clear_stale_float_specializations)
     return True
-
-
-_install_float_specialization_reset()
-_REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64, torch.complex32: torch.float16}
-_programs: dict = {}
-#: How a group is stepped under Dynamo (see the module docstring): "step_op" (default),
-#: "kernel", "printed" or "kept_out"; ``benchmarks/compile_step.py`` measures them side by side
-MODE = "step_op"
-MODES = ("step_op", "kernel", "printed", "kept_out")
-
-
-@dataclass(eq=False)
-class Bucket:
-    """Params of one group sharing one program: same device, dtype, state dtypes, lazy state."""
-
-    index: tuple  # positions in group["params"]
-    trace: object
-    run: object
-    compute: torch.dtype
-    complex: bool
-    copied: frozenset  # buffers not in the compute dtype: computed on copies
-
-
-@dataclass(eq=False)
-class GroupPlan:
-    buckets: list
-    hps: list  # (key, index) leaves read by any bucket, in Bucket.trace.hps terms
-    signs: list  # (key, index) of numbers a rule branched on: their sign is guarded
 
 
 def _program(rule, h, lazy: frozenset):
@@ -223,7 +220,7 @@ def prepare(optimizer) -> bool:
     """Eager work for one compilation (the optimizer's ``_init_group``): state, buckets,
     kernels or programs, tensor hyperparameters; the plan is kept on the optimizer."""
     optimizer._opt_called = True  # for LR schedulers (see engine._hooked): Dynamo drops the store
-    _install_float_specialization_reset()  # again after a torch._dynamo.reset(), which drops it
+    _install_float_specialization_reset()  # here: once per compilation, after any torch._dynamo.reset()
     grad_scale = getattr(optimizer, "grad_scale", None)
     grad_scale = None if grad_scale is None else float(grad_scale)
     plans = []
