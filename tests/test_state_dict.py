@@ -60,11 +60,37 @@ def _interrupted(entry, variant, save_torch, load_torch, transform=lambda sd: sd
     return resumed, uninterrupted, second
 
 
+def _state_dtypes(sd) -> dict:
+    return {(i, k): v.dtype for i, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}
+
+
+def _check_resumed(entry, variant, transform):
+    """The resumed run equals the uninterrupted one bit for bit where every state tensor keeps
+    its dtype through the load. torch's load casts 0-dim state other than ``step`` to its
+    param's dtype (``Optimizer._process_value_according_to_param_policy``): NAdam's float32
+    ``mu_product`` beside float64 params comes back float64, and the resumed steps round its
+    products as float64, as torch's own resumed NAdam does (its variant 1 resumes 1e-17 off
+    its uninterrupted run). There the resumed run must equal torch's resumed run."""
+    saved = {}
+
+    def recording(sd):
+        saved.update(_state_dtypes(sd))
+        return transform(sd)
+
+    resumed, uninterrupted, opt = _interrupted(entry, variant, False, False, transform=recording)
+    loaded = _state_dtypes(opt.state_dict())
+    if loaded == saved:
+        np.testing.assert_array_equal(resumed, uninterrupted)
+        return
+    changed = {key for key in saved if loaded[key] != saved[key]}
+    assert {k for _, k in changed} <= set(entry.cls.rule.scalars) - {"step"}, changed
+    torch_resumed, _, _ = _interrupted(entry, variant, True, True, transform=transform)
+    assert rel_err(resumed, torch_resumed) <= 1e-14
+
+
 @pytest.mark.parametrize("entry, variant", RULE_CASES)  # every engine-run entry
 def test_round_trip(entry, variant):
-    resumed, uninterrupted, opt = _interrupted(entry, variant, False, False,
-                                               transform=copy.deepcopy)
-    np.testing.assert_array_equal(resumed, uninterrupted)
+    _check_resumed(entry, variant, copy.deepcopy)
 
 
 @pytest.mark.parametrize("entry, variant", RULE_CASES)  # every engine-run entry
@@ -152,9 +178,7 @@ def _through_torch_save(sd):
 
 @pytest.mark.parametrize("entry, variant", RULE_CASES)  # every engine-run entry
 def test_torch_save_load_weights_only(entry, variant):
-    resumed, uninterrupted, _ = _interrupted(entry, variant, False, False,
-                                             transform=_through_torch_save)
-    np.testing.assert_array_equal(resumed, uninterrupted)
+    _check_resumed(entry, variant, _through_torch_save)
 
 
 # ------------------------------------------------------------------- fresh-process resume

@@ -166,3 +166,35 @@ def as_default_dtype(x):
     if _hook(x, "__optimlab_as_default_dtype__"):
         return x.__optimlab_as_default_dtype__()
     return torch.tensor(x, dtype=torch.get_default_dtype()).item()
+
+
+class StateNumber(float):
+    """The value of a 0-dim state tensor as a Python float (what torch.optim reads with
+    ``.item()``) that remembers the dtype it is stored in, for :func:`in_place_mul`."""
+
+    __slots__ = ("dtype",)
+
+    def __new__(cls, value: float, dtype: torch.dtype):
+        number = super().__new__(cls, value)
+        number.dtype = dtype
+        return number
+
+
+def in_place_mul(state, factor):
+    """``state *= factor`` on a 0-dim state tensor, as torch computes it: ``factor`` rounded
+    to the state's dtype, then the product rounded to it (torch.optim.NAdam's
+    ``mu_product *= mu`` in float32 state, whose rounded value the same step then reads).
+    Exact arithmetic for float64 state. ``state``: a tensor, a :class:`StateNumber`, or a
+    traced state input; a plain float (no dtype known) is multiplied in double."""
+    if isinstance(state, torch.Tensor):
+        return (state * factor).to(state.dtype)  # a Python factor is rounded to state's dtype first
+    if isinstance(state, StateNumber):
+        if isinstance(factor, torch.Tensor):  # a Tensor beta (differentiable=True): keep its graph
+            return in_place_mul(torch.tensor(float(state), dtype=state.dtype, device=factor.device), factor)
+        if state.dtype == torch.float64:
+            return StateNumber(state * factor, state.dtype)
+        rounded = torch.tensor(factor, dtype=state.dtype).mul_(float(state))
+        return StateNumber(rounded.item(), state.dtype)
+    if _hook(state, "__optimlab_in_place_mul__"):
+        return state.__optimlab_in_place_mul__(factor)
+    return state * factor

@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 from torch.optim import optimizer as _torch_optimizer
 
 from . import checkpoint
+from ._math import StateNumber
 from .rules import Rule, update  # noqa: F401  (update: the step the reference path runs)
 from .rules.base import estimate, write_back, write_group
 from .rules.base import Namespace, hyperparameters  # noqa: F401  (the group as the rules read it)
@@ -356,7 +357,8 @@ class RuleOptimizer(Optimizer):
             if traced:  # float64: the double a Python float would be
                 setattr(s, key, value.to(torch.float64))
             else:
-                setattr(s, key, value.clone() if differentiable and value.requires_grad else value.item())
+                setattr(s, key, value.clone() if differentiable and value.requires_grad
+                        else StateNumber(value.item(), value.dtype))
         for key in keys:  # lazily created state (SGD's momentum buffer) is None at first
             setattr(s, key, load(state[key], differentiable) if key in state else None)
         old = dict(vars(s))

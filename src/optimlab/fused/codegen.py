@@ -198,9 +198,13 @@ def generate(tr: Trace, dtype: str, scalar_state_dtypes: dict,
 
     lines = ["static void scalars(const double* restrict hp, const double* restrict si, double* restrict so) {",
              "    (void)hp; (void)si; (void)so;"]
+    sst_t = {k: SCALAR_STATE_TYPES[scalar_state_dtypes[k]] for k in sin}
     for n in nodes:
         if n.index in needed and n.scalar and n.op not in ("const", "hp", "sin"):
-            lines.append(f"    const double s{n.index} = {_expr(n, sref, 'double')};")
+            # "stored": rounded to the dtype its 0-dim state is kept in (float: as torch's float32 state)
+            expr = (f"(double)({sst_t[n.name]})({sref(n.args[0])})" if n.op == "stored"
+                    else _expr(n, sref, "double"))
+            lines.append(f"    const double s{n.index} = {expr};")
     for j, b in enumerate(boundary):
         lines.append(f"    so[{j}] = {sref(b)};")
     for j, (_, n) in enumerate(souts):
@@ -251,7 +255,6 @@ def generate(tr: Trace, dtype: str, scalar_state_dtypes: dict,
     nb = len(tr.buffers)
     nsi = len(sin)
     nout = nsc + len(souts)
-    sst_t = {k: SCALAR_STATE_TYPES[scalar_state_dtypes[k]] for k in sin}
     read_in = "\n".join(
         f"        in[{j}] = (double)*(const {sst_t[k]}*)sst[{j} * nt + t];" for j, k in enumerate(sin)
     )

@@ -277,7 +277,8 @@ def _run_bucket(optimizer, group, b: Bucket) -> None:
         lists.append([t.to(dt) for t in ts] if name in b.copied else ts)
     hp = [_hp(optimizer, group, key, index) for _, key, index in tr.hps]
     si = [torch.stack([st[k] for st in states]).to(torch.float64) for k in tr.scalar_inputs]
-    new, snew = b.run(lists, hp, si, len(ps), dt)
+    sd = [states[0][k].dtype for k in tr.scalar_inputs]  # one dtype per key in a bucket
+    new, snew = b.run(lists, hp, si, len(ps), dt, sd)
     for name, values in zip(tr.elem_outputs, new):
         if name == "param":
             dest = ps

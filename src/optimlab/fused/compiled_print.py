@@ -18,7 +18,8 @@ from .foreach_codegen import _const
 from .trace import TraceError, live
 
 _OPS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow", "max": "maximum"}
-_KNOWN = {"const", "hp", "sin", "ein", "add", "sub", "mul", "div", "pow", "neg", "sqrt", "abs", "max"}
+_KNOWN = {"const", "hp", "sin", "ein", "add", "sub", "mul", "div", "pow", "neg", "sqrt", "abs", "max",
+          "stored"}
 _PY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}
 
 
@@ -57,16 +58,24 @@ def _fill(like: list, c) -> list:
     return [torch.zeros_like(t) + ci for t, ci in zip(like, c if isinstance(c, list) else [c] * len(like))]
 
 
+def _stored(x, dtype: torch.dtype):
+    """``x`` rounded to the dtype a 0-dim state is kept in (a "stored" node), as float64."""
+    if isinstance(x, torch.Tensor):
+        return x.to(dtype).to(torch.float64)
+    return x if dtype == torch.float64 else torch.tensor(x, dtype=dtype).item()
+
+
 _NAMESPACE = {"F": torch, "_sqrt": sqrt, "_maximum": maximum, "_abs": abs_, "_barrier": _barrier,
-              "_vec": _vec, "_fill": _fill, "math": math}
+              "_vec": _vec, "_fill": _fill, "_stored": _stored, "math": math}
 
 
 def generate(tr):
-    """``run(B, hp, si, n, dt) -> (element outputs, scalar outputs)`` printed from trace ``tr``.
+    """``run(B, hp, si, n, dt, sd) -> (element outputs, scalar outputs)`` printed from trace ``tr``.
 
     ``B``: a list of tensors per buffer (``tr.buffers`` order) in compute dtype ``dt``;
     ``hp``: the hyperparameter leaves (``tr.hps`` order), numbers or 0-dim tensors;
-    ``si``: per 0-dim state key read, its ``n`` values as a float64 tensor."""
+    ``si``: per 0-dim state key read, its ``n`` values as a float64 tensor; ``sd``: the dtype
+    that state is kept in (for the "stored" roundings)."""
     outs = list(tr.elem_outputs.values()) + list(tr.scalar_outputs.values())
     alive = live(outs)
     unknown = {n.op for n in tr.graph.nodes if n.index in alive} - _KNOWN
@@ -80,7 +89,7 @@ def generate(tr):
         if not n.scalar and n.op != "ein":
             boundary.extend(x.index for x in n.args if x.scalar and x.index not in boundary)
     boundary.extend(n.index for n in tr.elem_outputs.values() if n.scalar and n.index not in boundary)
-    scalar_lines, elem_lines = ["def run(B, hp, si, n, dt):"], []
+    scalar_lines, elem_lines = ["def run(B, hp, si, n, dt, sd):"], []
 
     def elem_arg(x):
         return f"c{x.index}"
@@ -106,6 +115,8 @@ def generate(tr):
                 expr = f"{a[0]} {_PY[n.op]} {a[1]}"
             elif n.op == "max":
                 expr = f"_maximum({a[0]}, {a[1]})"
+            elif n.op == "stored":
+                expr = f"_stored({a[0]}, sd[{tr.scalar_inputs.index(n.name)}])"
             else:
                 expr = {"neg": f"-{a[0]}", "sqrt": f"_sqrt({a[0]})", "abs": f"_abs({a[0]})"}[n.op]
         elif n.op in ("neg", "sqrt", "abs"):

@@ -262,6 +262,7 @@ class _Bucket:
             if self.scalar_state is None:
                 self.scalar_state = {k: [st[k] for st in sts] for k in tr.scalar_inputs}
             columns = [self._values(k) for k in tr.scalar_inputs]
+            columns += [[t.dtype for t in self.scalar_state[k]] for k in tr.scalar_inputs]
             split = {}
             for i, row in enumerate(zip(*columns)):
                 split.setdefault(row, []).append(i)

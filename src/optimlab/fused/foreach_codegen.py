@@ -6,7 +6,8 @@ buffers are scratch copies):
 
 ``scalars(hp, si)``
     the scalar nodes as Python float arithmetic, exactly the operations (and the
-    operators) the reference path performs on its Python floats; it returns the scalars
+    operators) the reference path performs on its Python floats (``si``: the 0-dim state
+    values, then their dtypes, for the "stored" roundings); it returns the scalars
     that meet per-element nodes and the new 0-dim state values.
 ``elements(B, c)``
     the per-element nodes as ``torch._foreach_*`` calls over lists of tensors ``B``
@@ -183,6 +184,8 @@ class _Printer:
                 expr = f"{a[0]} {_PY[n.op]} {a[1]}"
             elif n.op in MASKS:
                 expr = f"{a[0]} {MASKS[n.op]} {a[1]}"
+            elif n.op == "stored":  # si holds each 0-dim state's value, then its dtype
+                expr = f"_stored({a[0]}, si[{len(self.tr.scalar_inputs) + self.tr.scalar_inputs.index(n.name)}])"
             elif n.op == "where":
                 expr = f"{a[1]} if {a[0]} else {a[2]}"
             else:  # the functions of optimlab._math, as the reference path calls them

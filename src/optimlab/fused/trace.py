@@ -42,7 +42,8 @@ class TraceError(TypeError):
 class Node:
     """One operation. ``op`` is 'const', 'hp', 'sin' (scalar state), 'ein' (per-element
     input), or an operator: add sub mul div pow neg sqrt max min abs sign, clamp_min
-    clamp_max (torch.clamp's two halves), float32 (a rounding), a comparison in :data:`MASKS` (1 or 0), or
+    clamp_max (torch.clamp's two halves), float32 (a rounding), stored (a rounding to the
+    dtype of the 0-dim state ``name``, :func:`optimlab._math.in_place_mul`), a comparison in :data:`MASKS` (1 or 0), or
     where (condition, a, b)."""
 
     op: str
@@ -143,6 +144,15 @@ class Sym:
     def __optimlab_as_default_dtype__(self):
         # the default dtype is in the kernel's cache key (plan.hkey)
         return self if torch.get_default_dtype() == torch.float64 else self._op("float32", self)
+
+    def __optimlab_in_place_mul__(self, factor):
+        # each backend rounds a "stored" node to the dtype the state ``name`` is stored in
+        if self.node.op != "sin":
+            raise TraceError("in_place_mul: the state must be the value read from its tensor")
+        def stored(x):
+            return self.graph.sym(self.graph.node("stored", (self._lift(x),), name=self.node.name))
+
+        return stored(self * stored(factor))
 
     def __optimlab_clamp__(self, x, lo, hi):
         x = x if isinstance(x, Sym) else self._wrap(x)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._math import abs_, maximum, sqrt
+from .._math import abs_, in_place_mul, maximum, sqrt
 from .base import Rule
 
 
@@ -139,7 +139,8 @@ def nadam(g, s, h):
     s.step = s.step + 1
     mu = beta1 * (1 - 0.5 * 0.96 ** (s.step * h.momentum_decay))
     mu_next = beta1 * (1 - 0.5 * 0.96 ** ((s.step + 1) * h.momentum_decay))
-    s.mu_product = s.mu_product * mu
+    # torch: ``mu_product *= mu`` on the 0-dim state, rounded to its dtype (float32 by default)
+    s.mu_product = in_place_mul(s.mu_product, mu)
     s.exp_avg = beta1 * s.exp_avg + (1 - beta1) * g
     s.exp_avg_sq = beta2 * s.exp_avg_sq + (1 - beta2) * g * g
     if not h.bias_correction:
