@@ -26,7 +26,9 @@ CONFIG = {
     "adamw":    {"quadratic": (0.1, 2000, {"weight_decay": 0.0}, 1e-12, 1e-5),
                  "rosenbrock": (0.1, 2000, {"weight_decay": 0.0}, 1e-12, 1e-5)},
     "adamax":   {"quadratic": (0.1, 2000, {}, 1e-8, 1e-3), "rosenbrock": (1.0, 2000, {}, 1e-4, 0.1)},
-    "nadam":    {"quadratic": (0.1, 2000, {}, 1e-5, 1e-2), "rosenbrock": (0.01, 2000, {}, 1e-3, 0.3)},
+    # NAdam at lr 0.1 only circles the quadratic's minimiser (final loss 1e-5..1e-3 of the
+    # start, set by ulp-level rounding: torch's own and optimlab's part at step ~800); 0.05 converges
+    "nadam":    {"quadratic": (0.05, 2000, {}, 1e-12, 1e-5), "rosenbrock": (0.01, 2000, {}, 1e-3, 0.3)},
     # RAdam's first steps are plain momentum steps (no adaptive scaling): Rosenbrock's steep
     # walls need a small lr; ASGD's eta decays (lambd), so it ends short of the minimiser
     "radam":    {"quadratic": (0.1, 2000, {}, 1e-12, 1e-5), "rosenbrock": (0.01, 2000, {}, 0.05, 1.0)},

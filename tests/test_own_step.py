@@ -11,6 +11,7 @@ optimizer keeps moving) and on the 20-D Rosenbrock function. Everything is float
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import re
 
@@ -63,12 +64,13 @@ class SparseLookups(_Problem):
 
 
 class _Smooth(_Problem):
-    """A smooth objective over x in R^n, split into tensors of ``shapes`` (default (12,) and
-    (2, 4): n = 20)."""
+    """A smooth objective f over x in R^n, split into tensors of ``shapes`` (default (12,) and
+    (2, 4): n = 20); -f for ``maximize``, so a correct maximize still minimises f."""
 
     closure = True
 
-    def __init__(self, x0, shapes=((12,), (2, 4))):
+    def __init__(self, x0, shapes=((12,), (2, 4)), maximize=False):
+        self.sign = -1.0 if maximize else 1.0
         sizes = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
         self.x0 = [torch.from_numpy(x0[a:b].reshape(s).copy())
                    for a, b, s in zip(sizes[:-1], sizes[1:], shapes)]
@@ -77,23 +79,26 @@ class _Smooth(_Problem):
     def flat(params):
         return torch.cat([p.reshape(-1) for p in params])
 
+    def objective(self, params, t, noise=True):
+        return self.sign * self.f(params, t, noise)
+
     def distance(self, params):
-        return float(self.objective([p.detach() for p in params], None, noise=False))
+        return float(self.f([p.detach() for p in params], None, noise=False))
 
 
 class NoisyQuadratic(_Smooth):
     """f_t(x) = 1/2 (x - x*)^T H (x - x*) + xi_t . x: the parity quadratic (condition number
     1e4) with its gradient noise as a linear term, so each step sees a new convex problem."""
 
-    def __init__(self):
+    def __init__(self, maximize=False):
         self.q = self.quadratic()
-        super().__init__(self.q.x0, self.q.shapes)
+        super().__init__(self.q.x0, self.q.shapes, maximize)
 
     @staticmethod
     def quadratic():
         return Quadratic()
 
-    def objective(self, params, t, noise=True):
+    def f(self, params, t, noise=True):
         x = self.flat(params)
         d = x - torch.from_numpy(self.q.x_star)
         f = 0.5 * d @ torch.from_numpy(self.q.H) @ d
@@ -117,10 +122,10 @@ class NoisyQuadratic100(NoisyQuadratic):
 class Rosenbrock(_Smooth):
     """The chained 20-D Rosenbrock function from (-1.2, 1, -1.2, 1, ...); minimum 0 at ones."""
 
-    def __init__(self):
-        super().__init__(np.tile([-1.2, 1.0], 10))
+    def __init__(self, maximize=False):
+        super().__init__(np.tile([-1.2, 1.0], 10), maximize=maximize)
 
-    def objective(self, params, t, noise=True):
+    def f(self, params, t, noise=True):
         x = self.flat(params)
         return (100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum()
 
@@ -135,14 +140,15 @@ class Rosenbrock(_Smooth):
 
 
 def problems_for(entry, variant):
+    maximize = variant.get("maximize", False)
     if entry.sparse_grads:
-        return [SparseLookups(maximize=variant.get("maximize", False))]
+        return [SparseLookups(maximize)]
     assert entry.needs_closure, f"{entry.name}: no test problem for this kind of entry"
     if variant.get("max_iter", 20) > 4:
         # many iterations per step: Rosenbrock converges within a few steps, while the noisy
         # quadratic would run every iteration of every step (2000 closures per run)
-        return [Rosenbrock()]
-    return [NoisyQuadratic(), NoisyQuadratic100(), Rosenbrock()]
+        return [Rosenbrock(maximize)]
+    return [NoisyQuadratic(maximize), NoisyQuadratic100(maximize), Rosenbrock(maximize)]
 
 
 def _groups(entry, params):
@@ -229,10 +235,18 @@ def test_param_groups_match_torch(entry):
         for problem in problems_for(entry, variant):
             opt = build(entry, variant, problem.params())
             ref = build(entry, variant, problem.params(), use_torch=True)
-            assert opt.defaults == ref.defaults
+            ahead = _ahead_of_torch(entry)
+            assert {k: v for k, v in opt.defaults.items() if k not in ahead} == ref.defaults
             for ours, theirs in zip(opt.param_groups, ref.param_groups, strict=True):
-                assert {k: v for k, v in ours.items() if k != "params"} == \
+                assert {k: v for k, v in ours.items() if k != "params" and k not in ahead} == \
                     {k: v for k, v in theirs.items() if k != "params"}
+
+
+def _ahead_of_torch(entry) -> set:
+    """Arguments optimlab takes that the installed torch's class does not have yet (LBFGS's
+    ``maximize`` before torch 2.14), with their defaults."""
+    ours = inspect.signature(entry.cls).parameters
+    return set(ours) - set(inspect.signature(entry.torch_cls).parameters)
 
 
 # ------------------------------------------------------------------------- state_dict
@@ -364,7 +378,9 @@ def test_lbfgs_matches_the_numpy_reference(entry, variant, problem):
     ours = drive(opt, params, problem, steps)
     x, state, ref = problem.flat(problem.x0).numpy(), {}, []
     for t in range(steps):
-        x = lbfgs_step(problem.numpy_fg(t), x, state, lr=entry.test_lr, **variant)
+        # maximize on -f is minimising f, the function numpy_fg gives
+        x = lbfgs_step(problem.numpy_fg(t), x, state, lr=entry.test_lr,
+                       **{k: v for k, v in variant.items() if k != "maximize"})
         ref.append(x)
     assert np.abs(ref[-1] - problem.flat(problem.x0).numpy()).max() > 1e-2
     assert rel_err(ours, np.array(ref)) <= TOL
@@ -404,6 +420,56 @@ def test_lbfgs_one_group_closure_and_bad_arguments():
                       (dict(tolerance_grad=-1.0), "tolerance_grad"),
                       (dict(line_search_fn="backtracking"), "strong_wolfe")):
         assert name in _message(optimlab.LBFGS, **bad)
+
+
+@pytest.mark.parametrize("variant", [{"max_iter": 3}, {"max_iter": 4, "line_search_fn": "strong_wolfe"}],
+                         ids=["fixed-step", "strong-wolfe"])
+@pytest.mark.parametrize("problem_cls", [NoisyQuadratic, Rosenbrock])
+def test_lbfgs_maximize_runs_the_search_on_the_negated_loss(variant, problem_cls):
+    """``maximize=True`` (keyword-only, as torch >= 2.14; taken on any torch) on -f is L-BFGS
+    minimising f, bit for bit: the search sees -(-f) and -(-grad f), which negation keeps
+    exact. ``step`` still returns the closure's own loss. (Against torch.optim.LBFGS itself:
+    the registry's maximize variants, where the installed torch has the argument.)"""
+    maximizing, minimizing = problem_cls(maximize=True), problem_cls()
+    up, down = maximizing.params(), minimizing.params()
+    opt_up = optimlab.LBFGS(up, lr=0.5, maximize=True, **variant)
+    opt_down = optimlab.LBFGS(down, lr=0.5, **variant)
+    a, b = drive(opt_up, up, maximizing, 30), drive(opt_down, down, minimizing, 30)
+    assert np.abs(b[-1] - b[0]).max() > 1e-2  # it moved, downhill on f
+    assert minimizing.distance(down) < minimizing.distance(minimizing.params())
+    assert np.array_equal(a, b)
+    s_up, s_down = opt_up.state[up[0]], opt_down.state[down[0]]
+    assert torch.equal(s_up["prev_flat_grad"], s_down["prev_flat_grad"])
+    assert s_up["prev_loss"] == s_down["prev_loss"] and s_up["n_iter"] == s_down["n_iter"]
+
+    def closure(problem, opt, params):
+        opt.zero_grad()
+        loss = problem.objective(params, 0)
+        loss.backward()
+        return loss
+
+    returned = opt_up.step(lambda: closure(maximizing, opt_up, up))
+    assert returned.item() == -opt_down.step(lambda: closure(minimizing, opt_down, down)).item()
+    assert returned.item() < 0  # the closure's -f, not the search's f
+
+    # written where torch writes it: always from torch 2.14 on, before that only when True
+    saved = opt_up.state_dict()
+    assert saved["param_groups"][0]["maximize"] is True
+    torch_keys = set(torch.optim.LBFGS(down, **variant).state_dict()["param_groups"][0])
+    assert set(opt_down.state_dict()["param_groups"][0]) == torch_keys
+    fresh = optimlab.LBFGS(minimizing.params(), **variant)
+    fresh.load_state_dict(saved)
+    assert fresh.param_groups[0]["maximize"] is True
+    fresh.load_state_dict(opt_down.state_dict())
+    assert fresh.param_groups[0]["maximize"] is False
+
+
+def test_lbfgs_with_no_parameters_returns_the_loss():
+    """An empty group (torch 2.14: the step is skipped, the closure still runs once)."""
+    calls = []
+    opt = optimlab.LBFGS([{"params": []}])
+    assert opt.step(lambda: calls.append(1) or torch.tensor(3.0)).item() == 3.0
+    assert calls == [1] and not opt.state
 
 
 # ---------------------------------------------------------------------- SparseAdam: errors

@@ -53,6 +53,27 @@ def test_muon_trajectory_matches_torch(variant):
         [{k: v for k, v in g.items() if k != "params"} for g in ref.param_groups]
 
 
+def test_muon_spectral_unclamped_is_original_with_sqrt_a_over_b_on_wide_matrices():
+    """``adjust_lr_fn="spectral_unclamped"`` (Bernstein's sqrt(A/B), torch >= 2.14; taken on any
+    torch, swept against torch.optim.Muon itself in MUON_CASES where torch has it): a tall
+    matrix gets the original sqrt(max(1, A/B)) = sqrt(A/B), a wide one sqrt(A/B) < 1 where the
+    original clamps to 1, so with no weight decay it is torch's "original" Muon with the wide
+    matrix's lr scaled by sqrt(A/B), 120 steps, float64."""
+    problem = _matrices()
+    ours, theirs = make_params(problem), make_params(problem)
+    (wide, tall), lr = ours, MUON.test_lr
+    assert tall.shape[0] > tall.shape[1] and wide.shape[0] < wide.shape[1]
+    ratio = (wide.shape[0] / wide.shape[1]) ** 0.5
+    opt = optimlab.Muon(ours, lr=lr, weight_decay=0.0, adjust_lr_fn="spectral_unclamped")
+    ref = torch.optim.Muon([{"params": [theirs[0]], "lr": lr * ratio}, {"params": [theirs[1]]}],
+                           lr=lr, weight_decay=0.0, adjust_lr_fn="original")
+    a, b = drive(opt, ours, problem, STEPS), drive(ref, theirs, problem, STEPS)
+    assert problem.loss(b[-1]) < problem.loss(problem.x0)
+    assert rel_err(a, b) <= 1e-6
+    with pytest.raises(ValueError, match="not supported"):
+        optimlab.Muon(ours, adjust_lr_fn="spectral")
+
+
 @pytest.mark.parametrize("variant", MUON_CASES)
 def test_muon_batched_newton_schulz_matches_torch(variant, monkeypatch):
     """Equal-shape matrices (three tall, two wide, one square, each product >= 400

@@ -19,10 +19,16 @@ are N&W's ``s_k = x_{k+1} - x_k``, ``old_dirs`` the ``y_k = g_{k+1} - g_k``, ``r
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch.optim import Optimizer
 
 __all__ = ["LBFGS", "two_loop", "strong_wolfe", "cubic_minimizer"]
+
+
+#: torch.optim.LBFGS takes ``maximize`` from torch 2.14 on; before, its checkpoints lack the key
+TORCH_HAS_MAXIMIZE = "maximize" in inspect.signature(torch.optim.LBFGS).parameters
 
 
 def _float(loss) -> float:
@@ -173,7 +179,8 @@ class LBFGS(Optimizer):
 
     Arguments as ``torch.optim.LBFGS``: ``lr=1``, ``max_iter=20``, ``max_eval=max_iter*5//4``,
     ``tolerance_grad=1e-7``, ``tolerance_change=1e-9``, ``history_size=100``,
-    ``line_search_fn=None`` or ``"strong_wolfe"``. One param group only. The (global) state
+    ``line_search_fn=None`` or ``"strong_wolfe"``, and, keyword-only, ``maximize=False`` (as
+    torch >= 2.14: the search runs on -f, so the state holds -g). One param group only. The (global) state
     sits under the first parameter with torch's keys (``func_evals``, ``n_iter``, ``d``, ``t``,
     ``old_dirs``, ``old_stps``, ``ro``, ``H_diag``, ``prev_flat_grad``, ``prev_loss``, ``al``).
     Unlike torch, nonsense values (``max_iter < 1``, ``history_size < 1``, an unknown
@@ -188,7 +195,7 @@ class LBFGS(Optimizer):
     """
 
     def __init__(self, params, lr=1, max_iter=20, max_eval=None, tolerance_grad=1e-7,
-                 tolerance_change=1e-9, history_size=100, line_search_fn=None):
+                 tolerance_change=1e-9, history_size=100, line_search_fn=None, *, maximize=False):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if not 0.0 <= lr:
@@ -207,11 +214,27 @@ class LBFGS(Optimizer):
             max_eval = max_iter * 5 // 4
         defaults = {"lr": lr, "max_iter": max_iter, "max_eval": max_eval,
                     "tolerance_grad": tolerance_grad, "tolerance_change": tolerance_change,
-                    "history_size": history_size, "line_search_fn": line_search_fn}
+                    "history_size": history_size, "line_search_fn": line_search_fn,
+                    "maximize": maximize}
         super().__init__(params, defaults)
         if len(self.param_groups) != 1:
             raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
         self._params = self.param_groups[0]["params"]
+
+    def state_dict(self):
+        """torch's format for the installed torch: ``maximize=False`` is left out where
+        torch.optim.LBFGS has no ``maximize`` (before 2.14), so DCP loads either way."""
+        state_dict = super().state_dict()
+        if not TORCH_HAS_MAXIMIZE:
+            for group in state_dict["param_groups"]:
+                if group.get("maximize") is False:
+                    del group["maximize"]
+        return state_dict
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:  # a checkpoint from before torch 2.14 has no maximize
+            group.setdefault("maximize", False)
 
     # ----------------------------------------------------- the parameters as one flat vector
 
@@ -225,7 +248,12 @@ class LBFGS(Optimizer):
             else:
                 view = p.grad.view(-1)
             views.append(torch.view_as_real(view).view(-1) if view.is_complex() else view)
-        return torch.cat(views, 0)
+        flat_grad = torch.cat(views, 0)
+        return flat_grad.neg_() if self.param_groups[0].get("maximize", False) else flat_grad
+
+    def _loss(self, loss) -> float:
+        """The closure's loss as the float the search minimises (-loss with ``maximize``)."""
+        return -_float(loss) if self.param_groups[0].get("maximize", False) else _float(loss)
 
     def _add(self, t, d):
         """x <- x + t d."""
@@ -238,7 +266,7 @@ class LBFGS(Optimizer):
     def _evaluate_at(self, closure, x, t, d):
         """(f, g) at x + t d; the parameters are put back to ``x`` afterwards."""
         self._add(t, d)
-        loss = _float(closure())
+        loss = self._loss(closure())
         flat_grad = self._flat_grad()
         for p, saved in zip(self._params, x):
             p.copy_(saved)
@@ -261,6 +289,8 @@ class LBFGS(Optimizer):
         if group["line_search_fn"] not in (None, "strong_wolfe"):
             raise RuntimeError("only 'strong_wolfe' is supported")
 
+        if not self._params:  # nothing to optimise; the caller still gets its loss (as torch >= 2.14)
+            return closure()
         # LBFGS's state is global; torch keeps it under the first parameter, which makes
         # load_state_dict cast its tensors to that parameter's dtype and device
         state = self.state[self._params[0]]
@@ -268,7 +298,7 @@ class LBFGS(Optimizer):
         state.setdefault("n_iter", 0)
 
         orig_loss = closure()
-        loss = _float(orig_loss)
+        loss = self._loss(orig_loss)
         evals = 1
         state["func_evals"] += 1
         flat_grad = self._flat_grad()
@@ -329,7 +359,7 @@ class LBFGS(Optimizer):
                 self._add(t, d)
                 ls_evals, optimal = 0, False
                 if n_iter != max_iter:  # no use re-evaluating after the last iteration
-                    loss = _float(closure())
+                    loss = self._loss(closure())
                     flat_grad = self._flat_grad()
                     optimal = flat_grad.abs().max() <= tolerance_grad
                     ls_evals = 1

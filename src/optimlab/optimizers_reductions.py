@@ -84,7 +84,7 @@ class Muon(_WholeTensorChecks):
     ``lr=1e-3``, ``weight_decay=0.1`` (decoupled), ``momentum=0.95``, ``nesterov=True``,
     ``ns_coefficients=(3.4445, -4.7750, 2.0315)``, ``eps=1e-7``, ``ns_steps=5`` (< 100),
     ``adjust_lr_fn`` (None/"original": sqrt(max(1, A/B)); "match_rms_adamw":
-    0.2 sqrt(max(A, B))). Every parameter must be 2-D (a ``ValueError`` otherwise, as torch).
+    0.2 sqrt(max(A, B)); "spectral_unclamped", as torch >= 2.14: sqrt(A/B)). Every parameter must be 2-D (a ``ValueError`` otherwise, as torch).
 
     Muon is for the 2-D weights of hidden layers; torch's documentation optimizes every
     other parameter (biases, norms, embeddings) with AdamW: :func:`optimlab.muon_param_groups`
@@ -105,7 +105,7 @@ class Muon(_WholeTensorChecks):
             raise ValueError(f"momentum should be >= 0 but is: {momentum}")
         if not 0.0 <= weight_decay:
             raise ValueError(f"weight decay should be >= 0 but is: {weight_decay}")
-        if adjust_lr_fn is not None and adjust_lr_fn not in ["original", "match_rms_adamw"]:
+        if adjust_lr_fn is not None and adjust_lr_fn not in ["original", "match_rms_adamw", "spectral_unclamped"]:
             raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
                         ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,

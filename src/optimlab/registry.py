@@ -89,6 +89,19 @@ def published(module: str, name: str, **renames):
     return build
 
 
+def _where_torch_takes(torch_cls, *variants) -> tuple:
+    """The ``variants`` the installed torch's class accepts (newer arguments, such as LBFGS's
+    ``maximize`` and Muon's ``"spectral_unclamped"`` from torch 2.14 on): swept against torch
+    where it has them; tests/test_own_step.py and test_reductions.py check them on any torch."""
+    def takes(variant):
+        try:
+            torch_cls([torch.zeros(2, 2, requires_grad=True)], **variant)
+        except (TypeError, ValueError):
+            return False
+        return True
+    return tuple(v for v in variants if takes(v))
+
+
 _WD = {"weight_decay": 0.1}
 _MAX = {"maximize": True}
 
@@ -256,7 +269,8 @@ WITH_REDUCTIONS: tuple = (
           # adjustment (Liu et al. 2025) matches Muon's update RMS to AdamW's, so one lr fits both
           lab_preset={"adjust_lr_fn": "match_rms_adamw"},
           variants=({}, {"nesterov": False}, {"adjust_lr_fn": "match_rms_adamw", "weight_decay": 0.0},
-                    {"momentum": 0.9, "ns_steps": 3})),
+                    {"momentum": 0.9, "ns_steps": 3},
+                    *_where_torch_takes(torch.optim.Muon, {"adjust_lr_fn": "spectral_unclamped"}))),
     Entry("lamb", _r.LAMB, "Adam's direction with a layer-wise trust ratio",
           "You et al. 2020", test_lr=1e-2, tags=("modern",), reference=_lamb_reference,
           variants=(_NO_BC, {**_NO_BC, **_WD}, {**_NO_BC, **_MAX},
@@ -286,7 +300,9 @@ OWN_STEP: tuple = (
           test_lr=0.5, aliases=("l-bfgs",), tags=("torch",), needs_closure=True,
           variants=({"max_iter": 2}, {"max_iter": 3, "line_search_fn": "strong_wolfe"},
                     {"max_iter": 4, "history_size": 5, "line_search_fn": "strong_wolfe"},
-                    {"max_iter": 1, "history_size": 3}, {}, {"line_search_fn": "strong_wolfe"}),
+                    {"max_iter": 1, "history_size": 3}, {}, {"line_search_fn": "strong_wolfe"},
+                    *_where_torch_takes(torch.optim.LBFGS, {"max_iter": 3, "maximize": True},
+                                        {"line_search_fn": "strong_wolfe", "maximize": True})),
           # one gradient evaluation per step, as every other optimizer in a comparison gets;
           # torch's default (20 iterations, 25 evaluations) would get 20x the budget
           lab_preset={"max_iter": 1}),

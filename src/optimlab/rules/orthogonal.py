@@ -39,12 +39,15 @@ def newton_schulz(x, coefficients, steps: int, eps: float):
 def adjusted_lr_ratio(adjust_lr_fn, shape) -> float:
     """The factor on lr that gives rectangular matrices a consistent update RMS:
     ``"original"`` (None) sqrt(max(1, A/B)) (Keller Jordan); ``"match_rms_adamw"``
-    0.2 sqrt(max(A, B)) (Liu et al. 2025, "Muon is Scalable for LLM Training")."""
+    0.2 sqrt(max(A, B)) (Liu et al. 2025, "Muon is Scalable for LLM Training");
+    ``"spectral_unclamped"`` sqrt(A/B) (Bernstein, "Deriving Muon"; torch >= 2.14)."""
     A, B = shape[:2]
     if adjust_lr_fn is None or adjust_lr_fn == "original":
         return math.sqrt(max(1, A / B))
     if adjust_lr_fn == "match_rms_adamw":
         return 0.2 * math.sqrt(max(A, B))
+    if adjust_lr_fn == "spectral_unclamped":
+        return math.sqrt(A / B)
     return 1.0
 
 
