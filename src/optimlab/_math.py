@@ -180,6 +180,14 @@ class StateNumber(float):
         return number
 
 
+def stored_as(x, dtype: torch.dtype):
+    """``x`` rounded to ``dtype``, as a 0-dim state of that dtype stores it, read back in
+    double (a float, or a float64 tensor for a tensor ``x``)."""
+    if isinstance(x, torch.Tensor):
+        return x.to(dtype).to(torch.float64)
+    return x if dtype == torch.float64 else torch.tensor(x, dtype=dtype).item()
+
+
 def in_place_mul(state, factor):
     """``state *= factor`` on a 0-dim state tensor, as torch computes it: ``factor`` rounded
     to the state's dtype, then the product rounded to it (torch.optim.NAdam's
@@ -191,10 +199,10 @@ def in_place_mul(state, factor):
     if isinstance(state, StateNumber):
         if isinstance(factor, torch.Tensor):  # a Tensor beta (differentiable=True): keep its graph
             return in_place_mul(torch.tensor(float(state), dtype=state.dtype, device=factor.device), factor)
-        if state.dtype == torch.float64:
-            return StateNumber(state * factor, state.dtype)
-        rounded = torch.tensor(factor, dtype=state.dtype).mul_(float(state))
-        return StateNumber(rounded.item(), state.dtype)
+        # a product of two float32 values is exact in double, so one rounding after it is
+        # float32's own multiply
+        return StateNumber(stored_as(float(state) * stored_as(factor, state.dtype), state.dtype),
+                           state.dtype)
     if _hook(state, "__optimlab_in_place_mul__"):
         return state.__optimlab_in_place_mul__(factor)
     return state * factor

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .._math import abs_, maximum, sqrt
+from .._math import abs_, maximum, sqrt, stored_as
 from .foreach_codegen import _const
 from .trace import TraceError, live
 
@@ -58,15 +58,8 @@ def _fill(like: list, c) -> list:
     return [torch.zeros_like(t) + ci for t, ci in zip(like, c if isinstance(c, list) else [c] * len(like))]
 
 
-def _stored(x, dtype: torch.dtype):
-    """``x`` rounded to the dtype a 0-dim state is kept in (a "stored" node), as float64."""
-    if isinstance(x, torch.Tensor):
-        return x.to(dtype).to(torch.float64)
-    return x if dtype == torch.float64 else torch.tensor(x, dtype=dtype).item()
-
-
 _NAMESPACE = {"F": torch, "_sqrt": sqrt, "_maximum": maximum, "_abs": abs_, "_barrier": _barrier,
-              "_vec": _vec, "_fill": _fill, "_stored": _stored, "math": math}
+              "_vec": _vec, "_fill": _fill, "_stored": stored_as, "math": math}
 
 
 def generate(tr):

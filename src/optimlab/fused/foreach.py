@@ -227,6 +227,7 @@ class _Bucket:
         self.copied = frozenset(b for b, ts in self.storage.items() if any(t.dtype != self.compute for t in ts))
         self.prog = self._program(self._grads())
         self.scalar_state = None  # 0-dim state tensors per key, listed on the first run
+        self.scalar_dtypes = None  # their dtypes, per key (the "stored" roundings)
         self._known: dict = {}  # key -> (version counters, values) after this path's last write
         self.numels = [t.numel() for t in self.storage["param"]]  # real elements
         self.total = sum(self.numels)
@@ -261,8 +262,8 @@ class _Bucket:
         if tr.scalar_inputs:
             if self.scalar_state is None:
                 self.scalar_state = {k: [st[k] for st in sts] for k in tr.scalar_inputs}
-            columns = [self._values(k) for k in tr.scalar_inputs]
-            columns += [[t.dtype for t in self.scalar_state[k]] for k in tr.scalar_inputs]
+                self.scalar_dtypes = [[t.dtype for t in self.scalar_state[k]] for k in tr.scalar_inputs]
+            columns = [self._values(k) for k in tr.scalar_inputs] + self.scalar_dtypes
             split = {}
             for i, row in enumerate(zip(*columns)):
                 split.setdefault(row, []).append(i)

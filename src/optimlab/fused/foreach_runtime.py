@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .._math import abs_, as_default_dtype, clamp, maximum, minimum, sign, sqrt
+from .._math import abs_, as_default_dtype, clamp, maximum, minimum, sign, sqrt, stored_as
 
 
 def _fdiv(a: float, b: float) -> float:
@@ -73,12 +73,7 @@ def _select(cond: bool, a, b) -> list:
     return [t.clone() for t in x] if _is_list(x) else _full(other, x)
 
 
-def _stored(x: float, dtype: torch.dtype) -> float:
-    """``x`` as a 0-dim state of ``dtype`` stores it (the "stored" node of the trace)."""
-    return x if dtype == torch.float64 else torch.tensor(x, dtype=dtype).item()
-
-
 NAMESPACE = {"F": torch, "_sqrt": sqrt, "_maximum": maximum, "_minimum": minimum, "_abs": abs_,
               "_sign": sign, "_clamp": clamp, "_fdiv": _fdiv, "_full": _full, "_compare": _compare,
               "_where": _where, "_select": _select, "_T": _T, "_float32": as_default_dtype,
-             "_stored": _stored, "math": math}
+             "_stored": stored_as, "math": math}
