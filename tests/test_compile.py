@@ -201,6 +201,48 @@ def test_numbers_written_every_step_do_not_recompile_every_step(entry, key):
     assert seen[-1] == seen[3] <= 2 + lazy_state(opt_c), seen
 
 
+@pytest.mark.parametrize("written", [True, False], ids=["written", "read"])
+@pytest.mark.parametrize("entry", RULE_PARAMS)
+def test_group_written_or_read_in_the_frame_before_the_step(entry, written):
+    """A hand-written warmup inside a compiled training step, a graph break after the step
+    (``zero_grad`` is one): ``group["lr"] = base * min(1, (t + 1) / 10)`` from the step
+    number (an int Dynamo makes symbolic on its second call), then ``opt.step()``; or the
+    group only read (``lr`` logged into the loss) before it. The compiled step used to make
+    the group's numbers tensors after the frame had read them, and the analysis after the
+    break read them changed: ``SpeculationLogDivergence`` on the first call; Rprop's step
+    size started at the lr before the write. Now equal to the eager loop: a written group
+    breaks the graph before the step (as torch.optim's step always does), a read one
+    breaks nothing."""
+    p_c, opt_c = make(entry)
+    p_e, opt_e = make(entry)
+    base = entry.test_lr
+
+    def warmup(opt, t):
+        for g in opt.param_groups:
+            g["lr"] = base * min(1.0, (t + 1) / 10)
+
+    @torch.compile(backend="eager")
+    def train_step(t, x):
+        if written:
+            warmup(opt_c, t)
+        y = x * opt_c.param_groups[0]["lr"]
+        opt_c.step()
+        torch._dynamo.graph_break()
+        return y
+
+    for t in range(12):
+        set_grads([p_c, p_e], t)
+        if not written:
+            warmup(opt_c, t)
+        train_step(t, torch.ones(()))
+        warmup(opt_e, t)
+        opt_e.step()
+    assert rel(p_c, p_e) <= 1e-12
+    ours = {r for r in optimlab_breaks() if "optimlab" in r or SRC in r}
+    assert all("param group written before the step" in r for r in ours), ours
+    assert bool(ours) == written, optimlab_breaks()
+
+
 @pytest.mark.parametrize("name", ["adam", "sgd"])
 def test_betas_and_momentum_schedules(name):
     """Betas (never branched on) become graph inputs; momentum, which SGD's rule branches on
@@ -662,3 +704,17 @@ def test_distributed_checkpoints_after_traced_steps(entry, tmp_path):
         opt_e.step()
     assert rel(list(m_l), list(m_e)) <= 1e-10  # NAdam reads 1.3e-12 here
     assert rel(list(m_c), list(m_e)) <= 1e-10
+
+
+def test_scheduler_made_after_a_compiled_step_saves_numbers():
+    """An LR scheduler built after a compiled step copies the lr the step made a tensor into
+    ``initial_lr``; ``state_dict()`` writes it as the number, as the eager optimizer does."""
+    params, opt = make(lookup("adam"))
+    set_grads([params], 0)
+    calling_step(opt, "eager")()
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 10)
+    assert isinstance(opt.param_groups[0]["initial_lr"], torch.Tensor)  # what torch's scheduler copied
+    sched.step()
+    group = opt.state_dict()["param_groups"][0]
+    assert type(group["lr"]) is float and type(group["initial_lr"]) is float
+    assert group["initial_lr"] == lookup("adam").test_lr

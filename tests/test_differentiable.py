@@ -44,6 +44,7 @@ from torch.autograd.functional import jacobian
 from conftest import CASES, ENTRY_PARAMS, RULE_CASES, accepts, drive, make_params, rel_err, tolerance, two_groups
 from numpy_reference import Quadratic
 from optimlab.engine import as_real, hyperparameters
+from optimlab.registry import RULE_ENTRIES
 
 # torch's Adafactor (and Muon) have no differentiable mode: nothing to compare with, and
 # their constructors refuse the flag as torch's do
@@ -427,3 +428,24 @@ def test_grad_mode_like_torch(entry):
     assert recorded(entry.build, True, torch.no_grad)
     assert not recorded(entry.build, False, torch.enable_grad)
 
+
+
+#: entries torch.optim lacks that take ``differentiable=True``: their hypergradient against
+#: central differences of optimlab's own meta loss (floats, no graph)
+OWN_CASES = [pytest.param(e, v, id=f"{e.name}-{i}") for e in RULE_ENTRIES
+             if e.torch_cls is None and accepts(e.cls, "differentiable") for i, v in enumerate(e.variants)]
+
+
+@pytest.mark.parametrize("entry, variant", OWN_CASES)
+def test_tensor_lr_hypergradient_without_a_torch_twin(entry, variant):
+    """Schedule-free's group-level schedule (lr_t, max lr, weight sums) read a Tensor ``lr``
+    as a float, so ``d loss / d lr`` was None; every such entry now differentiates it."""
+    ours, _ = _builders(entry, variant)
+    seeds = {}  # no torch first step to line up with: the rule's own state from the start
+    lr = torch.tensor(entry.test_lr, requires_grad=True)
+    f = _hyper_fn(ours, ["lr"], seeds)
+    (got,) = torch.autograd.grad(f(lr), lr, allow_unused=True)
+    assert got is not None and got.abs() > 0
+    assert torch.autograd.gradcheck(f, (lr,))
+    (expected,) = _torch_finite_differences(ours, ["lr"], seeds, [lr])
+    assert (got - expected).abs().item() <= 1e-5 * expected.abs().item(), (got.item(), expected.item())

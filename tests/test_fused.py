@@ -288,12 +288,29 @@ def test_no_full_size_temporaries():
     assert allocated < p.numel() * p.element_size() // 8, allocated
 
 
-def test_fused_true_where_impossible_raises_and_none_falls_back():
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "Adagrad"])
+def test_fused_true_steps_a_param_with_gaps_as_torch_does(name):
+    """torch's fused kernels step a strided slice; optimlab's ``fused=True`` used to raise
+    (the C kernel takes only dense params): now the other paths step it, as fused=False."""
+    base = torch.randn(10, 10, dtype=torch.float64)
+    ps = [base[:, ::2].clone().detach().requires_grad_() for _ in range(3)]
+    ps[0], ps[1] = base.clone()[:, ::2].requires_grad_(), base.clone()[:, ::2].requires_grad_()
+    kw = {"lr": 0.1} if name == "SGD" else {}
+    opts = [getattr(optimlab, name)([ps[0]], fused=True, **kw), getattr(optimlab, name)([ps[1]], fused=False, **kw),
+            getattr(torch.optim, name)([ps[2]], fused=True, **kw)]
+    assert ps[0].stride() == (10, 2)
+    for t in range(5):
+        for p, opt in zip(ps, opts):
+            p.grad = torch.full_like(p, 0.5 + t)
+            opt.step()
+    assert torch.equal(ps[0], ps[1])
+    torch.testing.assert_close(ps[0], ps[2], rtol=1e-12, atol=0)
+
+
+def test_fused_none_falls_back_without_a_warning():
     base = torch.randn(10, 10)
     p = base[:, ::2].detach().requires_grad_()  # a view with gaps: not dense
     p.grad = torch.ones_like(p)
-    with pytest.raises(RuntimeError, match="fused=True"):
-        optimlab.Adam([p], fused=True).step()
     q = p.detach().clone().requires_grad_()
     q.grad = torch.ones_like(q)
     with warnings.catch_warnings():

@@ -44,7 +44,9 @@ def _train(entry, variant, fused_protocol: bool, flags: dict):
     opt = entry.build(params, lr=entry.test_lr, **variant, **flags)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=5)
     stepper = opt if fused_protocol else _plain(opt)
-    scaled_grads_seen = []
+    protocol = []
+    opt.register_step_pre_hook(lambda o, *_: protocol.append(getattr(o, "grad_scale", None) is not None))
+    grads_after = []
     for step in range(STEPS):
         grads = [torch.randn(x.shape, generator=gen) for x in x0]
         loss = sum((p * g).sum() for p, g in zip(params, grads)) + sum(p.square().sum() for p in params)
@@ -53,9 +55,10 @@ def _train(entry, variant, fused_protocol: bool, flags: dict):
         if step in INF_AT:
             params[0].grad[0, 0] = float("inf")
         scaler.step(stepper)
-        scaled_grads_seen.append(params[1].grad.clone())
+        grads_after.append([p.grad.clone() for p in params])
         scaler.update()
-    return [p.detach() for p in params], opt, scaled_grads_seen, scaler.get_scale()
+    assert protocol == [fused_protocol] * (STEPS - len(INF_AT) * (not fused_protocol)), protocol
+    return [p.detach() for p in params], opt, grads_after, scaler.get_scale()
 
 
 @pytest.mark.parametrize("entry, variant", [c.values for c in RULE_CASES], ids=[c.id for c in RULE_CASES])
@@ -68,8 +71,14 @@ def test_fused_protocol_equals_the_plain_path(entry, variant, flags):
     assert scale == scale_plain
     for a, b in zip(ours, plain):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-    # the protocol was used: GradScaler never unscaled the grads in place
-    assert not torch.equal(seen[-1], seen_plain[-1])
+    # after a step the grads are unscaled, as the plain path's unscale_ leaves them (and
+    # torch's fused kernels); a step skipped on inf leaves them scaled, as torch's fused do
+    for step, (mine, plain_grads) in enumerate(zip(seen, seen_plain)):
+        for a, b in zip(mine, plain_grads):
+            if step in INF_AT:
+                assert not torch.equal(a, b), step
+            else:
+                assert torch.equal(a, b), step
     for key, value in opt_plain.state[opt_plain.param_groups[0]["params"][0]].items():
         mine = opt.state[opt.param_groups[0]["params"][0]][key]
         torch.testing.assert_close(mine, value, rtol=1e-6, atol=1e-7)
@@ -90,3 +99,38 @@ def test_skipped_step_leaves_state_untouched():
     for k, v in opt.state[p].items():
         assert torch.equal(v, before[k]), k
     torch.testing.assert_close(p.detach(), torch.full((3,), 1 - 1e-3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("flags", [{}, {"foreach": True}, {"foreach": False}],
+                         ids=["default", "foreach", "for-loop"])
+def test_grads_after_the_step_as_torch_fused_leaves_them(flags, dtype):
+    """``p.grad`` after ``scaler.step(opt)``: torch's fused AdamW writes ``grad / scale`` back
+    (bit for bit, the step's own division), and leaves the grads scaled on a skipped step."""
+    import optimlab
+
+    gen = torch.Generator().manual_seed(0)
+    x0 = [torch.randn(33, 7, generator=gen).to(dtype), torch.randn(5, generator=gen).to(dtype)]
+    runs = []
+    for make in (lambda ps: torch.optim.AdamW(ps, fused=True), lambda ps: optimlab.AdamW(ps, **flags)):
+        params = [torch.nn.Parameter(x.clone()) for x in x0]
+        opt = make(params)
+        scaler = torch.amp.GradScaler("cpu", init_scale=3.0 * 2 ** 9, growth_interval=2)
+        g = torch.Generator().manual_seed(1)
+        seen = []
+        for step in range(6):
+            opt.zero_grad()
+            loss = sum((p.float() * torch.randn(p.shape, generator=g)).sum() for p in params)
+            scaler.scale(loss).backward()
+            if step == 3:
+                params[0].grad[1, 1] = float("nan")
+            scaler.step(opt)
+            scaler.update()
+            seen.append(([p.grad.clone() for p in params], [p.detach().clone() for p in params]))
+        runs.append(seen)
+    for step, ((grads, params), (my_grads, my_params)) in enumerate(zip(*runs)):
+        for a, b in zip(grads, my_grads):
+            assert torch.equal(a.nan_to_num(), b.nan_to_num()) and torch.equal(a.isnan(), b.isnan()), step
+        for a, b in zip(params, my_params):  # the step itself: float32 ulps apart, as in test_fused
+            torch.testing.assert_close(b, a, rtol=1e-6 if dtype == torch.float32 else 1e-2, atol=1e-6)
+

@@ -485,6 +485,24 @@ def test_sparse_adam_rejects_dense_gradients_and_bad_params_like_torch():
             _message(lambda _, **kw: torch.optim.SparseAdam(params)))
 
 
+def test_sparse_adam_refuses_state_of_another_shape_like_torch():
+    """A checkpoint of a (3, 3) param loaded for a (2, 2) one: torch's step raises, and so
+    does optimlab's (it used to step the param and keep (3, 3) moments)."""
+    def step_after_loading(cls):
+        a, b = torch.zeros(3, 3, requires_grad=True), torch.zeros(2, 2, requires_grad=True)
+        saved = cls([a], lr=0.01)
+        a.grad = torch.ones(3, 3).to_sparse()
+        saved.step()
+        opt = cls([b], lr=0.01)
+        opt.load_state_dict(saved.state_dict())
+        b.grad = torch.ones(2, 2).to_sparse()
+        return _message(lambda _, **kw: opt.step(), RuntimeError), b
+
+    (ours, b), (theirs, _) = step_after_loading(optimlab.SparseAdam), step_after_loading(torch.optim.SparseAdam)
+    assert ours == theirs and "incompatible sizes" in ours
+    assert not b.detach().any()
+
+
 def test_sparse_adam_leaves_untouched_rows_and_counts_empty_steps():
     """Rows a gradient never touches keep their value and zero moments; a step whose sparse
     gradient is empty only counts the step, as in torch."""

@@ -335,3 +335,41 @@ def test_step_dtype_under_a_float64_default_is_torchs(entry, fused):
     assert dtypes[0] == dtypes[1]
     if fused and "step" in dtypes[0]:
         assert dtypes[0]["step"] == torch.float32
+
+
+@pytest.mark.parametrize("direction, nesterov", [
+    ("torch->optimlab", False), ("torch->optimlab", True), ("optimlab->torch", False),
+    pytest.param("optimlab->torch", True, marks=pytest.mark.xfail(
+        strict=True, reason="torch's Nesterov step adds the buffer to the sparse grad: it "
+                            "takes only the sparse buffer its own SGD makes, not optimlab's dense one"))])
+def test_sgd_momentum_with_sparse_grads_loads_both_ways(direction, nesterov):
+    """torch's SGD keeps a sparse grad's momentum buffer sparse, optimlab's rule a dense one:
+    a checkpoint goes on with the same trajectory both ways, through torch.save and
+    torch.load(weights_only=True) (a sparse buffer used to fail the next step with
+    ``add(sparse, dense) is not supported``)."""
+    import optimlab
+
+    def grad(seed):
+        gen = torch.Generator().manual_seed(seed)
+        dense = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+        return (dense * (torch.rand(5, 3, generator=gen) > 0.5)).to_sparse()
+
+    first, second = ((torch.optim.SGD, optimlab.SGD) if direction == "torch->optimlab"
+                     else (optimlab.SGD, torch.optim.SGD))
+    kw = dict(lr=0.1, momentum=0.9, nesterov=nesterov)
+    p = torch.ones(5, 3, dtype=torch.float64, requires_grad=True)
+    opt = first([p], **kw)
+    for seed in range(4):
+        p.grad = grad(seed)
+        opt.step()
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    q = p.detach().clone().requires_grad_()
+    resumed = second([q], **kw)
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    for seed in range(4, 9):
+        p.grad, q.grad = grad(seed), grad(seed)
+        opt.step()
+        resumed.step()
+    torch.testing.assert_close(q, p, rtol=1e-14, atol=1e-15)

@@ -48,7 +48,15 @@ def for_torch(state_dict: dict) -> dict:
     groups = [{k: _number(v) for k, v in group.items()
                if not (k in OPTIMLAB_ONLY and _same(v, OPTIMLAB_ONLY[k]))}
               for group in state_dict["param_groups"]]
+    for group, saved in zip(groups, state_dict["param_groups"]):
+        # an LR scheduler made after a compiled step copied the made lr (its clone is unmarked)
+        if _made(saved.get("lr")) and isinstance(saved.get("initial_lr"), torch.Tensor):
+            group["initial_lr"] = float(saved["initial_lr"].item())
     return {**state_dict, "param_groups": groups}
+
+
+def _made(value) -> bool:
+    return isinstance(value, torch.Tensor) and getattr(value, "_optimlab_number", None) is not None
 
 
 def as_tensor(value) -> torch.Tensor:
@@ -95,6 +103,17 @@ def implementation_flags(group: dict) -> dict:
 
 def _same(value, default) -> bool:
     return type(value) is type(default) and value == default
+
+
+def dense_state(optimizer) -> None:
+    """Loaded state buffers in sparse layout made dense: torch's SGD keeps the momentum buffer
+    of a param with sparse grads sparse (``clone(grad)``, then sparse additions); the rule's
+    state is dense, as optimlab's own SGD makes it. Same values, so the trajectory goes on."""
+    for p, state in optimizer.state.items():
+        if isinstance(p, torch.Tensor) and p.layout == torch.strided:
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.is_sparse:
+                    state[key] = value.to_dense()
 
 
 def check_loaded_state(optimizer) -> None:

@@ -105,6 +105,9 @@ class RuleOptimizer(Optimizer):
     #: GradScaler's fused protocol: it sets ``grad_scale`` and ``found_inf`` on the optimizer
     #: instead of unscaling the grads itself; the step unscales and skips on inf.
     _step_supports_amp_scaling: ClassVar[bool] = True
+    #: the error for a sparse gradient where the rule takes none: torch.optim's words
+    #: (``"<class> does not support sparse gradients"`` when None)
+    sparse_refusal: ClassVar[str | None] = None
 
     def __setstate__(self, state):
         # torch's __setstate__ adds "differentiable" to the defaults; a class without that
@@ -132,6 +135,7 @@ class RuleOptimizer(Optimizer):
         super().load_state_dict(checkpoint.for_loading(state_dict, self.param_groups, self.defaults))
         try:
             checkpoint.check_loaded_state(self)
+            checkpoint.dense_state(self)
         except ValueError:
             self.state, self.param_groups = before
             raise
@@ -281,8 +285,12 @@ class RuleOptimizer(Optimizer):
         else:  # reductions, matrix products: generated passes (optimlab.fused.passes)
             from .fused import passes, passes_shards
 
+            stepped = params
             params = passes_shards.step(self, group, params, h)  # DTensors: on their shards
             rest = passes.step(self, group, params, h)
+            if h.grad_scale is not None:  # the passes leave the grads as they were
+                left = set(map(id, rest))
+                _unscale_grads([p for p in stepped if id(p) not in left], h.grad_scale)
         for p in rest:
             self.reference_step(p, h)
 
@@ -314,12 +322,8 @@ class RuleOptimizer(Optimizer):
     def _check_grads(self, params):
         if self.rule.sparse_ok or not any(map(_is_sparse, map(_grad, params))):
             return
-        for p in params:
-            if p.grad.is_sparse:
-                raise RuntimeError(
-                    f"{type(self).__name__} does not support sparse gradients; "
-                    "use torch.optim.SparseAdam or dense gradients"
-                )
+        if any(p.grad.is_sparse for p in params):
+            raise RuntimeError(self.sparse_refusal or f"{type(self).__name__} does not support sparse gradients")
 
     def reference_step(self, p: torch.Tensor, h: Namespace, traced: bool = False) -> None:
         """The readable path: run :func:`update` on tensors for one parameter.
@@ -331,6 +335,8 @@ class RuleOptimizer(Optimizer):
         """
         new_p = self._on_tensors(p, h, lambda q, g, s: update(self.rule, q, g, s, h), traced)
         write_back(as_real(p), _placed_like(new_p, p), traced)
+        if h.grad_scale is not None:
+            _unscale_grads([p], h.grad_scale)
 
     def _on_tensors(self, p: torch.Tensor, h: Namespace, run, traced: bool = False):
         """``run(p, g, s)`` on ``p``'s tensors and state (see :meth:`reference_step`); the
@@ -389,3 +395,14 @@ def _placed_like(value, target):
     if placements is None or getattr(value, "placements", placements) == placements:
         return value
     return value.redistribute(target.device_mesh, placements)
+
+
+def _unscale_grads(params: list, scale: float) -> None:
+    """GradScaler's fused protocol: after the step ``p.grad`` holds ``grad / grad_scale``, as
+    torch's fused kernels leave it (a grad-norm log after ``scaler.step`` sees the true
+    gradient). The kernels printed from the traced graph write it themselves (its ``grad``
+    output); this is for the paths that read the grad and do not (the reference path, the
+    passes of rules with reductions). A step skipped on ``found_inf`` leaves them scaled, as
+    torch's do."""
+    for p in params:
+        p.grad.div_(scale)

@@ -91,6 +91,10 @@ class SparseAdam(Optimizer):
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        for key in ("exp_avg", "exp_avg_sq"):  # a checkpoint of another param: torch's error
+            if state[key].shape != p.grad.shape:
+                raise RuntimeError("sparse_mask(): operands have incompatible sizes; self has size "
+                                   f"{list(state[key].shape)} but mask has size {list(p.grad.shape)}")
         state["step"] += 1
         grad = p.grad.coalesce()  # unique indices: the update is not linear in g
         if grad._values().numel() == 0:

@@ -75,7 +75,7 @@ import torch
 
 from . import build
 from .build import BuildError
-from .plan import Plan, Unfusable, all_readable, check_device, hkey, readable
+from .plan import NOT_DENSE, Plan, Unfusable, all_readable, check_device, hkey, readable
 
 _plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _warned: set = set()
@@ -195,8 +195,9 @@ def _step(optimizer, group, params, grads, h, required: bool) -> None:
         return
     key = hkey(h)
     plan = _plan(optimizer, group, params, h, key)
-    if plan.reference and required:
-        raise Unfusable("; ".join(sorted(set(plan.reasons + list(map(str, plan.kernel_errors))))))
+    blocking = set(plan.reasons + list(map(str, plan.kernel_errors))) - {NOT_DENSE}
+    if plan.reference and required and blocking:
+        raise Unfusable("; ".join(sorted(blocking)))
     if not plan.buckets:
         _unfused(optimizer, group, plan, h)
         return

@@ -223,12 +223,77 @@ def prepare(optimizer) -> bool:
     _install_float_specialization_reset()  # here: once per compilation, after any torch._dynamo.reset()
     grad_scale = getattr(optimizer, "grad_scale", None)
     grad_scale = None if grad_scale is None else float(grad_scale)
-    plans = []
+    _break_if_written_in_frame(optimizer)
+    plans, before = [], [dict(group) for group in optimizer.param_groups]
     for group in optimizer.param_groups:
         optimizer._keep_flags(group)
         plans.append(_plan(optimizer, group, grad_scale))
     optimizer._compiled_plans = tuple(plans)
+    _restart_if_seen(optimizer.param_groups, before)
     return True
+
+
+def _dynamo_tx():
+    """The instruction translator of the frame Dynamo is tracing, or None (called eagerly)."""
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        return InstructionTranslator.current_tx()
+    except Exception:
+        return None
+
+
+def _break_if_written_in_frame(optimizer) -> None:
+    """A graph break before the step where the frame wrote a param group ahead of it
+    (``group["lr"] = base * warmup(t)`` and then ``opt.step()`` in one compiled function):
+    the write is pending in Dynamo's trace, while :func:`prepare` reads the group as it
+    stands (state that starts at ``lr``, Rprop's step size; the sign of ``weight_decay`` a
+    program is traced for). The step then runs eagerly after the write, as torch.optim's
+    step always does (it breaks the graph before and after every step)."""
+    tx = _dynamo_tx()
+    if tx is None:
+        return
+    try:
+        effects = tx.output.side_effects
+        written = [o for o in (optimizer.param_groups, *optimizer.param_groups)
+                   if id(o) in effects.id_to_variable and effects.is_modified(effects.id_to_variable[id(o)])]
+    except AttributeError:  # another torch's internals
+        return
+    if written:
+        from torch._dynamo.exc import unimplemented
+
+        unimplemented(
+            gb_type="optimlab: param group written before the step in the same frame",
+            context=f"{type(optimizer).__name__}.step()",
+            explanation="The frame writes a param group (lr, betas, ...) and then steps: optimlab "
+                        "steps eagerly after the write, as torch.optim's step does.",
+            hints=["Write hyperparameters outside the compiled function (an LR scheduler's "
+                   "step after it): no break."])
+
+
+def _restart_if_seen(groups: list, before: list) -> None:
+    """Restart Dynamo's analysis of the frame where :func:`prepare` rewrote a param group
+    (a hyperparameter made a tensor, a flag put back) that the frame had already read before
+    the step (``group["lr"] = ...`` ahead of ``opt.step()``): Dynamo's copy of that group
+    holds the old values, and the analysis that follows a graph break further on would read
+    the new ones (a diverged speculation log). The restart reads them from the start; the
+    next :func:`prepare` rewrites nothing, so it restarts once. As Dynamo's own
+    ``nn.Module`` unspecialization does."""
+    changed = [g for g, b in zip(groups, before)
+               if g.keys() != b.keys() or any(g[k] is not v for k, v in b.items())]
+    if not changed:
+        return
+    tx = _dynamo_tx()
+    if tx is None:  # called eagerly, not from Dynamo's trace
+        return
+    try:
+        seen = tx.output.side_effects.id_to_variable
+        if not any(id(g) in seen for g in changed):
+            return
+    except AttributeError:  # another torch's internals: restart to be safe
+        pass
+    raise torch._dynamo.exc.UnspecializeRestartAnalysis(
+        restart_reason="optimlab: param group hyperparameters made tensors")
 
 
 def _as_real(t):

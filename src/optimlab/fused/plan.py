@@ -172,6 +172,11 @@ def all_readable(grads) -> bool:
     return all(map(readable, grads))
 
 
+#: a param the kernel skips without refusing ``fused=True``: torch's fused kernels step it,
+#: so the other paths do here (a strided slice, an expanded view)
+NOT_DENSE = "param is not dense (overlapping or with gaps)"
+
+
 def dense_layout(t: torch.Tensor) -> bool:
     """Non-overlapping and dense: the elements fill ``numel`` consecutive slots from data_ptr."""
     if t.is_contiguous():
@@ -319,7 +324,7 @@ class Plan:
         if p.dtype not in SUPPORTED:
             raise Unfusable(f"param dtype {p.dtype}")
         if not dense_layout(p):
-            raise Unfusable("param is not dense (overlapping or with gaps)")
+            raise Unfusable(NOT_DENSE)
         lazy = []
         for k, fill in fills.items():
             t = st.get(k)

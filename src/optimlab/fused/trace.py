@@ -32,6 +32,7 @@ from types import SimpleNamespace
 import torch
 
 from ..rules import update
+from ..rules.base import unscaled
 
 
 class TraceError(TypeError):
@@ -283,6 +284,8 @@ def trace(rule, h: SimpleNamespace, present_lazy: frozenset) -> Trace:
         raise TraceError("the update did not produce a symbolic parameter")
 
     elem_outputs = {"param": p._lift(new_p)}
+    if h.grad_scale is not None:  # GradScaler's fused protocol: the grad is left unscaled
+        elem_outputs["grad"] = p._lift(unscaled(g, hs))
     scalar_outputs = {}
     for key in rule.scalars:
         value = getattr(s, key)

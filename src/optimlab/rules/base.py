@@ -138,13 +138,19 @@ def gradient(conv: Conventions, p, g, h):
     if h.maximize:
         g = -g
     if h.grad_scale is not None:
-        g = g / h.grad_scale
+        g = unscaled(g, h)
     if h.weight_decay != 0 and conv.weight_decay != "rule":
         if conv.weight_decay == "decoupled" or h.decoupled_weight_decay:
             p = p * (1 - h.lr * h.weight_decay)
         else:
             g = g + h.weight_decay * p
     return p, g
+
+
+def unscaled(g, h):
+    """GradScaler's fused protocol: ``g / grad_scale``, what the step computes with and writes
+    back into ``p.grad`` (as torch's fused kernels do)."""
+    return g / h.grad_scale
 
 
 def conventions_of(rule) -> Conventions:
@@ -204,10 +210,11 @@ def write_group(group: dict, values: dict) -> None:
     """Group-level state into the param group: in place where the group holds a 0-dim tensor
     (a graph input of the traced step, :mod:`optimlab.fused.traced_reference`, which a
     replaced object would recompile; eager steps may run between traced ones), else as the
-    new value."""
+    new value; a value that requires grad (``differentiable=True``) replaces the old one, so
+    the graph runs through every step's value."""
     for key, value in values.items():
         old = group.get(key)
-        if isinstance(old, torch.Tensor):
+        if isinstance(old, torch.Tensor) and not (isinstance(value, torch.Tensor) and value.requires_grad):
             write_back(old, value, traced=True)
         else:
             group[key] = value

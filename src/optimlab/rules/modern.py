@@ -101,8 +101,10 @@ def schedule_free_adamw_schedule(totals, group) -> bool:
 
 def _number(x):
     """A group value as a float; a tensor stays one while Dynamo traces the step (a graph
-    input: no ``item()``, no recompile when a schedule changes it)."""
-    return x if isinstance(x, torch.Tensor) and torch.compiler.is_compiling() else float(x)
+    input: no ``item()``, no recompile when a schedule changes it) and where it requires
+    grad (``differentiable=True``: the hypergradient flows through the schedule)."""
+    keep = isinstance(x, torch.Tensor) and (x.requires_grad or torch.compiler.is_compiling())
+    return x if keep else float(x)
 
 
 def _warmup(group):
