@@ -158,6 +158,20 @@ def test_rank_heatmap_is_coloured_by_tie_status(figures):
     assert {t.get_text() for t in ax.texts} >= {"5.5", "5", "11", "1"}
 
 
+def test_rank_heatmap_does_not_call_a_wide_spread_worse(figures):
+    """rmsprop is not significantly worse than the best, only outside its (contiguous)
+    group: neither the tied colour nor the "worse (significant)" one."""
+    table = {"rosen": {"adam": 1.0, "sgd": 2.0, "rmsprop": 3.0}}
+    rows = ["adam", "sgd", "rmsprop"]
+    plots.heatmap(table, rows, ["rosen"], "rank", fmt="{:g}", boxed={"rosen": ["adam"]},
+                  loose={"rosen": ["rmsprop"]})
+    fig = figures[-1]
+    rgb = np.asarray(fig.axes[0].get_images()[0].get_array())[..., :3]
+    assert not np.allclose(rgb[2, 0], rgb[0, 0]) and not np.allclose(rgb[2, 0], rgb[1, 0])
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "not shown worse (wide spread / no test)" in labels
+
+
 def test_two_d_figures_label_their_axes_and_the_seed(figures):
     from optimlab.lab.problems.functions2d import rosenbrock_problem
 

@@ -206,9 +206,11 @@ def test_all_failed_is_no_verdict():
 def test_single_optimizer_and_missing_seeds():
     v = S.compare_to_best({"adam": {0: 1.0, 1: 1.2}})
     assert (v.best, v.tied, v.significant, v.status) == ("adam", ["adam"], False, "verdict")
-    # An optimizer sharing only one seed with the best cannot be shown worse.
+    # An optimizer sharing only one seed with the best cannot be shown worse, nor tied:
+    # untested, no p-value, never significant.
     v = S.compare_to_best({"a": {0: 1.0, 1: 1.0, 2: 1.1}, "b": {2: 5.0, 7: 5.0}})
-    assert v.tied == ["a", "b"] and v.pvalues["b"] == 1.0
+    assert v.tied == ["a"] and v.untested == ["b"] and v.pvalues["b"] is None
+    assert v.basis["b"] == "untested" and not v.significant
 
 
 def test_failure_rules():
@@ -272,7 +274,15 @@ def test_tie_ranks_equal_values_share():
 
 def test_tie_ranks_groups():
     vals = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}
-    assert tie_ranks(vals, groups=[["a", "c"]]) == {"a": 1.5, "c": 1.5, "b": 3.0, "d": 4.0}
+    assert tie_ranks(vals, groups=[["a", "b"]]) == {"a": 1.5, "b": 1.5, "c": 3.0, "d": 4.0}
+    # A group is contiguous in value order: c never ranks ahead of b, whose value is
+    # lower, so c cannot join a's group past b (it was {"a": 1.5, "c": 1.5, "b": 3}).
+    assert tie_ranks(vals, groups=[["a", "c"]]) == {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}
+    assert tie_ranks(vals, groups=[["a", "b", "d"]]) == \
+        {"a": 1.5, "b": 1.5, "c": 3.0, "d": 4.0}
+    # A non-member equal to the group's best shares its rank.
+    assert tie_ranks({"a": 0.1, "b": 0.1, "c": 0.3}, groups=[["a", "c"]]) == \
+        {"a": 2.0, "b": 2.0, "c": 2.0}
     assert tie_ranks(vals, groups=[["a", "b", "c"]], method="min") == \
         {"a": 1.0, "b": 1.0, "c": 1.0, "d": 4.0}
     # Ranks always add up to 1 + ... + n with mean ranking.
@@ -343,7 +353,7 @@ def test_zero_spread_needs_three_differences(diffs, p):
 def test_zero_spread_on_two_seeds_decides_nothing():
     two = {"a": {0: 1.0, 1: 2.0}, "b": {0: 1.5, 1: 2.5}}   # b - a = 0.5 on both seeds
     v = S.compare_to_best(two)
-    assert v.tied == ["a", "b"] and not v.significant
+    assert v.tied == ["a"] and v.untested == ["b"] and not v.significant
     assert S.claim_test(two["a"], two["b"]) == "inconclusive"
     three = {o: {**d, 2: d[1] + 1.0} for o, d in two.items()}
     assert S.compare_to_best(three).tied == ["a"]

@@ -182,8 +182,14 @@ def test_foreign_files_are_refused(tmp_path):
     conn.execute("CREATE TABLE t (x)")
     conn.commit()
     conn.close()
-    with pytest.raises(StoreError):
-        Store(other)
+    # Another program's SQLite file (schema version 0) is not "an incompatible optimlab
+    # store": say what it is, for opening and for reporting alike.
+    for create in (True, False):
+        with pytest.raises(StoreError) as err:
+            Store(other, create=create)
+        assert str(err.value).startswith(f"{other} is not an optimlab results store "
+                                         "(an SQLite file of another program: tables t)")
+        assert "incompatible" not in str(err.value) and "version" not in str(err.value)
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError):
@@ -229,3 +235,42 @@ def test_create_false_leaves_an_empty_file_alone(tmp_path):
     with pytest.raises(StoreError, match="no results store"):
         Store(tmp_path / "missing.sqlite", create=False)
     assert not (tmp_path / "missing.sqlite").exists()
+
+
+def test_sqlite_json_functions_read_a_diverged_run(tmp_path):
+    """Standard JSON in the store: SQLite's json_extract reads an inf loss (as the string
+    'Infinity'), and the record still reads back exactly."""
+    path = tmp_path / "results.sqlite"
+    rec = _record()
+    rec.curves["val_loss"] = [1.5, -math.inf, math.nan]
+    with Store(path) as store:
+        store.put(rec)
+        store.set_meta("optimum", math.inf)
+    with sqlite3.connect(path) as conn:
+        got = conn.execute("SELECT json_extract(final, '$.val_loss'), "
+                           "json_extract(curves, '$.val_loss[1]'), "
+                           "json_valid(trajectory) FROM runs").fetchone()
+        assert got == ("Infinity", "-Infinity", 1)
+        assert conn.execute("SELECT json_extract(value, '$') FROM meta "
+                            "WHERE key='optimum'").fetchone() == ("Infinity",)
+    conn.close()
+    with Store(path) as store:
+        (back,) = store.records()
+        assert store.meta()["optimum"] == math.inf
+    assert back.final == rec.final and back.curves["val_loss"][:2] == [1.5, -math.inf]
+    assert math.isnan(back.curves["val_loss"][2])
+
+
+def test_a_store_with_bare_infinity_tokens_still_reads(tmp_path):
+    """Stores written before held Python's bare Infinity/NaN tokens: read as before."""
+    path = tmp_path / "results.sqlite"
+    rec = _record()
+    with Store(path) as store:
+        store.put(rec)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE runs SET final=?", (store_mod.json.dumps(rec.final),))
+        assert "Infinity" in conn.execute("SELECT final FROM runs").fetchone()[0]
+    conn.close()
+    with Store(path) as store:
+        (back,) = store.records()
+    assert back == rec

@@ -142,6 +142,16 @@ def test_json_agrees_with_the_results_table(built):
         assert built["sel"][(p, v["best"])].lr == v["lr"]
 
 
+def _report_of(tmp_path, recs, **meta) -> None:
+    """The report built from a store holding ``recs`` (and META, plus ``meta``)."""
+    with Store(tmp_path / "results.sqlite") as store:
+        for r in recs:
+            store.put(r)
+        for k, v in {**META, **meta}.items():
+            store.set_meta(k, v)
+    build_report(tmp_path)
+
+
 def _section(page, sid):
     m = re.search(rf'<section id="{sid}">(.*?)</section>', page, re.S)
     assert m, sid
@@ -276,14 +286,87 @@ def test_one_seed_gives_no_interval_no_test_and_no_best(tmp_path, vals, tested, 
     buf = io.StringIO()
     V.print_table([row], file=buf)
     assert ("indistinguishable" not in buf.getvalue()) and ("± 0 " not in buf.getvalue())
-    with Store(tmp_path / "results.sqlite") as store:
-        for r in recs:
-            store.put(r)
-        for k, v in META.items():
-            store.set_meta(k, v)
-    build_report(tmp_path)
+    _report_of(tmp_path, recs)
     md = (tmp_path / "summary.md").read_text(encoding="utf-8")
     table = [ln for ln in md.splitlines() if ln.startswith("| p | adam")]
     assert table and ("★" in table[0]) is (tested or "failed" in words)
     assert words in _html.unescape(re.sub(r"<[^>]+>", "",
                                           (tmp_path / "report.html").read_text("utf-8")))
+
+
+#: The QA's rosenbrock (sgd, adam, rmsprop, 4 seeds): rmsprop's mean is the worst, but its
+#: spread is so wide that the test cannot tell it from adam, while sgd (a better mean) is
+#: significantly worse.
+WIDE = {"adam": [1.90e-5, 1.95e-5, 1.92e-5, 1.94e-5], "sgd": [0.0640, 0.0645, 0.0641, 0.0643],
+        "rmsprop": [0.153, 0.903, 0.181, 0.182]}
+
+
+def test_ranks_and_the_answer_follow_the_seed_means(tmp_path):
+    """'Indistinguishable from the best' is not transitive: rmsprop is neither co-best
+    nor ranked ahead of sgd, whose mean is better; it is named apart (wide spread)."""
+    recs = [rec("rosen", o, BEST_LR, s, v, "sweep" if s == 0 else "seeds")
+            for o, vs in WIDE.items() for s, v in enumerate(vs)]
+    v = V.verdicts(recs)["rosen"]
+    assert v.pvalues["rmsprop"] >= 0.05 > v.pvalues["sgd"]
+    assert v.tied == ["adam"] and v.unresolved == ["rmsprop"] and not v.significant
+    ranks = V.rank_table({"rosen": v})["rosen"]
+    assert ranks == {"adam": 1.0, "sgd": 2.0, "rmsprop": 3.0}
+    kind = V.per_kind({"rosen": ranks}, {"rosen": "2-D"}, {"rosen": v}, A.select_best(recs))
+    assert kind["2-D"]["leaders"] == ["adam"]
+    row = V.rows({"rosen": v}, A.select_best(recs), {"rosen": "2-D"})[0]
+    assert row["tied"] == ["adam"] and row["named"] == ["adam"]
+    assert "significantly best" not in row["text"] and "indistinguishable" not in row["text"]
+    assert "not distinguishable from the best (wide spread): rmsprop" in row["text"]
+    _report_of(tmp_path, recs)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    ans = " ".join(_html.unescape(re.sub(r"<[^>]+>", " ", _section(page, "answer"))).split())
+    assert "adam, rmsprop" not in ans and "rmsprop — " not in ans and "(shared)" not in ans
+    assert "wide spread" in ans
+    md = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert "rmsprop ≈" not in md and "| rosen | rmsprop |" in md
+    assert _section(page, "table").count('class="tied"') == 1
+
+
+def test_one_seed_comparisons_are_untested_not_ties(tmp_path):
+    """--seeds 1: no comparison was tested, so none is a tie with p = 1, no shared rank
+    and no co-best card; the Δ column says "no test"."""
+    vals = {("rav", "sgd"): 0.030, ("rav", "momentum"): 0.066,
+            ("five", "sgd"): 0.60, ("five", "momentum"): 0.58}
+    recs = [rec(p, o, BEST_LR, 0, v, "sweep") for (p, o), v in vals.items()]
+    vs = V.verdicts(recs)
+    for v in vs.values():
+        assert v.tied == [v.best] and v.untested == v.order[1:] and not v.significant
+        assert all(v.pvalues[o] is None for o in v.untested)
+    assert V.rank_table(vs) == {}
+    kinds = {"rav": "2-D", "five": "2-D"}
+    card = V.per_kind(V.rank_table(vs), kinds, vs, A.select_best(recs))["2-D"]
+    assert card["optimizer"] is None and card["untested"] and not card["failed"]
+    _report_of(tmp_path, recs, problem_info={p: {"kind": "2-D", "description": p} for p in kinds})
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    ans = " ".join(_html.unescape(re.sub(r"<[^>]+>", " ", _section(page, "answer"))).split())
+    assert "(shared)" not in ans and "mean tie-aware rank 1" not in ans
+    assert "no test not enough seeds to compare on its 2 problems" in ans
+    table = _section(page, "table")
+    assert "(p 1)" not in table and "no test: 1 seed" in table
+    md = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert "no test (not enough seeds to compare)" in md
+
+
+def test_a_best_singled_out_by_failures_is_not_called_significant(tmp_path):
+    """Every sgd run diverged, adam trained 4 seeds: adam is the best because the others
+    failed, not by a test; no renderer says "significantly best"."""
+    vals = {"adam": [0.21, 0.22, 0.20, 0.23], "sgd": [None] * 4}
+    recs = [rec("q", o, BEST_LR, s, v, "sweep" if s == 0 else "seeds")
+            for o, vs in vals.items() for s, v in enumerate(vs)]
+    row = V.rows(V.verdicts(recs), A.select_best(recs), {"q": "quadratic"})[0]
+    assert row["tested"] and row["significant"] and row["by_failures"]
+    assert row["text"] == "adam — best: every other optimizer failed (no test)"
+    buf = io.StringIO()
+    V.print_table([row], file=buf)
+    assert "every other optimizer failed" in buf.getvalue()
+    _report_of(tmp_path, recs)
+    page = _html.unescape((tmp_path / "report.html").read_text("utf-8"))
+    md = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    for text in (buf.getvalue(), page, md):
+        assert "significantly best" not in text
+    assert "**adam** — best: every other optimizer failed (no test)" in md

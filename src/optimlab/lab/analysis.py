@@ -289,15 +289,11 @@ def score_costs(records, selections=None) -> dict:
     Where the optimum is known: cost = max(loss - optimum, the optimum floor's gap), so
     runs that reached the optimum cost the same. Without it: cost = the loss itself
     when every finite loss is > 0; problems where neither holds (negative losses) are
-    left out: ratios are undefined. Every member of the verdict's tied group costs what
-    the best costs (indistinguishable from it: ratio 1), where the verdict could test
-    (``verdicts.testable``).
+    left out: ratios are undefined. Every optimizer keeps its own cost, tied or not: the
+    profile reads "within a factor τ of the best", and a tie is the verdicts' to show.
     """
-    from . import verdicts as V   # verdicts builds on this module
-
     selections = select_best(records) if selections is None else selections
     opt, fl = optima(records), floors(records)
-    vs = V.verdicts(records, selections)
     by_p = defaultdict(dict)
     for (p, o), s in selections.items():
         by_p[p][o] = s.score
@@ -313,9 +309,6 @@ def score_costs(records, selections=None) -> dict:
             cost = dict(c)
         else:
             continue
-        v = vs.get(p)
-        if v is not None and V.testable(v) and math.isfinite(cost.get(v.best, INF)):
-            cost.update({o: cost[v.best] for o in v.tied if o in cost})
         out[p] = cost
     return out
 

@@ -31,7 +31,14 @@ class _Parser(argparse.ArgumentParser):
 
 # --------------------------------------------------------------------- arguments
 
-def _int_at_least(low: int):
+#: Largest values of the integer options: far past any sensible comparison, and small
+#: enough that a typo (--seeds 99999999999999999999) is refused at once instead of
+#: planning runs until memory runs out.
+MAX_SEEDS, MAX_STEPS, MAX_WORKERS, MAX_RETRIES = 10_000, 100_000_000, 4096, 100
+
+
+def _int_at_least(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high] (no upper bound when high is None)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -39,6 +46,8 @@ def _int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:,}, got {text}")
         return value
     return parse
 
@@ -60,16 +69,22 @@ def _positive(text: str, what: str = "must be positive") -> float:
     return value
 
 
+def _items(text: str, what: str) -> list:
+    """The comma-separated items of ``text``; none is an error that names ``what``."""
+    items = [n.strip() for n in text.split(",") if n.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"no {what} in {text!r}")
+    return items
+
+
 def _names(text: str) -> list:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"no names in {text!r}")
-    return names
+    return _items(text, "names")
 
 
 def _lrs(text: str) -> list:
     """The learning rates in ``text``, each once (0.01,0.010,1e-2 is one lr)."""
-    lrs = [_positive(item, "learning rates must be positive") for item in _names(text)]
+    lrs = [_positive(item, "learning rates must be positive")
+           for item in _items(text, "learning rates")]
     return list(dict.fromkeys(lrs))
 
 
@@ -105,13 +120,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--lrs", type=_lrs, help="comma-separated learning rates: a fixed grid, "
                    "no extension or refinement (default: the adaptive search from 1e-4 .. 1, "
                    "one per decade; the report lists every lr tried)")
-    c.add_argument("--seeds", type=_int_at_least(1), default=5,
+    c.add_argument("--seeds", type=_int_at_least(1, MAX_SEEDS), default=5,
                    help="seeds in total for the leading candidate lrs; the selected lr "
                         "always has them all (default: %(default)s)")
-    c.add_argument("--steps", type=_int_at_least(1),
+    c.add_argument("--steps", type=_int_at_least(1, MAX_STEPS),
                    help="steps per run (default: each problem's budget)")
     c.add_argument("--schedule", default="constant", help="lr schedule (default: constant)")
-    c.add_argument("--workers", type=_int_at_least(1), default=default_workers(),
+    c.add_argument("--workers", type=_int_at_least(1, MAX_WORKERS),
+                   default=default_workers(),
                    help=f"parallel worker processes, or Ray tasks in flight (default: "
                         f"{default_workers()})")
     c.add_argument("--executor", choices=("local", "ray"), default="local",
@@ -122,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
                         "node, or ray://HOST:PORT) instead of starting a local Ray instance")
     c.add_argument("--ray-cpus-per-run", type=_positive, metavar="N",
                    help="with --executor ray: CPUs each run's task asks for (default: 1)")
-    c.add_argument("--ray-retries", type=_int_at_least(0), metavar="N",
+    c.add_argument("--ray-retries", type=_int_at_least(0, MAX_RETRIES), metavar="N",
                    help="with --executor ray: retries of a run whose worker died before it "
                         "is recorded as failed (default: 3)")
     c.add_argument("--out", default="optimlab-results", help="output directory "

@@ -15,7 +15,9 @@ Method (stated in the report)
   procedure (Westfall & Young 1993) on paired t statistics, whose null distribution
   re-picks the best in every draw, so the family-wise error rate stays at ``alpha``
   including the choice of the best. The optimizers whose adjusted p-value is
-  >= ``alpha`` are *statistically indistinguishable* from the best (the tied group).
+  >= ``alpha`` are *statistically indistinguishable* from the best; the tied group is
+  the best and those of them that no significantly worse optimizer precedes in mean
+  order (so ranks follow the means).
 * **Resolution**: seed means that agree to ``RTOL`` (relative 1e-5) are equal, whatever
   the test says: deterministic (full-batch) problems give zero-spread differences of a
   few float32 ulps that no reader should take for a winner.
@@ -172,12 +174,19 @@ class Verdict:
 
     status: "verdict" or "no verdict" (nothing trained: every run of every optimizer
     failed, or no scores). best: the best optimizer (None without a verdict).
-    tied: the best plus every optimizer statistically indistinguishable from it, best
+    tied: the best plus the optimizers statistically indistinguishable from it that
+    follow it in the order with no significantly worse or untested one between, best
     first then by mean ([] without a verdict). significant: the best is significantly
     better than every other optimizer (there is at least one other). means: seed-mean
     loss, inf when any seed failed. cis: t-interval over the finite seeds.
-    failed: failed seeds per optimizer. pvalues: step-down max-t adjusted p vs best.
-    order: every optimizer, best first (the ranking used for ties and ranks).
+    failed: failed seeds per optimizer. pvalues: step-down max-t adjusted p vs best
+    (None where no test was possible). order: every optimizer, best first (the ranking
+    used for ties and ranks). basis: how each other optimizer's comparison was decided
+    ("test", "equal", "exact", "failure" or "untested", see compare_to_best).
+    unresolved: not significantly worse than the best, yet outside the tied group
+    because one ahead of it in the order is significantly worse or untested (a wide
+    spread; in order).
+    untested: no test was possible (too few seeds trained on both sides).
     """
 
     status: str
@@ -190,6 +199,9 @@ class Verdict:
     pvalues: dict = field(default_factory=dict)
     order: list = field(default_factory=list)
     alpha: float = 0.05
+    basis: dict = field(default_factory=dict)
+    unresolved: list = field(default_factory=list)
+    untested: list = field(default_factory=list)
 
 
 #: Relative resolution of a trained loss: float32 carries ~7 significant digits and the
@@ -206,38 +218,41 @@ def _close(a: float, b: float, rtol: float) -> bool:
 
 
 def _rule_vs_best(o: dict, b: dict, rtol: float = RTOL):
-    """The p-value that ``o`` is worse than the best ``b`` where a fixed rule decides it
-    (see compare_to_best, step 2), else None (a test is needed)."""
+    """(p-value that ``o`` is worse than the best ``b``, basis) where a fixed rule
+    decides it (see compare_to_best, step 2), else None (a test is needed). The p-value
+    is None where nothing can be shown (basis "untested")."""
     common = sorted(set(o) & set(b))
     o_fail = any(not math.isfinite(o[s]) for s in common)
     b_fail = any(not math.isfinite(b[s]) for s in common)
     o_all_fail = bool(common) and all(not math.isfinite(o[s]) for s in common)
     if o_fail and not b_fail:
-        return 0.0
+        return 0.0, "failure"
     if o_all_fail and any(math.isfinite(b[s]) for s in common):
-        return 0.0
+        return 0.0, "failure"
     both = [s for s in common if math.isfinite(o[s]) and math.isfinite(b[s])]
     if len(both) < 2:
-        return 1.0   # nothing can be shown
+        return None, "untested"   # nothing can be shown
     if _close(sum(o[s] for s in both) / len(both), sum(b[s] for s in both) / len(both), rtol):
-        return 1.0
+        return 1.0, "equal"
     m, sd = mean_sd([o[s] - b[s] for s in both])
     # Zero spread (below rounding noise): a deterministic difference, certain either way
     # once there are ZERO_SPREAD_N differences; two show nothing.
     if sd <= 1e-12 * max(1.0, abs(m)):
-        return 0.0 if len(both) >= ZERO_SPREAD_N and m > 0 else 1.0
+        if len(both) < ZERO_SPREAD_N:
+            return None, "untested"
+        return (0.0 if m > 0 else 1.0), "exact"
     return None
 
 
-def _p_vs_best(o: dict, b: dict, rtol: float = RTOL) -> float:
-    """Raw p-value that ``o`` is worse than the best ``b``, one comparison alone: the
-    rule's, else the paired t-test on the seeds where both trained, one-sided with its p
-    doubled (the best was picked from the same data: two-sided in disguise)."""
+def _p_vs_best(o: dict, b: dict, rtol: float = RTOL) -> tuple:
+    """(raw p-value that ``o`` is worse than the best ``b``, basis), one comparison
+    alone: the rule's, else the paired t-test on the seeds where both trained, one-sided
+    with its p doubled (the best was picked from the same data: two-sided in disguise)."""
     rule = _rule_vs_best(o, b, rtol)
     if rule is not None:
         return rule
     both = [s for s in sorted(set(o) & set(b)) if math.isfinite(o[s]) and math.isfinite(b[s])]
-    return min(1.0, 2.0 * paired_t([o[s] - b[s] for s in both], 0.0, "greater"))
+    return min(1.0, 2.0 * paired_t([o[s] - b[s] for s in both], 0.0, "greater")), "test"
 
 
 def _max_t_step_down(family: dict, best: dict) -> dict:
@@ -284,11 +299,12 @@ def compare_to_best(scores: dict, alpha: float = 0.05, level: float = 0.95,
        - o failed on a common seed where the best never failed: p = 0 (a failure is
          worse than any finite loss, so o is never tied with a failure-free best);
        - o failed on every common seed while the best trained on some: p = 0;
-       - fewer than 2 seeds where both trained: p = 1 (nothing can be shown);
+       - fewer than 2 seeds where both trained: untested, p = None (nothing can be
+         shown; never called a tie);
        - seed means (over the seeds where both trained) equal within ``rtol``
          (relative; see RTOL): p = 1, a difference below the loss's resolution;
        - per-seed differences with zero spread (a deterministic problem): p = 0 if o
-         is worse on at least ZERO_SPREAD_N seeds, else 1.
+         is worse on at least ZERO_SPREAD_N seeds, else 1; on fewer, untested.
     3. The rest are tested together, **step-down max-t** (Westfall & Young 1993): with
        t_o the paired t statistic of o - best over the best's seeds, the largest t_o is
        compared with the null distribution of max t over all of them *with the best
@@ -301,8 +317,12 @@ def compare_to_best(scores: dict, alpha: float = 0.05, level: float = 0.95,
        When the best itself failed on a seed, or o lacks one of the best's seeds, o
        gets the one-comparison p of :func:`_p_vs_best`, Bonferroni-corrected over the
        comparisons instead.
-    4. Adjusted p >= alpha means tied. ``status`` is "no verdict" when no optimizer has a
-       finite loss.
+    4. Adjusted p >= alpha means not significantly worse. The tied group is the best
+       and the optimizers after it in the order, up to the first one that is
+       significantly worse or untested (contiguous in the order, so ranks follow the
+       means); later ones that are not significantly worse are ``unresolved``.
+       ``significant``: every other optimizer is significantly worse. ``status`` is "no
+       verdict" when no optimizer has a finite loss.
 
     ``floor`` (:func:`optimum_floor`): steps 2 and 3 see every finite loss below it as
     the floor, so runs that reached the optimum tie; the order, means and intervals
@@ -332,23 +352,43 @@ def compare_to_best(scores: dict, alpha: float = 0.05, level: float = 0.95,
     best = order[0]
     tested = {o: {s: max(v, floor) for s, v in d.items()} for o, d in clean.items()}
     b = tested[best]
-    adj, family, alone = {}, {}, {}
+    adj, basis, family, alone = {}, {}, {}, {}
     for o in order[1:]:
         rule = _rule_vs_best(tested[o], b, rtol)
         if rule is not None:
-            adj[o] = rule
+            adj[o], basis[o] = rule
         elif not failed[best] and all(s in clean[o] and math.isfinite(clean[o][s]) for s in b):
             family[o] = tested[o]
         else:
-            alone[o] = _p_vs_best(tested[o], b, rtol)
+            alone[o] = _p_vs_best(tested[o], b, rtol)[0]
     if family:
         adj.update(_max_t_step_down(family, b))
     m = len(order) - 1
     adj.update({o: min(1.0, m * p) for o, p in alone.items()})
-    tied = [best] + [o for o in order[1:] if adj[o] >= alpha]
-    return Verdict("verdict", best, tied, significant=len(order) > 1 and len(tied) == 1,
+    basis.update({o: "test" for o in (*family, *alone)})
+    tied, unresolved, untested = _groups(order, adj, alpha)
+    return Verdict("verdict", best, tied, significant=len(order) > 1 and len(tied) == 1
+                   and not unresolved and not untested,
                    means=means, cis=cis, failed=failed, pvalues=adj, order=order,
-                   alpha=alpha)
+                   alpha=alpha, basis=basis, unresolved=unresolved, untested=untested)
+
+
+def _groups(order: list, adj: dict, alpha: float) -> tuple:
+    """(tied, unresolved, untested) from the order (best first) and the adjusted
+    p-values (None = untested). The tied group is contiguous in the order: an optimizer
+    joins it only if every optimizer ahead of it did, so no one shares the best's rank
+    while one with a better mean is left out ("indistinguishable from the best" is not
+    transitive). The others that are not significantly worse are unresolved."""
+    tied, unresolved, untested, contiguous = [order[0]], [], [], True
+    for o in order[1:]:
+        p = adj[o]
+        if p is None:
+            untested.append(o)
+        elif p >= alpha:
+            (tied if contiguous else unresolved).append(o)
+            continue
+        contiguous = False
+    return tied, unresolved, untested
 
 
 # ------------------------------------------------------------------ claims

@@ -4,7 +4,9 @@ every comparison written into it.
 Each ``put`` is one transaction, so a sweep killed at any moment leaves a consistent
 store with every run that had finished; re-running the same command skips those run
 ids. Spec fields are columns (queryable with any SQLite client); the final metrics,
-curves, trajectory and versions are JSON. Nothing is pickled.
+curves, trajectory and versions are standard JSON (a non-finite number as the string
+"Infinity", "-Infinity" or "NaN", so SQLite's ``json_extract`` reads every row). Nothing
+is pickled.
 
 Runs are shared: a run id is the hash of its spec, so two comparisons that need the
 same run store it once. Each comparison has an id (:func:`comparison_id`, a hash of its
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sqlite3
 from pathlib import Path
@@ -107,9 +110,41 @@ class StoreError(Exception):
     """The store cannot be used: written by an incompatible version, corrupt, or unopenable."""
 
 
+#: Non-finite floats in stored JSON: standard JSON has no token for them, so they are
+#: written as these strings (what Python's json writes bare) and read back as floats;
+#: SQLite's JSON functions then read every row. Stores written before hold the bare
+#: tokens, which json.loads reads as well.
+_NON_FINITE = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
+
+
+def _finite_json(value):
+    """``value`` with every non-finite float replaced by its :data:`_NON_FINITE` name."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
+
+
 def _dumps(value) -> str:
-    # allow_nan: diverged runs keep inf losses, and Python's json round-trips them exactly.
-    return json.dumps(value, allow_nan=True, separators=(",", ":"))
+    """Standard JSON (diverged runs keep their inf losses, see :data:`_NON_FINITE`)."""
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except ValueError:   # a non-finite float somewhere: name it
+        return json.dumps(_finite_json(value), allow_nan=False, separators=(",", ":"))
+
+
+def _non_finite(value):
+    """The inverse of :func:`_finite_json`."""
+    if isinstance(value, str):
+        return _NON_FINITE.get(value, value)
+    if isinstance(value, dict):
+        return {k: _non_finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_non_finite(v) for v in value]
+    return value
 
 
 def _tupled(value):
@@ -134,9 +169,11 @@ def _row(record: RunRecord) -> tuple:
 def _loads(text, where: str):
     """json.loads, a StoreError naming ``where`` (file, run or key, column) if corrupt."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except (TypeError, ValueError) as exc:
         raise StoreError(f"{where} is not valid JSON ({exc})") from None
+    # The walk only where a name can occur: most rows hold no non-finite number.
+    return _non_finite(value) if any(f'"{k}"' in text for k in _NON_FINITE) else value
 
 
 def _record(row: sqlite3.Row, path) -> RunRecord:
@@ -216,6 +253,11 @@ class Store:
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={int(self.SCHEMA_VERSION)}")
+            elif version == 0:   # optimlab sets a version when it creates a store
+                raise StoreError(
+                    f"{self.path} is not an optimlab results store (an SQLite file of "
+                    f"another program: tables {', '.join(sorted(tables))}); use a new "
+                    f"--out directory")
             elif version != self.SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.path} was written by an incompatible optimlab store "

@@ -73,20 +73,21 @@ def deltas(vs: dict, sc: dict) -> dict:
 
 def rank_table(vs: dict) -> dict:
     """{problem: {optimizer: tie-aware rank}}: seed means equal to stats.RTOL share a
-    rank (a seed with a failure makes the mean inf), and the tied group shares one rank
-    (fractional ranking, ranks.tie_ranks). Problems without a verdict are left out:
-    nothing there orders the optimizers."""
+    rank (a seed with a failure makes the mean inf), and the tied group (contiguous in
+    mean order) shares one rank (fractional ranking, ranks.tie_ranks). Problems without
+    a decided verdict (:func:`decided`) are left out: nothing tested orders them."""
     return {p: tie_ranks(v.means, groups=[v.tied], rtol=S.RTOL)
-            for p, v in vs.items() if v.status != NO_VERDICT}
+            for p, v in vs.items() if decided(v)}
 
 
 def per_kind(ranks: dict, kinds: dict, vs: dict, selections: dict) -> dict:
     """{kind: {"optimizer", "leaders", "mean_rank", "problems", "lrs", "leader_lrs",
     "failed"}}; lrs: {problem: lr} of optimizer, leader_lrs: the same per leader.
 
-    Lowest mean tie-aware rank over the kind's problems; ``leaders`` lists every
-    optimizer sharing that mean rank (optimizer = the first alphabetically). A kind
-    whose problems all have no verdict gets optimizer None and failed True.
+    Lowest mean tie-aware rank over the kind's ranked problems (:func:`rank_table`);
+    ``leaders`` lists every optimizer sharing that mean rank (optimizer = the first
+    alphabetically). A kind with no ranked problem gets optimizer None, and failed True
+    when every run failed, else untested True (too few seeds for any test).
     """
     by_kind = defaultdict(list)
     for p in vs:
@@ -99,9 +100,12 @@ def per_kind(ranks: dict, kinds: dict, vs: dict, selections: dict) -> dict:
                 acc[o].append(r)
         mr = {o: sum(v) / len(v) for o, v in acc.items()}
         if not mr:
+            dead = all(vs[p].status == NO_VERDICT for p in ps)
             out[kind] = {"optimizer": None, "leaders": [], "mean_rank": None,
-                         "problems": sorted(ps), "lrs": {}, "failed": True}
+                         "problems": sorted(ps), "lrs": {}, "failed": dead,
+                         "untested": not dead}
             continue
+        ps = [p for p in ps if p in ranks]
         low = min(mr.values())
         leaders = sorted(o for o, r in mr.items() if math.isclose(r, low, abs_tol=1e-9))
         w = leaders[0]
@@ -124,25 +128,57 @@ def testable(v) -> bool:
     return v.status != NO_VERDICT and v.cis[v.best].n >= MIN_SEEDS
 
 
-def _untested(v) -> str:
-    """The words of a verdict the best's seeds are too few to test (:func:`testable`)."""
-    if v.significant:   # only the failure rules can single one out
-        return f"{v.best} — best: every other optimizer failed (1 trained seed, no test)"
-    return (f"{', '.join(v.tied)} — not enough seeds to compare (1 trained seed; a test "
-            f"needs {MIN_SEEDS})")
+def decided(v) -> bool:
+    """Whether the verdict orders the optimizers: a test could run (:func:`testable`),
+    or the failure rules singled out the best."""
+    return v.status != NO_VERDICT and (testable(v) or v.significant)
+
+
+def by_failures(v) -> bool:
+    """Whether the best is singled out by the others' failures alone (no test ran)."""
+    return v.significant and all(v.basis.get(o) == "failure" for o in v.order[1:])
+
+
+def phrase(v) -> tuple:
+    """(names, words, caveats) of a verdict: the optimizers it names (best first), what
+    it says of them, and what it says of the rest that are not significantly worse
+    ('' when nothing); :func:`sentence` joins them, the report renders them."""
+    if v.status == NO_VERDICT:
+        return [], "no verdict — every run failed", ""
+    if by_failures(v):
+        seeds = "" if testable(v) else "1 trained seed, "
+        return [v.best], f"best: every other optimizer failed ({seeds}no test)", ""
+    if len(v.order) > 1 and not testable(v):
+        return ([o for o in v.order if o in v.tied or o in v.untested or o in v.unresolved],
+                f"not enough seeds to compare (1 trained seed; a test needs {MIN_SEEDS})", "")
+    caveats = []
+    if v.unresolved:
+        caveats.append(f"not distinguishable from the best (wide spread): "
+                       f"{', '.join(v.unresolved)}")
+    if v.untested:
+        caveats.append(f"no test (fewer than {MIN_SEEDS} seeds trained on both sides): "
+                       f"{', '.join(v.untested)}")
+    caveats = "; ".join(caveats)
+    if v.significant:
+        return [v.best], f"significantly best ({TAG})", ""
+    if len(v.order) == 1:
+        return [v.best], "the only optimizer", ""
+    if len(v.tied) > 1:
+        return list(v.tied), f"indistinguishable ({TAG})", caveats
+    return [v.best], f"lowest mean ({TAG})", caveats
+
+
+def says(v) -> str:
+    """What the verdict says of the optimizers it names (:func:`phrase`), caveats
+    included."""
+    _, words, caveats = phrase(v)
+    return f"{words}; {caveats}" if caveats else words
 
 
 def sentence(v) -> str:
     """The verdict in words, e.g. 'adam, rmsprop — indistinguishable (paired max-t, step-down, 95%)'."""
-    if v.status == NO_VERDICT:
-        return "no verdict — every run failed"
-    if len(v.order) > 1 and not testable(v):
-        return _untested(v)
-    if v.significant:
-        return f"{v.best} — significantly best ({TAG})"
-    if len(v.tied) == 1:  # the only optimizer run on this problem
-        return f"{v.best} — the only optimizer"
-    return f"{', '.join(v.tied)} — indistinguishable ({TAG})"
+    names = phrase(v)[0]
+    return f"{', '.join(names)} — {says(v)}" if names else says(v)
 
 
 def rows(vs: dict, selections: dict, kinds: dict) -> list:
@@ -152,7 +188,9 @@ def rows(vs: dict, selections: dict, kinds: dict) -> list:
     tied (the indistinguishable group incl. best, [] without a verdict), significant,
     lr (best's selected lr), mean (best's mean over the seeds that trained), ci
     ([lo, hi], 95% t-interval; None with < 2 trained seeds), n (trained seeds),
-    failed (failed seeds of best), tested (:func:`testable`), text (the sentence).
+    failed (failed seeds of best), tested (:func:`testable`), unresolved and untested
+    (see stats.Verdict), by_failures (:func:`by_failures`), named and says (the
+    sentence's names and words, :func:`phrase`), text (the sentence).
     """
     out = []
     for p, v in vs.items():
@@ -165,7 +203,9 @@ def rows(vs: dict, selections: dict, kinds: dict) -> list:
                     "mean": ci.mean if ok else None,
                     "ci": [ci.lo, ci.hi] if ok and ci.n >= MIN_SEEDS else None,
                     "n": ci.n if ci else 0, "failed": v.failed.get(b, 0) if b else None,
-                    "tested": testable(v), "text": sentence(v)})
+                    "tested": testable(v), "unresolved": list(v.unresolved),
+                    "untested": list(v.untested), "by_failures": by_failures(v),
+                    "named": phrase(v)[0], "says": says(v), "text": sentence(v)})
     return out
 
 
@@ -208,19 +248,10 @@ def print_table(vrows: list, report=None, file=None) -> None:
     for r in vrows:
         if r["status"] == NO_VERDICT:
             verdict = "[bold red]✗ no verdict[/] (every run failed)"
-        elif len(r["tied"]) > 1 and not r["tested"]:
-            verdict = (", ".join(_esc(o) for o in r["tied"])
-                       + " [dim](not enough seeds to compare)[/]")
-        elif r["significant"] and not r["tested"]:
-            verdict = f"[bold]{_esc(r['best'])}[/] (every other optimizer failed; no test)"
-        elif r["significant"]:
-            verdict = f"[bold green]{_esc(r['best'])}[/] (significantly best)"
-        elif len(r["tied"]) == 1:
-            verdict = f"[bold]{_esc(r['best'])}[/] (only optimizer)"
         else:
-            verdict = (f"[bold]{_esc(r['best'])}[/]"
-                       + "".join(f", {_esc(o)}" for o in r["tied"][1:])
-                       + f" [dim](indistinguishable, {len(r['tied'])})[/]")
+            style = "bold green" if r["significant"] and not r["by_failures"] else "bold"
+            names = ", ".join(_esc(o) for o in r["named"])
+            verdict = f"[{style}]{names}[/] — {_esc(r['says'].replace(f' ({TAG})', ''))}"
         t.add_row(_esc(r["problem"]), _esc(r["kind"]), verdict,
                   _fmt(r["lr"]), mean_pm(r))
     console.print(t)

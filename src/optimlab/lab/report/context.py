@@ -192,6 +192,8 @@ def images(ctx) -> dict:
                                    "rank by seed-mean val loss (1 = best; boxed = tied with "
                                    "the best; ties share a rank)",
                                    boxed={p: v.tied for p, v in ctx["verdicts"].items()},
+                                   loose={p: v.unresolved + v.untested
+                                          for p, v in ctx["verdicts"].items()},
                                    fmt="{:g}") if ctx["ranks"] else None,
         "time": lambda: P.heatmap(time_table, ctx["optimizers"], ctx["problems"],
                                   "time per step ÷ SGD's", fmt="{:.2f}×", log=True)

@@ -246,7 +246,7 @@ def figures(ctx, images) -> str:
                        f"better). Val-loss profile over {T.plural(ns[T.PROF_VAL], 'problem')}, steps to "
                        f"target over {T.plural(ns[T.PROF_STEPS], 'problem')}. Ranks are tie-aware: equal seed "
                        "means and the group tied with the best (boxed cells) share one "
-                       "rank; — = no verdict.",
+                       "rank; — = no verdict, or no test (one seed).",
                        img(images, "profiles", "performance profile")
                        + img(images, "ranks", "rank heatmap") + mr_html))
     out.append(section("time", "Time per step relative to SGD",

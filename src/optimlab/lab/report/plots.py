@@ -187,11 +187,11 @@ def profiles(curves, taus, colors) -> bytes | None:
 
 
 #: Cell colours of a heatmap with tied groups: tied with the best, significantly worse,
-#: and a problem without a verdict.
-TIED, WORSE, NO_VERDICT = "#86d69b", "#f4c7a8", "#e5e7eb"
+#: a problem without a verdict, and not shown worse yet outside the tied group.
+TIED, WORSE, NO_VERDICT, LOOSE = "#86d69b", "#f4c7a8", "#e5e7eb", "#fde68a"
 
 
-def _cell_colours(data, shown, rows, cols, boxed, cmap, vmin, vmax):
+def _cell_colours(data, shown, rows, cols, boxed, cmap, vmin, vmax, loose=None):
     """rows x cols x 3 RGB: by tie status where ``boxed`` is given (a rank means
     nothing across columns: the 6th of a 10-way tie is as good as the 1st), else by value."""
     import matplotlib.colors as mcolors
@@ -205,7 +205,8 @@ def _cell_colours(data, shown, rows, cols, boxed, cmap, vmin, vmax):
                 continue
             if boxed is not None:
                 tied = boxed.get(c)
-                colour = NO_VERDICT if tied is None else TIED if r in tied else WORSE
+                colour = NO_VERDICT if tied is None else TIED if r in tied else \
+                    LOOSE if r in (loose or {}).get(c, ()) else WORSE
                 out[i, j] = mcolors.to_rgb(colour)
             elif np.isfinite(shown[i, j]):
                 out[i, j] = cm(norm(shown[i, j]))[:3]
@@ -213,13 +214,15 @@ def _cell_colours(data, shown, rows, cols, boxed, cmap, vmin, vmax):
 
 
 def heatmap(table, rows, cols, title, fmt="{:.1f}", cmap="RdYlGn_r", log=False,
-            boxed=None) -> bytes:
+            boxed=None, loose=None) -> bytes:
     """Annotated rows x cols heatmap of {col: {row: value}} (None/missing = blank).
 
     boxed: optional {col: [rows]}, the statistically tied group with the best of each
     column: its cells are green with a heavy outline (drawn per cell, so a
     non-contiguous group still shows), the column's other cells orange; the value is
-    only the text. Without ``boxed`` the colour follows the value (``cmap``).
+    only the text. loose: optional {col: [rows]} outside the tied group yet not shown
+    worse (a wide spread, or no test), coloured apart. Without ``boxed`` the colour
+    follows the value (``cmap``).
     """
     data = np.array([[np.nan if table.get(c, {}).get(r) is None else table[c][r]
                       for c in cols] for r in rows], dtype=float)
@@ -233,7 +236,7 @@ def heatmap(table, rows, cols, title, fmt="{:.1f}", cmap="RdYlGn_r", log=False,
             # At least +-log10(2): a 2x ratio is full colour, 10% differences stay pale.
             lim = max(abs(vmin), abs(vmax), math.log10(2))
             vmin, vmax = -lim, lim
-        rgb = _cell_colours(data, shown, rows, cols, boxed, cmap, vmin, vmax)
+        rgb = _cell_colours(data, shown, rows, cols, boxed, cmap, vmin, vmax, loose)
         ax.imshow(rgb, aspect="auto")
         for i in range(len(rows)):
             for j in range(len(cols)):
@@ -254,9 +257,12 @@ def heatmap(table, rows, cols, title, fmt="{:.1f}", cmap="RdYlGn_r", log=False,
         ax.set_title(title)
         if boxed is not None:
             from matplotlib.patches import Patch
-            fig.legend(handles=[Patch(fc=TIED, ec="#0f172a", lw=1.5, label="tied with the best"),
-                                Patch(fc=WORSE, label="worse than the best (significant)")],
-                       loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=9)
+            handles = [Patch(fc=TIED, ec="#0f172a", lw=1.5, label="tied with the best"),
+                       Patch(fc=WORSE, label="worse than the best (significant)")]
+            if any((loose or {}).get(c) for c in cols):
+                handles.append(Patch(fc=LOOSE, label="not shown worse (wide spread / no test)"))
+            fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+                       ncol=len(handles), fontsize=9)
         fig.tight_layout()
         return _png(fig)
 

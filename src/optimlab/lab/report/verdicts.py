@@ -9,7 +9,7 @@ from __future__ import annotations
 import html as _html
 
 from ..stats import METHOD
-from ..verdicts import NO_VERDICT, TAG, mean_pm, testable
+from ..verdicts import NO_VERDICT, TAG, by_failures, decided, mean_pm
 
 esc = _html.escape
 
@@ -20,7 +20,7 @@ __all__ = ["TAG", "METHOD", "marked", "mark", "delta_td", "steps_text",
 def marked(v) -> bool:
     """Whether a problem's table rows get ★/≈: not without a verdict, nor when the best's
     seeds are too few for a test and no failure singled it out (``--seeds 1``)."""
-    return v is not None and v.status != NO_VERDICT and (testable(v) or v.significant)
+    return v is not None and decided(v)
 
 
 def mark(v, o) -> str:
@@ -44,7 +44,7 @@ def delta_td(ctx, p, o) -> str:
     if ci.n == 0:
         return "<td>—</td>"
     h = f' <span class="sd">± {ci.half_width:.2g}</span>' if ci.n > 1 else ""
-    ps = "" if pv is None else f' <span class="sd">(p {_p(pv)})</span>'
+    ps = f' <span class="sd">({_p(pv) if pv is not None else no_test(ci.n)})</span>'
     return f'<td><span class="nw">{ci.mean:+.3g}</span>{h}{ps}</td>'
 
 
@@ -61,7 +61,12 @@ def steps_text(a: dict, has_target: bool = True) -> str:
 
 
 def _p(p: float) -> str:
-    return "<0.001" if p < 0.001 else f"{p:.2g}"
+    return "p <0.001" if p < 0.001 else f"p {p:.2g}"
+
+
+def no_test(n: int) -> str:
+    """The Δ column's words for a comparison that had no test (``pvalues`` None)."""
+    return f"no test: {n} seed{'' if n == 1 else 's'}"
 
 
 def tied_class(v, o) -> str:
@@ -76,10 +81,19 @@ def verdict_note(v) -> str:
         return '<span class="vd bad">✗ no verdict: every run failed</span>'
     if not marked(v):
         return '<span class="vd">not enough seeds to compare</span>'
+    if by_failures(v):
+        return (f'<span class="vd">★ {esc(v.best)} best: every other optimizer failed '
+                '(no test)</span>')
     if v.significant:
         return f'<span class="vd">★ {esc(v.best)} significantly best</span>'
-    return (f'<span class="vd">★≈ tied group: {esc(", ".join(v.tied))}</span>'
-            if len(v.tied) > 1 else "")
+    out = (f'<span class="vd">★≈ tied group: {esc(", ".join(v.tied))}</span>'
+           if len(v.tied) > 1 else "")
+    if v.unresolved:
+        out += (f'<span class="vd">not distinguishable from the best (wide spread): '
+                f'{esc(", ".join(v.unresolved))}</span>')
+    if v.untested:
+        out += f'<span class="vd">no test: {esc(", ".join(v.untested))}</span>'
+    return out
 
 
 def _group_html(ctx, row) -> str:
@@ -87,17 +101,11 @@ def _group_html(ctx, row) -> str:
 
     if row["status"] == NO_VERDICT:
         return '<span class="bad">✗ no verdict</span> (every run failed)'
-    names = " ".join(swatch(ctx, o) + ("" if i == len(row["tied"]) - 1 else ",")
-                     for i, o in enumerate(row["tied"]))
-    if not row["tested"] and len(row["tied"]) > 1:
-        return f"{names} — not enough seeds to compare (1 trained seed)"
-    if not row["tested"] and row["significant"]:
-        return f"<b>{names}</b> — best: every other optimizer failed (no test)"
-    if row["significant"]:
-        return f"<b>{names}</b> — significantly best"
-    if len(row["tied"]) == 1:
-        return f"<b>{names}</b> — the only optimizer"
-    return f"<b>{names}</b> — indistinguishable ({esc(TAG)})"
+    names = " ".join(swatch(ctx, o) + ("" if i == len(row["named"]) - 1 else ",")
+                     for i, o in enumerate(row["named"]))
+    if row["tested"] or row["significant"]:
+        names = f"<b>{names}</b>"
+    return f"{names} — {esc(row['says'])}"
 
 
 def answer_html(ctx) -> str:
@@ -107,6 +115,11 @@ def answer_html(ctx) -> str:
 
     cards = []
     for kind, w in ctx["per_kind"].items():
+        if w["optimizer"] is None and w.get("untested"):
+            cards.append(f'<div class="card"><div class="k">{esc(kind)}</div>'
+                         f'<div class="o">no test</div><div class="d">not enough seeds to '
+                         f'compare on its {T.plural(len(w["problems"]), "problem")}</div></div>')
+            continue
         if w["optimizer"] is None:
             cards.append(f'<div class="card"><div class="k">{esc(kind)}</div>'
                          f'<div class="o bad">✗ no verdict</div><div class="d">every run '
@@ -141,8 +154,12 @@ def answer_html(ctx) -> str:
     cap = ("Per problem: the group of optimizers statistically indistinguishable from the "
            "best (seed-mean validation loss at each optimizer's selected lr; "
            f"{esc(TAG)}), or one optimizer when it is significantly better than all "
-           "others; <b>no verdict</b> when every run failed. Per kind: the lowest mean "
-           "tie-aware rank over the kind's problems (tied optimizers share a rank).")
+           "others; <b>no verdict</b> when every run failed. The group is contiguous in "
+           "seed-mean order: one not significantly worse than the best but behind one that "
+           "is comes after it, as \"not distinguishable from the best (wide spread)\"; a "
+           "comparison with fewer than 2 seeds on both sides is untested, never a tie. Per "
+           "kind: the lowest mean tie-aware rank over the kind's tested problems (tied "
+           "optimizers share a rank).")
     if ctx.get("progress"):
         cap = ("<b class='bad'>Provisional</b>: the comparison did not finish (see above), "
                "so these verdicts come from the runs stored so far. " + cap)
@@ -170,7 +187,9 @@ def answer_md(ctx, md) -> list:
            "| lr (per optimizer, per problem) |", "|---|---|---:|---|"]
     for kind, w in ctx["per_kind"].items():
         if w["optimizer"] is None:
-            out.append(f"| {md(kind)} | ✗ no verdict (every run failed) | — | — |")
+            why = ("no test (not enough seeds to compare)" if w.get("untested") else
+                   "✗ no verdict (every run failed)")
+            out.append(f"| {md(kind)} | {why} | — | — |")
             continue
         lrs = "; ".join(
             (f"{md(o)}: " if len(w["leaders"]) > 1 else "")
@@ -185,16 +204,11 @@ def answer_md(ctx, md) -> list:
     for r in ctx["verdict_rows"]:
         if r["status"] == NO_VERDICT:
             v = "✗ no verdict (every run failed)"
-        elif not r["tested"] and len(r["tied"]) > 1:
-            v = f"{md(', '.join(r['tied']))} — not enough seeds to compare"
-        elif not r["tested"] and r["significant"]:
-            v = f"**{md(r['best'])}** — best: every other optimizer failed (no test)"
-        elif r["significant"]:
-            v = f"**{md(r['best'])}** — significantly best"
-        elif len(r["tied"]) == 1:
-            v = f"**{md(r['best'])}** — the only optimizer"
         else:
-            v = f"**{md(', '.join(r['tied']))}** — indistinguishable"
+            names = md(", ".join(r["named"]))
+            if r["tested"] or r["significant"]:
+                names = f"**{names}**"
+            v = f"{names} — {md(r['says'])}"
         det = _deterministic(ctx, r)
         v += f" (⚙ {md(det)})" if det else ""
         out.append(f"| {md(r['problem'])} | {md(r['kind'])} | {v} "
@@ -218,5 +232,10 @@ def protocol() -> list:
     return [f"Statistics: {METHOD}. A problem's verdict names the group statistically "
             "indistinguishable from the best, or a single optimizer only when it is "
             "significantly better than every other; a problem on which every run failed "
-            "has no verdict. Ranks are tie-aware: equal seed means and the tied group "
-            "share one (fractional) rank."]
+            "has no verdict. The tied group is contiguous in seed-mean order (an "
+            "optimizer joins it only if every one with a better mean did), so ranks never "
+            "put an optimizer ahead of a better mean; one not significantly worse but "
+            "outside it is named apart (wide spread). A comparison with fewer than 2 "
+            "seeds trained on both sides is untested: no p-value, no tie, no shared rank. "
+            "Ranks are tie-aware: equal seed means and the tied group share one "
+            "(fractional) rank."]
