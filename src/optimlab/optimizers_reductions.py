@@ -136,7 +136,7 @@ class LARS(RuleOptimizer):
 
     def __init__(self, params, lr=1e-3, weight_decay=0.0, momentum=0.9, dampening=0.0,
                  trust_coefficient=1e-3, nesterov=False, *, exclude_vectors=False, maximize=False,
-                 foreach=None):
+                 foreach=None, differentiable=False):
         _check_lr(lr)
         _check_weight_decay(weight_decay)
         _check(0.0 <= momentum <= 1.0, f"Invalid momentum value: {momentum} (momentum must be in [0, 1])")
@@ -145,7 +145,8 @@ class LARS(RuleOptimizer):
                f"Invalid trust_coefficient value: {trust_coefficient} (trust_coefficient must be >= 0)")
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, dampening=dampening,
                         trust_coefficient=trust_coefficient, nesterov=nesterov,
-                        exclude_vectors=exclude_vectors, maximize=maximize, foreach=foreach)
+                        exclude_vectors=exclude_vectors, maximize=maximize, foreach=foreach,
+                        differentiable=differentiable)
         super().__init__(params, defaults)
 
 
@@ -169,7 +170,8 @@ class LAMB(RuleOptimizer):
     rule = rules.LAMB
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *,
-                 clamp_value=10.0, bias_correction=True, maximize=False, foreach=None):
+                 clamp_value=10.0, bias_correction=True, maximize=False, foreach=None,
+                 differentiable=False):
         _check_lr(lr)
         _check_betas(betas)
         _check_eps(eps)
@@ -177,7 +179,7 @@ class LAMB(RuleOptimizer):
         _check(0.0 < clamp_value, f"Invalid clamp_value: {clamp_value} (clamp_value must be > 0)")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         clamp_value=clamp_value, bias_correction=bias_correction, maximize=maximize,
-                        foreach=foreach)
+                        foreach=foreach, differentiable=differentiable)
         super().__init__(params, defaults)
 
 
