@@ -79,6 +79,20 @@ def test_sensitivity_width_relative_to_optimum():
     assert A.sensitivity(rs)[("p", "sgd")].width == pytest.approx(3.0)
 
 
+def test_sensitivity_around_the_selected_lr():
+    """The seed-0 sweep's best (1e-1) is not the lr chosen on seed means (1e-2, as in the
+    QA's rosenbrock): the width is measured around the chosen one, the lr the row shows."""
+    rs = [rec("p", "sgd", lr, v) for lr, v in zip(GRID, (3.0, 2.0, 1.2, 0.95))]
+    rs += [rec("p", "sgd", lr, v, seed=s, phase="seeds")
+           for lr, vs in ((1e-2, (0.9, 0.9)), (1e-1, (3.0, 3.0))) for s, v in enumerate(vs, 1)]
+    sel = A.select_best(rs)
+    assert sel[("p", "sgd")].lr == 1e-2
+    alone = A.sensitivity(rs)[("p", "sgd")]  # around the seed-0 best: 0 decades
+    assert (alone.lo, alone.hi, alone.width) == (1e-1, 1e-1, 0.0)
+    s = A.sensitivity(rs, selections=sel)[("p", "sgd")]
+    assert (s.lo, s.hi) == (1e-2, 1e-1) and s.width == pytest.approx(1.0)
+
+
 def test_aggregate_over_seeds_and_time_ratio():
     rs = [rec("p", "adam", lr, v, sps=2e-3) for lr, v in zip(GRID, (0.9, 0.2, 0.6, 0.8))]
     rs += [rec("p", "adam", 1e-3, 0.4, seed=1, phase="seeds", sps=2e-3),

@@ -335,9 +335,14 @@ def test_claim8_oscillating_curve_counts_as_unstable(tmp_path):
 
 # ------------------------------------------------------------------------ claim 9
 
+#: the lr was tuned for the constant schedule (or the uniform lr): a baseline that wins
+#: there cannot contradict the claim, it only leaves it open
+FAVOURED = NOISE
+
+
 @pytest.mark.parametrize("cosine,const,want", [
     (jitter(0.20, 0.005, 1), jitter(0.30, 0.005, 2), HOLDS),
-    (jitter(0.40, 0.005, 1), jitter(0.30, 0.005, 2), FAILS),
+    (jitter(0.40, 0.005, 1), jitter(0.30, 0.005, 2), FAVOURED),
     (NOISE_A, NOISE_B, NOISE)])
 def test_claim9_decaying_schedule(tmp_path, cosine, const, want):
     recs = []
@@ -348,13 +353,15 @@ def test_claim9_decaying_schedule(tmp_path, cosine, const, want):
     got, c = verdict(tmp_path, 9, recs, MLP)
     assert got == want
     assert {u["best_schedule"] for u in c["evidence"]["units"]} == {"cosine"}
+    favoured = cosine[0] > const[0]
+    assert all((u.get("favoured") == "constant lr") is favoured for u in c["evidence"]["units"])
 
 
 # ----------------------------------------------------------------------- claim 10
 
 @pytest.mark.parametrize("decayed,uniform,want", [
     (jitter(0.20, 0.005, 1), jitter(0.30, 0.005, 2), HOLDS),
-    (jitter(0.40, 0.005, 1), jitter(0.30, 0.005, 2), FAILS),
+    (jitter(0.40, 0.005, 1), jitter(0.30, 0.005, 2), FAVOURED),
     (NOISE_A, NOISE_B, NOISE)])
 def test_claim10_layerwise(tmp_path, decayed, uniform, want):
     recs = selected("mlp", "sgd", uniform) + [

@@ -120,7 +120,8 @@ def test_ctrl_c_while_workers_spawn_has_no_worker_traceback(tmp_path):
     assert len(hit) >= 2, "no worker was started"
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert proc.returncode == 130, err
-    assert err.rstrip().endswith("(re-run the same command to continue)"), err
+    assert err.rstrip().endswith(f"(re-run the same command to continue, or `optimlab report "
+                                 f"{tmp_path}` for a report of them so far)"), err
     assert _group_gone(proc.pid)
 
 

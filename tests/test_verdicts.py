@@ -246,6 +246,17 @@ def test_paired_deltas_in_the_table(built):
     for o in v.tied[1:]:
         assert ctx["deltas"][("noise", o)][1] >= 0.05
     assert "Δ vs best" in built["html"]
+    # summary.md carries the same paired differences (it had no such column)
+    md = built["md"]
+    assert "| Δ vs best (p) |" in md
+    for o in OPTS:
+        row = next(ln for ln in md.splitlines() if ln.startswith(f"| gap | {o}"))
+        cell = row.split("|")[5].strip()
+        if o == "adam":
+            assert cell == "—"
+        else:
+            ci, pv = ctx["deltas"][("gap", o)]
+            assert cell.startswith(f"{ci.mean:+.3g} ± {ci.half_width:.2g} (p"), cell
 
 
 def test_runs_that_reached_a_known_optimum_tie():

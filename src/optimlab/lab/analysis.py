@@ -173,14 +173,19 @@ def threshold(best: float, optimum: float | None, tol: float = TOLERANCE,
     return max(b + tol * gap, b + S.RTOL * abs(b))
 
 
-def sensitivity(records, tol: float = TOLERANCE) -> dict:
-    """{(problem, optimizer): Sensitivity} from the seed-0 sweep."""
+def sensitivity(records, tol: float = TOLERANCE, selections=None) -> dict:
+    """{(problem, optimizer): Sensitivity} from the seed-0 sweep, around the seed-0 sweep's
+    best lr, or around the selected lr (``selections``, :func:`select_best`: chosen on seed
+    means) where it is on the sweep, so the width belongs to the lr the report shows."""
     opt, fl, sweeps = optima(records), floors(records), _sweep(records)
     out = {}
     for (p, o), curve in sweep_curves(records).items():
         lrs = [c[0] for c in curve]
         scores = [c[1] for c in curve]
         best = min(range(len(curve)), key=lambda i: (scores[i], lrs[i]))
+        chosen = (selections or {}).get((p, o))
+        if chosen is not None and chosen.lr in lrs and math.isfinite(scores[lrs.index(chosen.lr)]):
+            best = lrs.index(chosen.lr)
         thr = threshold(scores[best], opt.get(p), tol, fl.get(p, -INF),
                         start_loss(sweeps.get((p, o), [])))
         if not math.isfinite(thr):

@@ -318,6 +318,7 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
+    args = None
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         args = parser().parse_args(argv)
@@ -344,8 +345,10 @@ def _main(argv) -> int:
     except KeyboardInterrupt as exc:
         signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
         what = "terminated" if signum == signal.SIGTERM else "interrupted"
+        out = getattr(args, "out", None) if getattr(args, "command", None) == "compare" else None
+        report = f", or `{PROG} report {shlex.quote(str(out))}` for a report of them so far" if out else ""
         _say(f"{PROG}: {what}; the store keeps every finished run "
-             f"(re-run the same command to continue)")
+             f"(re-run the same command to continue{report})")
         return 128 + signum
     except Exception as exc:
         if os.environ.get("OPTIMLAB_DEBUG"):

@@ -142,6 +142,9 @@ def _notes(nums) -> str:
         out.append("equal differences of a quantised measure: no test")
     if nums.get("mixed"):
         out.append("mixed: the pairs disagree with the interval's side")
+    if nums.get("favoured"):
+        out.append(f"b better, but the lr was tuned for the {nums['favoured']}: "
+                   "this protocol cannot show the claim wrong")
     return "; ".join(out)
 
 

@@ -106,7 +106,7 @@ def build(records, meta, problems=None) -> dict:
         "records": records, "optimizers": opts, "problems": probs,
         "info": info, "optima": optima, "floors": A.floors(records), "colors": palette(opts),
         "selections": sel, "sweeps": A.sweep_curves(records),
-        "sensitivity": A.sensitivity(records), "aggregate": A.aggregate(records, sel),
+        "sensitivity": A.sensitivity(records, selections=sel), "aggregate": A.aggregate(records, sel),
         "time": A.time_per_step(records), "curves": ci_curves(records, sel),
         "verdicts": verdicts, "verdict_rows": V.rows(verdicts, sel, kinds),
         "deltas": V.deltas(verdicts, seed_scores),

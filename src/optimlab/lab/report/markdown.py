@@ -8,7 +8,7 @@ from . import claims
 from . import text as T
 from . import viewer
 from . import protocol as P
-from .verdicts import _flag_md, answer_md, marked, steps_text
+from .verdicts import _flag_md, answer_md, delta_text, marked, steps_text
 
 
 #: Characters that Markdown could read as markup: backslash-escaped (CommonMark shows
@@ -70,15 +70,16 @@ def summary(ctx) -> str:
     out += ["", "## Best learning rates and final metrics", "",
             "Mean ± 95% CI half-width over seeds; ★ best, ≈ indistinguishable from it, "
             "✗ no verdict (every run failed).", "",
-            "| problem | optimizer | best lr | val loss | test loss | steps to target "
-            "| seeds (failed) | lr width (dec.) |",
-            "|---|---|---:|---:|---:|---:|---:|---:|"]
+            "| problem | optimizer | best lr | val loss | Δ vs best (p) | test loss "
+            "| steps to target | seeds (failed) | lr width (dec.) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for (p, o), s in _table_order(ctx):
         a = ctx["aggregate"].get((p, o), {})
         sens = ctx["sensitivity"].get((p, o))
         edge = _flag_md(ctx, p, o)
         out.append(f"| {md(p)} | {md(o)}{_mark(ctx, p, o)} | {T.num(s.lr)}{edge} "
                    f"| {T.stat(a.get('val_loss'))} "
+                   f"| {md(delta_text(ctx, p, o))} "
                    f"| {T.stat(a.get('test_loss'))} "
                    f"| {md(steps_text(a, ctx['info'][p].get('target') is not None))} "
                    f"| {a.get('seeds', 0)} ({a.get('diverged', 0)}) "

@@ -12,6 +12,7 @@ import io
 import math
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from .plots_common import _STYLE, Line2D, _png, plt
 
@@ -80,7 +81,8 @@ def small_multiples(panel, colors, ncols=4) -> bytes | None:
     ncols = max(1, min(ncols, len(names)))
     nrows = math.ceil(len(names) / ncols)
     with plt.rc_context(_STYLE):
-        fig, axes = plt.subplots(nrows, ncols, figsize=(2.75 * ncols, 2.45 * nrows),
+        width, height = 2.75 * ncols, 2.45 * nrows + 0.3
+        fig, axes = plt.subplots(nrows, ncols, figsize=(width, height),
                                  sharex=True, sharey=True, squeeze=False)
         axes = axes.ravel()
         for ax in axes[len(names):]:
@@ -139,10 +141,13 @@ def small_multiples(panel, colors, ncols=4) -> bytes | None:
                    ncol=len(extra), fontsize=8.5)
         # Fixed spacing instead of tight_layout: shared axes label only the outer panels,
         # and each layout pass re-measures every tick label (seconds for 11 panels).
-        fig.subplots_adjust(left=0.07, right=0.99, bottom=0.09, top=0.95, wspace=0.08,
-                            hspace=0.22)
-        fig.supxlabel("x (first parameter)", fontsize=9, y=0.005)
-        fig.supylabel("y (second parameter)", fontsize=9, x=0.005)
+        # Margins in inches (tick labels, then the axis label), whatever the panel count;
+        # the edge ticks are dropped so neighbouring panels' "2" and "−2" do not collide.
+        axes[0].xaxis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 5, 10], prune="both"))
+        fig.subplots_adjust(left=0.62 / width, right=1 - 0.05 / width, bottom=0.55 / height,
+                            top=1 - 0.3 / height, wspace=0.08, hspace=0.22)
+        fig.supxlabel("x (first parameter)", fontsize=9, y=0.02 / height)
+        fig.supylabel("y (second parameter)", fontsize=9, x=0.02 / width)
         return _quantized(_png(fig))
 
 

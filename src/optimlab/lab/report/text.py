@@ -23,8 +23,8 @@ def num(x) -> str:
     return f"{x:.4g}"
 
 
-LR_WIDTH = (f"lr width = decades of lr around the best whose val loss is within {int(TOL * 100)}% "
-            "of the best's gap: the smaller of its excess over the optimum (over 0 when the "
+LR_WIDTH = (f"lr width = decades of lr around the best lr (the selected one) whose seed-0 val "
+            f"loss is within {int(TOL * 100)}% of that lr's seed-0 gap: the smaller of its excess over the optimum (over 0 when the "
             "optimum is unknown) and how far it fell from the starting val loss, so that an lr "
             "that learned nothing is never within it; a best below the optimum floor counts "
             "as the floor.")

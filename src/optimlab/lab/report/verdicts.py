@@ -35,17 +35,31 @@ def mark(v, o) -> str:
     return ""
 
 
+def delta_parts(ctx, p, o):
+    """(difference, '± CI' or '', '(adjusted p)' or '(no test: n seeds)') of the paired
+    difference to the best, or None (the best itself, or nothing to pair)."""
+    d = ctx.get("deltas", {}).get((p, o))
+    if d is None or d[0].n == 0:
+        return None
+    ci, pv = d
+    return (f"{ci.mean:+.3g}", f"± {ci.half_width:.2g}" if ci.n > 1 else "",
+            f"({_p(pv) if pv is not None else no_test(ci.n)})")
+
+
 def delta_td(ctx, p, o) -> str:
     """<td> with the paired difference to the best, '± CI' and the adjusted p."""
-    d = ctx.get("deltas", {}).get((p, o))
-    if d is None:
+    parts = delta_parts(ctx, p, o)
+    if parts is None:
         return "<td>—</td>"
-    ci, pv = d
-    if ci.n == 0:
-        return "<td>—</td>"
-    h = f' <span class="sd">± {ci.half_width:.2g}</span>' if ci.n > 1 else ""
-    ps = f' <span class="sd">({_p(pv) if pv is not None else no_test(ci.n)})</span>'
-    return f'<td><span class="nw">{ci.mean:+.3g}</span>{h}{ps}</td>'
+    mean, h, ps = parts
+    h = f' <span class="sd">{h}</span>' if h else ""
+    return f'<td><span class="nw">{mean}</span>{h} <span class="sd">{ps}</span></td>'
+
+
+def delta_text(ctx, p, o) -> str:
+    """The same as plain text (Markdown), '—' where there is none."""
+    parts = delta_parts(ctx, p, o)
+    return "—" if parts is None else " ".join(x for x in parts if x)
 
 
 def steps_text(a: dict, has_target: bool = True) -> str:
