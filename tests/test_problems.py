@@ -347,6 +347,15 @@ def factory():
 def not_a_problem():
     return 42
 
+def named_like_a_built_in():
+    return make_2d("rosenbrock", lambda x, y, xp: x ** 2 + y ** 2, (1.0, 1.0),
+                   ((-2, 2), (-2, 2)), [(0.0, 0.0)], 0.0, 1e-3, "a bowl")
+
+def of_no_kind():
+    p = factory()
+    p.kind = "weird"
+    return p
+
 NOT_CALLABLE = 3
 '''
 
@@ -372,6 +381,8 @@ def test_load_custom(custom_module):
     ("{mod}:missing", "no attribute 'missing'"),
     ("{mod}:NOT_CALLABLE", "not callable"),
     ("{mod}:not_a_problem", "returned int"),
+    ("{mod}:named_like_a_built_in", "'rosenbrock', the name of a built-in problem"),
+    ("{mod}:of_no_kind", "has kind 'weird'; the kinds are 2d, quadratic"),
 ])
 def test_load_custom_bad_specs(custom_module, spec, message):
     with pytest.raises(ValueError, match=message):

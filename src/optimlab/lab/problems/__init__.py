@@ -73,6 +73,12 @@ def load_custom(spec: str) -> Problem:
     if not isinstance(problem, Problem):
         raise ValueError(f"{spec!r} returned {type(problem).__name__}, not an "
                          "optimlab.lab.problems.base.Problem")
+    if problem.name in PROBLEMS:  # the report would show two problems of one name
+        raise ValueError(f"custom problem {spec!r} is named {problem.name!r}, the name of a "
+                         "built-in problem; give it another name")
+    if problem.kind not in KINDS:  # the report groups its answer by kind
+        raise ValueError(f"custom problem {spec!r} has kind {problem.kind!r}; the kinds are "
+                         f"{', '.join(KINDS)}")
     return problem
 
 
